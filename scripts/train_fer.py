@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Train the FER (facial expression) classifier and export it to full-integer int8 TFLite.
+
+Data: FER2013 from ``../shared/data/fer2013.zip`` (train = x_train, val = PublicTest for model
+selection, test = PrivateTest, reported). Input: 48x48x1 grayscale pixels 0..255 (the face crop
+``redsg_edge.vision.crop_face`` produces at run time); the network rescales internally, so the int8
+input is simply ``pixel - 128``.
+
+Network: a VGG-style CNN (four double-conv blocks, 32→256 channels, batch norm, ~1.2 M
+parameters), following the single-network FER2013 results of Khaireddin & Chen 2021 at a size a
+Raspberry Pi runs in milliseconds. Augmentation models what a camera does: shift, scale, rotation,
+horizontal flip, brightness/contrast and blur.
+
+Reproducible (seeded), resumable (``--out`` keeps a backup; rerun the same command to resume),
+logged to ``OUT/train.csv``. Needs the ``[train]`` extra (tensorflow-cpu).
+
+    python scripts/train_fer.py --epochs 40 --out runs/fer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from redsg_edge import CLASSES  # noqa: E402
+from redsg_edge.datasets import DATA_ROOT, load_fer2013  # noqa: E402
+
+
+def cached_split(split: str, data: Path, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    cache.mkdir(parents=True, exist_ok=True)
+    f = cache / f"fer2013_{split}.npz"
+    if f.is_file():
+        z = np.load(f)
+        return z["x"], z["y"]
+    x, y, _ = load_fer2013(split, data)
+    np.savez(f, x=x, y=y)
+    return x, y
+
+
+def build_models(seed: int):
+    import keras
+    from keras import layers
+
+    keras.utils.set_random_seed(seed)
+
+    def block(x, ch, drop):
+        for _ in range(2):
+            x = layers.Conv2D(ch, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+        return layers.Dropout(drop)(x)
+
+    inp = keras.Input((48, 48, 1), name="face")
+    x = layers.Rescaling(1 / 127.5, offset=-1.0)(inp)
+    for ch, drop in ((32, 0.1), (64, 0.2), (128, 0.3), (256, 0.4)):
+        x = block(x, ch, drop)
+    x = layers.Flatten()(x)
+    x = layers.Dense(256, use_bias=False)(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.ReLU()(x)
+    x = layers.Dropout(0.5)(x)
+    out = layers.Dense(len(CLASSES), activation="softmax", name="probs")(x)
+    core = keras.Model(inp, out, name="fer_vgg")
+
+    aug = keras.Sequential([
+        layers.RandomFlip("horizontal", seed=seed),
+        layers.RandomRotation(0.05, fill_mode="nearest", seed=seed + 1),   # ±18°
+        layers.RandomZoom((-0.15, 0.15), fill_mode="nearest", seed=seed + 2),
+        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 3),
+        layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 4),
+        layers.RandomBrightness(0.25, value_range=(0, 255), seed=seed + 5),
+    ], name="camera_augment")
+    train_in = keras.Input((48, 48, 1))
+    train_model = keras.Model(train_in, core(aug(train_in)), name="fer_train")
+    return core, train_model
+
+
+def random_blur(x, seed):
+    """Gaussian blur (sigma ~1 px) on a random half of the batch: camera defocus and motion."""
+    import tensorflow as tf
+    k = np.outer(*(2 * [np.array([1, 4, 6, 4, 1], np.float32)]))
+    k = tf.constant((k / k.sum())[:, :, None, None])
+    blurred = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "SAME")
+    mask = tf.cast(tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], seed) < 0.3, x.dtype)
+    return mask * blurred + (1 - mask) * x
+
+
+def export_int8(core, x_rep: np.ndarray, dest: Path) -> None:
+    import tensorflow as tf
+
+    @tf.function(input_signature=[tf.TensorSpec([1, 48, 48, 1], tf.float32, name="face")])
+    def serve(face):
+        return core(face, training=False)
+
+    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], core)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = lambda: ([x[None, :, :, None].astype(np.float32)] for x in x_rep)
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    dest.write_bytes(conv.convert())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA_ROOT / "fer2013.zip", help="FER2013 zip")
+    ap.add_argument("--out", type=Path, default=Path("runs/fer"), help="checkpoints, logs")
+    ap.add_argument("--cache", type=Path, default=Path(".cache"), help="decoded-image cache")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--export", type=Path, default=Path("models/fer_int8.tflite"))
+    ap.add_argument("--export-only", action="store_true", help="skip training; export best.keras")
+    args = ap.parse_args()
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+    import tensorflow as tf
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    x_tr, y_tr = cached_split("train", args.data, args.cache)
+    x_va, y_va = cached_split("val", args.data, args.cache)
+    print(f"train {len(x_tr)}  val {len(x_va)}", flush=True)
+
+    core, train_model = build_models(args.seed)
+    best = args.out / "best.keras"
+    if not args.export_only:
+        steps = int(np.ceil(len(x_tr) / args.batch)) * args.epochs
+        sched = keras.optimizers.schedules.CosineDecay(
+            args.lr * 0.1, steps, warmup_target=args.lr, warmup_steps=steps // 20, alpha=0.01)
+        train_model.compile(
+            optimizer=keras.optimizers.AdamW(sched, weight_decay=1e-4),
+            loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
+            metrics=["accuracy"])
+        seed = tf.constant([args.seed, 0], tf.int64)
+        ds = (tf.data.Dataset.from_tensor_slices(
+                (x_tr[..., None].astype(np.float32), tf.one_hot(y_tr, len(CLASSES))))
+              .shuffle(len(x_tr), seed=args.seed, reshuffle_each_iteration=True)
+              .batch(args.batch)
+              .enumerate()
+              .map(lambda i, b: (random_blur(b[0], seed + tf.stack([i, i])), b[1]))
+              .prefetch(2))
+        val = (x_va[..., None].astype(np.float32), keras.utils.to_categorical(y_va, len(CLASSES)))
+
+        class SaveCore(keras.callbacks.Callback):
+            best_acc = -1.0
+
+            def on_epoch_end(self, epoch, logs=None):
+                acc = logs.get("val_accuracy", 0.0)
+                if acc > self.best_acc:
+                    self.best_acc = acc
+                    core.save(best)
+                    (args.out / "best.json").write_text(json.dumps({"epoch": epoch + 1, "val_accuracy": acc}))
+
+        t0 = time.time()
+        train_model.fit(
+            ds, epochs=args.epochs, validation_data=val, verbose=2,
+            callbacks=[keras.callbacks.BackupAndRestore(str(args.out / "backup")),
+                       keras.callbacks.CSVLogger(str(args.out / "train.csv"), append=True),
+                       SaveCore()])
+        (args.out / "train_time.txt").write_text(f"{time.time() - t0:.0f} s, this run\n")
+    core = keras.models.load_model(best)
+    rep = x_tr[np.random.default_rng(args.seed).choice(len(x_tr), 500, replace=False)]
+    args.export.parent.mkdir(parents=True, exist_ok=True)
+    export_int8(core, rep, args.export)
+    x_te, y_te, _ = load_fer2013("test", args.data)
+    acc = float((core.predict(x_te[..., None].astype(np.float32), verbose=0).argmax(1) == y_te).mean())
+    print(f"float PrivateTest accuracy {acc:.4f}; exported {args.export} "
+          f"({args.export.stat().st_size} bytes)")
+    (args.out / "float_test.json").write_text(json.dumps({"test_accuracy": acc}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
