@@ -90,6 +90,9 @@ class FusionConfig(Strict):
     #: Prior weight of each modality in the late fusion (multiplied by confidence and freshness).
     face_weight: float = Field(1.0, ge=0.0, le=10.0)
     voice_weight: float = Field(0.8, ge=0.0, le=10.0)
+    #: Confidence term of each modality's weight: 1 - normalised entropy of its probabilities
+    #: (entropy), its top probability (max_prob) or none (1.0).
+    confidence: Literal["entropy", "max_prob", "none"] = "entropy"
     #: Evidence older than this (seconds) is ignored; freshness decays linearly to 0 at max_age_s.
     max_age_s: float = Field(3.0, gt=0, le=60.0)
     #: Time constant (seconds) of the exponential smoothing of fused probabilities.
@@ -130,6 +133,9 @@ class ChatConfig(Strict):
         "lists, no questions about personal data.")
     #: Number of recent transitions and replies sent as context.
     history: int = Field(4, ge=0, le=20)
+    #: After a failed request, offline replies are used without contacting the endpoint for
+    #: this many seconds (longer if a 429 says Retry-After); a reload clears it.
+    retry_after_s: float = Field(30.0, ge=0.0, le=3600.0)
 
 
 class ReplyConfig(Strict):

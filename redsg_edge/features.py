@@ -1,0 +1,65 @@
+"""MFCC features for speech emotion recognition (SER), shared by training and inference.
+
+One function, ``mfcc_features``, is used by ``scripts/train_ser.py`` and by the speech worker, so
+the two cannot drift. Features come from python_speech_features 0.6 (Lyons et al.), with the
+classic ASR front end: 25 ms Hamming-free frames every 10 ms, 512-point FFT, pre-emphasis 0.97,
+40 mel filters, 20 cepstra with liftering 22, c0 replaced by the frame's log energy.
+
+Per-window cepstral mean normalisation (CMN) removes the channel and the absolute level: RAVDESS
+levels vary by ~50 dB between files and a room microphone is nothing like the studio one, so only
+the contour within the window is kept (energy rises and falls stay, loudness does not).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from python_speech_features import mfcc
+
+SAMPLE_RATE = 16_000  # Hz; the SER model and the audio ring use this rate
+WINLEN_S = 0.025
+WINSTEP_S = 0.01
+NUM_CEPSTRA = 20
+NUM_FILTERS = 40
+NFFT = 512  # ≥ WINLEN_S × SAMPLE_RATE = 400
+
+
+def num_frames(num_samples: int) -> int:
+    """Frames python_speech_features yields for ``num_samples`` samples (its framesig rule)."""
+    win, step = int(round(WINLEN_S * SAMPLE_RATE)), int(round(WINSTEP_S * SAMPLE_RATE))
+    if num_samples <= win:
+        return 1
+    return 1 + int(np.ceil((num_samples - win) / step))
+
+
+_DITHER = np.random.default_rng(0).standard_normal(10 * SAMPLE_RATE).astype(np.float32) * 1e-5
+
+
+def _dither(n: int) -> np.ndarray:
+    reps = -(-n // _DITHER.shape[0])
+    return np.tile(_DITHER, reps)[:n] if reps > 1 else _DITHER[:n]
+
+
+def mfcc_features(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """MFCC matrix of one window of mono audio, mean-normalised per coefficient.
+
+    signal: (N,) int16 PCM or float in [-1, 1] at ``sample_rate`` (must be 16 kHz).
+    Returns (num_frames(N), 20) float32: column 0 is log frame energy, 1..19 cepstra, each with
+    its mean over the window subtracted. Raises ValueError on a wrong rate or a non-1-D signal.
+    """
+    if sample_rate != SAMPLE_RATE:
+        raise ValueError(f"MFCC expects {SAMPLE_RATE} Hz audio, got {sample_rate} Hz")
+    x = np.asarray(signal)
+    if x.ndim != 1:
+        raise ValueError(f"MFCC expects mono (N,) audio, got shape {x.shape}")
+    if x.dtype == np.int16:
+        x = x.astype(np.float32) / 32768.0
+    else:
+        x = x.astype(np.float32)
+    # A tiny dither keeps log energy finite on digital silence (python_speech_features floors at
+    # eps, which would make silent frames extreme outliers after normalisation).
+    x = x + _dither(x.shape[0])
+    feats = mfcc(x, samplerate=SAMPLE_RATE, winlen=WINLEN_S, winstep=WINSTEP_S,
+                 numcep=NUM_CEPSTRA, nfilt=NUM_FILTERS, nfft=NFFT, preemph=0.97,
+                 ceplifter=22, appendEnergy=True)
+    feats -= feats.mean(axis=0, keepdims=True)
+    return feats.astype(np.float32)

