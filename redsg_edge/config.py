@@ -174,6 +174,9 @@ class ServiceConfig(Strict):
     #: A worker whose heartbeat is older than this (seconds) stops the watchdog pings.
     heartbeat_timeout_s: float = Field(10.0, ge=1.0, le=600.0)
     status_interval_s: float = Field(2.0, ge=0.2, le=60.0)
+    #: Seconds from start until models are loaded and the first frame and audio block arrived;
+    #: the daemon extends systemd's start timeout (EXTEND_TIMEOUT_USEC) up to this, then exits 69.
+    start_timeout_s: float = Field(120.0, ge=5.0, le=3600.0)
     #: Status file; empty = $RUNTIME_DIRECTORY/status.json, else /run/redsg-edge or /tmp.
     status_file: Path | None = None
     #: JSON-lines event log (fused updates are not logged live, transitions and replies are).

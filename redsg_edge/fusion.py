@@ -10,9 +10,10 @@ Per update, in order:
    posteriors, the usual "weighted average" combiner of classifier outputs (Kuncheva, *Combining
    Pattern Classifiers*, 2nd ed., Wiley 2014, ch. 5). Late fusion of a face and a speech model
    is what Luna-Jiménez et al. (2021, "Multimodal emotion recognition on RAVDESS dataset using
-   transfer learning", *Sensors* 21:7665) used to reach ~80 % speaker-independent accuracy on
-   RAVDESS, above either modality alone; it also lets each model be trained on its own corpus
-   (FER2013, RAVDESS) and lets one modality drop out without retraining.
+   transfer learning", *Sensors* 21(22):7665, doi:10.3390/s21227665) used to reach 80.08 %
+   on RAVDESS (subject-wise 5-fold CV, eight emotions), above either modality alone; it also
+   lets each model be trained on its own corpus (FER2013, RAVDESS) and lets one modality drop
+   out without retraining.
    The weight of modality m is ``prior_m × confidence_m × freshness_m``:
 
    - ``prior_m``: ``FusionConfig.face_weight`` / ``voice_weight`` (how much we trust each model).

@@ -62,7 +62,7 @@ import re
 import threading
 import time
 import unicodedata
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -466,12 +466,17 @@ class ReplyWorker:
     ``submitted`` (the same clock as the rest, also in replay where event.t is media time).
 
     ``rng`` seeds template choice; ``environ`` replaces ``os.environ`` for the key lookup.
+    ``cache_templates``: keep the PCM of offline-template sentences (per style) and, after
+    ``start``, synthesise every template's first sentence while idle, so an offline reply's
+    first audio needs no synthesis (~2 MB for the built-in templates).
     """
+
+    _CACHE_MAX = 128  # sentences
 
     def __init__(self, cfg: Config, *, voice: Any = None, sink: Any = None,
                  on_event: Callable[[dict], None] | None = None, rng: random.Random | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 environ: Mapping[str, str] | None = None) -> None:
+                 environ: Mapping[str, str] | None = None, cache_templates: bool = True) -> None:
         from .voice import Voice, make_sink
 
         self._clock = clock
@@ -498,6 +503,11 @@ class ReplyWorker:
         self._retry_at = float("-inf")
         self.stats = {"submitted": 0, "accepted": 0, "dropped_busy": 0, "dropped_cooldown": 0,
                       "dropped_disabled": 0, "chat": 0, "offline": 0, "truncated": 0, "errors": 0}
+        self._cache_templates = cache_templates
+        self._pcm_cache: OrderedDict[tuple, list] = OrderedDict()  # worker thread only
+        self._prefill: list[tuple[str, Any]] = []
+        self._prefill_enabled = False  # start(warm=True) turns it on
+        self._prefill_stale = False     # (re)plan on the worker thread: cache cleared, plan rebuilt
         self._cfg = cfg
         self._configure_chat(cfg, None)
 
@@ -520,12 +530,14 @@ class ReplyWorker:
         return self._sink
 
     def start(self, warm: bool = True) -> None:
-        """Start the thread; ``warm`` first runs one short synthesis (~0.1-0.3 s) so the first
-        reply does not pay onnxruntime's first-run cost."""
+        """Start the thread. ``warm``: first run one short synthesis (~0.1-0.3 s) so the first
+        reply does not pay onnxruntime's first-run cost, then (with ``cache_templates``)
+        synthesise the templates' first sentences in the worker's idle time."""
         if self._thread is not None:
             raise RuntimeError("already started")
         if warm:
             self._voice.warm()
+            self._prefill_enabled = self._prefill_stale = self._cache_templates
         self._heartbeat = self._clock()
         self._thread = threading.Thread(target=self._run, name="reply", daemon=True)
         self._thread.start()
@@ -587,6 +599,11 @@ class ReplyWorker:
             return any(s <= now <= e + tail for s, e in self._gate)
 
     @property
+    def prefill_pending(self) -> int:
+        """Template sentences still to be synthesised ahead of need (see ``start``)."""
+        return len(self._prefill) + (1 if self._prefill_stale and self._prefill_enabled else 0)
+
+    @property
     def speaking(self) -> bool:
         return self._speaking_since is not None
 
@@ -597,6 +614,7 @@ class ReplyWorker:
         with self._lock:
             old, self._cfg = self._cfg, cfg
             self._picker.set_templates(cfg.reply.templates)
+            self._prefill_stale = True
         self._configure_chat(cfg, old)
         ov, nv = old.voice, cfg.voice
         if (ov.model, ov.sink, ov.device, ov.wav_dir) != (nv.model, nv.sink, nv.device, nv.wav_dir):
@@ -664,21 +682,62 @@ class ReplyWorker:
                      "(last cause %s)", chat.base_url, o["failures"], self._clock() - o["since"], o["cause"])
 
     # ----------------------------------------------------------------- thread
+    def _plan_prefill(self) -> None:
+        """Queue the first sentence of every template, in each emotion's style (worker thread)."""
+        from . import CLASSES
+
+        with self._lock:
+            cfg, self._prefill_stale = self._cfg, False
+        self._pcm_cache.clear()
+        plan = []
+        for emotion in (CLASSES if self._prefill_enabled else ()):
+            style = style_for(cfg.voice, emotion)
+            for text in self._picker.candidates(emotion):
+                first = split_sentences(text, final=True)[0][:1]
+                plan += [(s, style) for s in first]
+        self._prefill = plan
+
+    def _cached_synthesis(self, sentence: str, style: Any, pause_before: bool) -> Iterable[tuple[Any, int]]:
+        """Yield ``voice.synthesize`` chunks, from/into the template cache (worker thread)."""
+        key = (sentence, style.length_scale, style.volume, style.sentence_pause_s, pause_before)
+        hit = self._pcm_cache.get(key)
+        if hit is not None:
+            self._pcm_cache.move_to_end(key)
+            yield from hit
+            return
+        chunks = []
+        for chunk in self._voice.synthesize(sentence, style, pause_before=pause_before):
+            chunks.append(chunk)
+            yield chunk
+        self._pcm_cache[key] = chunks
+        while len(self._pcm_cache) > self._CACHE_MAX:
+            self._pcm_cache.popitem(last=False)
+
     def _run(self) -> None:
         while not self._stop.is_set():
             self._heartbeat = self._clock()
+            if self._prefill_stale:
+                self._plan_prefill()
             try:
-                job = self._q.get(timeout=0.25)
+                job = self._q.get(timeout=0.0 if self._prefill else 0.25)
             except queue.Empty:
+                if self._prefill:  # idle: synthesise one template sentence ahead of need
+                    sentence, style = self._prefill.pop(0)
+                    for _ in self._cached_synthesis(sentence, style, False):
+                        pass
                 continue
             if job is None:
                 break
             try:
                 self._reply(*job)
             except Exception:  # the worker must survive anything one reply throws
-                self.stats["errors"] += 1
                 log.exception("reply failed")
+                try:  # close a half-written utterance so the next reply starts clean
+                    self._sink.drain(1.0)
+                except Exception:
+                    pass
                 with self._lock:
+                    self.stats["errors"] += 1
                     self._busy = False
                     self._end_speaking(self._clock(), 0.0)
 
@@ -725,7 +784,7 @@ class ReplyWorker:
             for s in split_sentences(text, final=True)[0]:
                 if ts["first_sentence"] is None:
                     ts["first_sentence"] = clock()
-                sp.speak(s)
+                sp.speak(s, cached=self._cache_templates)
         audio_s = sp.samples / float(self._voice.sample_rate)
         while not self._sink.drain(0.25):  # SounddeviceSink: until played out
             self._heartbeat = clock()
@@ -782,7 +841,9 @@ class ReplyWorker:
             except queue.Empty:
                 if clock() >= deadline:
                     cs.cancel()
-                    return _ChatFailure(why, f"no token for {deadline - (last_token or t_req):.1f} s")
+                    return _ChatFailure(why, f"reply not complete after {chat.total_timeout_s:g} s"
+                                        if why == "total_timeout" else
+                                        f"no token for {deadline - (last_token or t_req):.1f} s")
                 continue
             if kind == "error":
                 return _classify(payload)
@@ -817,9 +878,12 @@ class _Speaker:
         self.sentences: list[str] = []
         self.samples = 0
 
-    def speak(self, sentence: str) -> None:
+    def speak(self, sentence: str, cached: bool = False) -> None:
         w = self.w
-        for pcm, rate in w._voice.synthesize(sentence, self.style, pause_before=bool(self.sentences)):
+        pause_before = bool(self.sentences)
+        chunks = (w._cached_synthesis(sentence, self.style, pause_before) if cached
+                  else w._voice.synthesize(sentence, self.style, pause_before=pause_before))
+        for pcm, rate in chunks:
             now = w._heartbeat = w._clock()
             if self.ts["first_pcm"] is None:
                 self.ts["first_pcm"] = now

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Compose real-input test scenarios: a face video, a speech track and the ground-truth timeline.
 
-Each scenario is 3–6 segments of 6–12 s, one emotion per segment (usually neutral first). The
+Each scenario is 3–6 segments of 6–12 s, one emotion per segment (neutral first in 80 % of
+scenarios; then no label twice in a row; disgust drawn at weight 0.4, see ``--emotions``). The
 inputs are real recordings that no shipped model trained on:
 
 - **Face**: one face image per segment, from FER2013 *PrivateTest* (the FER model trains on
@@ -62,6 +63,7 @@ from redsg_edge.datasets import DATA_ROOT, load_ck48, load_fer2013, load_ravdess
 
 SAMPLE_RATE = 16_000
 TEST_SPEAKERS = {23: "Actor_23", 24: "Actor_24"}  # RAVDESS speakers held out from SER training
+DEFAULT_EMOTIONS = "neutral,happy,sad,angry,surprise,fear,disgust:0.4"
 WIDTH, HEIGHT = 640, 480
 
 
@@ -129,11 +131,16 @@ def read_utterance(path: Path, level_dbfs: float | None) -> np.ndarray:
 
 # --------------------------------------------------------------------------------- planning
 
-def plan_labels(rng: np.random.Generator, n: int, pool: list[str]) -> list[str]:
-    """n segment labels from ``pool``, neutral first with probability 0.8, no immediate repeat."""
-    labels = ["neutral" if "neutral" in pool and rng.random() < 0.8 else str(rng.choice(pool))]
+def plan_labels(rng: np.random.Generator, n: int, weights: dict[str, float]) -> list[str]:
+    """n segment labels drawn with ``weights`` (class → relative weight), neutral first with
+    probability 0.8, never the same label twice in a row."""
+    def draw(exclude: str | None) -> str:
+        names = [c for c in weights if c != exclude]
+        w = np.array([weights[c] for c in names], dtype=float)
+        return str(names[int(rng.choice(len(names), p=w / w.sum()))])
+    labels = ["neutral" if "neutral" in weights and rng.random() < 0.8 else draw(None)]
     while len(labels) < n:
-        labels.append(str(rng.choice([c for c in pool if c != labels[-1]])))
+        labels.append(draw(labels[-1]))
     return labels
 
 
@@ -235,13 +242,13 @@ class Renderer:
 
 
 def write_media(path_mp4: Path, path_wav: Path, frames, n_frames: int, fps: int,
-                audio: np.ndarray, mux_audio: bool) -> None:
+                audio: np.ndarray, mux_audio: bool, preset: str = "veryfast") -> None:
     """H.264 (libx264, yuv420p, CRF 20) MP4 with an optional AAC 16 kHz mono track; PCM-16 WAV."""
     import av
     import soundfile as sf
     sf.write(path_wav, audio, SAMPLE_RATE, subtype="PCM_16")
     with av.open(str(path_mp4), "w") as out:
-        v = out.add_stream("libx264", rate=fps, options={"crf": "20", "preset": "veryfast"})
+        v = out.add_stream("libx264", rate=fps, options={"crf": "20", "preset": preset})
         v.width, v.height, v.pix_fmt = WIDTH, HEIGHT, "yuv420p"
         a = out.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if mux_audio else None
         for i, gray in enumerate(frames):
@@ -302,11 +309,10 @@ def compose(i: int, args, fer, ck, voices, screen: Screen | None) -> dict:
         # a subject with at least three of our classes (plus neutral from PrivateTest)
         subjects = sorted(s for s, d in ck.items() if len(d) >= 3)
         subject = str(rng.choice(subjects))
-        pool = sorted(ck[subject]) + ["neutral"]
+        pool = {c: w for c, w in args.emotions.items() if c in ck[subject] or c == "neutral"}
     else:
-        pool = list(args.emotions)
-    pool = [c for c in pool if c in args.emotions] or list(args.emotions)
-    labels = plan_labels(rng, n_seg, pool)
+        pool = dict(args.emotions)
+    labels = plan_labels(rng, n_seg, pool if len(pool) >= 2 else args.emotions)
     fps = args.fps
     seg_frames = [int(round(rng.uniform(args.min_seg_s, args.max_seg_s) * fps)) for _ in labels]
     bounds = np.concatenate([[0], np.cumsum(seg_frames)])
@@ -375,7 +381,7 @@ def compose(i: int, args, fer, ck, voices, screen: Screen | None) -> dict:
             yield renderer.frame(faces[seg].image, f / fps)
 
     mp4, wav = args.out / f"{name}.mp4", args.out / f"{name}.wav"
-    write_media(mp4, wav, frames(), n_frames, fps, audio, args.mux_audio)
+    write_media(mp4, wav, frames(), n_frames, fps, audio, args.mux_audio, args.x264_preset)
     truth = {
         "name": name, "video": mp4.name, "audio": wav.name, "audio_in_video": args.mux_audio,
         "fps": fps, "width": WIDTH, "height": HEIGHT, "duration_s": round(duration, 4),
@@ -415,8 +421,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--max-seg-s", type=float, default=12.0)
     ap.add_argument("--ck-fraction", type=float, default=0.5,
                     help="share of scenarios whose non-neutral faces are one CK+ subject")
-    ap.add_argument("--emotions", default=",".join(CLASSES),
-                    help="comma-separated classes to draw segments from")
+    ap.add_argument("--emotions", default=DEFAULT_EMOTIONS,
+                    help="comma-separated classes to draw segments from, each with an optional "
+                         ":weight (default %(default)s: disgust is rare in daily life and in "
+                         "FER2013, 1.5 %% of its training images)")
+    ap.add_argument("--x264-preset", default="veryfast",
+                    help="libx264 speed preset (ultrafast is ~3x faster, files ~2x larger)")
     ap.add_argument("--level-dbfs", type=float, default=-20.0,
                     help="loudest 25 ms frame of each utterance (dBFS); 'none' keeps levels")
     ap.add_argument("--noise-dbfs", default="-65",
@@ -431,10 +441,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.fer = args.fer or args.data / "fer2013.zip"
     args.ck = args.ck or args.data / "ck48.zip"
     args.ravdess = (args.ravdess or args.data / "ravdess").resolve()
-    args.emotions = [e.strip() for e in args.emotions.split(",") if e.strip()]
-    bad = [e for e in args.emotions if e not in CLASSES]
-    if bad or len(args.emotions) < 2:
-        ap.error(f"--emotions: need at least two of {', '.join(CLASSES)} (bad: {bad})")
+    emotions: dict[str, float] = {}
+    for item in (e.strip() for e in args.emotions.split(",")):
+        if not item:
+            continue
+        label, _, w = item.partition(":")
+        try:
+            emotions[label] = float(w) if w else 1.0
+        except ValueError:
+            ap.error(f"--emotions: bad weight in {item!r}")
+    bad = [e for e, w in emotions.items() if e not in CLASSES or not w > 0]
+    if bad or len(emotions) < 2:
+        ap.error(f"--emotions: need at least two of {', '.join(CLASSES)} with weights > 0 (bad: {bad})")
+    args.emotions = emotions
     args.noise_dbfs = None if str(args.noise_dbfs).lower() == "none" else float(args.noise_dbfs)
     if not (3 <= args.min_segments <= args.max_segments) or not (0 < args.min_seg_s <= args.max_seg_s):
         ap.error("need 3 <= --min-segments <= --max-segments and 0 < --min-seg-s <= --max-seg-s")

@@ -30,6 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from redsg_edge import CLASSES  # noqa: E402
+from tflite_export import export_int8  # noqa: E402
 from redsg_edge.datasets import DATA_ROOT, load_fer2013  # noqa: E402
 
 
@@ -97,22 +98,6 @@ def random_blur(x, seed):
     blurred = tf.nn.depthwise_conv2d(x, k, [1, 1, 1, 1], "SAME")
     mask = tf.cast(tf.random.stateless_uniform([tf.shape(x)[0], 1, 1, 1], seed) < 0.3, x.dtype)
     return mask * blurred + (1 - mask) * x
-
-
-def export_int8(core, x_rep: np.ndarray, dest: Path) -> None:
-    import tensorflow as tf
-
-    @tf.function(input_signature=[tf.TensorSpec([1, 48, 48, 1], tf.float32, name="face")])
-    def serve(face):
-        return core(face, training=False)
-
-    conv = tf.lite.TFLiteConverter.from_concrete_functions([serve.get_concrete_function()], core)
-    conv.optimizations = [tf.lite.Optimize.DEFAULT]
-    conv.representative_dataset = lambda: ([x[None, :, :, None].astype(np.float32)] for x in x_rep)
-    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.inference_input_type = tf.int8
-    conv.inference_output_type = tf.int8
-    dest.write_bytes(conv.convert())
 
 
 def main() -> int:
@@ -186,7 +171,7 @@ def main() -> int:
     core = keras.models.load_model(best)
     rep = x_tr[np.random.default_rng(args.seed).choice(len(x_tr), 500, replace=False)]
     args.export.parent.mkdir(parents=True, exist_ok=True)
-    export_int8(core, rep, args.export)
+    export_int8(core, rep[..., None].astype(np.float32), args.export)
     x_te, y_te, _ = load_fer2013("test", args.data)
     acc = float((core.predict(x_te[..., None].astype(np.float32), verbose=0).argmax(1) == y_te).mean())
     print(f"float PrivateTest accuracy {acc:.4f}; exported {args.export} "

@@ -265,19 +265,20 @@ def test_streamed_chat_reply_is_spoken_sentence_by_sentence(run_factory):
 
 FAILURES = [  # (server settings, chat settings, expected cause)
     ({"mode": "401"}, {}, "http_401"),
-    ({"mode": "429"}, {}, "http_429"),
+    ({"mode": "429", "retry_after": 0}, {}, "http_429"),
     ({"mode": "500"}, {}, "http_5xx"),
     ({"mode": "stall", "fail_after": 2}, {}, "stall"),
     ({"mode": "malformed", "fail_after": 1}, {}, "malformed_stream"),
     ({"mode": "bad_chunk", "fail_after": 0}, {}, "malformed_stream"),
     ({"ttft_s": 2.0}, {"first_token_timeout_s": 0.5}, "first_token_timeout"),
-    ({"inter_token_s": 0.3}, {"total_timeout_s": 1.0}, "total_timeout"),
+    ({"inter_token_s": 0.3, "reply": "It is good to see you smiling again and I am glad to be here."},
+     {"total_timeout_s": 1.0}, "total_timeout"),
 ]
 
 
 @pytest.mark.parametrize("server, chat, cause", FAILURES, ids=[c for _, _, c in FAILURES])
 def test_chat_failure_falls_back_to_offline_speech(run_factory, server, chat, cause):
-    with ChatServer(reply=REPLY, **server) as srv:
+    with ChatServer(**{"reply": REPLY, **server}) as srv:
         r = run_factory(make_cfg(srv.base_url, **chat))
         rec = r.reply(ev("neutral", "sad"))
         assert (rec["source"], rec["cause"]) == ("offline", cause)
@@ -289,7 +290,7 @@ def test_chat_failure_falls_back_to_offline_speech(run_factory, server, chat, ca
         assert ts["first_pcm"] - ts["chat_request"] < limit + 2.5
         assert_alive(r)
         # the same worker recovers as soon as the endpoint does
-        srv.mode, srv.ttft_s, srv.inter_token_s = "normal", 0.0, 0.0
+        srv.mode, srv.ttft_s, srv.inter_token_s, srv.reply = "normal", 0.0, 0.0, REPLY
         rec2 = r.reply(ev("sad", "happy"))
         assert rec2["source"] == "chat" and rec2["text"] == REPLY
         assert_spoken(rec2, r.sink)
@@ -453,3 +454,26 @@ def test_stop_is_prompt_even_mid_stream(run_factory):
         assert time.monotonic() - t0 < 1.0
         assert not r.w.alive
         assert not r.w.submit(ev())
+
+
+def test_template_cache_makes_offline_first_audio_immediate(voice, tmp_path):
+    events = []
+    cfg = make_cfg("https://api.example.invalid/v1", enabled=False)
+    sink = WavSink(tmp_path / "wav")
+    w = ReplyWorker(cfg, voice=voice, sink=sink, on_event=events.append, rng=random.Random(3))
+    w.start(warm=True)
+    try:
+        t0 = time.monotonic()
+        while w.prefill_pending and time.monotonic() - t0 < 60:
+            time.sleep(0.05)
+        assert w.prefill_pending == 0
+        firsts = {split_sentences(t, final=True)[0][0] for v in DEFAULT_TEMPLATES.values() for t in v}
+        assert {k[0] for k in w._pcm_cache} == firsts  # one style for all: shared sentences once
+        assert w.submit(ev("neutral", "sad"))
+        while not events and time.monotonic() - t0 < 80:
+            time.sleep(0.02)
+        rec = events[0]
+        assert rec["latency_s"]["first_pcm"] < 0.05  # no synthesis before the first sample
+        assert_spoken(rec, sink)
+    finally:
+        assert w.stop(5.0)

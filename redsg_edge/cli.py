@@ -1,0 +1,210 @@
+"""The ``redsg-edge`` command. Each subcommand's help says what it does; exit codes:
+
+0 ok · 1 error · 2 usage · 69 a device (camera, microphone, speaker) is missing ·
+70 a model file is missing or broken · 78 the configuration is invalid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EX_UNAVAILABLE = 69
+EX_SOFTWARE = 70
+
+DEFAULT_CONFIG = Path(os.environ.get("REDSG_CONFIG", "config.toml"))
+
+
+def _load(path: Path):
+    from .config import ConfigError, load_config
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        for line in exc.lines:
+            print(line, file=sys.stderr)
+        raise SystemExit(78) from None
+
+
+def _guarded(fn):
+    """Turn the project's errors into their exit codes with a one-line message."""
+    def run(args) -> int:
+        from .capture import DeviceError
+        from .litert import ModelError
+        from .voice import VoiceError
+        try:
+            return fn(args)
+        except DeviceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EX_UNAVAILABLE
+        except (ModelError, VoiceError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EX_SOFTWARE
+    return run
+
+
+@_guarded
+def cmd_run(args) -> int:
+    from .service import run_service
+    return run_service(args.config, reply=not args.no_reply)
+
+
+@_guarded
+def cmd_replay(args) -> int:
+    from .pipeline import replay
+    cfg = _load(args.config)
+    if args.max_fps:
+        cfg.vision.max_fps = args.max_fps
+    import time
+    t0 = time.perf_counter()
+    records = replay(cfg, args.video, args.audio, args.out, args.plot,
+                     use_video_audio=not args.no_video_audio, progress=sys.stderr.isatty())
+    wall = time.perf_counter() - t0
+    updates = [r for r in records if r["type"] == "update"]
+    trans = [r for r in records if r["type"] == "transition"]
+    media = max((r["t"] for r in updates), default=0.0)
+    summary = {"media_s": round(media, 2), "wall_s": round(wall, 2),
+               "speed_x_realtime": round(media / wall, 1) if wall else None,
+               "updates": len(updates), "transitions": [
+                   {"t": r["t"], "from": r["from"], "to": r["to"]} for r in trans]}
+    if args.out:
+        summary["out"] = str(args.out)
+    if args.plot:
+        summary["plot"] = str(args.plot)
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+@_guarded
+def cmd_analyze(args) -> int:
+    from .analyze import Analyzer, expand, human_line
+    cfg = _load(args.config)
+    an = Analyzer(cfg)
+    failed = 0
+    try:
+        for path in expand(args.paths):
+            try:
+                r = an.file(path, args.annotate)
+            except ValueError as exc:
+                failed += 1
+                r = {"path": str(path), "kind": None, "label": None, "probs": None,
+                     "error": str(exc)}
+            print(json.dumps(r) if args.json else human_line(r), flush=True)
+    finally:
+        an.close()
+    return 1 if failed else 0
+
+
+def cmd_check(args) -> int:
+    from .check import check_main
+    return check_main(args.config)
+
+
+def cmd_devices(args) -> int:
+    from .capture import format_devices, list_devices
+    d = list_devices()
+    print(json.dumps(d, indent=1) if args.json else format_devices(d))
+    return 0
+
+
+def cmd_status(args) -> int:
+    from .service import status_main
+    return status_main(args.json, args.file)
+
+
+def cmd_fetch(args) -> int:
+    from .assets import fetch_main
+    return fetch_main(args.dest, args.mirror)
+
+
+@_guarded
+def cmd_say(args) -> int:
+    from .reply import say_main
+    cfg = _load(args.config)
+    if args.sink:
+        cfg.voice.sink = args.sink
+    return say_main(cfg, " ".join(args.text))
+
+
+@_guarded
+def cmd_bench(args) -> int:
+    from . import bench
+    return bench.main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="redsg-edge", description="Emotion-aware companion daemon: camera + microphone → "
+        "FER + SER → late fusion → a short, kind spoken reply.", epilog=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--version", action="version", version=f"redsg-edge {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, fn, help_, config=True):
+        p = sub.add_parser(name, help=help_, description=help_)
+        if config:
+            p.add_argument("-c", "--config", type=Path, default=DEFAULT_CONFIG,
+                           help=f"config file (default {DEFAULT_CONFIG}; env REDSG_CONFIG)")
+        p.set_defaults(func=fn)
+        return p
+
+    p = add("run", cmd_run, "run the daemon live (camera, microphone, replies) until stopped")
+    p.add_argument("--no-reply", action="store_true", help="observe only: no chat, no voice")
+
+    p = add("replay", cmd_replay, "run recorded media through the same loop in media time")
+    p.add_argument("video", type=Path, nargs="?", help="video file (omit for --audio only)")
+    p.add_argument("--audio", type=Path, help="separate audio file (default: the video's track)")
+    p.add_argument("--no-video-audio", action="store_true", help="ignore the video's own audio")
+    p.add_argument("--out", type=Path, help="write JSON lines (updates, transitions) here")
+    p.add_argument("--plot", type=Path, help="draw the emotion timeline to this PNG")
+    p.add_argument("--max-fps", type=float, help="override vision.max_fps")
+
+    p = add("analyze", cmd_analyze, "FER on photos / SER on recordings (files or folders)")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="one JSON object per file per line")
+    p.add_argument("--annotate", type=Path, metavar="DIR", help="write images with boxes+labels")
+
+    add("check", cmd_check, "validate config, models and devices; exit 0 when all is well")
+    p = add("devices", cmd_devices, "list cameras and audio devices", config=False)
+    p.add_argument("--json", action="store_true")
+    p = add("status", cmd_status, "show the running daemon's state (reads its status file)",
+            config=False)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--file", type=Path, help="status file (default: the daemon's runtime dir)")
+    p = add("fetch-models", cmd_fetch, "download (or copy from --mirror) and verify third-party "
+            "model files listed in models/manifest.toml", config=False)
+    p.add_argument("--dest", type=Path, default=Path("models"), help="folder (default models/)")
+    p.add_argument("--mirror", type=Path, help="copy from this folder instead of downloading")
+    p = add("say", cmd_say, "speak a sentence through the configured voice and sink")
+    p.add_argument("text", nargs="+")
+    p.add_argument("--sink", choices=["sounddevice", "wav", "null"], help="override voice.sink")
+
+    p = add("bench", cmd_bench, "measure: stages, reply latency, daemon cost, peers")
+    p.add_argument("what", choices=["stages", "reply", "loop", "daemon", "coldstart", "peers",
+                                    "all"])
+    p.add_argument("--quick", action="store_true", help="few iterations (CI smoke run)")
+    p.add_argument("--json-out", type=Path, help="write the results as JSON here")
+    p.add_argument("--ttft", type=float, default=0.5, help="reply bench: loopback TTFT (s)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,403 @@
+"""The daemon's loop: capture → rings → vision and speech workers → fusion → reply.
+
+``Pipeline`` wires the parts for a live run (capture threads fill preallocated rings; one vision
+and one speech thread classify the newest data; a lock serialises fusion updates; transitions go
+to the reply worker's queue, which never blocks). ``replay`` drives the very same workers from
+media time instead of the wall clock: deterministic, and as fast as the CPU allows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .capture import (AudioRing, CaptureThread, DeviceError, FrameRing, open_camera,
+                      open_microphone)
+from .config import Config
+from .features import SAMPLE_RATE
+from .fusion import Evidence, FusedUpdate, Fusion
+from .speech import SerModel, SpeechWorker
+from .vision import FaceDetector, FerModel, VisionWorker
+
+log = logging.getLogger("redsg_edge.pipeline")
+
+#: Config keys a reload (SIGHUP) can apply to a running pipeline; others need a restart.
+LIVE_KEYS = ("fusion", "reply", "voice.default_style", "voice.style", "voice.mic_gate_tail_s",
+             "speech.vad_threshold_dbfs", "speech.min_voiced_fraction", "speech.hop_s",
+             "vision.max_fps", "service.status_interval_s", "service.heartbeat_timeout_s",
+             "service.log_level", "service.event_log")
+
+
+def changed_keys(old: Config, new: Config) -> list[str]:
+    """Dotted keys (section.key, reply/fusion as whole sections) whose values differ."""
+    out = []
+    for section in type(old).model_fields:
+        a, b = getattr(old, section), getattr(new, section)
+        if a == b:
+            continue
+        if section in ("fusion", "reply"):
+            out.append(section)
+            continue
+        for key in type(a).model_fields:
+            if getattr(a, key) != getattr(b, key):
+                out.append(f"{section}.{key}")
+    return out
+
+
+class EventLog:
+    """JSON-lines writer (one object per line, flushed) used for replay output and the event log."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._f = None
+        self._lock = threading.Lock()
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._f = path.open("a", encoding="utf-8")
+
+    def write(self, rec: dict) -> None:
+        if self._f is None:
+            return
+        with self._lock:
+            self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            self._f.flush()
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+def load_workers(cfg: Config, face: bool, voice: bool,
+                 video_mode: bool = True) -> tuple[VisionWorker | None, SpeechWorker | None]:
+    """Load the models each active modality needs. Raises ModelError naming the file."""
+    vision = speech = None
+    if face:
+        vision = VisionWorker(FaceDetector(cfg.vision.detector_model,
+                                           cfg.vision.min_detection_confidence, video=video_mode),
+                              FerModel(cfg.vision.fer_model))
+    if voice:
+        speech = SpeechWorker(SerModel(cfg.speech.ser_model, cfg.speech.window_s), cfg.speech)
+    return vision, speech
+
+
+class Pipeline:
+    """The live daemon loop.
+
+    Construction opens the devices first (a missing camera or microphone is reported within
+    seconds, before models load), honouring ``service.allow_degraded``, then loads the models.
+    Raises DeviceError (exit 69) or ModelError. ``reply``: run the reply worker (chat + voice).
+    ``on_record``: called with every transition and reply record (JSON-able dicts).
+    """
+
+    def __init__(self, cfg: Config, *, reply: bool = True,
+                 on_record: Callable[[dict], None] | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.cfg = cfg
+        self.on_record = on_record
+        self.started_at = time.monotonic()
+        self.notes: list[str] = []
+        say = progress or (lambda _msg: None)
+        origin = time.monotonic()
+        self.camera = self._open("camera", lambda: open_camera(cfg.camera, True, origin))
+        self.mic = self._open("microphone",
+                              lambda: open_microphone(cfg.microphone, cfg.camera, True, origin))
+        if self.camera is None and self.mic is None:
+            raise DeviceError("no camera and no microphone: nothing to observe (camera.source, "
+                              "microphone.source); see `redsg-edge devices`", "camera.source")
+        say("loading models")
+        self.vision, self.speech = load_workers(cfg, self.camera is not None, self.mic is not None)
+        self.fusion = Fusion(cfg.fusion)
+        self._fusion_lock = threading.Lock()
+        self.frames = FrameRing(cfg.camera.ring_frames, cfg.camera.height, cfg.camera.width)
+        self.audio = AudioRing(cfg.microphone.ring_s, SAMPLE_RATE)
+        self.reply = None
+        if reply and cfg.reply.enabled:
+            say("loading voice")
+            from .reply import ReplyWorker
+            self.reply = ReplyWorker(cfg, on_event=self._record)
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._captures: list[CaptureThread] = []
+        self._beats: dict[str, float] = {}
+        self.last_update: FusedUpdate | None = None
+        self.last_transition: dict | None = None
+        self.last_reply: dict | None = None
+        self._fps = 0.0
+        self._frame_t: float | None = None
+        self.gated_windows = 0
+
+    def _open(self, what: str, opener):
+        try:
+            return opener()
+        except DeviceError as exc:
+            if not self.cfg.service.allow_degraded:
+                raise
+            self.notes.append(f"{what} unavailable, running without it: {exc}")
+            log.warning("%s unavailable, running degraded (service.allow_degraded = true): %s",
+                        what, exc)
+            return None
+
+    # ------------------------------------------------------------------ state for the service
+    @property
+    def modalities(self) -> dict[str, str]:
+        return {"face": "on" if self.camera else "off", "voice": "on" if self.mic else "off"}
+
+    def ready(self) -> bool:
+        """True once every active modality delivered its first frame or audio block."""
+        return ((self.camera is None or self.frames.written > 0)
+                and (self.mic is None or self.audio.written_samples > 0))
+
+    def heartbeats(self) -> dict[str, float]:
+        """Worker name → time.monotonic() of its latest sign of life (watchdog input)."""
+        beats = dict(self._beats)
+        for c in self._captures:
+            beats[c.name] = c.heartbeat
+        if self.reply is not None:
+            beats["reply"] = self.reply.heartbeat
+        return beats
+
+    def status(self) -> dict:
+        st = self.fusion.state
+        return {
+            "modalities": self.modalities,
+            "emotion": st.emotion,
+            "probs": st.to_json()["probs"],
+            "fps": round(self._fps, 1),
+            "frames": {"captured": self.frames.written, "dropped": self.frames.dropped,
+                       "classified": self.vision.frames if self.vision else 0,
+                       "with_face": self.vision.faces_found if self.vision else 0},
+            "audio": {"samples": self.audio.written_samples, "overruns": self.audio.overruns,
+                      "dropped": self.audio.dropped,
+                      "windows": self.speech.windows if self.speech else 0,
+                      "voiced_windows": self.speech.voiced_windows if self.speech else 0,
+                      "gated_windows": self.gated_windows},
+            "last_transition": self.last_transition,
+            "last_reply": self.last_reply,
+            "uptime_s": round(time.monotonic() - self.started_at, 1),
+            "notes": self.notes,
+        }
+
+    # ------------------------------------------------------------------ loop
+    def start(self) -> None:
+        if self.camera is not None:
+            self._captures.append(CaptureThread(self.camera, self.frames, "capture camera").start())
+            self._spawn("vision", self._vision_loop)
+        if self.mic is not None:
+            self._captures.append(CaptureThread(self.mic, self.audio, "capture microphone").start())
+            self._spawn("speech", self._speech_loop)
+        if self.reply is not None:
+            self.reply.start()
+
+    def _spawn(self, name: str, target) -> None:
+        self._beats[name] = time.monotonic()
+        th = threading.Thread(target=self._guard, args=(name, target), name=name, daemon=True)
+        self._threads.append(th)
+        th.start()
+
+    def _guard(self, name: str, target) -> None:
+        try:
+            target()
+        except Exception:  # a dead worker stops the watchdog pings → systemd restarts us
+            log.exception("%s worker died", name)
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        self.frames.close()
+        self.audio.close()
+        deadline = time.monotonic() + timeout
+        for c in self._captures:
+            c.stop(max(0.1, deadline - time.monotonic()))
+        for th in self._threads:
+            th.join(max(0.1, deadline - time.monotonic()))
+        if self.reply is not None:
+            self.reply.stop(max(0.1, deadline - time.monotonic()))
+        for w in (self.vision,):
+            if w is not None:
+                w.close()
+
+    def reconfigure(self, cfg: Config) -> list[str]:
+        """Apply a reloaded config; returns the changed keys that need a restart."""
+        changed = changed_keys(self.cfg, cfg)
+        live = [k for k in changed if any(k == p or k.startswith(p + ".") for p in LIVE_KEYS)]
+        with self._fusion_lock:
+            self.fusion.reconfigure(cfg.fusion)
+        if self.speech is not None:
+            self.speech.cfg = self.speech.cfg.model_copy(update={
+                "vad_threshold_dbfs": cfg.speech.vad_threshold_dbfs,
+                "min_voiced_fraction": cfg.speech.min_voiced_fraction, "hop_s": cfg.speech.hop_s})
+        if self.reply is not None:
+            self.reply.reload(cfg)
+        restart = [k for k in changed if k not in live]
+        self.cfg = cfg.model_copy(update={s: getattr(self.cfg, s) for s in ("camera", "microphone")})
+        return restart
+
+    def _record(self, rec: dict) -> None:
+        if rec.get("type") == "reply":
+            self.last_reply = {k: rec.get(k) for k in ("source", "cause", "text", "latency_s")}
+        if self.on_record is not None:
+            self.on_record(rec)
+
+    def _fuse(self, t: float, ev: Evidence | None) -> None:
+        with self._fusion_lock:
+            upd = self.fusion.update(t, ev)
+            self.last_update = upd
+        if upd.transition is not None:
+            rec = upd.transition.to_json()
+            self.last_transition = {k: rec[k] for k in ("t", "from", "to", "confidence")}
+            log.info("transition %s → %s (confidence %.2f)", rec["from"], rec["to"],
+                     rec["confidence"], extra={"redsg_event": "transition", "fields": {
+                         "EMOTION_FROM": rec["from"], "EMOTION_TO": rec["to"],
+                         "CONFIDENCE": f"{rec['confidence']:.3f}"}})
+            self._record(rec)
+            if self.reply is not None:
+                self.reply.submit(upd.transition)
+
+    def _vision_loop(self) -> None:
+        seq, last_t = -1, None
+        while not self._stop.is_set():
+            self._beats["vision"] = time.monotonic()
+            item = self.frames.wait(seq, timeout=0.5)
+            if item is None:
+                continue
+            seq, t, frame = item
+            if last_t is not None and t - last_t < 1.0 / self.cfg.vision.max_fps - 1e-3:
+                continue
+            if last_t is not None and t > last_t:
+                self._fps = 0.9 * self._fps + 0.1 / (t - last_t) if self._fps else 1 / (t - last_t)
+            last_t = t
+            result, _faces = self.vision.process(t, frame)
+            self._fuse(t, Evidence("face", t, result.probs) if result else None)
+
+    def _speech_loop(self) -> None:
+        window = self.speech.model.window_samples
+        next_pos = window
+        while not self._stop.is_set():
+            self._beats["speech"] = time.monotonic()
+            if not self.audio.wait(next_pos, timeout=0.5):
+                continue
+            pcm, t_end = self.audio.read_last(window)
+            hop = int(self.speech.cfg.hop_s * SAMPLE_RATE)
+            next_pos = self.audio.written_samples + hop
+            if len(pcm) < window:
+                continue
+            # The device's own voice must never be classified: skip windows that overlap speech.
+            if self.reply is not None and (self.reply.mic_gated(t_end - window / SAMPLE_RATE)
+                                           or self.reply.mic_gated(t_end)):
+                self.gated_windows += 1
+                continue
+            res = self.speech.process(t_end, pcm)
+            if res is not None:
+                self._fuse(t_end, Evidence("voice", t_end, res.probs))
+
+
+# ---------------------------------------------------------------------------------- replay
+
+def _merge(frames: Iterator, blocks: Iterator) -> Iterator[tuple[str, float, np.ndarray]]:
+    """Merge video frames (t, rgb) and audio blocks (t_start, pcm) in media-time order."""
+    f = next(frames, None)
+    b = next(blocks, None)
+    while f is not None or b is not None:
+        if b is None or (f is not None and f[0] <= b[0]):
+            yield "frame", f[0], f[1]
+            f = next(frames, None)
+        else:
+            yield "audio", b[0], b[1]
+            b = next(blocks, None)
+
+
+def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path | None = None,
+           plot: Path | None = None, *, use_video_audio: bool = True,
+           progress: bool = False) -> list[dict]:
+    """Run recorded media through the same workers and fusion, in media time.
+
+    video: a video file (or None for audio only); audio: a separate audio file; otherwise the
+    video's own audio track is used when it has one (``use_video_audio``). Writes JSON lines to
+    ``out`` and a timeline PNG to ``plot`` when given. Returns the records (docs/architecture.md).
+    Raises DeviceError for unreadable media, ModelError for bad models.
+    """
+    from .capture import AudioFileMic, VideoFileCamera
+
+    cam = mic = None
+    if video is not None:
+        cam = VideoFileCamera(video, cfg.camera.width, cfg.camera.height, realtime=False,
+                              max_fps=cfg.vision.max_fps, key="replay VIDEO")
+        cam.open()
+    audio_path = audio if audio is not None else (video if use_video_audio else None)
+    if audio_path is not None:
+        mic = AudioFileMic(audio_path, cfg.microphone.block_ms, realtime=False,
+                           key="replay --audio")
+        try:
+            mic.open()
+        except DeviceError:
+            if audio is not None:
+                raise
+            mic = None  # the video has no audio track: face only
+    vision, speech = load_workers(cfg, cam is not None, mic is not None)
+    fusion = Fusion(cfg.fusion)
+    records: list[dict] = []
+    sink = EventLog(out)
+    window = speech.model.window_samples if speech else 0
+    hop = int(cfg.speech.hop_s * SAMPLE_RATE)
+    buf = np.zeros(0, np.int16)
+    pos = 0  # absolute sample index of buf[0]
+    next_end = window
+    last_frame_t = None
+
+    def emit(upd: FusedUpdate) -> None:
+        rec = upd.to_json()
+        records.append(rec)
+        sink.write(rec)
+        if upd.transition is not None:
+            tr = upd.transition.to_json()
+            records.append(tr)
+            sink.write(tr)
+
+    frames = iter(cam) if cam is not None else iter(())
+    blocks = iter(mic) if mic is not None else iter(())
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(unit="s media", desc="replay", bar_format="{desc}: {n:.1f} {unit} [{elapsed}]")
+    try:
+        for kind, t, data in _merge(frames, blocks):
+            if kind == "frame":
+                if last_frame_t is not None and t - last_frame_t < 1.0 / cfg.vision.max_fps - 1e-3:
+                    continue
+                last_frame_t = t
+                result, _ = vision.process(t, data)
+                emit(fusion.update(t, Evidence("face", t, result.probs) if result else None))
+                if bar is not None:
+                    bar.n = t
+                    bar.refresh()
+                continue
+            buf = np.concatenate([buf, data])
+            while pos + len(buf) >= next_end:
+                w = buf[next_end - window - pos: next_end - pos]
+                t_end = next_end / SAMPLE_RATE
+                res = speech.process(t_end, w)
+                emit(fusion.update(t_end, Evidence("voice", t_end, res.probs) if res else None))
+                next_end += hop
+            keep = max(0, pos + len(buf) - (next_end - window))
+            pos += len(buf) - keep
+            buf = buf[len(buf) - keep:]
+    finally:
+        if bar is not None:
+            bar.close()
+        sink.close()
+        if cam is not None:
+            cam.close()
+        if mic is not None:
+            mic.close()
+        if vision is not None:
+            vision.close()
+    if plot is not None:
+        from .timeline import plot_timeline
+        plot_timeline(records, plot, title=Path(video or audio).name)
+    return records
