@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -106,11 +107,13 @@ class FusionConfig(Strict):
     #: No second transition within refractory_s of the last one.
     refractory_s: float = Field(4.0, ge=0.0, le=600.0)
 
-    @model_validator(mode="after")
-    def _hysteresis(self):
-        if self.exit_threshold > self.enter_threshold:
-            raise ValueError("exit_threshold must not exceed enter_threshold")
-        return self
+    @field_validator("exit_threshold")
+    @classmethod
+    def _hysteresis(cls, v: float, info: ValidationInfo) -> float:
+        enter = info.data.get("enter_threshold")
+        if enter is not None and v > enter:
+            raise ValueError(f"must not exceed enter_threshold ({enter})")
+        return v
 
 
 class ChatConfig(Strict):
@@ -134,7 +137,8 @@ class ChatConfig(Strict):
     #: Number of recent transitions and replies sent as context.
     history: int = Field(4, ge=0, le=20)
     #: After a failed request, offline replies are used without contacting the endpoint for
-    #: this many seconds (longer if a 429 says Retry-After); a reload clears it.
+    #: this many seconds (longer if a 429 says Retry-After); a reload that changes the
+    #: endpoint or the key clears it.
     retry_after_s: float = Field(30.0, ge=0.0, le=3600.0)
 
 

@@ -499,6 +499,7 @@ class ReplyWorker:
         # chat endpoint state
         self._client: Any = None
         self._key: str | None = None
+        self._chat_ident: tuple | None = None
         self._outage: dict | None = None
         self._retry_at = float("-inf")
         self.stats = {"submitted": 0, "accepted": 0, "dropped_busy": 0, "dropped_cooldown": 0,
@@ -628,25 +629,28 @@ class ReplyWorker:
         return text
 
     def _configure_chat(self, cfg: Config, old: Config | None) -> None:
+        """(Re)build the OpenAI client when the endpoint, key or timeouts changed. An unchanged
+        endpoint keeps its client (and keep-alive connection) and its outage state."""
         chat = cfg.reply.chat
         key = read_api_key(chat, self._environ)
-        local = is_local_url(chat.base_url)
+        ident = (chat.enabled, chat.base_url, key, chat.connect_timeout_s, chat.first_token_timeout_s)
+        if old is not None and ident == getattr(self, "_chat_ident", None):
+            return
+        self._chat_ident = ident
         client = None
+        local = is_local_url(chat.base_url)
         if chat.enabled and (key or local):
             import openai
 
+            # read= bounds each wait for bytes; the worker enforces the wall-clock deadlines.
             timeout = openai.Timeout(connect=chat.connect_timeout_s, read=chat.first_token_timeout_s,
                                      write=chat.connect_timeout_s, pool=chat.connect_timeout_s)
             client = openai.OpenAI(base_url=chat.base_url, api_key=key or LOCAL_PLACEHOLDER_KEY,
                                    timeout=timeout, max_retries=0)
         with self._lock:
-            old_client, self._client, self._key = self._client, client, key
+            # The old client is not closed here: a reply may still be streaming through it.
+            self._client, self._key = client, key
             self._outage, self._retry_at = None, float("-inf")
-        if old_client is not None:
-            try:
-                old_client.close()
-            except Exception:
-                pass
         if not chat.enabled:
             log.info("chat disabled (reply.chat.enabled = false): offline replies only")
         elif client is None:

@@ -147,8 +147,8 @@ def test_exit_threshold_above_enter_rejected(tmp_path):
     path = _write(tmp_path, "[fusion]\nenter_threshold = 0.4\nexit_threshold = 0.5\n")
     lines = _problems(path)
     assert len(lines) == 1
-    assert lines[0].startswith(f"{path}: fusion")
-    assert "exit_threshold must not exceed enter_threshold" in lines[0]
+    assert lines[0].startswith(f"{path}: fusion.exit_threshold: ")
+    assert "must not exceed enter_threshold" in lines[0]
     # Equal thresholds are allowed.
     load_config(_write(tmp_path, "[fusion]\nenter_threshold = 0.4\nexit_threshold = 0.4\n"))
 

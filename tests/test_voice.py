@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -180,10 +182,6 @@ class FakeSounddevice:
         return Stream()
 
 
-import sys  # noqa: E402
-import time  # noqa: E402
-
-
 def test_sounddevice_sink_plays_in_real_time_and_drains(monkeypatch):
     fake = FakeSounddevice()
     monkeypatch.setitem(sys.modules, "sounddevice", fake)
@@ -200,10 +198,12 @@ def test_sounddevice_sink_plays_in_real_time_and_drains(monkeypatch):
     assert np.array_equal(np.concatenate(fake.streams[0].written), np.concatenate([a, a]))
     assert not fake.streams[0].active            # stopped between utterances
     sink.write(a, 22050)                         # a new utterance restarts the stream
+    time.sleep(0.15)
     t1 = time.monotonic()
     sink.close()                                 # cuts it short
     assert time.monotonic() - t1 < 0.5
     assert fake.streams[0].starts == 2
+    assert sum(len(b) for b in fake.streams[0].written) < 3 * len(a)  # the rest was dropped
 
 
 def test_sounddevice_sink_resamples_for_a_device_without_22050(monkeypatch):

@@ -1,0 +1,102 @@
+"""The committed int8 models on real, held-out data; the MFCC front end; bad model files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+from python_speech_features import mfcc
+
+from redsg_edge import CLASSES
+from redsg_edge.datasets import load_ck48, load_fer2013, load_ravdess_index
+from redsg_edge.features import (NFFT, NUM_CEPSTRA, NUM_FILTERS, SAMPLE_RATE, WINLEN_S,
+                                 WINSTEP_S, _dither, mfcc_features, num_frames)
+from redsg_edge.litert import LiteRTClassifier, ModelError
+from redsg_edge.speech import SerModel
+from redsg_edge.vision import FerModel
+
+from .conftest import ACTOR_24, FER_MODEL, SER_MODEL
+
+
+def test_models_are_small_int8():
+    for path, limit in ((FER_MODEL, 2_000_000), (SER_MODEL, 1_000_000)):
+        clf = LiteRTClassifier(path, (None, None) if path == SER_MODEL else (48, 48, 1), 7)
+        assert clf.quantized and clf.input_dtype == np.int8
+        assert path.stat().st_size <= limit
+
+
+def test_fer_on_fer2013_privatetest_sample():
+    # 30 images per class from PrivateTest (never trained on): 210 faces.
+    x, y, _ = load_fer2013("test", limit_per_class=30)
+    fer = FerModel(FER_MODEL)
+    probs = np.stack([fer.predict(im) for im in x])
+    assert probs.shape == (len(x), 7)
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    acc = float((probs.argmax(1) == y).mean())
+    assert acc >= 0.45, f"FER accuracy on the PrivateTest sample fell to {acc:.3f} (chance 0.14)"
+
+
+def test_fer_on_ck48_sample():
+    ims = load_ck48()[::6]  # every 6th image: ~160 images, all subjects
+    fer = FerModel(FER_MODEL)
+    six = [CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "sad", "surprise")]
+    pred = [six[int(np.argmax(fer.predict(r.image)[six]))] for r in ims]
+    acc = float(np.mean([p == r.label for p, r in zip(pred, ims)]))
+    assert acc >= 0.45, f"FER accuracy on CK+48 (6 classes) fell to {acc:.3f} (chance 0.17)"
+
+
+def test_ser_on_held_out_speakers():
+    files = [f for f in load_ravdess_index() if f.actor in (23, 24)]
+    assert len(files) == 120
+    ser = SerModel(SER_MODEL, 2.5)
+    correct = []
+    for rec in files[::2]:
+        pcm, sr = sf.read(rec.path, dtype="int16")
+        wins = ser.predict_long(pcm, 0.5, -90.0, 0.0)
+        correct.append(int(np.mean([w[2] for w in wins], axis=0).argmax()) == rec.label)
+    acc = float(np.mean(correct))
+    assert acc >= 0.30, f"SER utterance accuracy on Actor_23/24 fell to {acc:.3f} (chance 0.14)"
+
+
+def test_mfcc_matches_python_speech_features():
+    pcm, sr = sf.read(ACTOR_24 / "03-01-05-02-01-01-24.flac", dtype="int16")
+    assert sr == SAMPLE_RATE
+    w = pcm[8000:8000 + 40000]
+    ours = mfcc_features(w)
+    x = w.astype(np.float32) / 32768.0
+    ref = mfcc(x + _dither(len(x)), samplerate=SAMPLE_RATE, winlen=WINLEN_S, winstep=WINSTEP_S,
+               numcep=NUM_CEPSTRA, nfilt=NUM_FILTERS, nfft=NFFT, preemph=0.97, ceplifter=22,
+               appendEnergy=True)
+    assert ours.shape == ref.shape == (num_frames(40000), 20)
+    np.testing.assert_allclose(ours, ref - ref.mean(0), rtol=1e-4, atol=1e-4)
+    # The dither is far below the speech: without it the voiced frames barely differ.
+    plain = mfcc(x, samplerate=SAMPLE_RATE, winlen=WINLEN_S, winstep=WINSTEP_S,
+                 numcep=NUM_CEPSTRA, nfilt=NUM_FILTERS, nfft=NFFT, preemph=0.97, ceplifter=22,
+                 appendEnergy=True)
+    voiced = plain[:, 0] > np.percentile(plain[:, 0], 50)
+    assert np.abs((plain - ref)[voiced]).max() < 0.05
+
+
+def test_mfcc_rejects_wrong_rate_and_shape():
+    with pytest.raises(ValueError, match="16000 Hz"):
+        mfcc_features(np.zeros(48000, np.int16), 48000)
+    with pytest.raises(ValueError, match="mono"):
+        mfcc_features(np.zeros((100, 2), np.int16))
+
+
+def test_corrupt_model_names_the_file(tmp_path):
+    bad = tmp_path / "fer_int8.tflite"
+    bad.write_bytes(b"TFL3" + bytes(range(256)) * 8)
+    with pytest.raises(ModelError, match=str(bad)):
+        FerModel(bad)
+    with pytest.raises(ModelError, match="not found"):
+        FerModel(tmp_path / "missing.tflite")
+
+
+def test_wrong_shaped_model_names_the_file():
+    with pytest.raises(ModelError, match=rf"{SER_MODEL}.*input shape"):
+        FerModel(SER_MODEL)
+    with pytest.raises(ModelError, match=rf"{FER_MODEL}.*speech.window_s"):
+        SerModel(FER_MODEL, 2.5)
+    with pytest.raises(ModelError, match="speech.window_s = 3.0"):
+        SerModel(SER_MODEL, 3.0)
