@@ -204,7 +204,8 @@ def format_table(result: dict) -> str:
 def bench_reply_main(cfg: Any, n: int = 50, ttft_s: float | None = 0.5,
                      out_json: str | Path | None = None) -> int:
     """``redsg-edge bench reply``: run ``bench_reply``; write the dict to ``out_json`` if given.
-    Returns 0 when the targets are met, 1 when not, ``EX_CONFIG`` when the voice cannot load."""
+    Returns 0 when the offline and chat targets are met (``offline_cold`` is reported, not
+    judged), 1 when not, ``EX_CONFIG`` when the voice cannot load."""
     import sys
 
     from .config import EX_CONFIG
@@ -217,4 +218,5 @@ def bench_reply_main(cfg: Any, n: int = 50, ttft_s: float | None = 0.5,
         return EX_CONFIG
     if out_json:
         Path(out_json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    return 0 if all(result["pass"].values()) else 1
+    # offline_cold is a diagnostic (the cache switched off), not a target of the product
+    return 0 if result["pass"].get("offline") and result["pass"].get("chat", True) else 1

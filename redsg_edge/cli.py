@@ -50,8 +50,10 @@ def _guarded(fn):
 
 @_guarded
 def cmd_run(args) -> int:
-    from .service import run_service
-    return run_service(args.config, reply=not args.no_reply)
+    from .service import exit_process, run_service
+    # Ends the process itself (os._exit after a clean stop): interpreter teardown of MediaPipe,
+    # onnxruntime and LiteRT takes 2-6 s, past the 3 s a SIGTERM should take.
+    exit_process(run_service(args.config, reply=not args.no_reply))
 
 
 @_guarded

@@ -49,9 +49,13 @@ class LiteRTClassifier:
                              "(or tflite-runtime with numpy<2)")
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
+        from .vision import quiet_native_stderr  # late: vision imports this module
+
         try:
-            self._interp = Interpreter(model_path=str(self.path), num_threads=num_threads)
-            self._interp.allocate_tensors()
+            # allocate_tensors prints "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
+            with quiet_native_stderr():
+                self._interp = Interpreter(model_path=str(self.path), num_threads=num_threads)
+                self._interp.allocate_tensors()
         except Exception as exc:  # the runtime raises ValueError/RuntimeError with C++ text
             raise ModelError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
         inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()

@@ -46,6 +46,12 @@ anything this module logs. Endpoints on loopback, private or link-local addresse
 ``sk-no-key-required`` when none is set, because the SDK needs a non-empty string; remote
 endpoints without a key are never contacted.
 
+Latency: Piper synthesises a whole sentence before its first sample, so the stream's first
+sentence is cut early at a clause boundary (60 characters instead of 120), a period after a
+plain word ends a sentence without waiting for the next token, and offline templates have
+short first sentences whose PCM is cached (synthesised while idle after ``start``), so an
+offline reply starts without any synthesis.
+
 Per reply, ``on_event`` receives ``{"type": "reply", ...}`` (see ``ReplyWorker``) with
 monotonic timestamps of each stage.
 """
@@ -75,7 +81,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["split_sentences", "clean_for_speech", "TemplatePicker", "DEFAULT_TEMPLATES",
            "build_messages", "HistoryEntry", "read_api_key", "is_local_url", "LOCAL_PLACEHOLDER_KEY",
-           "ReplyWorker", "say"]
+           "ReplyWorker", "say", "say_main"]
 
 #: The key sent to a local endpoint when none is configured (llama.cpp's documented example).
 LOCAL_PLACEHOLDER_KEY = "sk-no-key-required"
@@ -509,6 +515,7 @@ class ReplyWorker:
         self._prefill: list[tuple[str, Any]] = []
         self._prefill_enabled = False  # start(warm=True) turns it on
         self._prefill_stale = False     # (re)plan on the worker thread: cache cleared, plan rebuilt
+        self._planning = False
         self._cfg = cfg
         self._configure_chat(cfg, None)
 
@@ -602,7 +609,8 @@ class ReplyWorker:
     @property
     def prefill_pending(self) -> int:
         """Template sentences still to be synthesised ahead of need (see ``start``)."""
-        return len(self._prefill) + (1 if self._prefill_stale and self._prefill_enabled else 0)
+        return (len(self._prefill) + int(self._planning)
+                + int(self._prefill_stale and self._prefill_enabled))
 
     @property
     def speaking(self) -> bool:
@@ -692,6 +700,7 @@ class ReplyWorker:
 
         with self._lock:
             cfg, self._prefill_stale = self._cfg, False
+            self._planning = True
         self._pcm_cache.clear()
         plan = []
         for emotion in (CLASSES if self._prefill_enabled else ()):
@@ -700,6 +709,7 @@ class ReplyWorker:
                 first = split_sentences(text, final=True)[0][:1]
                 plan += [(s, style) for s in first]
         self._prefill = plan
+        self._planning = False
 
     def _cached_synthesis(self, sentence: str, style: Any, pause_before: bool) -> Iterable[tuple[Any, int]]:
         """Yield ``voice.synthesize`` chunks, from/into the template cache (worker thread)."""
@@ -726,9 +736,10 @@ class ReplyWorker:
                 job = self._q.get(timeout=0.0 if self._prefill else 0.25)
             except queue.Empty:
                 if self._prefill:  # idle: synthesise one template sentence ahead of need
-                    sentence, style = self._prefill.pop(0)
+                    sentence, style = self._prefill[0]
                     for _ in self._cached_synthesis(sentence, style, False):
                         pass
+                    self._prefill.pop(0)  # after: prefill_pending counts the one in progress
                 continue
             if job is None:
                 break
@@ -913,3 +924,11 @@ def say(text: str, voice: Any, sink: Any, style: Any = None) -> float:
             samples += len(pcm)
     sink.drain()
     return samples / float(rate)
+
+
+def say_main(cfg: Config, text: str) -> int:
+    """``redsg-edge say TEXT`` (same as ``redsg_edge.voice.say_main``): speak ``text`` through
+    ``cfg.voice``; 0, 1 for empty text, ``EX_CONFIG`` when the voice or sink is unusable."""
+    from .voice import say_main as _say_main
+
+    return _say_main(cfg, text)

@@ -12,7 +12,8 @@ Lifecycle and what systemd sees (``Type=notify``):
 3. ``STATUS=`` one line (emotion, modalities, fps, last transition) every
    ``service.status_interval_s``; ``WATCHDOG=1`` every ``WATCHDOG_USEC / 2`` only while every
    worker heartbeat is younger than ``service.heartbeat_timeout_s`` — a dead or stuck worker means
-   no pings, and systemd restarts the unit (``WatchdogSec=``, ``Restart=on-failure``).
+   no pings, and systemd restarts the unit (``WatchdogSec=``, ``Restart=on-failure``); its
+   SIGABRT makes faulthandler write every thread's stack to stderr (the journal) first.
 4. SIGHUP: ``RELOADING=1`` + ``MONOTONIC_USEC=``, re-read and validate the file, apply what can
    change live (``Pipeline.reconfigure``), log the keys that need a restart; a broken file keeps
    the running config and logs each error line; then ``READY=1``.
@@ -44,6 +45,7 @@ pings stop. Tests use it; never set it in production.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -59,7 +61,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from . import __version__
 from .config import EX_CONFIG, Config, ConfigError, load_config
@@ -73,7 +75,7 @@ STOP_TIMEOUT_S = 2.0  # pipeline.stop budget; systemd's "exit within 3 s" leaves
 SYSLOG_IDENTIFIER = "redsg-edge"
 STATUS_FILE_NAME = "status.json"
 
-__all__ = ["run_service", "status_main", "status_path", "status_candidates", "read_status",
+__all__ = ["run_service", "exit_process", "status_main", "status_path", "status_candidates", "read_status",
            "journal_fields", "make_journal_handler", "setup_logging", "Notifier", "status_line",
            "EX_CONFIG", "EX_SOFTWARE", "EX_UNAVAILABLE"]
 
@@ -393,6 +395,18 @@ def status_line(st: dict, now: float | None = None, stale: list[str] | None = No
 
 # ==================================================================================== daemon
 
+def _load(path: Path) -> tuple[Config, str | None]:
+    """load_config plus the sha256 of the bytes read (None if the file vanished meanwhile)."""
+    import hashlib
+
+    cfg = load_config(path)
+    try:
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        digest = None
+    return cfg, digest
+
+
 class _LoadResult:
     def __init__(self) -> None:
         self.pipeline: Any = None
@@ -446,6 +460,7 @@ class _Service:
         self.env = environ
         self.notify = Notifier(environ)
         self.cfg: Config | None = None
+        self.cfg_digest: str | None = None  # sha256 of the file text in use (a bad reload keeps it)
         self.pipeline: Any = None
         self.state = "starting"
         self.phase = "starting"
@@ -521,6 +536,7 @@ class _Service:
             "pid": os.getpid(),
             "version": __version__,
             "config": str(self.cfg_path.resolve()),
+            "config_sha256": self.cfg_digest,
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "updated_at_unix": round(time.time(), 3),
             "started_at": datetime.fromtimestamp(self.started_wall, timezone.utc)
@@ -599,7 +615,7 @@ class _Service:
 
     def _run_checked(self, kind: str) -> int:
         try:
-            self.cfg = load_config(self.cfg_path)
+            self.cfg, self.cfg_digest = _load(self.cfg_path)
         except ConfigError as exc:
             for line in exc.lines:
                 print(line, file=sys.stderr, flush=True)
@@ -774,7 +790,7 @@ class _Service:
         self._write_status()
         log.info("SIGHUP: reloading %s", self.cfg_path)
         try:
-            new = load_config(self.cfg_path)
+            new, digest = _load(self.cfg_path)
         except ConfigError as exc:
             for line in exc.lines:
                 log.error("reload rejected: %s", line)
@@ -786,7 +802,7 @@ class _Service:
             except Exception:
                 log.exception("reload failed while applying; keeping the running configuration")
             else:
-                self.cfg = new
+                self.cfg, self.cfg_digest = new, digest
                 setup_logging(new.service.log_level, self.env)
                 self._set_event_log(new.service.event_log)
                 live = [k for k in changed if k not in restart]
@@ -834,6 +850,23 @@ def _is_known_error(exc: BaseException) -> bool:
     return isinstance(exc, known)
 
 
+def exit_process(code: int) -> NoReturn:
+    """End the process now with ``code``: flush logging and stdio, then ``os._exit``.
+
+    For ``redsg-edge run`` after :func:`run_service` returned: the workers are stopped and every
+    file is closed by then, but the interpreter's own finalisation (tearing down MediaPipe,
+    onnxruntime, LiteRT, SciPy) takes 2-6 s on a small board, past the 3 s systemd and users
+    expect after SIGTERM.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
+
+
 def run_service(cfg_path: Path, *, reply: bool = True,
                 environ: Mapping[str, str] | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT; returns the process exit code.
@@ -845,6 +878,11 @@ def run_service(cfg_path: Path, *, reply: bool = True,
     missing, or no first frame/audio within ``service.start_timeout_s``) or 70 (a model that
     cannot be loaded; the message names the file). Never raises for those.
     """
+    # Before mediapipe is imported: silences its TensorFlow "cpu_feature_guard" INFO lines on fd 2.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # A watchdog kill is SIGABRT: every thread's Python stack then reaches the journal via fd 2.
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
     return _Service(Path(cfg_path), reply, environ if environ is not None else os.environ).run()
 
 
@@ -984,7 +1022,7 @@ def _main(argv: list[str] | None = None) -> int:
         return status_main(args.json, args.file)
     if args.cmd != "run":
         ap.error("choose run or status")
-    return run_service(args.config, reply=not args.no_reply)
+    exit_process(run_service(args.config, reply=not args.no_reply))
 
 
 if __name__ == "__main__":

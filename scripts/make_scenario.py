@@ -268,15 +268,17 @@ def write_media(path_mp4: Path, path_wav: Path, frames, n_frames: int, fps: int,
             out.mux(a.encode(None))
 
 
-def verify_detection(path_mp4: Path, renderer: Renderer, model: Path, min_confidence: float) -> dict:
-    """Decode the MP4 and run the MediaPipe Tasks FaceDetector in VIDEO mode on every frame."""
+def verify_detection(path_mp4: Path, renderer: Renderer, model: Path, min_confidence: float,
+                     bounds: np.ndarray) -> dict:
+    """Decode the MP4 and run the MediaPipe Tasks FaceDetector in VIDEO mode on every frame;
+    ``bounds`` are the segments' frame boundaries (for per-segment rates)."""
     import av
     import mediapipe as mp
     from mediapipe.tasks.python import BaseOptions, vision
     opts = vision.FaceDetectorOptions(
         base_options=BaseOptions(model_asset_path=str(model)),
         running_mode=vision.RunningMode.VIDEO, min_detection_confidence=min_confidence)
-    frames = detected = 0
+    hits: list[bool] = []
     with quiet_stderr():
         det = vision.FaceDetector.create_from_options(opts)
     try:
@@ -286,13 +288,16 @@ def verify_detection(path_mp4: Path, renderer: Renderer, model: Path, min_confid
                 ts = int(round(i * 1000 / renderer.fps))
                 with quiet_stderr() if i == 0 else contextlib.nullcontext():
                     res = det.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb), ts)
-                frames += 1
-                detected += any(_on_face(d, renderer.box(i / renderer.fps), 8) for d in res.detections)
+                hits.append(any(_on_face(d, renderer.box(i / renderer.fps), 8) for d in res.detections))
     finally:
         with quiet_stderr():
             det.close()
+    frames, detected = len(hits), int(sum(hits))
+    per_segment = [round(float(np.mean(hits[a:b])), 4) if b > a else None
+                   for a, b in zip(bounds[:-1], bounds[1:])]
     return {"frames": frames, "detected": detected, "rate": detected / max(frames, 1),
-            "mode": "VIDEO", "model": model.name, "min_detection_confidence": min_confidence}
+            "per_segment": per_segment, "mode": "VIDEO", "model": model.name,
+            "min_detection_confidence": min_confidence}
 
 
 # --------------------------------------------------------------------------------- scenario
@@ -393,7 +398,8 @@ def compose(i: int, args, fer, ck, voices, screen: Screen | None) -> dict:
         "generator": "scripts/make_scenario.py",
     }
     if args.verify:
-        truth["face_detection"] = verify_detection(mp4, renderer, args.detector, args.min_confidence)
+        truth["face_detection"] = verify_detection(mp4, renderer, args.detector, args.min_confidence,
+                                                   bounds)
     (args.out / f"{name}.json").write_text(json.dumps(truth, indent=1))
     return truth
 

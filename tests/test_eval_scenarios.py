@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from redsg_edge import CLASSES
 _spec = importlib.util.spec_from_file_location(
     "eval_scenarios", Path(__file__).resolve().parent.parent / "scripts" / "eval_scenarios.py")
 ev = importlib.util.module_from_spec(_spec)
+sys.modules["eval_scenarios"] = ev  # dataclasses look their module up
 _spec.loader.exec_module(ev)
 
 TRUTH = {"segments": [{"start": 0, "end": 10, "label": "neutral"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import av
@@ -25,6 +26,7 @@ pytestmark = [
 
 _spec = importlib.util.spec_from_file_location("make_scenario", ROOT / "scripts" / "make_scenario.py")
 ms = importlib.util.module_from_spec(_spec)
+sys.modules["make_scenario"] = ms  # dataclasses look their module up
 _spec.loader.exec_module(ms)
 
 
@@ -50,6 +52,7 @@ def test_compose_one(tmp_path):
     # the real detector found the face in (nearly) every decoded frame
     fd = truth["face_detection"]
     assert fd["frames"] == 270 and fd["rate"] >= 0.9
+    assert len(fd["per_segment"]) == 3 and min(fd["per_segment"]) >= 0.8
     # media: 640x480 H.264 at 15 fps, 270 frames; 16 kHz mono WAV of the same length
     with av.open(str(tmp_path / "scenario_000.mp4")) as c:
         v = c.streams.video[0]

@@ -74,7 +74,8 @@ def test_mfcc_matches_python_speech_features():
                  numcep=NUM_CEPSTRA, nfilt=NUM_FILTERS, nfft=NFFT, preemph=0.97, ceplifter=22,
                  appendEnergy=True)
     voiced = plain[:, 0] > np.percentile(plain[:, 0], 50)
-    assert np.abs((plain - ref)[voiced]).max() < 0.05
+    diff = np.abs((plain - ref)[voiced])
+    assert diff.max() < 0.1 and diff.mean() < 0.01  # cepstra span about ±30
 
 
 def test_mfcc_rejects_wrong_rate_and_shape():

@@ -47,7 +47,7 @@ def test_replay_pexels_finds_the_face_in_95_percent_of_frames():
     recs = replay(make_config(), PEXELS, use_video_audio=False)
     updates = [r for r in recs if r["type"] == "update"]
     rate = np.mean([r["face"] is not None for r in updates])
-    assert len(updates) > 250 and rate >= 0.95
+    assert len(updates) > 200 and rate >= 0.95  # 23.976 fps thinned to 12 (every other frame)
 
 
 def test_analyze_json_images_and_audio(tmp_path):

@@ -242,19 +242,21 @@ def assert_spoken(rec: dict, sink: WavSink) -> np.ndarray:
 
 def assert_alive(r: Run):
     assert r.w.alive
-    assert time.monotonic() - r.w.heartbeat < 1.0
+    assert time.monotonic() - r.w.heartbeat < 2.0
 
 
 def test_streamed_chat_reply_is_spoken_sentence_by_sentence(run_factory):
-    with ChatServer(reply=REPLY, ttft_s=0.3, inter_token_s=0.05) as srv:
+    with ChatServer(reply=REPLY, ttft_s=0.3, inter_token_s=0.12) as srv:
         r = run_factory(make_cfg(srv.base_url))
         rec = r.reply(ev("neutral", "happy"))
         assert (rec["source"], rec["cause"], rec["truncated"]) == ("chat", None, False)
         assert rec["text"] == REPLY and rec["sentences"] == 2
         ts = rec["timestamps"]
         assert ts["first_token"] - ts["chat_request"] >= 0.29
-        # speech started while the stream was still arriving (~0.8 s of tokens after the first)
-        last_token_at = ts["chat_request"] + 0.3 + 0.05 * (len(tokens_of(REPLY)) - 1)
+        # the first sentence went to Piper, and speech started, while the stream was still
+        # arriving (~2 s of tokens after the first)
+        last_token_at = ts["chat_request"] + 0.3 + 0.12 * (len(tokens_of(REPLY)) - 1)
+        assert ts["first_sentence"] < last_token_at - 1.0
         assert ts["first_pcm"] < last_token_at
         assert_spoken(rec, r.sink)
         req = srv.requests[-1]
@@ -326,14 +328,17 @@ def test_stall_after_first_sentence_keeps_what_was_said(run_factory):
 
 def test_429_retry_after_is_honoured_then_recovery_is_logged(run_factory, caplog):
     caplog.set_level(logging.DEBUG)
-    with ChatServer(reply=REPLY, mode="429", retry_after=1.5) as srv:
+    with ChatServer(reply=REPLY, mode="429", retry_after=4) as srv:
         r = run_factory(make_cfg(srv.base_url))
-        assert r.reply()["cause"] == "http_429"
+        first = r.reply()
+        assert first["cause"] == "http_429"
+        retry_at = first["timestamps"]["chat_request"] + 4
         rec = r.reply()  # within Retry-After: offline without asking the server
+        assert rec["timestamps"]["submitted"] < retry_at
         assert (rec["source"], rec["cause"], rec["skipped"]) == ("offline", "http_429", True)
         assert len(srv.requests) == 1
         srv.mode = "normal"
-        time.sleep(1.6)
+        time.sleep(max(0.0, retry_at + 0.5 - time.monotonic()))  # + time to get the 429
         assert r.reply()["source"] == "chat"
         assert len(srv.requests) == 2
     msgs = [rec.getMessage() for rec in caplog.records if rec.name == "redsg_edge.reply"]
@@ -451,7 +456,7 @@ def test_stop_is_prompt_even_mid_stream(run_factory):
         time.sleep(0.3)
         t0 = time.monotonic()
         assert r.w.stop(5.0)
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 2.0
         assert not r.w.alive
         assert not r.w.submit(ev())
 
@@ -473,7 +478,7 @@ def test_template_cache_makes_offline_first_audio_immediate(voice, tmp_path):
         while not events and time.monotonic() - t0 < 80:
             time.sleep(0.02)
         rec = events[0]
-        assert rec["latency_s"]["first_pcm"] < 0.05  # no synthesis before the first sample
+        assert rec["latency_s"]["first_pcm"] < 0.1  # no synthesis before the first sample
         assert_spoken(rec, sink)
     finally:
         assert w.stop(5.0)

@@ -1,0 +1,276 @@
+"""Third-party model files: a pinned manifest, fetching with verification, and checking.
+
+The manifest is ``models/manifest.toml`` (``[[file]]`` tables: name, url, sha256, size, key,
+license, optional). :func:`fetch_models` copies it into the destination directory beside the
+files, so an installed models directory describes itself and :func:`verify_models` works
+without the source tree. Our own classifiers (``fer_int8.tflite``, ``ser_int8.tflite``) are not
+downloaded; they are pinned by ``SHA256SUMS`` (``sha256sum`` format) in their directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import sys
+import tempfile
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import Config
+
+REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
+MANIFEST_NAME = "manifest.toml"
+SUMS_NAME = "SHA256SUMS"
+DOWNLOAD_TIMEOUT_S = 60.0
+_CHUNK = 1 << 16
+
+__all__ = ["Asset", "AssetError", "load_manifest", "find_manifest", "fetch_models", "fetch_main",
+           "verify_models", "sha256_file", "read_sha256sums"]
+
+
+class AssetError(RuntimeError):
+    """A model file that cannot be fetched or fails verification; the message names it."""
+
+
+@dataclass(frozen=True)
+class Asset:
+    name: str           # file name in the models directory
+    url: str
+    sha256: str         # lower-case hex
+    size: int           # bytes
+    key: str = ""       # config key that points at it, e.g. "vision.detector_model"
+    license: str = ""
+    optional: bool = False
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file. Raises OSError."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(_CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def find_manifest(models_dir: Path | None = None) -> Path | None:
+    """``models_dir/manifest.toml`` when present, else the source tree's ``models/manifest.toml``."""
+    for cand in ([Path(models_dir) / MANIFEST_NAME] if models_dir else []) + \
+            [REPO_MODELS / MANIFEST_NAME]:
+        if cand.is_file():
+            return cand
+    return None
+
+
+def load_manifest(path: Path | None = None) -> list[Asset]:
+    """Parse a manifest (default: :func:`find_manifest`). Raises AssetError naming the file."""
+    path = path or find_manifest()
+    if path is None:
+        raise AssetError(f"no {MANIFEST_NAME} found (looked in {REPO_MODELS})")
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        assets = [Asset(name=f["name"], url=f["url"], sha256=f["sha256"].lower(),
+                        size=int(f["size"]), key=f.get("key", ""), license=f.get("license", ""),
+                        optional=bool(f.get("optional", False)))
+                  for f in data.get("file", [])]
+    except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise AssetError(f"{path}: not a valid model manifest: {type(exc).__name__}: {exc}") from None
+    for a in assets:
+        if Path(a.name).name != a.name or len(a.sha256) != 64:
+            raise AssetError(f"{path}: entry {a.name!r}: name must be a plain file name and "
+                             "sha256 64 hex digits")
+    return assets
+
+
+def _copy_verified(asset: Asset, src, dest_dir: Path, origin: str) -> Path:
+    """Stream ``src`` (a binary file object) into a temporary file in ``dest_dir``, check size and
+    sha256, then rename into place. Raises AssetError (the partial file is removed)."""
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{asset.name}.", suffix=".part")
+    h, n = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for block in iter(lambda: src.read(_CHUNK), b""):
+                n += len(block)
+                if n > asset.size:
+                    raise AssetError(f"{asset.name}: {origin} is larger than the manifest's "
+                                     f"{asset.size} bytes")
+                h.update(block)
+                out.write(block)
+            out.flush()
+            os.fsync(out.fileno())
+        if n != asset.size or h.hexdigest() != asset.sha256:
+            raise AssetError(f"{asset.name}: {origin} does not match the manifest: {n} bytes, "
+                             f"sha256 {h.hexdigest()}; expected {asset.size} bytes, sha256 "
+                             f"{asset.sha256}")
+        os.chmod(tmp, 0o644)
+        target = dest_dir / asset.name
+        os.replace(tmp, target)
+        return target
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def fetch_models(dest: Path, mirror: Path | None = None, *, optional: bool = False,
+                 manifest: Path | None = None, timeout: float = DOWNLOAD_TIMEOUT_S,
+                 log=None) -> list[Path]:
+    """Fetch every manifest file into ``dest`` (created); returns the files' paths.
+
+    Files already present with the right sha256 are kept. ``mirror``: copy ``mirror/<name>``
+    instead of downloading (no network). ``optional``: include ``optional = true`` entries.
+    The manifest itself is copied to ``dest/manifest.toml``. ``log``: callable(str) for
+    progress lines. Raises AssetError naming the file (download failure, missing in mirror,
+    size or hash mismatch); nothing half-written is left under the final name.
+    """
+    say = log or (lambda _m: None)
+    src_manifest = manifest or find_manifest()
+    assets = load_manifest(src_manifest)
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    out = []
+    for a in assets:
+        if a.optional and not optional:
+            continue
+        target = dest / a.name
+        if target.is_file() and target.stat().st_size == a.size and sha256_file(target) == a.sha256:
+            say(f"{a.name}: present, sha256 ok")
+            out.append(target)
+            continue
+        if mirror is not None:
+            src_path = Path(mirror) / a.name
+            try:
+                with open(src_path, "rb") as src:
+                    _copy_verified(a, src, dest, f"mirror file {src_path}")
+            except FileNotFoundError:
+                raise AssetError(f"{a.name}: not in mirror {mirror}") from None
+            except OSError as exc:
+                raise AssetError(f"{a.name}: cannot copy from mirror {src_path}: {exc}") from None
+            say(f"{a.name}: copied from {mirror}, sha256 ok")
+        else:
+            try:
+                req = urllib.request.Request(a.url, headers={"User-Agent": "redsg-edge"})
+                with urllib.request.urlopen(req, timeout=timeout) as resp:
+                    _copy_verified(a, resp, dest, a.url)
+            except AssetError:
+                raise
+            except OSError as exc:  # URLError, HTTPError, timeouts
+                raise AssetError(f"{a.name}: download from {a.url} failed: {exc}; no network? "
+                                 "use --mirror DIR with a copy of the file") from None
+            say(f"{a.name}: downloaded, sha256 ok")
+        out.append(target)
+    if src_manifest is not None and Path(src_manifest).resolve() != (dest / MANIFEST_NAME).resolve():
+        shutil.copyfile(src_manifest, dest / MANIFEST_NAME)
+        os.chmod(dest / MANIFEST_NAME, 0o644)
+    return out
+
+
+def fetch_main(dest: Path, mirror: Path | None = None, optional: bool = False) -> int:
+    """``redsg-edge fetch-models [--dest DIR] [--mirror DIR] [--optional]``: prints one line per
+    file; returns 0 when every file is in place and verified, 1 otherwise (message on stderr)."""
+    try:
+        fetch_models(dest, mirror, optional=optional, log=lambda m: print(f"✔ {m}"))
+    except AssetError as exc:
+        print(f"✘ {exc}", file=sys.stderr)
+        return 1
+    print(f"models in {dest}")
+    return 0
+
+
+def read_sha256sums(path: Path) -> dict[str, str]:
+    """``sha256sum`` output (``<hex>  <name>``, ``*`` binary marker allowed) → {name: hex}."""
+    sums = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        parts = line.strip().split(maxsplit=1)
+        if len(parts) == 2 and len(parts[0]) == 64:
+            sums[Path(parts[1].lstrip("*")).name] = parts[0].lower()
+    return sums
+
+
+def _configured(cfg: Config, key: str) -> Path | None:
+    section, _, name = key.partition(".")
+    value = getattr(getattr(cfg, section, None), name, None)
+    return Path(value) if value else None
+
+
+def verify_models(cfg: Config) -> list[str]:
+    """Problems with the model files ``cfg`` points at; ``[]`` when all is well.
+
+    Manifest files (found beside the configured detector, else in the source tree): presence,
+    size and sha256 when the configured file has the manifest's name (a differently named
+    custom model is only checked for presence). Our own FER/SER models: presence, and sha256
+    against ``SHA256SUMS`` in their directory when that file lists them. Each problem is one
+    line naming the config key and the file.
+    """
+    problems: list[str] = []
+    checked: set[Path] = set()
+    detector = cfg.vision.detector_model
+    manifest = find_manifest(Path(detector).parent if detector else None)
+    assets: list[Asset] = []
+    if manifest is None:
+        problems.append(f"{MANIFEST_NAME} not found beside {detector} nor in {REPO_MODELS}: "
+                        "third-party model hashes cannot be checked")
+    else:
+        try:
+            assets = load_manifest(manifest)
+        except AssetError as exc:
+            problems.append(str(exc))
+    for a in assets:
+        path = _configured(cfg, a.key) if a.key else None
+        if path is None:
+            continue  # e.g. voice.model unset: the packaged default voice is used
+        if a.name == path.name + ".json":  # a Piper voice's config sits beside its .onnx
+            path = path.with_name(a.name)
+        if path.name != a.name:
+            continue  # a custom file under another name: presence is checked below
+        checked.add(path)
+        if not path.is_file():
+            problems.append(f"{a.key}: {path} missing (run `redsg-edge fetch-models "
+                            f"--dest {path.parent}`)")
+            continue
+        size = path.stat().st_size
+        digest = sha256_file(path)
+        if size != a.size or digest != a.sha256:
+            problems.append(f"{a.key}: {path} does not match {manifest}: sha256 {digest}, "
+                            f"expected {a.sha256}; fetch it again")
+    for key in ("vision.detector_model", "vision.fer_model", "speech.ser_model"):
+        path = _configured(cfg, key)
+        if path is None or path in checked:
+            continue
+        if not path.is_file():
+            problems.append(f"{key}: {path} missing")
+            continue
+        sums_path = path.parent / SUMS_NAME
+        if sums_path.is_file():
+            expected = read_sha256sums(sums_path).get(path.name)
+            if expected and sha256_file(path) != expected:
+                problems.append(f"{key}: {path} does not match {sums_path} (corrupt or replaced "
+                                "file; reinstall the models)")
+    return problems
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m redsg_edge.assets [--dest DIR] [--mirror DIR] [--optional]`` (installer)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m redsg_edge.assets",
+                                 description="fetch and verify third-party model files")
+    ap.add_argument("--dest", type=Path, default=REPO_MODELS)
+    ap.add_argument("--mirror", type=Path)
+    ap.add_argument("--optional", action="store_true")
+    args = ap.parse_args(argv)
+    return fetch_main(args.dest, args.mirror, args.optional)
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,112 @@
+"""``redsg-edge bench`` in quick mode: it runs end to end and writes JSON with the promised fields.
+
+Benchmarks are not timed tests: these runs prove the benches work (CI runs quick mode only);
+the figures themselves come from full runs (docs/benchmarks.md). Every number checked here
+only has to be positive and finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from redsg_edge.datasets import DATA_ROOT
+
+REPO = Path(__file__).resolve().parent.parent
+DETECTOR = DATA_ROOT.parent / "models" / "blaze_face_short_range.tflite"
+CLIP = DATA_ROOT / "av_clips" / "pyfeat_WolfgangLanger_Pexels.mp4"
+RAVDESS = DATA_ROOT / "ravdess" / "index.csv"
+PEERS = REPO / ".venv-peers" / "bin" / "python"
+
+pytestmark = pytest.mark.skipif(
+    not (DETECTOR.is_file() and CLIP.is_file() and RAVDESS.is_file()),
+    reason="../shared detector, clip or RAVDESS missing")
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory) -> Path:
+    from redsg_edge.testing.models import classifier_models
+    tmp = tmp_path_factory.mktemp("bench")
+    try:
+        fer, ser = classifier_models(tmp / "models")
+    except ImportError as exc:
+        pytest.skip(str(exc))
+    path = tmp / "config.toml"
+    path.write_text(f'[vision]\ndetector_model = "{DETECTOR}"\nfer_model = "{fer}"\n'
+                    f'[speech]\nser_model = "{ser}"\n[voice]\nsink = "null"\n')
+    return path
+
+
+def run_bench(what: str, config: Path, out: Path, timeout: float = 900) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "redsg_edge", "bench", what, "--quick",
+                           "-c", str(config), "--json-out", str(out)],
+                          capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    assert doc["quick"] is True
+    assert doc["machine"]["logical_cpus"] >= 1 and doc["machine"]["python"]
+    res = doc["sections"][what]
+    assert res["provisional"] is True  # quick figures are never the reported ones
+    return res
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def check_summary(s: dict, n: int | None = None) -> None:
+    assert s["n"] >= 1 if n is None else s["n"] == n
+    for k in ("p50_ms", "p95_ms", "p99_ms", "min_ms", "max_ms"):
+        assert positive(s[k]), (k, s)
+    assert s["min_ms"] <= s["p50_ms"] <= s["p95_ms"] <= s["max_ms"]
+
+
+def test_bench_stages_quick(config, tmp_path):
+    res = run_bench("stages", config, tmp_path / "stages.json")
+    assert set(res["modes"]) == {"one_core", "all_cores"}
+    assert res["modes"]["one_core"]["threads"] == 1
+    assert len(res["modes"]["one_core"]["cpus"]) == 1
+    for mode in res["modes"].values():
+        assert set(mode["stages"]) == {"face_detection", "crop_preprocess", "fer", "vision_frame",
+                                       "mfcc", "ser", "speech_window", "fusion_update"}
+        for s in mode["stages"].values():
+            check_summary(s, res["calls"])
+        assert mode["detection_rate"] > 0.5  # the clip's face is visible in most frames
+    t = res["targets"]["vision_frame_p50_ms_one_core"]
+    assert positive(t["value"]) and t["limit"] == 6.0 and isinstance(t["met"], bool)
+
+
+def test_bench_loop_quick(config, tmp_path):
+    res = run_bench("loop", config, tmp_path / "loop.json")
+    for mode in ("one_core", "all_cores"):
+        m = res["modes"][mode]
+        for k in ("decode_excluded", "decode_included_serial", "decode_included_pipelined"):
+            assert positive(m["max_fps"][k]["fps"]), (mode, k)
+        check_summary(m["max_fps"]["decode_excluded"]["per_frame"], res["frames"])
+        lat = m["latency_15fps"]
+        assert lat["frames"] >= 10
+        check_summary(lat["frame_to_fused"])
+        assert lat["with_face"] >= 1
+    assert positive(res["targets"]["loop_fps_all_cores_decode_included"]["value"])
+
+
+@pytest.mark.skipif(not PEERS.is_file(), reason=".venv-peers (the fer peer) not installed")
+def test_bench_peers_quick(config, tmp_path):
+    res = run_bench("peers", config, tmp_path / "peers.json", timeout=1800)
+    assert res["images"]["fer2013_private_test"] == 70 and res["images"]["ck48"] >= 40
+    for name, acc in res["accuracy"].items():
+        for ds in ("fer2013_private_test", "ck48"):
+            assert 0.0 <= acc[ds]["acc"] <= 1.0 and 0.0 <= acc[ds]["face_found"] <= 1.0, name
+        assert "acc_6way" in acc["ck48"] and "acc_7way" in acc["ck48"]
+    # The peer's own API on the given crops is far above chance even in a quick sample.
+    assert res["accuracy"]["fer_crop_offsets_0"]["fer2013_private_test"]["acc"] > 0.4
+    for s in res["latency_one_core"].values():
+        check_summary(s)
+    for s in res["latency_all_cores"].values():
+        check_summary(s)
+    assert positive(res["speedup_p50"]["photo_pipeline"])
