@@ -99,7 +99,8 @@ def plot_timeline(events: list[dict], path: str | os.PathLike, title: str | None
         ax.grid(alpha=0.3)
         coverage = np.mean(~np.isnan(m[:, 0]))
         ax.text(0.995, 0.95, f"{coverage:.0%} of updates", transform=ax.transAxes,
-                ha="right", va="top", fontsize=8, color="0.3")
+                ha="right", va="top", fontsize=8, color="0.3",
+                bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
     for ax in axes[:3]:
         for tr in transitions:
             ax.axvline(tr["t"], color="black", lw=0.9, ls="--", alpha=0.8)

@@ -2,9 +2,9 @@
 """Replay composed scenarios through the daemon and score the fused emotion against ground truth.
 
 For each ``NAME.json`` in ``--scenarios`` (written by ``scripts/make_scenario.py``), runs
-``redsg_edge.pipeline.replay(cfg, NAME.mp4, audio=NAME.wav, out=OUT/NAME.jsonl,
-plot=OUT/NAME.png)`` (or, with ``--events-dir``, reads existing ``NAME.jsonl`` replay output) and
-reports, per scenario and over all of them:
+``redsg_edge.pipeline.replay(cfg, NAME.mp4, audio=NAME.wav, out=OUT/NAME.jsonl)`` (or, with
+``--events-dir``, reads existing ``NAME.jsonl`` replay output), draws ``OUT/NAME.png`` (timeline
+with the ground-truth strip) and reports, per scenario and over all of them:
 
 - **accuracy**: the fraction of scored time where the fused emotion equals the ground-truth label.
   Each ``update`` record holds until the next one (the last until the scenario's end); scoring
@@ -270,9 +270,11 @@ def main(argv: list[str] | None = None) -> int:
             audio = path.parent / truth.get("audio", f"{name}.wav")
             t0 = time.perf_counter()
             records = replay(cfg, video, audio=audio if audio.is_file() else None,
-                             out=args.out / f"{name}.jsonl",
-                             plot=None if args.no_plot else args.out / f"{name}.png")
+                             out=args.out / f"{name}.jsonl")
             wall = time.perf_counter() - t0
+        if not args.no_plot:  # drawn here rather than by replay, to add the ground-truth strip
+            from redsg_edge.timeline import plot_timeline
+            plot_timeline(records, args.out / f"{name}.png", title=name, truth=truth["segments"])
         s = score_scenario(records, truth, args.match_window)
         if wall is not None:
             s["replay_wall_s"] = wall

@@ -281,9 +281,8 @@ def test_sighup_reload_applies_live_keys_and_names_restart_keys(daemon):
 
 
 def test_broken_reload_keeps_old_config(daemon):
-    good = json.loads((daemon.workdir / "status.json").read_text())
     good_text = daemon.cfg.read_text()
-    # reload the restored good file first so the digest is the good one
+    # reload the restored good file first, so the digest in use is the good file's
     since = time.monotonic()
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.listener.wait_for("READY=1", 10, daemon.listener.wait_for("RELOADING=1", 10, since))
@@ -373,11 +372,9 @@ def test_missing_model_exits_70_naming_the_file(tmp_path, models):
 
 @needs_media
 def test_hung_worker_stops_the_watchdog(tmp_path, models):
-    cfg = write_config(tmp_path / "config.toml", models, reply=False,
-                       extra="").read_text().replace("heartbeat_timeout_s = 2.0",
-                                                     "heartbeat_timeout_s = 1.0")
-    (tmp_path / "config.toml").write_text(cfg)
-    d = Daemon(tmp_path, tmp_path / "config.toml", env={"REDSG_DEBUG_HANG": "vision:1.5"})
+    cfg = write_config(tmp_path / "config.toml", models, reply=False)
+    cfg.write_text(cfg.read_text().replace("heartbeat_timeout_s = 2.0", "heartbeat_timeout_s = 1.0"))
+    d = Daemon(tmp_path, cfg, env={"REDSG_DEBUG_HANG": "vision:1.5"})
     try:
         t_ready = d.listener.wait_for("READY=1", START_TIMEOUT, proc=d.proc)
         d.wait_log("heartbeat older than service.heartbeat_timeout_s", 15)
