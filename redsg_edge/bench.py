@@ -118,14 +118,23 @@ def _cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    out: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break
+            k, _, v = line.partition(":")
+            out[k.strip().lower()] = v.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return out
+
+
+def _cpu_model() -> str:
+    info = _cpuinfo()
+    return info.get("model name") or platform.processor() or platform.machine()
 
 
 def _versions(names: tuple[str, ...]) -> dict[str, str | None]:
@@ -148,7 +157,10 @@ RUNTIME_PACKAGES = ("numpy", "mediapipe", "ai-edge-litert", "tflite-runtime",
 def machine_info() -> dict[str, Any]:
     """CPU model, core counts, memory, OS, Python and package versions of this process."""
     import psutil
-    return {"cpu_model": _cpu_model(), "logical_cpus": os.cpu_count(),
+    ci = _cpuinfo()
+    return {"cpu_model": _cpu_model(), "cpu_family_model": f"{ci.get('cpu family', '?')}/"
+            f"{ci.get('model', '?')}", "virtualized": "hypervisor" in ci.get("flags", "").split(),
+            "logical_cpus": os.cpu_count(),
             "physical_cores": psutil.cpu_count(logical=False), "affinity": _cpus(),
             "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
             "os": platform.platform(), "python": platform.python_version(),

@@ -22,8 +22,8 @@ Lifecycle and what systemd sees (``Type=notify``):
 
 Exit codes (sysexits.h): 0 clean stop; 78 bad config at start (``file: section.key: message``
 lines on stderr); 69 a camera, microphone or audio output missing, or no first frame/audio within
-``service.start_timeout_s``; 70 a model file missing or unloadable (the message names the file) or
-an internal error.
+``service.start_timeout_s``; 70 a model file missing or unloadable (the message names the file);
+1 anything unexpected (a bug; the traceback is logged).
 
 Logging: when stderr is connected to the journal (``$JOURNAL_STREAM`` equals stderr's
 ``st_dev:st_ino``) records go through ``systemd.journal.JournalHandler`` with structured fields
@@ -70,6 +70,7 @@ log = logging.getLogger("redsg_edge.service")
 
 EX_OK = 0
 EX_SOFTWARE = 70     # sysexits.h: internal software error (here: a model that cannot be loaded)
+EX_FAILURE = 1       # anything unexpected (a bug): systemd restarts on it, unlike 70 and 78
 EX_UNAVAILABLE = 69  # sysexits.h: a device is unavailable
 STOP_TIMEOUT_S = 2.0  # pipeline.stop budget; systemd's "exit within 3 s" leaves ~1 s for teardown
 SYSLOG_IDENTIFIER = "redsg-edge"
@@ -395,6 +396,12 @@ def status_line(st: dict, now: float | None = None, stale: list[str] | None = No
 
 # ==================================================================================== daemon
 
+def _is_live_key(key: str) -> bool:
+    from .pipeline import LIVE_KEYS
+
+    return any(key == p or key.startswith(p + ".") for p in LIVE_KEYS)
+
+
 def _load(path: Path) -> tuple[Config, str | None]:
     """load_config plus the sha256 of the bytes read (None if the file vanished meanwhile)."""
     import hashlib
@@ -429,7 +436,7 @@ def _exit_code_for(exc: BaseException) -> int:
     if isinstance(exc, VoiceError):
         # a voice model file → like a model; an audio output → like a device
         return EX_SOFTWARE if getattr(exc, "key", "") == "voice.model" else EX_UNAVAILABLE
-    return EX_SOFTWARE
+    return EX_FAILURE
 
 
 def _install_debug_hang(pipeline: Any, spec: str, release: threading.Event) -> None:
@@ -461,6 +468,8 @@ class _Service:
         self.notify = Notifier(environ)
         self.cfg: Config | None = None
         self.cfg_digest: str | None = None  # sha256 of the file text in use (a bad reload keeps it)
+        self.start_cfg: Config | None = None
+        self.restart_pending: list[str] = []  # changed keys that only a restart applies
         self.pipeline: Any = None
         self.state = "starting"
         self.phase = "starting"
@@ -537,6 +546,7 @@ class _Service:
             "version": __version__,
             "config": str(self.cfg_path.resolve()),
             "config_sha256": self.cfg_digest,
+            "restart_pending": self.restart_pending,
             "updated_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
             "updated_at_unix": round(time.time(), 3),
             "started_at": datetime.fromtimestamp(self.started_wall, timezone.utc)
@@ -621,7 +631,7 @@ class _Service:
                 print(line, file=sys.stderr, flush=True)
             self.notify(f"STATUS=bad config: {exc.lines[0][:200]}")
             return EX_CONFIG
-        cfg = self.cfg
+        cfg = self.start_cfg = self.cfg
         setup_logging(cfg.service.log_level, self.env)
         self.status_file = status_path(cfg.service.status_file, self.env)
         self._set_event_log(cfg.service.event_log)
@@ -632,8 +642,8 @@ class _Service:
             return self._lifecycle()
         except Exception as exc:  # a bug: say so, and let systemd restart us
             log.exception("fatal error")
-            self._finish(EX_SOFTWARE, f"{type(exc).__name__}: {exc}")
-            return EX_SOFTWARE
+            self._finish(EX_FAILURE, f"{type(exc).__name__}: {exc}")
+            return EX_FAILURE
         finally:
             self._hang_release.set()
             with self._elock:
@@ -673,7 +683,7 @@ class _Service:
                 if res.error is not None:
                     code = _exit_code_for(res.error)
                     log.error("cannot start: %s", res.error)
-                    if code == EX_SOFTWARE and not _is_known_error(res.error):
+                    if not _is_known_error(res.error):
                         log.error("%s", "".join(traceback.format_exception(res.error)).rstrip())
                     self.notify(f"STATUS=failed: {str(res.error)[:200]}")
                     self._finish(code, str(res.error))
@@ -796,7 +806,8 @@ class _Service:
                 log.error("reload rejected: %s", line)
             log.error("reload failed: keeping the running configuration")
         else:
-            changed = changed_keys(self.cfg, new)
+            # Against what runs: the pipeline's cfg keeps its camera/microphone until a restart.
+            changed = changed_keys(self.pipeline.cfg, new)
             try:
                 restart = self.pipeline.reconfigure(new)
             except Exception:
@@ -811,6 +822,10 @@ class _Service:
                 if restart:
                     log.warning("changed keys that take effect only after a restart "
                                 "(systemctl restart redsg-edge): %s", ", ".join(restart))
+                # Compared with the config the process started with, so a second reload still
+                # shows what a restart would change (`redsg-edge status`).
+                self.restart_pending = [k for k in changed_keys(self.start_cfg, new)
+                                        if not _is_live_key(k)]
         self.state = "ready"
         self.notify("READY=1",
                     f"STATUS={status_line(self.pipeline.status(), time.monotonic(), self.stale)}")
@@ -875,8 +890,9 @@ def run_service(cfg_path: Path, *, reply: bool = True,
     it. environ: replaces ``os.environ`` for ``NOTIFY_SOCKET``, ``WATCHDOG_USEC``,
     ``JOURNAL_STREAM``, ``RUNTIME_DIRECTORY`` and ``REDSG_DEBUG_HANG`` (tests).
     Returns 0 after a clean stop, 78 (bad config; its lines printed to stderr), 69 (a device
-    missing, or no first frame/audio within ``service.start_timeout_s``) or 70 (a model that
-    cannot be loaded; the message names the file). Never raises for those.
+    missing, or no first frame/audio within ``service.start_timeout_s``), 70 (a model that
+    cannot be loaded; the message names the file) or 1 (an unexpected error, logged with its
+    traceback). Does not raise.
     """
     # Before mediapipe is imported: silences its TensorFlow "cpu_feature_guard" INFO lines on fd 2.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -928,6 +944,9 @@ def format_status(status: dict, path: Path, now_unix: float | None = None) -> st
              f"  uptime      {_age(status.get('uptime_s'))}"]
     if status.get("error"):
         lines.append(f"  error       {status['error']}")
+    if status.get("restart_pending"):
+        lines.append(f"  restart     needed to apply {', '.join(status['restart_pending'])} "
+                     "(sudo systemctl restart redsg-edge)")
     if status.get("state") not in ("ready", "reloading") and status.get("phase"):
         lines.append(f"  phase       {status['phase']}")
     if p:

@@ -12,6 +12,7 @@
 #   /opt/redsg-edge/models      models, read-only to the service; config.toml points here
 #   /etc/redsg-edge/config.toml written only when absent (yours is never overwritten)
 #   /etc/systemd/system/redsg-edge.service
+#   /usr/local/bin/redsg-edge   a symlink into the venv
 #   /var/lib/redsg-edge, /var/cache/redsg-edge, /run/redsg-edge   created by systemd
 set -euo pipefail
 
@@ -101,6 +102,7 @@ if [[ $UNINSTALL == 1 ]]; then
     live && systemctl daemon-reload
     say "removing $(r $PREFIX)"
     rm -rf "$(r $PREFIX)"
+    if [[ -L $(r /usr/local/bin/redsg-edge) ]]; then rm -f "$(r /usr/local/bin/redsg-edge)"; fi
     if [[ $PURGE == 1 ]]; then
         say "purging config, state and cache"
         rm -rf "$ETC" "$(r /var/lib/redsg-edge)" "$(r /var/lib/private/redsg-edge)" \
@@ -150,6 +152,9 @@ tar -C "$SRC" --exclude=./.venv --exclude='./.venv-*' --exclude=./.git --exclude
 "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$build[systemd]"
 "$VENV/bin/python" -c 'import redsg_edge, systemd.daemon' \
     || die "the package or systemd-python did not install into $VENV"
+# `redsg-edge status` etc. on the PATH of SSH users
+mkdir -p "$(r /usr/local/bin)"
+ln -sfn "$PREFIX/venv/bin/redsg-edge" "$(r /usr/local/bin/redsg-edge)"
 
 # ------------------------------------------------------------------------------- models
 say "models into $MODELS"
@@ -190,6 +195,7 @@ else
 fi
 
 # ------------------------------------------------------------------------------- unit
+install -m 0644 "$SRC/README.md" "$(r $PREFIX)/README.md"  # the unit's Documentation=
 say "installing $UNIT_DIR/$UNIT"
 mkdir -p "$UNIT_DIR"
 install -m 0644 "$SRC/systemd/$UNIT" "$UNIT_DIR/$UNIT"

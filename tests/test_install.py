@@ -167,6 +167,8 @@ def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_
     cfg = root / "etc/redsg-edge/config.toml"
     unit = root / "etc/systemd/system/redsg-edge.service"
     assert (venv / "bin/redsg-edge").is_file()
+    assert os.readlink(root / "usr/local/bin/redsg-edge") == "/opt/redsg-edge/venv/bin/redsg-edge"
+    assert (root / "opt/redsg-edge/README.md").is_file()  # the unit's Documentation=
     assert subprocess.run([venv / "bin/python", "-c", "import systemd.daemon, redsg_edge"]).returncode == 0
     assert sha256_file(models / DETECTOR) == load_manifest()[0].sha256
     assert (models / "manifest.toml").is_file() and (models / "SHA256SUMS").is_file()
@@ -189,6 +191,7 @@ def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert not (root / "opt/redsg-edge").exists() and not unit.exists()
+    assert not (root / "usr/local/bin/redsg-edge").is_symlink()
     assert cfg.exists()  # kept without --purge
     out = subprocess.run(["bash", str(SCRIPT), "--root", str(root), "--uninstall", "--purge"],
                          capture_output=True, text=True)

@@ -9,6 +9,7 @@ through the handler's final ``send``.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
@@ -86,12 +87,22 @@ sink = "null"
 [service]
 allow_degraded = {str(allow_degraded).lower()}
 status_interval_s = 0.5
-heartbeat_timeout_s = 2.0
+heartbeat_timeout_s = 10.0
 status_file = "{path.parent / 'status.json'}"
 event_log = "{path.parent / 'events.jsonl'}"
 {extra}
 """, encoding="utf-8")
     return path
+
+
+def wait_status(path: Path, pred, timeout: float = 10.0) -> dict:
+    """The status file once ``pred(status)`` holds (it is rewritten after each notification)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = json.loads(path.read_text())
+        if pred(st) or time.monotonic() > deadline:
+            return st
+        time.sleep(0.1)
 
 
 class NotifyListener:
@@ -272,11 +283,12 @@ def test_sighup_reload_applies_live_keys_and_names_restart_keys(daemon):
     t_ready = daemon.listener.wait_for("READY=1", 10, t_reload)
     assert t_ready >= t_reload
     daemon.wait_log("reloaded: applied")
+    daemon.wait_log("after a restart")
     log = daemon.log()
     assert "fusion" in log.split("reloaded: applied")[1].split("\n")[0]
     assert "camera.fps" in log and "after a restart" in log
-    new = json.loads((daemon.workdir / "status.json").read_text())["config_sha256"]
-    assert new != old
+    st = wait_status(daemon.workdir / "status.json", lambda st: st["config_sha256"] != old)
+    assert st["restart_pending"] == ["camera.fps"]
     daemon.cfg.write_text(text, encoding="utf-8")  # the next test starts from a good file
 
 
@@ -286,8 +298,8 @@ def test_broken_reload_keeps_old_config(daemon):
     since = time.monotonic()
     daemon.proc.send_signal(signal.SIGHUP)
     daemon.listener.wait_for("READY=1", 10, daemon.listener.wait_for("RELOADING=1", 10, since))
-    time.sleep(0.6)
-    good = json.loads((daemon.workdir / "status.json").read_text())["config_sha256"]
+    good = hashlib.sha256(good_text.encode()).hexdigest()
+    wait_status(daemon.workdir / "status.json", lambda st: st["config_sha256"] == good)
     daemon.cfg.write_text(good_text.replace("[camera]", "[camera]\nwidth = 10\ncolour = 1"),
                           encoding="utf-8")
     since = time.monotonic()
@@ -302,6 +314,9 @@ def test_broken_reload_keeps_old_config(daemon):
     assert daemon.proc.poll() is None
     st = json.loads((daemon.workdir / "status.json").read_text())
     assert st["config_sha256"] == good and st["state"] == "ready"
+    assert st["restart_pending"] == []  # the good file equals the one it started with
+    # restoring the good file applied fusion only: camera.fps never ran as 10, nothing to undo
+    assert [x for x in log.splitlines() if "reloaded: " in x][-1].endswith("reloaded: applied fusion")
     assert daemon.listener.times("WATCHDOG=1", t_reload)  # still alive and healthy
     daemon.cfg.write_text(good_text, encoding="utf-8")
 
@@ -373,7 +388,7 @@ def test_missing_model_exits_70_naming_the_file(tmp_path, models):
 @needs_media
 def test_hung_worker_stops_the_watchdog(tmp_path, models):
     cfg = write_config(tmp_path / "config.toml", models, reply=False)
-    cfg.write_text(cfg.read_text().replace("heartbeat_timeout_s = 2.0", "heartbeat_timeout_s = 1.0"))
+    cfg.write_text(cfg.read_text().replace("heartbeat_timeout_s = 10.0", "heartbeat_timeout_s = 1.0"))
     d = Daemon(tmp_path, cfg, env={"REDSG_DEBUG_HANG": "vision:1.5"})
     try:
         t_ready = d.listener.wait_for("READY=1", START_TIMEOUT, proc=d.proc)
