@@ -100,6 +100,7 @@ class Pipeline:
                  on_record: Callable[[dict], None] | None = None,
                  progress: Callable[[str], None] | None = None) -> None:
         self.cfg = cfg
+        self.boot_cfg = cfg  # what the devices and models were opened with
         self.on_record = on_record
         self.started_at = time.monotonic()
         self.notes: list[str] = []
@@ -186,6 +187,12 @@ class Pipeline:
 
     # ------------------------------------------------------------------ loop
     def start(self) -> None:
+        # File sources pace media time from one origin; take it now, after the models loaded,
+        # or a looping file would "catch up" on the loading time in one burst of drops.
+        origin = time.monotonic()
+        for src in (self.camera, self.mic):
+            if src is not None and getattr(src, "clock_origin", None) is not None:
+                src.clock_origin = origin
         if self.camera is not None:
             self._captures.append(CaptureThread(self.camera, self.frames, "capture camera").start())
             self._spawn("vision", self._vision_loop)
@@ -223,9 +230,11 @@ class Pipeline:
                 w.close()
 
     def reconfigure(self, cfg: Config) -> list[str]:
-        """Apply a reloaded config; returns the changed keys that need a restart."""
-        changed = changed_keys(self.cfg, cfg)
-        live = [k for k in changed if any(k == p or k.startswith(p + ".") for p in LIVE_KEYS)]
+        """Apply a reloaded config; returns the keys that differ from what is running and need
+        a restart (compared with the config the process started with, so they are reported at
+        every reload until the restart)."""
+        def is_live(k: str) -> bool:
+            return any(k == p or k.startswith(p + ".") for p in LIVE_KEYS)
         with self._fusion_lock:
             self.fusion.reconfigure(cfg.fusion)
         if self.speech is not None:
@@ -234,9 +243,8 @@ class Pipeline:
                 "min_voiced_fraction": cfg.speech.min_voiced_fraction, "hop_s": cfg.speech.hop_s})
         if self.reply is not None:
             self.reply.reload(cfg)
-        restart = [k for k in changed if k not in live]
-        self.cfg = cfg.model_copy(update={s: getattr(self.cfg, s) for s in ("camera", "microphone")})
-        return restart
+        self.cfg = cfg
+        return [k for k in changed_keys(self.boot_cfg, cfg) if not is_live(k)]
 
     def _record(self, rec: dict) -> None:
         if rec.get("type") == "reply":

@@ -947,7 +947,7 @@ def format_status(status: dict, path: Path, now_unix: float | None = None) -> st
     if status.get("restart_pending"):
         lines.append(f"  restart     needed to apply {', '.join(status['restart_pending'])} "
                      "(sudo systemctl restart redsg-edge)")
-    if status.get("state") not in ("ready", "reloading") and status.get("phase"):
+    if status.get("state") in ("starting", "stopping") and status.get("phase"):
         lines.append(f"  phase       {status['phase']}")
     if p:
         probs = p.get("probs") or {}
@@ -986,8 +986,9 @@ def format_status(status: dict, path: Path, now_unix: float | None = None) -> st
         lines.append("  workers     " + ", ".join(f"{k} {v:.1f}s" for k, v in sorted(beats.items()))
                      + (f"; STALLED: {', '.join(wd['stale_workers'])}"
                         if wd.get("stale_workers") else ""))
+    ping = wd.get("last_ping_age_s")
     lines.append("  watchdog    " + (f"every {wd['interval_s']:.1f} s, last ping "
-                                      f"{wd.get('last_ping_age_s')} s ago"
+                                      + ("never" if ping is None else f"{ping:.1f} s ago")
                                       if wd.get("enabled") else "off (not under systemd)"))
     return "\n".join(lines)
 
