@@ -322,12 +322,15 @@ def _merge(frames: Iterator, blocks: Iterator) -> Iterator[tuple[str, float, np.
 
 def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path | None = None,
            plot: Path | None = None, *, use_video_audio: bool = True,
-           progress: bool = False) -> list[dict]:
+           progress: bool = False,
+           on_evidence: Callable[[float, Evidence | None], None] | None = None) -> list[dict]:
     """Run recorded media through the same workers and fusion, in media time.
 
     video: a video file (or None for audio only); audio: a separate audio file; otherwise the
     video's own audio track is used when it has one (``use_video_audio``). Writes JSON lines to
-    ``out`` and a timeline PNG to ``plot`` when given. Returns the records (docs/architecture.md).
+    ``out`` and a timeline PNG to ``plot`` when given. ``on_evidence(t, evidence or None)`` sees
+    every input to the fusion (for offline tuning of its parameters, scripts/tune_fusion.py).
+    Returns the records (docs/architecture.md).
     Raises DeviceError for unreadable media, ModelError for bad models.
     """
     from .capture import AudioFileMic, VideoFileCamera
@@ -358,7 +361,10 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
     next_end = window
     last_frame_t = None
 
-    def emit(upd: FusedUpdate) -> None:
+    def fuse(t: float, ev: Evidence | None) -> None:
+        if on_evidence is not None:
+            on_evidence(t, ev)
+        upd = fusion.update(t, ev)
         rec = upd.to_json()
         records.append(rec)
         sink.write(rec)
@@ -380,7 +386,7 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
                     continue
                 last_frame_t = t
                 result, _ = vision.process(t, data)
-                emit(fusion.update(t, Evidence("face", t, result.probs) if result else None))
+                fuse(t, Evidence("face", t, result.probs) if result else None)
                 if bar is not None:
                     bar.n = t
                     bar.refresh()
@@ -390,7 +396,7 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
                 w = buf[next_end - window - pos: next_end - pos]
                 t_end = next_end / SAMPLE_RATE
                 res = speech.process(t_end, w)
-                emit(fusion.update(t_end, Evidence("voice", t_end, res.probs) if res else None))
+                fuse(t_end, Evidence("voice", t_end, res.probs) if res else None)
                 next_end += hop
             keep = max(0, pos + len(buf) - (next_end - window))
             pos += len(buf) - keep
