@@ -34,6 +34,11 @@ LIVE_KEYS = ("fusion", "reply", "voice.default_style", "voice.style", "voice.mic
              "service.log_level", "service.event_log")
 
 
+def is_live_key(key: str) -> bool:
+    """Whether a reload applies ``key`` (dotted) without a restart."""
+    return any(key == p or key.startswith(p + ".") for p in LIVE_KEYS)
+
+
 def changed_keys(old: Config, new: Config) -> list[str]:
     """Dotted keys (section.key, reply/fusion as whole sections) whose values differ."""
     out = []
@@ -233,8 +238,6 @@ class Pipeline:
         """Apply a reloaded config; returns the keys that differ from what is running and need
         a restart (compared with the config the process started with, so they are reported at
         every reload until the restart)."""
-        def is_live(k: str) -> bool:
-            return any(k == p or k.startswith(p + ".") for p in LIVE_KEYS)
         with self._fusion_lock:
             self.fusion.reconfigure(cfg.fusion)
         if self.speech is not None:
@@ -244,7 +247,7 @@ class Pipeline:
         if self.reply is not None:
             self.reply.reload(cfg)
         self.cfg = cfg
-        return [k for k in changed_keys(self.boot_cfg, cfg) if not is_live(k)]
+        return [k for k in changed_keys(self.boot_cfg, cfg) if not is_live_key(k)]
 
     def _record(self, rec: dict) -> None:
         if rec.get("type") == "reply":

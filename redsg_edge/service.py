@@ -396,12 +396,6 @@ def status_line(st: dict, now: float | None = None, stale: list[str] | None = No
 
 # ==================================================================================== daemon
 
-def _is_live_key(key: str) -> bool:
-    from .pipeline import LIVE_KEYS
-
-    return any(key == p or key.startswith(p + ".") for p in LIVE_KEYS)
-
-
 def _load(path: Path) -> tuple[Config, str | None]:
     """load_config plus the sha256 of the bytes read (None if the file vanished meanwhile)."""
     import hashlib
@@ -468,7 +462,6 @@ class _Service:
         self.notify = Notifier(environ)
         self.cfg: Config | None = None
         self.cfg_digest: str | None = None  # sha256 of the file text in use (a bad reload keeps it)
-        self.start_cfg: Config | None = None
         self.restart_pending: list[str] = []  # changed keys that only a restart applies
         self.pipeline: Any = None
         self.state = "starting"
@@ -631,7 +624,7 @@ class _Service:
                 print(line, file=sys.stderr, flush=True)
             self.notify(f"STATUS=bad config: {exc.lines[0][:200]}")
             return EX_CONFIG
-        cfg = self.start_cfg = self.cfg
+        cfg = self.cfg
         setup_logging(cfg.service.log_level, self.env)
         self.status_file = status_path(cfg.service.status_file, self.env)
         self._set_event_log(cfg.service.event_log)
@@ -792,7 +785,7 @@ class _Service:
         self._write_status()
 
     def _reload(self) -> None:
-        from .pipeline import changed_keys
+        from .pipeline import changed_keys, is_live_key
 
         self.state = "reloading"
         self.notify("RELOADING=1", f"MONOTONIC_USEC={_monotonic_usec()}",
@@ -806,7 +799,6 @@ class _Service:
                 log.error("reload rejected: %s", line)
             log.error("reload failed: keeping the running configuration")
         else:
-            # Against what runs: the pipeline's cfg keeps its camera/microphone until a restart.
             changed = changed_keys(self.pipeline.cfg, new)
             try:
                 restart = self.pipeline.reconfigure(new)
@@ -816,7 +808,7 @@ class _Service:
                 self.cfg, self.cfg_digest = new, digest
                 setup_logging(new.service.log_level, self.env)
                 self._set_event_log(new.service.event_log)
-                live = [k for k in changed if k not in restart]
+                live = [k for k in changed if is_live_key(k)]
                 log.info("reloaded: %s", f"applied {', '.join(live)}" if live else
                          "no live change")
                 if restart:
@@ -824,8 +816,7 @@ class _Service:
                                 "(systemctl restart redsg-edge): %s", ", ".join(restart))
                 # Compared with the config the process started with, so a second reload still
                 # shows what a restart would change (`redsg-edge status`).
-                self.restart_pending = [k for k in changed_keys(self.start_cfg, new)
-                                        if not _is_live_key(k)]
+                self.restart_pending = restart
         self.state = "ready"
         self.notify("READY=1",
                     f"STATUS={status_line(self.pipeline.status(), time.monotonic(), self.stale)}")
