@@ -36,6 +36,8 @@ def main() -> int:
     ap.add_argument("--scenarios", type=Path, nargs="+", default=[Path("runs/scenarios_dev")])
     ap.add_argument("--config", type=Path, default=Path("config.toml"))
     ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--grid", type=json.loads, default=GRID,
+                    help='JSON {FusionConfig key: [values]}, default %(default)s')
     args = ap.parse_args()
     cfg = load_config(args.config)
     streams = []
@@ -49,10 +51,11 @@ def main() -> int:
         streams.append((truth, evs))
         print(f"{meta.stem}: {len(evs)} fusion inputs", file=sys.stderr)
     rows = []
-    keys = list(GRID)
-    for values in itertools.product(*GRID.values()):
+    keys = list(args.grid)
+    for values in itertools.product(*args.grid.values()):
         params = dict(zip(keys, values))
-        if params["exit_threshold"] > params["enter_threshold"]:
+        if params.get("exit_threshold", cfg.fusion.exit_threshold) > params.get(
+                "enter_threshold", cfg.fusion.enter_threshold):
             continue
         fcfg = cfg.fusion.model_copy(update=params)
         scores = []
