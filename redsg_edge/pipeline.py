@@ -145,9 +145,8 @@ class Pipeline:
         except DeviceError as exc:
             if not self.cfg.service.allow_degraded:
                 raise
+            # The service logs the notes once it is up (and puts them in the status file).
             self.notes.append(f"{what} unavailable, running without it: {exc}")
-            log.warning("%s unavailable, running degraded (service.allow_degraded = true): %s",
-                        what, exc)
             return None
 
     # ------------------------------------------------------------------ state for the service
