@@ -42,7 +42,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,8 +51,9 @@ from typing import Any
 
 import numpy as np
 
-from . import CLASSES, __version__
+from . import __version__
 from .datasets import DATA_ROOT
+from .testing.notify import NotifyListener
 
 REPO = Path(__file__).resolve().parent.parent
 CLIP = DATA_ROOT / "av_clips" / "pyfeat_WolfgangLanger_Pexels.mp4"
@@ -710,13 +710,59 @@ def make_speech_track(dest: Path, files: int = 24, level_dbfs: float = -20.0) ->
     return dest
 
 
+def make_clip_15fps(dest: Path, fps: int = 15) -> Path:
+    """The Pexels clip (23.976 fps, 640x360) as a camera at ``fps`` would deliver it: 640x480
+    (letterboxed once, here), one frame every 1/fps s (the latest source frame at each instant),
+    H.264 (libx264, CRF 18). Thinning the 24 fps file inside the daemon instead would give
+    frame intervals of 42 and 83 ms, of which the vision worker's ``max_fps`` rule skips the
+    short ones, so it would classify only ~9 frames a second, not 15."""
+    from fractions import Fraction
+
+    import av
+
+    from .capture import VideoFileCamera
+    cam = VideoFileCamera(CLIP, WIDTH, HEIGHT, realtime=False, key="bench clip")
+    cam.open()
+    out = av.open(str(dest), "w")
+    st = out.add_stream("libx264", rate=fps)
+    st.width, st.height, st.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+    st.time_base = Fraction(1, fps)
+    st.options = {"crf": "18", "preset": "veryfast"}
+    k = 0
+
+    def emit(rgb: np.ndarray) -> None:
+        nonlocal k
+        vf = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        vf.pts, vf.time_base = k, Fraction(1, fps)
+        for pkt in st.encode(vf):
+            out.mux(pkt)
+        k += 1
+
+    cur, last_t = None, 0.0
+    try:
+        for t, rgb in cam:
+            while cur is not None and k / fps < t:
+                emit(cur)
+            cur, last_t = rgb, t
+        while cur is not None and k / fps < last_t + 1 / 24:
+            emit(cur)
+        for pkt in st.encode(None):
+            out.mux(pkt)
+    finally:
+        out.close()
+        cam.close()
+    return dest
+
+
 def daemon_config(tmp: Path, cfg, models: dict[str, Path]) -> Path:
-    """The config the daemon and cold-start benches run: clip at 15 fps, RAVDESS speech, replies
-    from offline templates spoken by the configured (default) voice into a null sink."""
+    """The config the daemon and cold-start benches run: the clip as a 15 fps 640x480 camera
+    (``make_clip_15fps``), RAVDESS speech, replies from offline templates spoken by the
+    configured (default) voice into a null sink."""
     speech = make_speech_track(tmp / "speech.wav")
+    clip = make_clip_15fps(tmp / "camera15.mp4")
     path = tmp / "config.toml"
     write_config(path, {
-        "camera": {"source": "file", "file": CLIP, "width": WIDTH, "height": HEIGHT, "fps": 15.0},
+        "camera": {"source": "file", "file": clip, "width": WIDTH, "height": HEIGHT, "fps": 15.0},
         "microphone": {"source": "file", "file": speech},
         "vision": {"detector_model": models["detector"], "fer_model": models["fer"],
                    "min_detection_confidence": cfg.vision.min_detection_confidence,
@@ -738,48 +784,6 @@ def daemon_python() -> tuple[str, str]:
         return str(RUNTIME_VENV_PYTHON), ".venv-rt (runtime dependencies only)"
     return sys.executable, (f"{sys.executable} (no .venv-rt: memory includes whatever this "
                             "venv's mediapipe import pulls in, e.g. TensorFlow)")
-
-
-class NotifySocket:
-    """A bound AF_UNIX datagram socket standing in for systemd's ``NOTIFY_SOCKET``; records
-    every message with its ``time.monotonic()`` arrival time."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[tuple[float, str]] = []
-
-    def wait_for(self, line: str, timeout: float, proc: subprocess.Popen | None = None
-                 ) -> float | None:
-        """Time (monotonic s) the first datagram with ``line`` arrived, None on timeout/exit."""
-        deadline = time.monotonic() + timeout
-        for t, msg in self.messages:
-            if line in msg.split("\n"):
-                return t
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                return None
-            self.sock.settimeout(min(0.2, max(0.01, deadline - time.monotonic())))
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            t = time.monotonic()
-            msg = data.decode(errors="replace")
-            self.messages.append((t, msg))
-            if line in msg.split("\n"):
-                return t
-        return None
-
-    def drain(self) -> None:
-        self.sock.settimeout(0.0)
-        with contextlib.suppress(BlockingIOError, socket.timeout):
-            while True:
-                self.messages.append((time.monotonic(), self.sock.recv(65536).decode()))
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 def _start_daemon(py: str, config: Path, notify: Path, log_path: Path) -> subprocess.Popen:
@@ -815,12 +819,11 @@ def bench_coldstart(cfg, models, quick: bool, out_dir: Path) -> dict:
         config = daemon_config(tmp, cfg, models)
         for i in range(COLDSTART_RUNS_QUICK if quick else COLDSTART_RUNS):
             sock_path = tmp / f"notify{i}.sock"
-            ns = NotifySocket(sock_path)
+            ns = NotifyListener(sock_path)
             log_path = _log_dir(out_dir) / f"coldstart_{i}.log"
             t0 = time.monotonic()
             proc = _start_daemon(py, config, sock_path, log_path)
             t_ready = ns.wait_for("READY=1", 120.0, proc)
-            ns.drain()
             code = _stop_daemon(proc)
             ns.close()
             phases = []  # (s after spawn, STATUS= text), up to READY=1
@@ -859,7 +862,7 @@ def bench_daemon(cfg, models, quick: bool, out_dir: Path) -> dict:
     with tempfile.TemporaryDirectory(prefix="redsg-daemon-") as tmpd:
         tmp = Path(tmpd)
         config = daemon_config(tmp, cfg, models)
-        ns = NotifySocket(tmp / "notify.sock")
+        ns = NotifyListener(tmp / "notify.sock")
         log_path = _log_dir(out_dir) / "daemon.log"
         t0 = time.monotonic()
         proc = _start_daemon(py, config, tmp / "notify.sock", log_path)
@@ -1164,7 +1167,7 @@ def format_daemon(res: dict) -> str:
              f"  RSS MB: first {r['first']}, peak {r['peak']}, end {r['end']}, slope "
              f"{r['slope_mb_per_min']} MB/min (fit from {r['slope_fit_from_s']:.0f} s)",
              f"  transitions {res['transitions']}, replies {res['replies']}, threads "
-             f"{res.get('threads')}",
+             f"{res.get('threads')}, exit code after SIGTERM {res.get('exit_code')}",
              (f"  drops (status file): frames captured {fr.get('captured')}, dropped "
               f"{fr.get('dropped')}, classified {fr.get('classified')}; audio overruns "
               f"{au.get('overruns')}, samples dropped {au.get('dropped')}; fps {st.get('fps')}"

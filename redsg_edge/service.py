@@ -257,7 +257,10 @@ class Notifier:
             addr = "\0" + addr[1:]
         elif not addr.startswith("/"):
             return False  # vsock and other forms need libsystemd
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
+        # Non-blocking: a manager that stops reading fills the socket's queue (~10 datagrams),
+        # and a blocking sendto would then stall the main loop; BlockingIOError is logged once.
+        with socket.socket(socket.AF_UNIX,
+                           socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as s:
             s.sendto(msg.encode(), addr)
         return True
 

@@ -14,7 +14,8 @@ horizontal flip, brightness/contrast and blur.
 Reproducible (seeded), resumable (``--out`` keeps a backup; rerun the same command to resume),
 logged to ``OUT/train.csv``. Needs the ``[train]`` extra (tensorflow-cpu).
 
-    python scripts/train_fer.py --epochs 40 --out runs/fer
+    python scripts/train_fer.py --epochs 20 --out runs/fer
+    python scripts/train_fer.py --epochs 40 --lr 1e-3 --init runs/fer/best.keras --out runs/fer2
 """
 
 from __future__ import annotations
@@ -79,11 +80,13 @@ def build_models(seed: int, width: int = 32):
 
     aug = keras.Sequential([
         layers.RandomFlip("horizontal", seed=seed),
-        layers.RandomRotation(0.05, fill_mode="nearest", seed=seed + 1),   # ±18°
-        layers.RandomZoom((-0.15, 0.15), fill_mode="nearest", seed=seed + 2),
-        layers.RandomTranslation(0.1, 0.1, fill_mode="nearest", seed=seed + 3),
-        layers.RandomContrast(0.3, value_range=(0, 255), seed=seed + 4),
-        layers.RandomBrightness(0.25, value_range=(0, 255), seed=seed + 5),
+        # Rotation ±11°: the run-time crop is eye-levelled, so larger angles only teach poses the
+        # model never sees (±18° left a 0.6 M-parameter net under-fitting: train 56 % < val 58 %).
+        layers.RandomRotation(0.03, fill_mode="nearest", seed=seed + 1),
+        layers.RandomZoom((-0.1, 0.1), fill_mode="nearest", seed=seed + 2),
+        layers.RandomTranslation(0.08, 0.08, fill_mode="nearest", seed=seed + 3),
+        layers.RandomContrast(0.25, value_range=(0, 255), seed=seed + 4),
+        layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 5),
     ], name="camera_augment")
     train_in = keras.Input((48, 48, 1))
     train_model = keras.Model(train_in, core(aug(train_in)), name="fer_train")
@@ -120,6 +123,10 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--width", type=int, default=32, help="channels of the first double-conv block")
     ap.add_argument("--export", type=Path, default=Path("models/fer_int8.tflite"))
+    ap.add_argument("--init", type=Path, default=None,
+                    help="start from this saved core model (.keras) instead of random weights: a "
+                         "second cosine cycle (warm restart) over an earlier run")
+    ap.add_argument("--no-jit", action="store_true", help="disable XLA (about 20%% slower on CPU)")
     ap.add_argument("--export-only", action="store_true", help="skip training; export best.keras")
     args = ap.parse_args()
 
@@ -133,6 +140,9 @@ def main() -> int:
     print(f"train {len(x_tr)}  val {len(x_va)}", flush=True)
 
     core, train_model = build_models(args.seed, args.width)
+    if args.init is not None:
+        core.set_weights(keras.models.load_model(args.init).get_weights())
+        print(f"initialised from {args.init}", flush=True)
     best = args.out / "best.keras"
     if not args.export_only:
         steps = int(np.ceil(len(x_tr) / args.batch)) * args.epochs
@@ -141,7 +151,7 @@ def main() -> int:
         train_model.compile(
             optimizer=keras.optimizers.AdamW(sched, weight_decay=1e-4),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
-            metrics=["accuracy"])
+            metrics=["accuracy"], jit_compile=not args.no_jit)
         seed = tf.constant([args.seed, 0], tf.int64)
         ds = (tf.data.Dataset.from_tensor_slices(
                 (x_tr[..., None].astype(np.float32), tf.one_hot(y_tr, len(CLASSES))))

@@ -16,16 +16,15 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from redsg_edge.testing.notify import NotifyListener
 from redsg_edge.service import (Notifier, assess, journal_fields, make_journal_handler,
                                 status_line, status_main, status_path, watchdog_interval)
 
@@ -105,57 +104,6 @@ def wait_status(path: Path, pred, timeout: float = 10.0) -> dict:
         time.sleep(0.1)
 
 
-class NotifyListener:
-    """Binds an AF_UNIX datagram socket like systemd's and records (monotonic time, message)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.sock.settimeout(0.1)
-        self.messages: list[tuple[float, str]] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                data = self.sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            with self._lock:
-                self.messages.append((time.monotonic(), data.decode()))
-
-    def snapshot(self, since: float = 0.0) -> list[tuple[float, str]]:
-        with self._lock:
-            return [m for m in self.messages if m[0] >= since]
-
-    def wait_for(self, line: str, timeout: float, since: float = 0.0,
-                 proc: subprocess.Popen | None = None) -> float:
-        """Time the first message at or after ``since`` containing the ``line`` arrived."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for t, msg in self.snapshot(since):
-                if line in msg.split("\n"):
-                    return t
-            if proc is not None and proc.poll() is not None:
-                raise AssertionError(f"daemon exited with {proc.returncode} before {line!r}")
-            time.sleep(0.05)
-        raise AssertionError(f"no {line!r} within {timeout} s; got {self.snapshot(since)[-5:]}")
-
-    def times(self, line: str, since: float = 0.0, until: float = float("inf")) -> list[float]:
-        return [t for t, m in self.snapshot(since) if t <= until and line in m.split("\n")]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(1)
-        self.sock.close()
-
-
 class Daemon:
     def __init__(self, workdir: Path, cfg: Path, watchdog_usec: int = 1_000_000,
                  env: dict | None = None) -> None:
@@ -203,7 +151,7 @@ def daemon(tmp_path_factory, models):
     cfg = write_config(work / "config.toml", models)
     d = Daemon(work, cfg)
     try:
-        d.ready_at = d.listener.wait_for("READY=1", START_TIMEOUT, proc=d.proc)
+        d.ready_at = d.listener.require("READY=1", START_TIMEOUT, proc=d.proc)
         yield d
     finally:
         d.close()
@@ -275,12 +223,12 @@ def test_sighup_reload_applies_live_keys_and_names_restart_keys(daemon):
         'source = "file"\nfile = "' + str(VIDEO) + '"\nfps = 10.0'), encoding="utf-8")
     since = time.monotonic()
     daemon.proc.send_signal(signal.SIGHUP)
-    t_reload = daemon.listener.wait_for("RELOADING=1", 10, since)
+    t_reload = daemon.listener.require("RELOADING=1", 10, since)
     reload_msg = next(m for t, m in daemon.listener.snapshot(since) if "RELOADING=1" in m)
     usec = int(next(x for x in reload_msg.split("\n") if x.startswith("MONOTONIC_USEC="))
                .split("=")[1])
     assert abs(usec / 1e6 - time.clock_gettime(time.CLOCK_MONOTONIC)) < 30
-    t_ready = daemon.listener.wait_for("READY=1", 10, t_reload)
+    t_ready = daemon.listener.require("READY=1", 10, t_reload)
     assert t_ready >= t_reload
     daemon.wait_log("reloaded: applied")
     daemon.wait_log("after a restart")
@@ -297,15 +245,15 @@ def test_broken_reload_keeps_old_config(daemon):
     # reload the restored good file first, so the digest in use is the good file's
     since = time.monotonic()
     daemon.proc.send_signal(signal.SIGHUP)
-    daemon.listener.wait_for("READY=1", 10, daemon.listener.wait_for("RELOADING=1", 10, since))
+    daemon.listener.require("READY=1", 10, daemon.listener.require("RELOADING=1", 10, since))
     good = hashlib.sha256(good_text.encode()).hexdigest()
     wait_status(daemon.workdir / "status.json", lambda st: st["config_sha256"] == good)
     daemon.cfg.write_text(good_text.replace("[camera]", "[camera]\nwidth = 10\ncolour = 1"),
                           encoding="utf-8")
     since = time.monotonic()
     daemon.proc.send_signal(signal.SIGHUP)
-    t_reload = daemon.listener.wait_for("RELOADING=1", 10, since)
-    daemon.listener.wait_for("READY=1", 10, t_reload)
+    t_reload = daemon.listener.require("RELOADING=1", 10, since)
+    daemon.listener.require("READY=1", 10, t_reload)
     daemon.wait_log("keeping the running configuration")
     log = daemon.log()
     assert f"reload rejected: {daemon.cfg}: camera.width:" in log
@@ -337,7 +285,7 @@ def test_sigterm_stops_cleanly_within_3_s(daemon):
     rc = daemon.proc.wait(10)
     took = time.monotonic() - since
     assert rc == 0
-    assert daemon.listener.wait_for("STOPPING=1", 1, since)
+    assert daemon.listener.require("STOPPING=1", 1, since)
     assert took < 3.0, f"exit took {took:.2f} s"
     st = json.loads((daemon.workdir / "status.json").read_text())
     assert st["state"] == "stopped" and st["exit_code"] == 0
@@ -391,7 +339,7 @@ def test_hung_worker_stops_the_watchdog(tmp_path, models):
     cfg.write_text(cfg.read_text().replace("heartbeat_timeout_s = 10.0", "heartbeat_timeout_s = 1.0"))
     d = Daemon(tmp_path, cfg, env={"REDSG_DEBUG_HANG": "vision:1.5"})
     try:
-        t_ready = d.listener.wait_for("READY=1", START_TIMEOUT, proc=d.proc)
+        t_ready = d.listener.require("READY=1", START_TIMEOUT, proc=d.proc)
         d.wait_log("heartbeat older than service.heartbeat_timeout_s", 15)
         t_stall = time.monotonic()
         time.sleep(3.0)
@@ -508,10 +456,27 @@ def test_notifier_survives_unbound_socket_and_works_without_systemd_python(tmp_p
         n = Notifier({"NOTIFY_SOCKET": str(listener.path)})
         n._notify = None  # the stdlib fallback used when systemd-python is missing
         assert n("STATUS=x", "READY=1")
-        listener.wait_for("READY=1", 2)
+        listener.require("READY=1", 2)
         assert listener.snapshot()[0][1] == "STATUS=x\nREADY=1"
     finally:
         listener.close()
+
+
+def test_notifier_never_blocks_on_a_manager_that_stops_reading(tmp_path):
+    """An unread NOTIFY_SOCKET fills after ~10 datagrams; further sends fail at once (logged
+    once), so a stuck manager cannot stall the daemon's main loop."""
+    import socket
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(str(tmp_path / "full.sock"))
+    try:
+        n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "full.sock")})
+        n._notify = None
+        t0 = time.monotonic()
+        sent = [n(f"STATUS={i}") for i in range(200)]
+        assert time.monotonic() - t0 < 2.0
+        assert sent[0] is True and sent[-1] is False
+    finally:
+        sink.close()
 
 
 def test_watchdog_interval_parsing():
