@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import subprocess
+import sys
+
 import av
 import numpy as np
 import pytest
@@ -64,3 +68,20 @@ def test_detector_model_errors_name_the_file(tmp_path):
     bad.write_bytes(b"\0" * 1000)
     with pytest.raises(ModelError, match=str(bad)):
         FaceDetector(bad)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is not None,
+                    reason="MediaPipe imports TensorFlow when installed, and Keras imports "
+                           "matplotlib (the training venv); the runtime install has neither")
+def test_detector_defers_mediapipe_drawing_helpers_until_used():
+    """MediaPipe's drawing helpers (matplotlib, ~40 MB) load only when a program touches them."""
+    code = (
+        "import sys\n"
+        "from redsg_edge.vision import FaceDetector\n"
+        f"FaceDetector({str(DETECTOR)!r}).close()\n"
+        "print('matplotlib' in sys.modules)\n"
+        "from mediapipe.tasks.python import vision\n"
+        "spec = vision.drawing_utils.DrawingSpec(color=(1, 2, 3))\n"
+        "print(spec.color, 'matplotlib' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "(1,", "2,", "3)", "True"]
