@@ -9,6 +9,7 @@ downloaded; they are pinned by ``SHA256SUMS`` (``sha256sum`` format) in their di
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -90,36 +91,46 @@ def load_manifest(path: Path | None = None) -> list[Asset]:
     return assets
 
 
+@contextlib.contextmanager
+def replacing(path: Path, mode: str = "wb", suffix: str = ".tmp", durable: bool = True):
+    """Write ``path`` atomically: yields a file object on a temporary file in the same
+    directory, which replaces ``path`` (mode 0644) when the block ends without an exception
+    and is removed when it raises. Readers see the old file or the new one, never half of one.
+    ``durable``: fsync before the rename (models); off for files rewritten every second (status),
+    which would otherwise wear an SD card."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            f.flush()
+            if durable:
+                os.fsync(f.fileno())
+            os.fchmod(f.fileno(), 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 def _copy_verified(asset: Asset, src, dest_dir: Path, origin: str) -> Path:
     """Stream ``src`` (a binary file object) into a temporary file in ``dest_dir``, check size and
     sha256, then rename into place. Raises AssetError (the partial file is removed)."""
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{asset.name}.", suffix=".part")
     h, n = hashlib.sha256(), 0
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for block in iter(lambda: src.read(_CHUNK), b""):
-                n += len(block)
-                if n > asset.size:
-                    raise AssetError(f"{asset.name}: {origin} is larger than the manifest's "
-                                     f"{asset.size} bytes")
-                h.update(block)
-                out.write(block)
-            out.flush()
-            os.fsync(out.fileno())
+    target = dest_dir / asset.name
+    with replacing(target, "wb", ".part") as out:
+        for block in iter(lambda: src.read(_CHUNK), b""):
+            n += len(block)
+            if n > asset.size:
+                raise AssetError(f"{asset.name}: {origin} is larger than the manifest's "
+                                 f"{asset.size} bytes")
+            h.update(block)
+            out.write(block)
         if n != asset.size or h.hexdigest() != asset.sha256:
             raise AssetError(f"{asset.name}: {origin} does not match the manifest: {n} bytes, "
                              f"sha256 {h.hexdigest()}; expected {asset.size} bytes, sha256 "
                              f"{asset.sha256}")
-        os.chmod(tmp, 0o644)
-        target = dest_dir / asset.name
-        os.replace(tmp, target)
-        return target
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    return target
 
 
 def fetch_models(dest: Path, mirror: Path | None = None, *, optional: bool = False,

@@ -1233,6 +1233,12 @@ def write_charts(result: dict, out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     secs = result.get("sections", result)
     written = []
+
+    def save(fig, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out_dir / name)
+        plt.close(fig)
+        written.append(out_dir / name)
     peers = secs.get("peers")
     if peers and "accuracy" in peers:
         acc = peers["accuracy"]
@@ -1252,11 +1258,7 @@ def write_charts(result: dict, out_dir: Path) -> list[Path]:
         ax.set_ylim(0, 100)
         ax.legend(fontsize=8, loc="upper right")
         ax.set_title("Accuracy on the same images (no face found = wrong)", fontsize=10)
-        fig.tight_layout()
-        p = out_dir / "bench_peers_accuracy.png"
-        fig.savefig(p)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "bench_peers_accuracy.png")
 
         lat = peers["latency_one_core"]
         items = [("ours_photo_pipeline", "redsg-edge photo\n(BlazeFace+FER)", "#4477aa"),
@@ -1272,11 +1274,7 @@ def write_charts(result: dict, out_dir: Path) -> list[Path]:
         ax.set_ylabel("p50 ms per photo / face (log)")
         ax.set_title(f"Latency on one core, {PHOTO_W}x{PHOTO_H} photos", fontsize=10)
         ax.set_ylim(min(v) / 2, max(v) * 3)
-        fig.tight_layout()
-        p = out_dir / "bench_peers_latency.png"
-        fig.savefig(p)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "bench_peers_latency.png")
     stages = secs.get("stages")
     if stages and "modes" in stages:
         keys = list(STAGE_LABELS)
@@ -1294,11 +1292,7 @@ def write_charts(result: dict, out_dir: Path) -> list[Path]:
                            for m in ("one_core", "all_cores")) * 1.3)
         ax.legend(fontsize=8, loc="best")
         ax.set_title("Per-stage latency", fontsize=10)
-        fig.tight_layout()
-        p = out_dir / "bench_stages.png"
-        fig.savefig(p)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "bench_stages.png")
     daemon = secs.get("daemon")
     if daemon and "samples" in daemon:
         s = daemon["samples"]
@@ -1314,11 +1308,7 @@ def write_charts(result: dict, out_dir: Path) -> list[Path]:
         ax.set_ylim(0, max(max(s["rss_mb"]), TARGETS["daemon_rss_mb"]) * 1.25)
         ax2.set_ylim(0, max(50, max(s["cpu_pct"]) * 1.1))
         ax.set_title("Daemon at 15 fps: resident memory and CPU (dashed: targets)", fontsize=10)
-        fig.tight_layout()
-        p = out_dir / "bench_daemon.png"
-        fig.savefig(p)
-        plt.close(fig)
-        written.append(p)
+        save(fig, "bench_daemon.png")
     return written
 
 

@@ -349,17 +349,11 @@ def _open_container(path: Path | None, key: str, what: str):
                           key, str(path)) from None
 
 
-# ------------------------------------------------------------------------------------ cameras
+class _Source:
+    """What camera and microphone backends share: open/read/close, iteration until ``read()``
+    returns None, and use as a context manager (open on enter, close on exit)."""
 
-class CameraSource:
-    """One camera backend. ``read()`` gives ``(t, rgb)``: t in seconds, rgb uint8 (H, W, 3).
-
-    ``open()`` raises :class:`DeviceError`; ``read()`` returns None at the end of a non-looping
-    file (or after :meth:`interrupt`) and raises OSError when a live device fails to deliver.
-    ``live`` is True for real devices (timestamps on ``time.monotonic()``).
-    """
-
-    name = "camera"
+    name = "source"
     live = True
 
     def open(self) -> None:
@@ -384,6 +378,19 @@ class CameraSource:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# ------------------------------------------------------------------------------------ cameras
+
+class CameraSource(_Source):
+    """One camera backend. ``read()`` gives ``(t, rgb)``: t in seconds, rgb uint8 (H, W, 3).
+
+    ``open()`` raises :class:`DeviceError`; ``read()`` returns None at the end of a non-looping
+    file (or after :meth:`interrupt`) and raises OSError when a live device fails to deliver.
+    ``live`` is True for real devices (timestamps on ``time.monotonic()``).
+    """
+
+    name = "camera"
 
 
 class Picamera2Camera(CameraSource):
@@ -697,7 +704,7 @@ class VideoFileCamera(CameraSource):
 
 # -------------------------------------------------------------------------------- microphones
 
-class MicSource:
+class MicSource(_Source):
     """One microphone backend: ``read()`` gives ``(t_start, block)``.
 
     ``t_start``: capture time (s) of the block's first sample; ``block``: int16 (n,) at 16 kHz
@@ -707,31 +714,7 @@ class MicSource:
     """
 
     name = "microphone"
-    live = True
     rate = SAMPLE_RATE
-
-    def open(self) -> None:
-        raise NotImplementedError
-
-    def read(self) -> tuple[float, np.ndarray] | None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
-
-    def interrupt(self) -> None:
-        pass
-
-    def __iter__(self) -> Iterator[tuple[float, np.ndarray]]:
-        while (item := self.read()) is not None:
-            yield item
-
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def _import_sounddevice(key: str = "microphone.source"):

@@ -60,6 +60,19 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float]:
     return out, time.perf_counter() - t0
 
 
+def _classifier_item(what: str, path, load) -> Item:
+    """Load a FER/SER model (``load()`` → an object with ``.clf``); ok with int8/float and the
+    load time, fail with the ModelError naming the file."""
+    from .litert import ModelError
+
+    try:
+        model, s = _timed(load)
+    except ModelError as exc:
+        return Item("model", f"{what} model loads", "fail", str(exc))
+    q = "int8" if model.clf.quantized else "float"
+    return Item("model", f"{what} model loads", "ok", f"{path} ({q}, {s:.2f} s)")
+
+
 def _model_items(cfg: Config) -> list[Item]:
     from .assets import verify_models
     from .litert import ModelError
@@ -83,24 +96,14 @@ def _model_items(cfg: Config) -> list[Item]:
                               f"{cfg.vision.detector_model} ({s:.1f} s)"))
         except ModelError as exc:
             items.append(Item("model", "face detector loads", "fail", str(exc)))
-        try:
-            fer, s = _timed(lambda: FerModel(cfg.vision.fer_model))
-            q = "int8" if fer.clf.quantized else "float"  # type: ignore[attr-defined]
-            items.append(Item("model", "FER model loads", "ok",
-                              f"{cfg.vision.fer_model} ({q}, {s:.2f} s)"))
-        except ModelError as exc:
-            items.append(Item("model", "FER model loads", "fail", str(exc)))
+        items.append(_classifier_item("FER", cfg.vision.fer_model,
+                                      lambda: FerModel(cfg.vision.fer_model)))
     else:
         items.append(Item("model", "face models", "skip", 'camera.source = "none"'))
     if voice_in:
         from .speech import SerModel
-        try:
-            ser, s = _timed(lambda: SerModel(cfg.speech.ser_model, cfg.speech.window_s))
-            q = "int8" if ser.clf.quantized else "float"  # type: ignore[attr-defined]
-            items.append(Item("model", "SER model loads", "ok",
-                              f"{cfg.speech.ser_model} ({q}, {s:.2f} s)"))
-        except ModelError as exc:
-            items.append(Item("model", "SER model loads", "fail", str(exc)))
+        items.append(_classifier_item("SER", cfg.speech.ser_model,
+                                      lambda: SerModel(cfg.speech.ser_model, cfg.speech.window_s)))
     else:
         items.append(Item("model", "speech model", "skip", 'microphone.source = "none"'))
     if cfg.reply.enabled:

@@ -94,6 +94,9 @@ class FusionConfig(Strict):
     #: Confidence term of each modality's weight: 1 - normalised entropy of its probabilities
     #: (entropy), its top probability (max_prob) or none (1.0).
     confidence: Literal["entropy", "max_prob", "none"] = "entropy"
+    #: How the weighted posteriors combine: arithmetic mean ("mean", the sum rule) or normalised
+    #: geometric mean ("product", the product rule; Kittler et al. 1998).
+    combiner: Literal["mean", "product"] = "mean"
     #: Evidence older than this (seconds) is ignored; freshness decays linearly to 0 at max_age_s.
     max_age_s: float = Field(3.0, gt=0, le=60.0)
     #: Time constant (seconds) of the exponential smoothing of fused probabilities.

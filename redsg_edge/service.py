@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from . import __version__
+from .assets import replacing
 from .config import EX_CONFIG, Config, ConfigError, load_config
 
 log = logging.getLogger("redsg_edge.service")
@@ -330,19 +331,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
     temporary file, then ``os.replace``). Mode 0644: ``redsg-edge status`` runs as another user.
     Raises OSError."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, default=str)
-            f.write("\n")
-            os.fchmod(f.fileno(), 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with replacing(path, "w", durable=False) as f:
+        json.dump(data, f, indent=1, default=str)
+        f.write("\n")
 
 
 def read_status(path: Path | None = None, environ: Mapping[str, str] | None = None

@@ -14,16 +14,21 @@ rest, so the chosen values can go into config.toml.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import itertools
 import json
 import sys
 from pathlib import Path
 
+import numpy as np
+from tqdm import tqdm
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_scenarios import score_scenario, summarize  # noqa: E402
 from redsg_edge.config import load_config  # noqa: E402
-from redsg_edge.fusion import Fusion  # noqa: E402
+from redsg_edge import CLASSES  # noqa: E402
+from redsg_edge.fusion import Evidence, Fusion  # noqa: E402
 from redsg_edge.pipeline import replay  # noqa: E402
 
 GRID = {"smoothing_tau_s": [0.3, 0.5, 0.8], "min_dwell_s": [0.4, 0.7, 1.0],
@@ -31,25 +36,47 @@ GRID = {"smoothing_tau_s": [0.3, 0.5, 0.8], "min_dwell_s": [0.4, 0.7, 1.0],
         "voice_weight": [0.5, 0.8], "refractory_s": [4.0, 8.0]}
 
 
+def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
+    """[(t, Evidence | None)] the models give on one scenario (``pipeline.replay`` with
+    ``on_evidence``), cached under ``cache`` by scenario and the FER/SER/detector file hashes."""
+    key = hashlib.sha256(meta.read_bytes())
+    for model in (cfg.vision.fer_model, cfg.speech.ser_model, cfg.vision.detector_model):
+        key.update(Path(model).read_bytes())
+    path = cache / f"{meta.stem}-{key.hexdigest()[:16]}.npz"
+    if path.is_file():
+        z = np.load(path)
+        return [(float(t), None if m == "" else Evidence(str(m), float(et), p))
+                for t, m, et, p in zip(z["t"], z["modality"], z["evidence_t"], z["probs"])]
+    evs: list = []
+    replay(cfg, meta.with_suffix(".mp4"), meta.with_suffix(".wav"), use_video_audio=False,
+           on_evidence=lambda t, e: evs.append((t, e)))
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, t=np.array([t for t, _ in evs]),
+             modality=np.array(["" if e is None else e.modality for _, e in evs]),
+             evidence_t=np.array([np.nan if e is None else e.t for _, e in evs]),
+             probs=np.stack([np.zeros(len(CLASSES), np.float32) if e is None else e.probs
+                             for _, e in evs]))
+    return evs
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scenarios", type=Path, nargs="+", default=[Path("runs/scenarios_dev")])
     ap.add_argument("--config", type=Path, default=Path("config.toml"))
     ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--cache", type=Path, default=Path(".cache/fusion_evidence"),
+                    help="evidence per scenario and model pair, so a new grid reruns no model")
     ap.add_argument("--grid", type=json.loads, default=GRID,
                     help='JSON {FusionConfig key: [values]}, default %(default)s')
     args = ap.parse_args()
     cfg = load_config(args.config)
     streams = []
-    for meta in sorted(m for d in args.scenarios for m in d.glob("*.json")):
+    metas = sorted(m for d in args.scenarios for m in d.glob("*.json"))
+    for meta in tqdm(metas, desc="evidence", unit="scenario"):
         truth = json.loads(meta.read_text())
         if "segments" not in truth:
             continue
-        evs: list = []
-        replay(cfg, meta.with_suffix(".mp4"), meta.with_suffix(".wav"), use_video_audio=False,
-               on_evidence=lambda t, e: evs.append((t, e)))
-        streams.append((truth, evs))
-        print(f"{meta.stem}: {len(evs)} fusion inputs", file=sys.stderr)
+        streams.append((truth, scenario_evidence(cfg, meta, args.cache)))
     rows = []
     keys = list(args.grid)
     for values in itertools.product(*args.grid.values()):

@@ -315,3 +315,33 @@ def test_evidence_normalised_and_readonly():
         Evidence("gesture", 0.0, pk("happy"))
     with pytest.raises(ValueError):
         Fusion(cfg(), initial="bored")
+
+
+@pytest.mark.parametrize("combiner, face, voice, expected_top", [
+    # Sum rule: the face's confident happy (0.7) outweighs voice's mild neutral (0.4).
+    ("mean", mix(happy=0.7, neutral=0.25), mix(neutral=0.4, happy=0.01), "happy"),
+    # Product rule: voice all but rules happy out (0.01), so neutral, which both allow, wins.
+    ("product", mix(happy=0.7, neutral=0.25), mix(neutral=0.4, happy=0.01), "neutral"),
+    # Both rules agree when the modalities agree.
+    ("mean", pk("fear", 0.7), pk("fear", 0.6), "fear"),
+    ("product", pk("fear", 0.7), pk("fear", 0.6), "fear"),
+])
+def test_combiner_rules(combiner, face, voice, expected_top):
+    c = cfg(combiner=combiner, confidence="none", voice_weight=1.0)
+    f = Fusion(c)
+    f.update(0.0, Evidence("face", 0.0, face))
+    u = f.update(0.0, Evidence("voice", 0.0, voice))
+    assert CLASSES[int(np.argmax(u.raw))] == expected_top
+    assert math.isclose(float(u.raw.sum()), 1.0, rel_tol=1e-5)
+    if combiner == "product":
+        g = np.sqrt(face * voice)
+        np.testing.assert_allclose(u.raw, g / g.sum(), rtol=1e-5)
+    else:
+        np.testing.assert_allclose(u.raw, (face + voice) / 2, rtol=1e-5)
+
+
+def test_product_rule_survives_a_zero_probability():
+    f = Fusion(cfg(combiner="product", confidence="none", voice_weight=1.0))
+    f.update(0.0, Evidence("face", 0.0, np.eye(len(CLASSES))[3]))
+    u = f.update(0.0, Evidence("voice", 0.0, np.eye(len(CLASSES))[4]))
+    assert np.all(np.isfinite(u.raw)) and math.isclose(float(u.raw.sum()), 1.0, rel_tol=1e-5)
