@@ -823,7 +823,7 @@ def bench_coldstart(cfg, models, quick: bool, out_dir: Path) -> dict:
             log_path = _log_dir(out_dir) / f"coldstart_{i}.log"
             t0 = time.monotonic()
             proc = _start_daemon(py, config, sock_path, log_path)
-            t_ready = ns.wait_for("READY=1", 120.0, proc)
+            t_ready = ns.wait_for("READY=1", 120.0, proc=proc)
             code = _stop_daemon(proc)
             ns.close()
             phases = []  # (s after spawn, STATUS= text), up to READY=1
@@ -867,7 +867,7 @@ def bench_daemon(cfg, models, quick: bool, out_dir: Path) -> dict:
         t0 = time.monotonic()
         proc = _start_daemon(py, config, tmp / "notify.sock", log_path)
         try:
-            t_ready = ns.wait_for("READY=1", 120.0, proc)
+            t_ready = ns.wait_for("READY=1", 120.0, proc=proc)
             if t_ready is None:
                 raise RuntimeError(f"daemon did not become ready (exit {proc.poll()}); "
                                    f"log {log_path}")
