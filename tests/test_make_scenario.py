@@ -69,3 +69,27 @@ def test_compose_one(tmp_path):
     truth2 = json.loads((again / "scenario_000.json").read_text())
     assert truth2["segments"] == segs
     assert np.array_equal(sf.read(again / "scenario_000.wav")[0], audio)
+
+
+def test_tune_fusion_caches_the_evidence_of_a_scenario(tmp_path):
+    """The models run once per scenario and model pair; a second grid reads the same evidence."""
+    argv = ["--out", str(tmp_path), "--count", "1", "--seed", "3", "--min-segments", "3",
+            "--max-segments", "3", "--min-seg-s", "6", "--max-seg-s", "6", "--no-verify"]
+    assert ms.main(argv) == 0
+    spec = importlib.util.spec_from_file_location("tune_fusion", ROOT / "scripts" / "tune_fusion.py")
+    tf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tf)
+    from redsg_edge.config import Config
+    cfg = Config()
+    cfg.vision.detector_model = DETECTOR
+    meta, cache = tmp_path / "scenario_000.json", tmp_path / "cache"
+    first = tf.scenario_evidence(cfg, meta, cache)
+    assert len(list(cache.glob("scenario_000-*.npz"))) == 1
+    again = tf.scenario_evidence(cfg, meta, cache)
+    assert len(first) == len(again) > 100
+    for (t1, e1), (t2, e2) in zip(first, again):
+        assert t1 == t2 and (e1 is None) == (e2 is None)
+        if e1 is not None:
+            assert (e1.modality, e1.t) == (e2.modality, e2.t)
+            np.testing.assert_allclose(e1.probs, e2.probs, rtol=1e-6)  # Evidence renormalises
+    assert {e.modality for _, e in first if e is not None} == {"face", "voice"}
