@@ -43,7 +43,7 @@ def merge(*streams) -> list:
 
 
 def cfg(**kw) -> FusionConfig:
-    base = dict(smoothing_tau_s=0.0, min_dwell_s=1.0, refractory_s=4.0, enter_threshold=0.45,
+    base = dict(combiner="mean", smoothing_tau_s=0.0, min_dwell_s=1.0, refractory_s=4.0, enter_threshold=0.45,
                 exit_threshold=0.30, max_age_s=3.0)
     base.update(kw)
     return FusionConfig(**base)
