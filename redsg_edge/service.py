@@ -460,6 +460,7 @@ class _Service:
         self.pipeline: Any = None
         self.state = "starting"
         self.phase = "starting"
+        self._phases: list[str] = [self.phase]  # every start-up phase, in order
         self.status_file: Path | None = None
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -595,7 +596,10 @@ class _Service:
                      extra={"redsg_event": "reply", "fields": fields})
 
     def _progress(self, msg: str) -> None:
-        self.phase = msg  # read by the main thread's next STATUS=
+        # From the loader thread; the main thread sends each phase as STATUS= (list.append is
+        # atomic, so none is lost even when two come between its polls).
+        self.phase = msg
+        self._phases.append(msg)
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
@@ -656,13 +660,14 @@ class _Service:
     def _lifecycle(self) -> int:
         assert self.cfg is not None
         deadline = self.started + self.cfg.service.start_timeout_s
-        self.phase = "opening devices"
+        self._progress("opening devices")
         res = _LoadResult()
         loader = threading.Thread(target=self._loader, args=(res,), name="loader", daemon=True)
         loader.start()
         pending: list[int] = []
         started = False
         next_tick = 0.0
+        sent = 0  # start-up phases already sent as STATUS=
         # ---------------------------------------------------------------- start-up
         while True:
             now = time.monotonic()
@@ -678,7 +683,7 @@ class _Service:
                 self.pipeline = res.pipeline
                 for note in self.pipeline.notes:
                     log.warning("%s", note)
-                self.phase = "waiting for the first frame and audio block"
+                self._progress("waiting for the first frame and audio block")
                 self.pipeline.start()
                 hang = self.env.get("REDSG_DEBUG_HANG")
                 if hang:
@@ -697,10 +702,16 @@ class _Service:
                     self.pipeline.stop(STOP_TIMEOUT_S)
                 self._finish(EX_UNAVAILABLE, what)
                 return EX_UNAVAILABLE
-            if now >= next_tick:
+            if now >= next_tick or sent < len(self._phases):
                 # The loader makes progress by construction, bounded by the deadline; systemd's
-                # own start timeout is extended to our deadline, a little at a time.
-                msgs = [f"STATUS={self.phase}",
+                # own start timeout is extended to our deadline, a little at a time. Each new
+                # phase is sent at once: a short one would otherwise fall between two ticks.
+                new = self._phases[sent:]
+                sent += len(new)
+                new = new or [self.phase]
+                for phase in new[:-1]:
+                    self.notify(f"STATUS={phase}")
+                msgs = [f"STATUS={new[-1]}",
                         f"EXTEND_TIMEOUT_USEC={int((deadline - now + 5.0) * 1e6)}"]
                 if self.watchdog_s is not None:
                     msgs.append("WATCHDOG=1")
