@@ -100,15 +100,15 @@ class FusionConfig(Strict):
     #: Evidence older than this (seconds) is ignored; freshness decays linearly to 0 at max_age_s.
     max_age_s: float = Field(3.0, gt=0, le=60.0)
     #: Time constant (seconds) of the exponential smoothing of fused probabilities.
-    smoothing_tau_s: float = Field(0.65, ge=0.0, le=30.0)
+    smoothing_tau_s: float = Field(0.1, ge=0.0, le=30.0)
     #: Hysteresis: a new emotion must reach enter_threshold; the current one is kept until it
     #: falls below exit_threshold.
-    enter_threshold: float = Field(0.48, ge=0.0, le=1.0)
-    exit_threshold: float = Field(0.30, ge=0.0, le=1.0)
+    enter_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    exit_threshold: float = Field(0.25, ge=0.0, le=1.0)
     #: A candidate must lead continuously for min_dwell_s before a transition fires.
-    min_dwell_s: float = Field(0.3, ge=0.0, le=60.0)
+    min_dwell_s: float = Field(0.1, ge=0.0, le=60.0)
     #: No second transition within refractory_s of the last one.
-    refractory_s: float = Field(4.0, ge=0.0, le=600.0)
+    refractory_s: float = Field(1.5, ge=0.0, le=600.0)
 
     @field_validator("exit_threshold")
     @classmethod

@@ -4,7 +4,7 @@
 The models run once per scenario (``pipeline.replay`` with ``on_evidence``); the pure ``Fusion``
 object then re-runs over the cached evidence for every point of a small grid, scored with
 ``eval_scenarios.score_scenario``. Prints the grid points that meet the issue's
-limits (latency p50 ≤ 1.5 s, spurious transitions ≤ 1 per minute) by fused accuracy, then the
+limits (latency p50 ≤ 1.5 s; spurious transitions ≤ ``--max-spurious`` per minute) by fused accuracy, then the
 rest, so the chosen values can go into config.toml.
 
     python scripts/make_scenario.py --count 8 --seed 101 --out runs/scenarios_dev
@@ -31,9 +31,11 @@ from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.fusion import Evidence, Fusion  # noqa: E402
 from redsg_edge.pipeline import replay  # noqa: E402
 
-GRID = {"smoothing_tau_s": [0.3, 0.5, 0.8], "min_dwell_s": [0.4, 0.7, 1.0],
-        "enter_threshold": [0.35, 0.45], "exit_threshold": [0.3],
-        "voice_weight": [0.5, 0.8], "refractory_s": [4.0, 8.0]}
+# The neighbourhood of the shipped defaults (a random search over all FusionConfig keys, then a
+# coordinate search, led here: light smoothing, a high enter threshold and a short refractory).
+GRID = {"smoothing_tau_s": [0.1, 0.2, 0.4], "min_dwell_s": [0.0, 0.1, 0.3],
+        "enter_threshold": [0.5, 0.55, 0.6], "exit_threshold": [0.25, 0.3],
+        "voice_weight": [0.5, 0.8], "refractory_s": [1.5, 3.0]}
 
 
 def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
@@ -64,6 +66,9 @@ def main() -> int:
     ap.add_argument("--scenarios", type=Path, nargs="+", default=[Path("runs/scenarios_dev")])
     ap.add_argument("--config", type=Path, default=Path("config.toml"))
     ap.add_argument("--top", type=int, default=10)
+    ap.add_argument("--max-spurious", type=float, default=0.85,
+                    help="spurious transitions per minute allowed on the development set "
+                         "(below the issue's 1.0, as a margin for the reported set)")
     ap.add_argument("--cache", type=Path, default=Path(".cache/fusion_evidence"),
                     help="evidence per scenario and model pair, so a new grid reruns no model")
     ap.add_argument("--grid", type=json.loads, default=GRID,
@@ -96,7 +101,8 @@ def main() -> int:
                     recs.append(u.transition.to_json())
             scores.append(score_scenario(recs, truth))
         s = summarize(scores)
-        ok = (s.get("latency_p50_s") or 99) <= 1.5 and s["spurious_per_min"] <= 1.0
+        ok = ((s.get("latency_p50_s") or 99) <= 1.5
+              and s["spurious_per_min"] <= args.max_spurious)
         objective = s["fused_accuracy"] + (1.0 if ok else 0.0)
         rows.append((objective, params, s))
     rows.sort(key=lambda r: -r[0])
