@@ -43,11 +43,25 @@ def test_replay_is_deterministic_and_writes_jsonl_and_plot(tmp_path):
     assert png.stat().st_size > 10_000
 
 
-def test_replay_pexels_finds_the_face_in_95_percent_of_frames():
+def test_replay_pexels_finds_the_face_and_shows_the_change_to_the_smile():
     recs = replay(make_config(), PEXELS, use_video_audio=False)
     updates = [r for r in recs if r["type"] == "update"]
     rate = np.mean([r["face"] is not None for r in updates])
     assert len(updates) > 200 and rate >= 0.95  # 23.976 fps thinned to 12 (every other frame)
+
+    def face_top(t0, t1):  # the face's leading class, mean probabilities over [t0, t1) s
+        ps = [[r["face"][c] for c in CLASSES] for r in updates
+              if r["face"] is not None and t0 <= r["t"] < t1]
+        return CLASSES[int(np.argmax(np.mean(ps, axis=0)))]
+
+    # The crying start reads as sad, the smile (from ~9.6 s) as happy; the fused emotion
+    # follows the smile once, and does not flicker on the way.
+    assert face_top(0.0, 6.0) == "sad"
+    assert face_top(11.0, 19.0) == "happy"
+    transitions = [r for r in recs if r["type"] == "transition"]
+    to_happy = [r for r in transitions if r["to"] == "happy"]
+    assert len(to_happy) == 1 and 9.0 <= to_happy[0]["t"] <= 11.5
+    assert updates[-1]["emotion"] == "happy" and len(transitions) <= 4
 
 
 def test_analyze_json_images_and_audio(tmp_path):
