@@ -111,12 +111,15 @@ class Pipeline:
         self.notes: list[str] = []
         say = progress or (lambda _msg: None)
         origin = time.monotonic()
-        self.camera = self._open("camera", lambda: open_camera(cfg.camera, True, origin))
+        missing: list[str] = []  # why each device could not be opened
+        self.camera = self._open("camera", lambda: open_camera(cfg.camera, True, origin),
+                                 missing)
         self.mic = self._open("microphone",
-                              lambda: open_microphone(cfg.microphone, cfg.camera, True, origin))
+                              lambda: open_microphone(cfg.microphone, cfg.camera, True, origin),
+                              missing)
         if self.camera is None and self.mic is None:
-            raise DeviceError("no camera and no microphone: nothing to observe (camera.source, "
-                              "microphone.source); see `redsg-edge devices`", "camera.source")
+            why = "; ".join(missing) or 'camera.source and microphone.source are both "none"'
+            raise DeviceError(f"nothing to observe: {why}", "camera.source")
         say("loading models")
         self.vision, self.speech = load_workers(cfg, self.camera is not None, self.mic is not None)
         self.fusion = Fusion(cfg.fusion)
@@ -139,12 +142,13 @@ class Pipeline:
         self._frame_t: float | None = None
         self.gated_windows = 0
 
-    def _open(self, what: str, opener):
+    def _open(self, what: str, opener, missing: list[str]):
         try:
             return opener()
         except DeviceError as exc:
             if not self.cfg.service.allow_degraded:
                 raise
+            missing.append(str(exc))
             # The service logs the notes once it is up (and puts them in the status file).
             self.notes.append(f"{what} unavailable, running without it: {exc}")
             return None

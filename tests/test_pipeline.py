@@ -114,6 +114,15 @@ def test_run_with_no_devices_at_all_exits_69(tmp_path):
     assert "camera.source" in r.stderr and "microphone.source" in r.stderr
 
 
+def test_run_with_both_devices_missing_names_each_and_its_key(tmp_path):
+    cfg = write_config(tmp_path / "c.toml", f'[camera]\nsource = "file"\nfile = "{tmp_path}/cam.mp4"\n'
+                       f'[microphone]\nsource = "file"\nfile = "{tmp_path}/mic.wav"\n')
+    r = cli("run", "-c", cfg, "--no-reply", timeout=30)
+    assert r.returncode == 69
+    assert "cam.mp4" in r.stderr and "camera.file" in r.stderr
+    assert "mic.wav" in r.stderr and "microphone.file" in r.stderr
+
+
 def test_bad_config_exits_78_with_file_and_key(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text("[fusion]\nmin_dwel_s = 1\n")
