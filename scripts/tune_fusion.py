@@ -3,8 +3,8 @@
 
 The models run once per scenario (``pipeline.replay`` with ``on_evidence``); the pure ``Fusion``
 object then re-runs over the cached evidence for every point of a small grid, scored with
-``eval_scenarios.score_scenario``. Prints the grid points that meet the issue's
-limits (latency p50 ≤ 1.5 s; spurious transitions ≤ ``--max-spurious`` per minute) by fused accuracy, then the
+``eval_scenarios.score_scenario``. Prints the grid points that meet the issue's limits (latency
+p50 ≤ 1.5 s; spurious transitions ≤ ``--max-spurious`` per minute) by fused accuracy, then the
 rest, so the chosen values can go into config.toml.
 
     python scripts/make_scenario.py --count 8 --seed 101 --out runs/scenarios_dev
