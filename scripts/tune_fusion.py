@@ -7,7 +7,8 @@ object then re-runs over the cached evidence for every point of a small grid, sc
 p50 ≤ 1.5 s; spurious transitions ≤ ``--max-spurious`` per minute) by fused accuracy, then the
 rest, so the chosen values can go into config.toml.
 
-    python scripts/make_scenario.py --count 8 --seed 101 --out runs/scenarios_dev
+    python scripts/make_scenario.py --count 10 --seed 101 --out runs/scenarios_dev
+    python scripts/make_scenario.py --count 10 --seed 202 --out runs/scenarios_dev2
     python scripts/tune_fusion.py --scenarios runs/scenarios_dev runs/scenarios_dev2
 """
 
