@@ -738,8 +738,10 @@ class _Service:
         log.info("ready in %.1f s: %s", time.monotonic() - self.started,
                  ", ".join(f"{k} {v}" for k, v in self.pipeline.modalities.items()))
         st = self.pipeline.status()
-        self.notify("READY=1", f"STATUS={status_line(st, time.monotonic())}")
+        # The status file first: whoever acts on READY=1 (systemd, `redsg-edge status`, the
+        # tests) must find it already saying "ready".
         self._write_status()
+        self.notify("READY=1", f"STATUS={status_line(st, time.monotonic())}")
         next_status = time.monotonic() + self.cfg.service.status_interval_s
         next_ping = time.monotonic()
         if pending:
@@ -823,9 +825,9 @@ class _Service:
                 # shows what a restart would change (`redsg-edge status`).
                 self.restart_pending = restart
         self.state = "ready"
+        self._write_status()  # before READY=1, as at start-up
         self.notify("READY=1",
                     f"STATUS={status_line(self.pipeline.status(), time.monotonic(), self.stale)}")
-        self._write_status()
 
     def _dump_stacks(self) -> None:
         names = {t.ident: t.name for t in threading.enumerate()}
