@@ -528,15 +528,16 @@ class OpenCVCamera(CameraSource):
 
         def quiet_start():
             # OpenCV logs its own WARN lines for a missing device; our DeviceError says more.
-            logging_ = getattr(getattr(cv2, "utils", None), "logging", None)
-            old = logging_.getLogLevel() if logging_ else None
-            if logging_:
-                logging_.setLogLevel(logging_.LOG_LEVEL_ERROR)
+            # cv2.setLogLevel is in every wheel since 4.5 (cv2.utils.logging is not); 2 = ERROR.
+            quiet = hasattr(cv2, "setLogLevel") and hasattr(cv2, "getLogLevel")
+            old = cv2.getLogLevel() if quiet else None
+            if quiet:
+                cv2.setLogLevel(2)
             try:
                 return start()
             finally:
-                if logging_:
-                    logging_.setLogLevel(old)
+                if quiet:
+                    cv2.setLogLevel(old)
 
         try:
             cap, bgr = _call_with_timeout(quiet_start, OPEN_TIMEOUT_S, self.name)

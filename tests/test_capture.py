@@ -223,11 +223,13 @@ def test_source_none_gives_none():
 
 # ------------------------------------------------------------------------------- live devices
 
-def test_missing_camera_index_fails_fast():
+def test_missing_camera_index_fails_fast(capfd):
     t0 = time.monotonic()
     with pytest.raises(DeviceError) as err:
         OpenCVCamera(7, 640, 480, 15).open()
     assert time.monotonic() - t0 < 5.0
+    # OpenCV's own "[ WARN:0@…] cap_v4l.cpp …" lines (C++ stderr) are silenced: ours says more.
+    assert "WARN" not in capfd.readouterr().err
     msg = str(err.value)
     assert "/dev/video7" in msg and "camera.device = 7" in msg and 'camera.source = "none"' in msg
     assert err.value.key == "camera.device" and err.value.exit_code == 69
