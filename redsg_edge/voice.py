@@ -65,12 +65,15 @@ class Voice:
     """A Piper voice, loaded once.
 
     ``model``: path to the voice ``.onnx``; its config is ``config_path`` or ``<model>.json``.
-    ``None`` loads the default en_US-joe-medium voice. Raises ``VoiceError`` (key
+    ``None`` loads the default en_US-joe-medium voice. ``memory_arena``: onnxruntime's CPU
+    arena (``voice.memory_arena``: faster, but resident memory keeps the high-water mark of the
+    longest sentence). Raises ``VoiceError`` (key
     ``voice.model``) naming the file when the model or its config is missing or unreadable.
     Thread-safe: ``synthesize`` may be called from several threads (onnxruntime sessions are).
     """
 
-    def __init__(self, model: str | Path | None = None, config_path: str | Path | None = None) -> None:
+    def __init__(self, model: str | Path | None = None, config_path: str | Path | None = None,
+                 *, memory_arena: bool = False) -> None:
         if model is None:
             model, default_json = default_voice_paths()
             config_path = config_path or default_json
@@ -83,7 +86,7 @@ class Voice:
                              f"(Piper needs the .onnx.json next to {self.model_path.name})")
         t0 = time.perf_counter()
         try:
-            self._piper = _load_piper(self.model_path, self.config_path)
+            self._piper = _load_piper(self.model_path, self.config_path, memory_arena)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
             raise VoiceError("voice.model", f"voice config {self.config_path} is not a Piper "
                              f"voice config: {type(exc).__name__}: {exc}") from None
@@ -99,7 +102,7 @@ class Voice:
     @classmethod
     def from_config(cls, vcfg: VoiceConfig) -> "Voice":
         """Load ``vcfg.model`` (or the default voice when it is None)."""
-        return cls(vcfg.model)
+        return cls(vcfg.model, memory_arena=vcfg.memory_arena)
 
     def silence(self, seconds: float) -> np.ndarray:
         """``(round(seconds * sample_rate),)`` int16 zeros."""
@@ -139,10 +142,12 @@ class Voice:
         return time.perf_counter() - t0
 
 
-def _load_piper(model: Path, config: Path) -> Any:
+def _load_piper(model: Path, config: Path, memory_arena: bool = False) -> Any:
     """``PiperVoice.load(model, config_path=config)``, but with onnxruntime's thread spinning
     off: spinning worker threads burn the cores that capture and inference need, and under
-    contention it made the first chunk 2x slower here (measured 510 -> 226 ms p50)."""
+    contention it made the first chunk 2x slower here (measured 510 -> 226 ms p50). The CPU
+    memory arena is off unless asked for: its size follows the largest tensors so far (the
+    longest sentence), and it never returns that memory."""
     import onnxruntime
     from piper import PiperVoice
     from piper.config import PiperConfig
@@ -152,6 +157,7 @@ def _load_piper(model: Path, config: Path) -> Any:
     opts = onnxruntime.SessionOptions()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    opts.enable_cpu_mem_arena = memory_arena
     session = onnxruntime.InferenceSession(str(model), sess_options=opts,
                                            providers=["CPUExecutionProvider"])
     try:

@@ -42,6 +42,18 @@ def test_default_voice_speaks(voice):
     assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 500
 
 
+def test_memory_arena_follows_config(voice):
+    from redsg_edge.config import VoiceConfig
+    # The shared (default) voice runs without onnxruntime's CPU arena; asking for it gives an
+    # arena-backed session that speaks the same sentence (Piper samples its noise, so the
+    # samples differ run to run; the length and level do not).
+    assert voice._piper.session.get_session_options().enable_cpu_mem_arena is False
+    fast = Voice.from_config(VoiceConfig(memory_arena=True))
+    assert fast._piper.session.get_session_options().enable_cpu_mem_arena is True
+    a, b = synth(fast)[0], synth(voice)[0]
+    assert abs(len(a) - len(b)) < 0.15 * len(b) and np.abs(a).max() > 10000
+
+
 def test_style_length_volume_and_pauses(voice):
     base, _ = synth(voice, style=StyleConfig())
     slow, _ = synth(voice, style=StyleConfig(length_scale=1.6))
