@@ -830,6 +830,8 @@ class ReplyWorker:
                 self._on_event(rec)
             except Exception:
                 log.exception("on_event callback failed")
+        from .voice import release_free_memory
+        release_free_memory()  # what synthesis freed goes back to the OS, not to a high-water mark
 
     def _chat_reply(self, client: Any, chat: ChatConfig, messages: list[dict[str, str]],
                     sp: "_Speaker") -> _ChatFailure | None:

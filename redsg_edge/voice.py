@@ -23,6 +23,9 @@ Errors a user can fix in ``config.toml`` raise ``VoiceError`` whose ``key`` name
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import logging
 import queue
@@ -140,6 +143,25 @@ class Voice:
         for _ in self.synthesize("Hello."):
             pass
         return time.perf_counter() - t0
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the heap memory that synthesis freed back to the OS (glibc ``malloc_trim(0)``).
+
+    With onnxruntime's arena off, each Piper run frees its tensors, but glibc keeps the freed
+    pages of its per-thread heaps, so resident memory still ratchets up with the longest
+    sentence. A no-op where the C library has no ``malloc_trim``."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def _load_piper(model: Path, config: Path, memory_arena: bool = False) -> Any:
