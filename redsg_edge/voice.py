@@ -24,7 +24,6 @@ Errors a user can fix in ``config.toml`` raise ``VoiceError`` whose ``key`` name
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import functools
 import json
 import logging
@@ -148,7 +147,7 @@ class Voice:
 @functools.lru_cache(maxsize=1)
 def _malloc_trim() -> Callable[[int], int] | None:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        return ctypes.CDLL(None).malloc_trim  # the process's own C library
     except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
         return None
 
