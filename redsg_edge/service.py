@@ -706,12 +706,11 @@ class _Service:
                 # The loader makes progress by construction, bounded by the deadline; systemd's
                 # own start timeout is extended to our deadline, a little at a time. Each new
                 # phase is sent at once: a short one would otherwise fall between two ticks.
-                new = self._phases[sent:]
-                sent += len(new)
-                new = new or [self.phase]
-                for phase in new[:-1]:
+                phases = list(self._phases)  # the loader may append while we send
+                for phase in phases[sent:-1]:
                     self.notify(f"STATUS={phase}")
-                msgs = [f"STATUS={new[-1]}",
+                sent = len(phases)
+                msgs = [f"STATUS={phases[-1]}",
                         f"EXTEND_TIMEOUT_USEC={int((deadline - now + 5.0) * 1e6)}"]
                 if self.watchdog_s is not None:
                     msgs.append("WATCHDOG=1")
