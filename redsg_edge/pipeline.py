@@ -108,17 +108,16 @@ class Pipeline:
         self.boot_cfg = cfg  # what the devices and models were opened with
         self.on_record = on_record
         self.started_at = time.monotonic()
-        self.notes: list[str] = []
+        #: why each device that failed to open is missing ("camera"/"microphone" → message)
+        self.unavailable: dict[str, str] = {}
         say = progress or (lambda _msg: None)
         origin = time.monotonic()
-        missing: list[str] = []  # why each device could not be opened
-        self.camera = self._open("camera", lambda: open_camera(cfg.camera, True, origin),
-                                 missing)
+        self.camera = self._open("camera", lambda: open_camera(cfg.camera, True, origin))
         self.mic = self._open("microphone",
-                              lambda: open_microphone(cfg.microphone, cfg.camera, True, origin),
-                              missing)
+                              lambda: open_microphone(cfg.microphone, cfg.camera, True, origin))
         if self.camera is None and self.mic is None:
-            why = "; ".join(missing) or 'camera.source and microphone.source are both "none"'
+            why = ("; ".join(self.unavailable.values())
+                   or 'camera.source and microphone.source are both "none"')
             raise DeviceError(f"nothing to observe: {why}", "camera.source")
         say("loading models")
         self.vision, self.speech = load_workers(cfg, self.camera is not None, self.mic is not None)
@@ -142,18 +141,22 @@ class Pipeline:
         self._frame_t: float | None = None
         self.gated_windows = 0
 
-    def _open(self, what: str, opener, missing: list[str]):
+    def _open(self, what: str, opener):
         try:
             return opener()
         except DeviceError as exc:
             if not self.cfg.service.allow_degraded:
                 raise
-            missing.append(str(exc))
-            # The service logs the notes once it is up (and puts them in the status file).
-            self.notes.append(f"{what} unavailable, running without it: {exc}")
+            self.unavailable[what] = str(exc)
             return None
 
     # ------------------------------------------------------------------ state for the service
+    @property
+    def notes(self) -> list[str]:
+        """What the service logs once it is up (and puts in the status file)."""
+        return [f"{what} unavailable, running without it: {why}"
+                for what, why in self.unavailable.items()]
+
     @property
     def modalities(self) -> dict[str, str]:
         return {"face": "on" if self.camera else "off", "voice": "on" if self.mic else "off"}
