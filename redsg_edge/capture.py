@@ -380,6 +380,48 @@ class _Source:
         self.close()
 
 
+class _FileReplay:
+    """What the file camera and file microphone share: an open PyAV container, the decode
+    generator ``_items()`` that subclasses provide, the realtime clock origin (set at
+    :meth:`open` unless given) and the event that wakes a pacing sleep."""
+
+    def __init__(self, path: str | os.PathLike | None, realtime: bool,
+                 clock_origin: float | None, key: str) -> None:
+        self.path = Path(path) if path is not None else None
+        self.realtime, self.clock_origin, self.key = realtime, clock_origin, key
+        self.name = f"file:{self.path}"
+        self._container = None
+        self._items: Iterator | None = None
+        self._wake = threading.Event()
+
+    def _open_container(self):
+        raise NotImplementedError
+
+    def _decode(self) -> Iterator:
+        raise NotImplementedError
+
+    def open(self) -> None:
+        self._container = self._open_container()
+        if self.clock_origin is None:
+            self.clock_origin = time.monotonic()
+        self._wake.clear()
+        self._items = self._decode()
+
+    def _opened(self) -> Iterator:
+        if self._items is None:
+            raise OSError(f"{self.name} is not open")
+        return self._items
+
+    def interrupt(self) -> None:
+        self._wake.set()
+
+    def close(self) -> None:
+        self._items = None
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
 # ------------------------------------------------------------------------------------ cameras
 
 class CameraSource(_Source):
@@ -587,7 +629,7 @@ class OpenCVCamera(CameraSource):
             self._cap = None
 
 
-class VideoFileCamera(CameraSource):
+class VideoFileCamera(_FileReplay, CameraSource):
     """Frames of a video file decoded with PyAV, as RGB uint8 (height, width, 3).
 
     Each frame is scaled (by FFmpeg's swscale, in the same pass as the RGB conversion) to fit
@@ -607,24 +649,11 @@ class VideoFileCamera(CameraSource):
     def __init__(self, path: str | os.PathLike | None, width: int = 640, height: int = 480,
                  realtime: bool = False, max_fps: float | None = None,
                  clock_origin: float | None = None, key: str = "camera.file") -> None:
-        self.path = Path(path) if path is not None else None
-        self.width, self.height = width, height
-        self.realtime, self.max_fps, self.key = realtime, max_fps, key
-        self.clock_origin = clock_origin
-        self.name = f"file:{self.path}"
+        super().__init__(path, realtime, clock_origin, key)
+        self.width, self.height, self.max_fps = width, height, max_fps
         self.decoded = 0  # frames decoded (including skipped ones)
-        self._container = None
-        self._frames: Iterator | None = None
-        self._wake = threading.Event()
         self._geom: tuple | None = None
         self._next_keep = -1e18
-
-    def open(self) -> None:
-        self._container = self._open_container()
-        if self.clock_origin is None:
-            self.clock_origin = time.monotonic()
-        self._wake.clear()
-        self._frames = self._decode()
 
     def _open_container(self):
         container = _open_container(self.path, self.key, "camera")
@@ -672,9 +701,7 @@ class VideoFileCamera(CameraSource):
         return out
 
     def read(self) -> tuple[float, np.ndarray] | None:
-        if self._frames is None:
-            raise OSError(f"{self.name} is not open")
-        for mt, frame in self._frames:
+        for mt, frame in self._opened():
             if self.realtime:
                 if self.max_fps:
                     if mt < self._next_keep - 1e-3:
@@ -692,15 +719,6 @@ class VideoFileCamera(CameraSource):
                 return t, self._to_rgb(frame)
             return mt, self._to_rgb(frame)
         return None
-
-    def interrupt(self) -> None:
-        self._wake.set()
-
-    def close(self) -> None:
-        self._frames = None
-        if self._container is not None:
-            self._container.close()
-            self._container = None
 
 
 # -------------------------------------------------------------------------------- microphones
@@ -905,7 +923,7 @@ class SounddeviceMic(MicSource):
                 self.stream = None
 
 
-class AudioFileMic(MicSource):
+class AudioFileMic(_FileReplay, MicSource):
     """Audio of a file (wav, flac, mp3, ... or a video's audio track) as 16 kHz mono int16 blocks.
 
     Decoded and resampled with PyAV (``av.AudioResampler(format="s16", layout="mono",
@@ -923,21 +941,9 @@ class AudioFileMic(MicSource):
     def __init__(self, path: str | os.PathLike | None, block_ms: int = 100,
                  realtime: bool = False, clock_origin: float | None = None,
                  key: str = "microphone.file") -> None:
-        self.path = Path(path) if path is not None else None
-        self.block_ms, self.realtime, self.key = block_ms, realtime, key
-        self.clock_origin = clock_origin
+        super().__init__(path, realtime, clock_origin, key)
+        self.block_ms = block_ms
         self.block_samples = int(round(SAMPLE_RATE * block_ms / 1000))
-        self.name = f"file:{self.path}"
-        self._container = None
-        self._blocks: Iterator[tuple[float, np.ndarray]] | None = None
-        self._wake = threading.Event()
-
-    def open(self) -> None:
-        self._container = self._open_container()
-        if self.clock_origin is None:
-            self.clock_origin = time.monotonic()
-        self._wake.clear()
-        self._blocks = self._chunks()
 
     def _open_container(self):
         container = _open_container(self.path, self.key, "microphone")
@@ -980,7 +986,8 @@ class AudioFileMic(MicSource):
             container.close()
             self._container = self._open_container()
 
-    def _chunks(self) -> Iterator[tuple[float, np.ndarray]]:
+    def _decode(self) -> Iterator[tuple[float, np.ndarray]]:
+        """(t_start, block of block_samples) over _samples(); the last one may be shorter."""
         bn = self.block_samples
         pending = np.zeros(0, dtype=np.int16)
         t0: float | None = None
@@ -997,9 +1004,7 @@ class AudioFileMic(MicSource):
             yield (t0 or 0.0) + pos / SAMPLE_RATE, pending.copy()
 
     def read(self) -> tuple[float, np.ndarray] | None:
-        if self._blocks is None:
-            raise OSError(f"{self.name} is not open")
-        item = next(self._blocks, None)
+        item = next(self._opened(), None)
         if item is None or not self.realtime:
             return item
         mt, block = item
@@ -1008,15 +1013,6 @@ class AudioFileMic(MicSource):
         if delay > 0 and self._wake.wait(delay):
             return None
         return t, block
-
-    def interrupt(self) -> None:
-        self._wake.set()
-
-    def close(self) -> None:
-        self._blocks = None
-        if self._container is not None:
-            self._container.close()
-            self._container = None
 
 
 # ---------------------------------------------------------------------------------- factories

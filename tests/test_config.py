@@ -111,12 +111,18 @@ def test_shipped_config_documents_every_key():
 
 # ---------------------------------------------------------------------------- validation
 
-def test_unknown_key_rejected_with_file_section_key_line(tmp_path):
-    path = _write(tmp_path, "[camera]\nwidth = 640\ncolour = true\n")
+@pytest.mark.parametrize("text, where, phrase", [
+    ("[camera]\nwidth = 640\ncolour = true\n", "camera.colour: ", "not permitted"),
+    ("[fusion]\nenter_threshold = 0.4\nexit_threshold = 0.5\n", "fusion.exit_threshold: ",
+     "must not exceed enter_threshold"),
+    ("[camera]\nwidth = 640\nheight = \n", "TOML syntax", "line 3"),
+], ids=["unknown-key", "exit-above-enter", "toml-syntax"])
+def test_single_problem_names_file_and_key(tmp_path, text, where, phrase):
+    path = _write(tmp_path, text)
     lines = _problems(path)
     assert len(lines) == 1
-    assert lines[0].startswith(f"{path}: camera.colour: ")
-    assert "not permitted" in lines[0]
+    assert lines[0].startswith(f"{path}: {where}")
+    assert phrase in lines[0]
 
 
 def test_unknown_section_and_emotion_rejected(tmp_path):
@@ -143,14 +149,9 @@ def test_wrong_type_rejected(tmp_path):
     assert any(line.startswith(f"{path}: fusion.min_dwell_s: ") for line in lines)
 
 
-def test_exit_threshold_above_enter_rejected(tmp_path):
-    path = _write(tmp_path, "[fusion]\nenter_threshold = 0.4\nexit_threshold = 0.5\n")
-    lines = _problems(path)
-    assert len(lines) == 1
-    assert lines[0].startswith(f"{path}: fusion.exit_threshold: ")
-    assert "must not exceed enter_threshold" in lines[0]
-    # Equal thresholds are allowed.
-    load_config(_write(tmp_path, "[fusion]\nenter_threshold = 0.4\nexit_threshold = 0.4\n"))
+def test_equal_thresholds_allowed(tmp_path):
+    cfg = load_config(_write(tmp_path, "[fusion]\nenter_threshold = 0.4\nexit_threshold = 0.4\n"))
+    assert cfg.fusion.enter_threshold == cfg.fusion.exit_threshold == 0.4
 
 
 def test_relative_paths_resolved_against_the_file(tmp_path, monkeypatch):
@@ -168,14 +169,6 @@ def test_relative_paths_resolved_against_the_file(tmp_path, monkeypatch):
     assert cfg.vision.detector_model == Path("/opt/models/bf.tflite")  # absolute: untouched
     assert cfg.voice.wav_dir == etc / "out"
     assert cfg.source_path == path.resolve()
-
-
-def test_toml_syntax_error_names_the_file(tmp_path):
-    path = _write(tmp_path, "[camera]\nwidth = 640\nheight = \n")
-    lines = _problems(path)
-    assert len(lines) == 1
-    assert lines[0].startswith(f"{path}: TOML syntax")
-    assert "line 3" in lines[0]
 
 
 def test_missing_file_named(tmp_path):
