@@ -459,8 +459,7 @@ class _Service:
         self.restart_pending: list[str] = []  # changed keys that only a restart applies
         self.pipeline: Any = None
         self.state = "starting"
-        self.phase = "starting"
-        self._phases: list[str] = [self.phase]  # every start-up phase, in order
+        self._phases: list[str] = ["starting"]  # every phase so far, in order; see `phase`
         self.status_file: Path | None = None
         self.started_wall = time.time()
         self.started = time.monotonic()
@@ -595,11 +594,19 @@ class _Service:
                      "n/a" if first is None else f"{first * 1000:.0f} ms", rec.get("source"),
                      extra={"redsg_event": "reply", "fields": fields})
 
-    def _progress(self, msg: str) -> None:
-        # From the loader thread; the main thread sends each phase as STATUS= (list.append is
-        # atomic, so none is lost even when two come between its polls).
-        self.phase = msg
+    @property
+    def phase(self) -> str:
+        """The latest phase ("loading models", "ready", "failed: ..."): the last of `_phases`."""
+        return self._phases[-1]
+
+    @phase.setter
+    def phase(self, msg: str) -> None:
+        # Set from the loader thread too; the main thread sends each start-up phase as STATUS=
+        # (list.append is atomic, so none is lost even when two come between its polls).
         self._phases.append(msg)
+
+    def _progress(self, msg: str) -> None:
+        self.phase = msg
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
