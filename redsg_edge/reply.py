@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import CLASSES
 from .config import ChatConfig, Config, style_for
 
 log = logging.getLogger(__name__)
@@ -696,8 +697,6 @@ class ReplyWorker:
     # ----------------------------------------------------------------- thread
     def _plan_prefill(self) -> None:
         """Queue the first sentence of every template, in each emotion's style (worker thread)."""
-        from . import CLASSES
-
         with self._lock:
             cfg, self._prefill_stale = self._cfg, False
             self._planning = True

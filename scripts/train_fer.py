@@ -197,6 +197,9 @@ def main() -> int:
                     help="skip training; export the mean of these trained core models (.keras, or "
                          "an int8 .tflite export whose float checkpoint is lost: its weights are "
                          "recovered). Members are kept only if they improve x_val accuracy")
+    ap.add_argument("--max-params", type=int, default=2_000_000,
+                    help="skip an ensemble member that would take the total past this many "
+                         "parameters (int8: about one byte each; the card's limit is 2 MB)")
     args = ap.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -292,6 +295,10 @@ def main() -> int:
     flip = facts["val_accuracy_flip_tta"] > facts["val_accuracy"]
     kept, kept_acc = [0], val_acc([0], flip)
     for i in everyone[1:]:
+        params = sum(cores[j].count_params() for j in kept + [i])
+        if params > args.max_params:  # int8: about one byte per parameter
+            print(f"{cores[i].name}: skipped, {params:,} parameters > --max-params", flush=True)
+            continue
         acc = val_acc(kept + [i], flip)
         print(f"{cores[i].name}: x_val {kept_acc:.4f} → {acc:.4f} with it", flush=True)
         if acc > kept_acc:
