@@ -80,7 +80,7 @@ TARGETS = {
     "peer_speedup_per_face": 10.0,            # whole pipeline per photo, one core
     "daemon_cpu_pct_one_core": 25.0,          # at 15 fps real time
     "daemon_rss_mb": 400.0,
-    "daemon_rss_slope_mb_per_min": 1.0,       # "flat": < 1 MB/min after the first minute
+    "daemon_rss_slope_mb_per_min": 1.0,       # "does not grow": < 1 MB/min after the first minute
     "coldstart_s": 8.0,
 }
 
@@ -944,7 +944,9 @@ def bench_daemon(cfg, models, quick: bool, out_dir: Path) -> dict:
         "daemon_rss_slope_mb_per_min": {
             "value": res["rss_mb"]["slope_mb_per_min"],
             "limit": TARGETS["daemon_rss_slope_mb_per_min"],
-            "met": slope is not None and abs(slope) <= TARGETS["daemon_rss_slope_mb_per_min"]}}
+            # One-sided: the issue asks that memory not grow; malloc_trim handing pages back
+            # after a reply makes RSS step down, which is no leak.
+            "met": slope is not None and slope <= TARGETS["daemon_rss_slope_mb_per_min"]}}
     return res
 
 
