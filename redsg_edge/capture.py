@@ -382,7 +382,7 @@ class _Source:
 
 class _FileReplay:
     """What the file camera and file microphone share: an open PyAV container, the decode
-    generator ``_items()`` that subclasses provide, the realtime clock origin (set at
+    generator ``_decode()`` that subclasses provide, the realtime clock origin (set at
     :meth:`open` unless given) and the event that wakes a pacing sleep."""
 
     def __init__(self, path: str | os.PathLike | None, realtime: bool,

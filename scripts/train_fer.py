@@ -54,7 +54,7 @@ def cached_split(split: str, data: Path, cache: Path) -> tuple[np.ndarray, np.nd
     return x, y
 
 
-def build_models(seed: int, width: int = 32):
+def build_models(seed: int, width: int = 48):
     import keras
     from keras import layers
 
