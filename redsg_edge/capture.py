@@ -383,7 +383,9 @@ class _Source:
 class _FileReplay:
     """What the file camera and file microphone share: an open PyAV container, the decode
     generator ``_decode()`` that subclasses provide, the realtime clock origin (set at
-    :meth:`open` unless given) and the event that wakes a pacing sleep."""
+    :meth:`open` unless given) and the event that wakes a pacing sleep. Not a live device."""
+
+    live = False
 
     def __init__(self, path: str | os.PathLike | None, realtime: bool,
                  clock_origin: float | None, key: str) -> None:
@@ -643,8 +645,6 @@ class VideoFileCamera(_FileReplay, CameraSource):
     duration), and at most ``max_fps`` frames per second are converted (others are skipped).
     Raises :class:`DeviceError` naming ``key`` for a missing or undecodable file.
     """
-
-    live = False
 
     def __init__(self, path: str | os.PathLike | None, width: int = 640, height: int = 480,
                  realtime: bool = False, max_fps: float | None = None,
@@ -935,8 +935,6 @@ class AudioFileMic(_FileReplay, MicSource):
     undecodable file (naming ``key``) and for a file without an audio track (naming
     ``microphone.source``).
     """
-
-    live = False
 
     def __init__(self, path: str | os.PathLike | None, block_ms: int = 100,
                  realtime: bool = False, clock_origin: float | None = None,

@@ -299,7 +299,7 @@ def main() -> int:
     kept, kept_acc = [0], val_acc([0], flip)
     for i in everyone[1:]:
         params = sum(cores[j].count_params() for j in kept + [i])
-        if params > args.max_params:  # int8: about one byte per parameter
+        if params > args.max_params:
             print(f"{cores[i].name}: skipped, {params:,} parameters > --max-params", flush=True)
             continue
         acc = val_acc(kept + [i], flip)
