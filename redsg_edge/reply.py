@@ -338,6 +338,9 @@ def is_local_url(url: str) -> bool:
 
 # --------------------------------------------------------------------------- chat stream
 
+_READ_TIMEOUT_SLACK_S = 1.0  # SDK read timeout beyond first_token_timeout_s
+
+
 class _ChatFailure(Exception):
     def __init__(self, cause: str, detail: str = "", retry_after: float | None = None) -> None:
         super().__init__(cause, detail)
@@ -651,8 +654,11 @@ class ReplyWorker:
         if chat.enabled and (key or local):
             import openai
 
-            # read= bounds each wait for bytes; the worker enforces the wall-clock deadlines.
-            timeout = openai.Timeout(connect=chat.connect_timeout_s, read=chat.first_token_timeout_s,
+            # The worker's own wall-clock deadlines name the cause (first_token_timeout, stall);
+            # read= is only the backstop that ends the stream thread, so it is set a little
+            # later: at the same instant, a loaded CPU let it win the race as a bare "timeout".
+            timeout = openai.Timeout(connect=chat.connect_timeout_s,
+                                     read=chat.first_token_timeout_s + _READ_TIMEOUT_SLACK_S,
                                      write=chat.connect_timeout_s, pool=chat.connect_timeout_s)
             client = openai.OpenAI(base_url=chat.base_url, api_key=key or LOCAL_PLACEHOLDER_KEY,
                                    timeout=timeout, max_retries=0)
