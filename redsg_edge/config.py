@@ -90,7 +90,7 @@ class SpeechConfig(Strict):
 class FusionConfig(Strict):
     #: Prior weight of each modality in the late fusion (multiplied by confidence and freshness).
     face_weight: float = Field(1.0, ge=0.0, le=10.0)
-    voice_weight: float = Field(0.5, ge=0.0, le=10.0)
+    voice_weight: float = Field(0.2, ge=0.0, le=10.0)
     #: Confidence term of each modality's weight: 1 - normalised entropy of its probabilities
     #: (entropy), its top probability (max_prob) or none (1.0).
     confidence: Literal["entropy", "max_prob", "none"] = "entropy"
@@ -103,10 +103,10 @@ class FusionConfig(Strict):
     smoothing_tau_s: float = Field(0.1, ge=0.0, le=30.0)
     #: Hysteresis: a new emotion must reach enter_threshold; the current one is kept until it
     #: falls below exit_threshold.
-    enter_threshold: float = Field(0.6, ge=0.0, le=1.0)
+    enter_threshold: float = Field(0.55, ge=0.0, le=1.0)
     exit_threshold: float = Field(0.25, ge=0.0, le=1.0)
     #: A candidate must lead continuously for min_dwell_s before a transition fires.
-    min_dwell_s: float = Field(0.1, ge=0.0, le=60.0)
+    min_dwell_s: float = Field(0.2, ge=0.0, le=60.0)
     #: No second transition within refractory_s of the last one.
     refractory_s: float = Field(1.5, ge=0.0, le=600.0)
 

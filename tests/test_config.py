@@ -182,4 +182,4 @@ def test_exit_code_is_ex_config():
 
 def test_empty_file_gives_defaults(tmp_path):
     cfg = load_config(_write(tmp_path, ""))
-    assert cfg.camera.width == 640 and cfg.fusion.enter_threshold == 0.6
+    assert cfg.camera.width == 640 and cfg.fusion.enter_threshold == 0.55
