@@ -15,12 +15,15 @@ horizontal flip, brightness/contrast and blur.
 
 ``--ensemble`` averages several trained nets inside one graph; each member is kept only if it
 raises x_val accuracy. The shipped width-48 net is a single model: no width-32 member raised its
-x_val accuracy.
+x_val accuracy. A warm restart (``--init`` the best checkpoint, a shorter cycle at a quarter of
+the LR) raised the shipped net's x_val accuracy from 66.20 to 66.87 %.
 
 Reproducible (seeded), resumable (``--out`` keeps a backup; rerun the same command to resume),
 logged to ``OUT/train.csv``. Needs the ``[train]`` extra (tensorflow-cpu).
 
-    python scripts/train_fer.py --width 48 --seed 3 --epochs 60 --out runs/fer_w48  # shipped
+    python scripts/train_fer.py --width 48 --seed 3 --epochs 60 --out runs/fer_w48  # shipped:
+    python scripts/train_fer.py --width 48 --seed 4 --epochs 20 --lr 5e-4 \
+        --init runs/fer_w48/best.keras --out runs/fer_w48r                       # + warm restart
     python scripts/train_fer.py --width 32 --seed 1 --epochs 60 --out runs/fer_m1   # a width-32 net
     python scripts/train_fer.py --ensemble runs/fer_w48/best.keras runs/fer_m1/best.keras \
         --out runs/fer_ens --export runs/fer_ens/fer_int8.tflite        # try an ensemble

@@ -33,10 +33,11 @@ from redsg_edge.fusion import Evidence, Fusion  # noqa: E402
 from redsg_edge.pipeline import replay  # noqa: E402
 
 # The neighbourhood of the shipped defaults (a random search over all FusionConfig keys, then a
-# coordinate search, led here: light smoothing, a high enter threshold and a short refractory).
-GRID = {"smoothing_tau_s": [0.1, 0.2, 0.4], "min_dwell_s": [0.0, 0.1, 0.3],
+# coordinate search, led here: light smoothing, a high enter threshold and a short refractory;
+# with the warm-restarted FER net, a light voice weight).
+GRID = {"smoothing_tau_s": [0.1, 0.2], "min_dwell_s": [0.1, 0.2, 0.3],
         "enter_threshold": [0.5, 0.55, 0.6], "exit_threshold": [0.25, 0.3],
-        "voice_weight": [0.5, 0.8], "refractory_s": [1.5, 3.0]}
+        "voice_weight": [0.1, 0.2, 0.5], "refractory_s": [1.5, 3.0]}
 
 
 def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
