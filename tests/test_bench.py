@@ -2,7 +2,8 @@
 
 Benchmarks are not timed tests: these runs prove the benches work (CI runs quick mode only);
 the figures themselves come from full runs (docs/benchmarks.md). Every number checked here
-only has to be positive and finite.
+only has to be positive and finite (the one lower bound: a chat reply's first token cannot come
+before the loopback server's 0.5 s time to first token).
 """
 
 from __future__ import annotations
@@ -93,6 +94,41 @@ def test_bench_loop_quick(config, tmp_path):
         check_summary(lat["frame_to_fused"])
         assert lat["with_face"] >= 1
     assert positive(res["targets"]["loop_fps_all_cores_decode_included"]["value"])
+
+
+def test_bench_coldstart_quick(config, tmp_path):
+    res = run_bench("coldstart", config, tmp_path / "coldstart.json")
+    (run,) = res["runs"]
+    assert run["exit_code"] == 0 and positive(run["ready_s"])
+    assert run["phases"][-1][1] == "READY=1" and "loading voice" in [p for _, p in run["phases"]]
+    assert res["ready_s_median"] == run["ready_s"]
+    assert res["targets"]["coldstart_s"]["limit"] == 8.0
+
+
+def test_bench_daemon_quick(config, tmp_path):
+    res = run_bench("daemon", config, tmp_path / "daemon.json")
+    assert res["duration_s"] == 10 and res["exit_code"] == 0  # SIGTERM ends it cleanly
+    assert positive(res["ready_s"]) and positive(res["cpu_pct_one_core"]["mean"])
+    r = res["rss_mb"]
+    assert positive(r["first"]) and r["first"] <= r["peak"] and r["slope_method"] == "Theil-Sen"
+    st = res["status"]
+    assert st["source"].startswith("redsg-edge status"), st
+    assert st["frames"]["captured"] >= 15 and st["frames"]["classified"] >= 1
+    assert st["frames"]["dropped"] >= 0 and st["audio"]["overruns"] >= 0
+    assert len(res["samples"]["t_s"]) == len(res["samples"]["rss_mb"]) >= 5
+    assert set(res["targets"]) == {"daemon_cpu_pct_one_core", "daemon_rss_mb_peak",
+                                   "daemon_rss_slope_mb_per_min"}
+
+
+def test_bench_reply_quick(config, tmp_path):
+    res = run_bench("reply", config, tmp_path / "reply.json")
+    runs = res["runs"]
+    assert set(runs) == {"offline", "offline_cold", "chat"}
+    for name, run in runs.items():
+        assert run["replies"] == 5 and run["first_sample_ms"]["n"] == 5, name
+        assert positive(run["first_sample_ms"]["p50"]), name
+    assert runs["chat"]["sources"] == {"chat": 5}  # the loopback server answered every one
+    assert runs["chat"]["first_token_ms"]["p50"] >= 500  # its time to first token is 0.5 s
 
 
 @pytest.mark.skipif(not PEERS.is_file(), reason=".venv-peers (the fer peer) not installed")
