@@ -963,9 +963,8 @@ def bench_daemon(cfg, models, quick: bool, out_dir: Path) -> dict:
 def _peer_available() -> str | None:
     """None when the peer venv and worker script exist, else why not."""
     if not PEER_VENV_PYTHON.is_file():
-        return (f"{PEER_VENV_PYTHON.parent.parent} missing: create it as docs/benchmarks.md "
-                "says (python -m venv .venv-peers; pip install --no-deps fer==25.10.3; pip "
-                "install tensorflow-cpu 'opencv-contrib-python<5' pillow requests)")
+        return (f"{PEER_VENV_PYTHON.parent.parent} missing: create it with "
+                "`bash scripts/setup_peers.sh` (fer 25.10.3 and the [peers] extra)")
     if not PEER_SCRIPT.is_file():
         return f"{PEER_SCRIPT} missing"
     return None
