@@ -15,7 +15,8 @@ table and writes JSON (default ``runs/bench/WHAT.json``, ``WHAT-quick.json`` in 
 - ``daemon``: the real daemon (``python -m redsg_edge run``) as a subprocess, camera = the clip
   replayed in real time at 15 fps, microphone = RAVDESS Actor_23/24 speech, replies on (offline
   templates, default voice, null sink); CPU % of one core and RSS sampled every second with
-  psutil for 600 s (quick: 10 s); drops from its status file.
+  psutil for 600 s (quick: 10 s), the RSS slope from 60 s by Theil-Sen; drops from its status
+  file.
 - ``coldstart``: process start → ``READY=1`` received on a real ``NOTIFY_SOCKET`` datagram socket
   bound by the bench (models loaded, voice loaded, first frame and audio block); median of 3.
 - ``peers``: the ``fer`` package (its own API, bundled mini-XCEPTION TFLite + Haar cascade, in

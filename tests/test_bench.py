@@ -131,7 +131,8 @@ def test_bench_reply_quick(config, tmp_path):
     assert runs["chat"]["first_token_ms"]["p50"] >= 500  # its time to first token is 0.5 s
 
 
-@pytest.mark.skipif(not PEERS.is_file(), reason=".venv-peers (the fer peer) not installed: bash scripts/setup_peers.sh")
+@pytest.mark.skipif(not PEERS.is_file(),
+                    reason=".venv-peers (the fer peer) not installed: bash scripts/setup_peers.sh")
 def test_bench_peers_quick(config, tmp_path):
     res = run_bench("peers", config, tmp_path / "peers.json", timeout=1800)
     assert res["images"]["fer2013_private_test"] == 70 and res["images"]["ck48"] >= 40
