@@ -1175,8 +1175,8 @@ def format_daemon(res: dict) -> str:
              f"ready after {res.get('ready_s')} s",
              f"  CPU % of one core: mean {c['mean']}, p50 {c['p50']}, p95 {c['p95']}, max {c['max']}",
              f"  RSS MB: first {r['first']}, peak {r['peak']}, end {r['end']}, slope "
-             f"{r['slope_mb_per_min']} MB/min ({r.get('slope_method', 'least squares')} from "
-             f"{r['slope_fit_from_s']:.0f} s; least squares {r.get('slope_lsq_mb_per_min')})",
+             f"{r['slope_mb_per_min']} MB/min ({r['slope_method']} from "
+             f"{r['slope_fit_from_s']:.0f} s; least squares {r['slope_lsq_mb_per_min']})",
              f"  transitions {res['transitions']}, replies {res['replies']}, threads "
              f"{res.get('threads')}, exit code after SIGTERM {res.get('exit_code')}",
              (f"  drops (status file): frames captured {fr.get('captured')}, dropped "

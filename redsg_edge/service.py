@@ -601,12 +601,10 @@ class _Service:
 
     @phase.setter
     def phase(self, msg: str) -> None:
-        # Set from the loader thread too; the main thread sends each start-up phase as STATUS=
-        # (list.append is atomic, so none is lost even when two come between its polls).
+        # The loader thread appends its phases too (its progress callback is _phases.append); the
+        # main thread sends each as STATUS= (list.append is atomic, so none is lost even when two
+        # come between its polls).
         self._phases.append(msg)
-
-    def _progress(self, msg: str) -> None:
-        self.phase = msg
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
@@ -658,7 +656,7 @@ class _Service:
         from .pipeline import Pipeline
         try:
             res.pipeline = Pipeline(self.cfg, reply=self.reply, on_record=self._on_record,
-                                    progress=self._progress)
+                                    progress=self._phases.append)
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             res.error = exc
         finally:
@@ -667,7 +665,7 @@ class _Service:
     def _lifecycle(self) -> int:
         assert self.cfg is not None
         deadline = self.started + self.cfg.service.start_timeout_s
-        self._progress("opening devices")
+        self.phase = "opening devices"
         res = _LoadResult()
         loader = threading.Thread(target=self._loader, args=(res,), name="loader", daemon=True)
         loader.start()
@@ -690,7 +688,7 @@ class _Service:
                 self.pipeline = res.pipeline
                 for note in self.pipeline.notes:
                     log.warning("%s", note)
-                self._progress("waiting for the first frame and audio block")
+                self.phase = "waiting for the first frame and audio block"
                 self.pipeline.start()
                 hang = self.env.get("REDSG_DEBUG_HANG")
                 if hang:
