@@ -63,3 +63,27 @@ def mfcc_features(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
                  ceplifter=22, appendEnergy=True)
     feats -= feats.mean(axis=0, keepdims=True)
     return feats.astype(np.float32)
+
+
+def ser_windows(signal: np.ndarray, window_samples: int, hop_samples: int) -> np.ndarray:
+    """The SER model's inputs for one utterance: featurised windows, shared by training and runtime.
+
+    signal: (N,) int16 PCM or float in [-1, 1] at 16 kHz, one utterance (any length ≥ 1 sample).
+    window_samples, hop_samples: window and hop in samples (> 0).
+    Returns (W, num_frames(window_samples), 20) float32, W ≥ 1: windows every ``hop_samples``;
+    an utterance shorter than one window gives one window, zero-padded at the end; a remainder
+    longer than half a hop past the last full window adds one more window, aligned to the end.
+    The utterance's probabilities are the mean of its windows' probabilities.
+    Raises ValueError as ``mfcc_features`` does, or when a size is not positive.
+    """
+    if window_samples <= 0 or hop_samples <= 0:
+        raise ValueError(f"window and hop must be positive, got {window_samples}, {hop_samples}")
+    x = np.asarray(signal)
+    if x.ndim != 1:
+        raise ValueError(f"SER expects mono (N,) audio, got shape {x.shape}")
+    if len(x) < window_samples:
+        x = np.pad(x, (0, window_samples - len(x)))
+    starts = list(range(0, len(x) - window_samples + 1, hop_samples))
+    if len(x) - (starts[-1] + window_samples) > hop_samples // 2:
+        starts.append(len(x) - window_samples)
+    return np.stack([mfcc_features(x[s:s + window_samples]) for s in starts])
