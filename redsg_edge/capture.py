@@ -36,12 +36,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
+from .errors import EX_UNAVAILABLE, DeviceError
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import CameraConfig, MicrophoneConfig
 
 log = logging.getLogger(__name__)
 
-EX_UNAVAILABLE = 69  # sysexits.h: a service (here a device) is unavailable
 SAMPLE_RATE = 16000  # Hz; every audio path in the project runs at 16 kHz mono int16
 OPEN_TIMEOUT_S = 5.0  # a device that has not opened (or given a first frame) by then is missing
 
@@ -51,21 +52,6 @@ __all__ = [
     "AudioFileMic", "open_camera", "open_microphone", "CaptureThread", "letterbox",
     "list_devices", "format_devices",
 ]
-
-
-class DeviceError(Exception):
-    """A camera, microphone or media file that cannot be used.
-
-    The message names the device and the config key to change. ``key`` is that config key
-    (e.g. ``"camera.device"``), ``device`` the device as given, ``exit_code`` 69 (EX_UNAVAILABLE).
-    """
-
-    exit_code = EX_UNAVAILABLE
-
-    def __init__(self, message: str, key: str | None = None, device: object = None) -> None:
-        super().__init__(message)
-        self.key = key
-        self.device = device
 
 
 # --------------------------------------------------------------------------------------- rings

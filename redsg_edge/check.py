@@ -25,11 +25,9 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
 
-from .config import EX_CONFIG, Config, ConfigError, load_config
+from .config import Config, load_config
+from .errors import EX_CONFIG, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, ConfigError
 
-EX_OK = 0
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
 
 __all__ = ["check_main", "run_checks", "Item"]
 

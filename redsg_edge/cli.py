@@ -14,37 +14,30 @@ import sys
 from pathlib import Path
 
 from . import __version__
-
-EX_UNAVAILABLE = 69
-EX_SOFTWARE = 70
+from .errors import EX_CONFIG, ConfigError, DeviceError, ModelError, VoiceError, exit_code_for
 
 DEFAULT_CONFIG = Path(os.environ.get("REDSG_CONFIG", "config.toml"))
 
 
 def _load(path: Path):
-    from .config import ConfigError, load_config
+    from .config import load_config
     try:
         return load_config(path)
     except ConfigError as exc:
         for line in exc.lines:
             print(line, file=sys.stderr)
-        raise SystemExit(78) from None
+        raise SystemExit(EX_CONFIG) from None
 
 
 def _guarded(fn):
-    """Turn the project's errors into their exit codes with a one-line message."""
+    """Turn the project's errors into their exit codes (errors.exit_code_for) with a one-line
+    message."""
     def run(args) -> int:
-        from .capture import DeviceError
-        from .litert import ModelError
-        from .voice import VoiceError
         try:
             return fn(args)
-        except DeviceError as exc:
+        except (DeviceError, ModelError, VoiceError) as exc:
             print(f"error: {exc}", file=sys.stderr)
-            return EX_UNAVAILABLE
-        except (ModelError, VoiceError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EX_SOFTWARE
+            return exit_code_for(exc)
     return run
 
 
@@ -124,9 +117,51 @@ def cmd_fetch(args) -> int:
     return fetch_main(args.dest, args.mirror)
 
 
+def say(text: str, voice, sink, style=None) -> float:
+    """Speak ``text`` through ``voice`` (a ``voice.Voice``) into ``sink`` (a ``voice.Sink``),
+    sentence by sentence, and wait until it has been played. Returns the audio duration in s."""
+    from .reply import split_sentences
+
+    samples, rate = 0, voice.sample_rate
+    sentences = split_sentences(text, final=True)[0] or [text]
+    for i, s in enumerate(sentences):
+        for pcm, rate in voice.synthesize(s, style, pause_before=i > 0):
+            sink.write(pcm, rate)
+            samples += len(pcm)
+    sink.drain()
+    return samples / float(rate)
+
+
+def say_main(cfg, text: str) -> int:
+    """``redsg-edge say TEXT``: speak ``text`` with ``cfg.voice`` (model, sink, default_style)
+    and wait until it has been played. Returns 0; 1 for empty text; for a voice or sink that
+    cannot be used, a message on stderr and its exit code (70 the voice model, 69 the output)."""
+    import time
+
+    from .voice import Voice, WavSink, make_sink
+
+    if not text.strip():
+        print("say: nothing to say", file=sys.stderr)
+        return 1
+    try:
+        voice = Voice.from_config(cfg.voice)
+        sink = make_sink(cfg.voice, voice.sample_rate)
+    except VoiceError as exc:
+        print(f"say: {exc}", file=sys.stderr)
+        return exit_code_for(exc)
+    try:
+        t0 = time.monotonic()
+        audio_s = say(text, voice, sink, cfg.voice.default_style)
+        where = (f" to {sink.paths[-1]}" if isinstance(sink, WavSink) and sink.paths
+                 else f" on {getattr(sink, 'name', cfg.voice.sink)}")
+        print(f"said {audio_s:.2f} s of audio{where} in {time.monotonic() - t0:.2f} s")
+    finally:
+        sink.close()
+    return 0
+
+
 @_guarded
 def cmd_say(args) -> int:
-    from .reply import say_main
     cfg = _load(args.config)
     if args.sink:
         cfg.voice.sink = args.sink

@@ -22,18 +22,9 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
 
 from . import CLASSES
-
-EX_CONFIG = 78  # sysexits.h: configuration error
+from .errors import EX_CONFIG, ConfigError  # noqa: F401  (re-exported: config users see both)
 
 EmotionName = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
-
-
-class ConfigError(Exception):
-    """A config file that cannot be used. ``lines`` holds one ``file: key: message`` per problem."""
-
-    def __init__(self, lines: list[str]) -> None:
-        super().__init__("\n".join(lines))
-        self.lines = lines
 
 
 class Strict(BaseModel):

@@ -6,10 +6,14 @@ release the GIL while ``invoke()`` runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
+
+from .errors import ModelError
 
 try:  # pragma: no cover - which branch runs depends on the install
     from ai_edge_litert.interpreter import Interpreter
@@ -22,9 +26,33 @@ except ImportError:  # pragma: no cover
         Interpreter = None  # type: ignore[assignment,misc]
         RUNTIME = None
 
+__all__ = ["RUNTIME", "LiteRTClassifier", "ModelError", "quiet_native_stderr"]
 
-class ModelError(RuntimeError):
-    """A model file is missing, corrupt, or does not have the expected input/output shape."""
+_stderr_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence native (C++) log lines written to fd 2 while the block runs.
+
+    MediaPipe prints ~11 INFO/WARNING lines at create, first call and close that no environment
+    variable silences; redirecting the file descriptor is the only way to keep them out of the
+    journal. Python's own ``sys.stderr`` writes made in the block are lost too, so keep it short.
+    """
+    with _stderr_lock:
+        try:
+            saved = os.dup(2)
+        except OSError:  # no fd 2 (some service managers): nothing to silence
+            yield
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, 2)
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
 
 
 class LiteRTClassifier:
@@ -49,8 +77,6 @@ class LiteRTClassifier:
                              "(or tflite-runtime with numpy<2)")
         if not self.path.is_file():
             raise ModelError(f"{self.path}: model file not found")
-        from .vision import quiet_native_stderr  # late: vision imports this module
-
         try:
             # allocate_tensors prints "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
             with quiet_native_stderr():

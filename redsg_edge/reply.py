@@ -82,7 +82,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["split_sentences", "clean_for_speech", "TemplatePicker", "DEFAULT_TEMPLATES",
            "build_messages", "HistoryEntry", "read_api_key", "is_local_url", "LOCAL_PLACEHOLDER_KEY",
-           "ReplyWorker", "say", "say_main"]
+           "ReplyWorker"]
 
 #: The key sent to a local endpoint when none is configured (llama.cpp's documented example).
 LOCAL_PLACEHOLDER_KEY = "sk-no-key-required"
@@ -917,25 +917,3 @@ class _Speaker:
             if w._stop.is_set():
                 break
         self.sentences.append(sentence)
-
-
-def say(text: str, voice: Any, sink: Any, style: Any = None) -> float:
-    """Speak ``text`` through ``voice`` into ``sink`` and wait until it is played; return the
-    audio duration in seconds. Sentences are split and synthesised one at a time."""
-    samples = 0
-    rate = voice.sample_rate
-    sentences = split_sentences(text, final=True)[0] or [text]
-    for i, s in enumerate(sentences):
-        for pcm, rate in voice.synthesize(s, style, pause_before=i > 0):
-            sink.write(pcm, rate)
-            samples += len(pcm)
-    sink.drain()
-    return samples / float(rate)
-
-
-def say_main(cfg: Config, text: str) -> int:
-    """``redsg-edge say TEXT`` (same as ``redsg_edge.voice.say_main``): speak ``text`` through
-    ``cfg.voice``; 0, 1 for empty text, ``EX_CONFIG`` when the voice or sink is unusable."""
-    from .voice import say_main as _say_main
-
-    return _say_main(cfg, text)

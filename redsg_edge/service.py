@@ -65,14 +65,12 @@ from typing import Any, NoReturn
 
 from . import __version__
 from .assets import replacing
-from .config import EX_CONFIG, Config, ConfigError, load_config
+from .config import Config, load_config
+from .errors import (EX_CONFIG, EX_FAILURE, EX_OK, EX_SOFTWARE, EX_UNAVAILABLE, ConfigError,
+                     exit_code_for)
 
 log = logging.getLogger("redsg_edge.service")
 
-EX_OK = 0
-EX_SOFTWARE = 70     # sysexits.h: internal software error (here: a model that cannot be loaded)
-EX_FAILURE = 1       # anything unexpected (a bug): systemd restarts on it, unlike 70 and 78
-EX_UNAVAILABLE = 69  # sysexits.h: a device is unavailable
 STOP_TIMEOUT_S = 2.0  # pipeline.stop budget; systemd's "exit within 3 s" leaves ~1 s for teardown
 SYSLOG_IDENTIFIER = "redsg-edge"
 STATUS_FILE_NAME = "status.json"
@@ -409,24 +407,6 @@ class _LoadResult:
         self.done = threading.Event()
 
 
-def _exit_code_for(exc: BaseException) -> int:
-    from .capture import DeviceError
-    from .litert import ModelError
-
-    if isinstance(exc, DeviceError):
-        return EX_UNAVAILABLE
-    if isinstance(exc, ModelError):
-        return EX_SOFTWARE
-    try:
-        from .voice import VoiceError
-    except ImportError:  # pragma: no cover
-        VoiceError = ()  # type: ignore[assignment,misc]
-    if isinstance(exc, VoiceError):
-        # a voice model file → like a model; an audio output → like a device
-        return EX_SOFTWARE if getattr(exc, "key", "") == "voice.model" else EX_UNAVAILABLE
-    return EX_FAILURE
-
-
 def _install_debug_hang(pipeline: Any, spec: str, release: threading.Event) -> None:
     """REDSG_DEBUG_HANG=worker[:delay_s]: that worker blocks inside its step (see module doc)."""
     name, _, delay = spec.partition(":")
@@ -678,7 +658,7 @@ class _Service:
             now = time.monotonic()
             if res.done.is_set() and not started:
                 if res.error is not None:
-                    code = _exit_code_for(res.error)
+                    code = exit_code_for(res.error)
                     log.error("cannot start: %s", res.error)
                     if not _is_known_error(res.error):
                         log.error("%s", "".join(traceback.format_exception(res.error)).rstrip())

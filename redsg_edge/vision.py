@@ -17,46 +17,19 @@ import importlib.abc
 import importlib.util
 import os
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from . import CLASSES
-from .litert import LiteRTClassifier, ModelError
+from .litert import LiteRTClassifier, ModelError, quiet_native_stderr
 
 FER_SIZE = 48
 #: FER2013 image side / BlazeFace box side, and the image centre's offset above the box centre
 #: in image sides (medians over 273 PrivateTest faces; see module docstring).
 CROP_SCALE = 1.13
 CROP_SHIFT_UP = 0.0625
-
-_stderr_lock = threading.Lock()
-
-
-@contextlib.contextmanager
-def quiet_native_stderr():
-    """Silence native (C++) log lines written to fd 2 while the block runs.
-
-    MediaPipe prints ~11 INFO/WARNING lines at create, first call and close that no environment
-    variable silences; redirecting the file descriptor is the only way to keep them out of the
-    journal. Python's own ``sys.stderr`` writes made in the block are lost too, so keep it short.
-    """
-    with _stderr_lock:
-        try:
-            saved = os.dup(2)
-        except OSError:  # no fd 2 (some service managers): nothing to silence
-            yield
-            return
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        try:
-            os.dup2(devnull, 2)
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
 
 
 @dataclass(frozen=True)

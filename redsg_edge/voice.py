@@ -37,19 +37,12 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from .config import StyleConfig, VoiceConfig
+from .errors import VoiceError
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Voice", "VoiceError", "Sink", "SounddeviceSink", "WavSink", "NullSink", "make_sink",
-           "default_voice_paths", "say_main"]
-
-
-class VoiceError(RuntimeError):
-    """A voice or audio output that cannot be used; ``key`` is the config key to fix."""
-
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
+           "default_voice_paths"]
 
 
 def default_voice_paths() -> tuple[Path, Path]:
@@ -424,32 +417,3 @@ def make_sink(vcfg: VoiceConfig, samplerate: int = 22050,
     if vcfg.sink == "wav":
         return WavSink(vcfg.wav_dir, clock)
     return NullSink(clock)
-
-
-def say_main(cfg: Any, text: str) -> int:
-    """``redsg-edge say TEXT``: speak ``text`` with ``cfg.voice`` (model, sink, default_style)
-    and wait until it has been played. Returns 0, or ``EX_CONFIG`` (78) with a message on
-    stderr when the voice or the sink cannot be used, 1 for empty text."""
-    import sys
-
-    from .config import EX_CONFIG
-    from .reply import say
-
-    if not text.strip():
-        print("say: nothing to say", file=sys.stderr)
-        return 1
-    try:
-        voice = Voice.from_config(cfg.voice)
-        sink = make_sink(cfg.voice, voice.sample_rate)
-    except VoiceError as exc:
-        print(f"say: {exc}", file=sys.stderr)
-        return EX_CONFIG
-    try:
-        t0 = time.monotonic()
-        audio_s = say(text, voice, sink, cfg.voice.default_style)
-        where = (f" to {sink.paths[-1]}" if isinstance(sink, WavSink) and sink.paths
-                 else f" on {getattr(sink, 'name', cfg.voice.sink)}")
-        print(f"said {audio_s:.2f} s of audio{where} in {time.monotonic() - t0:.2f} s")
-    finally:
-        sink.close()
-    return 0

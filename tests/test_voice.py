@@ -10,10 +10,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from redsg_edge.config import EX_CONFIG, Config, StyleConfig, VoiceConfig
+from redsg_edge.cli import say_main
+from redsg_edge.config import Config, StyleConfig, VoiceConfig
+from redsg_edge.errors import EX_SOFTWARE
 from redsg_edge.testing import shared_voice
 from redsg_edge.voice import (NullSink, SounddeviceSink, Voice, VoiceError, WavSink,
-                              default_voice_paths, make_sink, say_main)
+                              default_voice_paths, make_sink)
 
 TEXT = "I am here with you."
 
@@ -143,7 +145,7 @@ def test_say_main_writes_speech(tmp_path, capsys):
     assert 1.0 < len(pcm) / rate < 6.0 and np.abs(pcm).max() > 3000
     assert "said" in capsys.readouterr().out
     cfg.voice.model = tmp_path / "missing.onnx"
-    assert say_main(cfg, "Hi.") == EX_CONFIG
+    assert say_main(cfg, "Hi.") == EX_SOFTWARE  # a model file, as `run` and `check` say
     assert "voice.model" in capsys.readouterr().err
 
 

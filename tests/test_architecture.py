@@ -1,0 +1,94 @@
+"""The house rules that code review alone would let slip: no import circles among our modules,
+and one mapping from an exception to an exit code."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from redsg_edge.errors import (EX_CONFIG, EX_FAILURE, EX_SOFTWARE, EX_UNAVAILABLE, ConfigError,
+                               DeviceError, ModelError, VoiceError, exit_code_for)
+
+PACKAGE = Path(__file__).resolve().parent.parent / "redsg_edge"
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module → the modules of ours it imports (at module level or inside functions)."""
+    mods = {}
+    for p in PACKAGE.rglob("*.py"):
+        parts = p.relative_to(PACKAGE.parent).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for m, p in mods.items():
+        pkg = m if p.name == "__init__.py" else m.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = pkg.split(".")[: len(pkg.split(".")) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+                for c in [target] + [f"{target}.{a.name}" for a in node.names]:
+                    if c in graph and c != m:
+                        graph[m].add(c)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan 1972)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_cycle_finder_finds_a_planted_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_circles():
+    graph = _import_graph()
+    assert "redsg_edge.errors" in graph and "redsg_edge.cli" in graph
+    assert _cycles(graph) == []
+
+
+def test_errors_imports_nothing_of_ours():
+    assert _import_graph()["redsg_edge.errors"] == set()
+
+
+@pytest.mark.parametrize("exc, code", [
+    (ConfigError(["config.toml: camera.fps: bad"]), EX_CONFIG),
+    (DeviceError("no camera", key="camera.device"), EX_UNAVAILABLE),
+    (ModelError("models/fer_int8.tflite: model file not found"), EX_SOFTWARE),
+    (VoiceError("voice.model", "missing"), EX_SOFTWARE),
+    (VoiceError("voice.device", "no such output"), EX_UNAVAILABLE),
+    (VoiceError("voice.wav_dir", "not writable"), EX_UNAVAILABLE),
+    (RuntimeError("a bug"), EX_FAILURE),
+    (KeyError("x"), EX_FAILURE),
+])
+def test_exit_code_for(exc, code):
+    assert exit_code_for(exc) == code
