@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASSES
+from .calibration import load_temperature, temperature_scale
 from .litert import LiteRTClassifier, ModelError, quiet_native_stderr
 
 FER_SIZE = 48
@@ -183,19 +184,27 @@ class FaceDetector:
 
 
 class FerModel:
-    """The int8 FER classifier. predict(crop (48, 48) uint8) → probs (7,) float32, CLASSES order.
+    """The int8 FER classifier, calibrated.
 
-    Raises ModelError naming the file when it is missing, corrupt or not a 48x48x1 → 7 model.
+    path: the ``.tflite`` (48x48x1 → 7); its temperature (``calibration.load_temperature``, from
+    the sidecar ``NAME.json``; 1 without one) is applied to every output.
+    Raises ModelError naming the file when it is missing, corrupt, not a 48x48x1 → 7 model, or
+    its sidecar is unreadable.
     """
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1) -> None:
         self.clf = LiteRTClassifier(path, (FER_SIZE, FER_SIZE, 1), len(CLASSES), num_threads)
         self.path = self.clf.path
+        self.temperature = load_temperature(self.path)
 
     def predict(self, crop: np.ndarray) -> np.ndarray:
+        """crop: (48, 48) uint8 grayscale face (``crop_face``). Returns probs (7,) float32 in
+        CLASSES order, summing to 1, temperature-scaled."""
         p = np.clip(self.clf.predict(crop.astype(np.float32)[..., None]), 0.0, None)
         s = float(p.sum())
-        return (p / s if s > 0 else np.full(len(CLASSES), 1 / len(CLASSES))).astype(np.float32)
+        if s <= 0:
+            return np.full(len(CLASSES), 1 / len(CLASSES), np.float32)
+        return temperature_scale(p / s, self.temperature)
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,13 @@ for m in fer_int8.tflite ser_int8.tflite; do
         install -m 0644 "$MODELS_SRC/$m" "$MODELS/$m.new"
         mv -f "$MODELS/$m.new" "$MODELS/$m"
     fi
+    # The model's calibration (temperature) travels with it; a stale one must not outlive it.
+    side=${m%.tflite}.json
+    if [[ -f $MODELS_SRC/$side ]]; then
+        install -m 0644 "$MODELS_SRC/$side" "$MODELS/$side"
+    else
+        rm -f "$MODELS/$side"
+    fi
 done
 if [[ -f $MODELS_SRC/SHA256SUMS ]]; then
     install -m 0644 "$MODELS_SRC/SHA256SUMS" "$MODELS/SHA256SUMS"

@@ -1,0 +1,103 @@
+"""Temperature scaling and ECE (redsg_edge.calibration), and that FerModel applies its sidecar."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from redsg_edge.calibration import (expected_calibration_error, fit_temperature, load_temperature,
+                                    sidecar_path, temperature_scale)
+from redsg_edge.errors import ModelError
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("t", [0.5, 1.0, 2.0, 4.0])
+def test_temperature_scale_keeps_argmax_and_moves_entropy(t):
+    rng = np.random.default_rng(0)
+    p = _softmax(rng.normal(0, 2, (200, 7)))
+    q = temperature_scale(p, t)
+    assert q.dtype == np.float32 and np.allclose(q.sum(1), 1, atol=1e-5)
+    assert (q.argmax(1) == p.argmax(1)).all()
+    ent = lambda x: -(x * np.log(np.maximum(x, 1e-12))).sum(1).mean()  # noqa: E731
+    if t == 1.0:
+        assert np.allclose(q, p, atol=1e-6)
+    else:
+        assert (ent(q) > ent(p)) == (t > 1)
+
+
+def test_temperature_scale_matches_scaling_the_logits():
+    z = np.array([[2.0, 0.5, -1.0, 0.0, 0.3, -0.2, 1.0]])
+    assert np.allclose(temperature_scale(_softmax(z), 2.5), _softmax(z / 2.5), atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_temperature_scale_rejects_bad_temperature(bad):
+    with pytest.raises(ValueError, match="temperature"):
+        temperature_scale(np.full(7, 1 / 7), bad)
+
+
+@pytest.mark.parametrize("true_t", [0.6, 1.0, 2.0, 3.5])
+def test_fit_temperature_recovers_a_planted_temperature(true_t):
+    # Labels drawn from softmax(z / T): the model's softmax(z) is miscalibrated by exactly T.
+    rng = np.random.default_rng(1)
+    z = rng.normal(0, 3, (20000, 7))
+    truth = _softmax(z / true_t)
+    labels = np.array([rng.choice(7, p=row) for row in truth])
+    t = fit_temperature(_softmax(z), labels)
+    assert t == pytest.approx(true_t, rel=0.06)
+    before = expected_calibration_error(_softmax(z), labels)
+    after = expected_calibration_error(temperature_scale(_softmax(z), t), labels)
+    assert after < 0.02
+    if true_t != 1.0:
+        assert after < before
+
+
+def test_ece_of_known_cases():
+    # Always 90 % sure and right 90 % of the time: calibrated. Always 90 % sure, always wrong: 0.9.
+    p = np.tile([0.9, 0.1 / 6, 0.1 / 6, 0.1 / 6, 0.1 / 6, 0.1 / 6, 0.1 / 6], (100, 1))
+    right = np.zeros(100, int)
+    right[:10] = 1
+    assert expected_calibration_error(p, right) == pytest.approx(0.0, abs=1e-9)
+    assert expected_calibration_error(p, np.ones(100, int)) == pytest.approx(0.9)
+
+
+def test_fit_temperature_rejects_mismatched_inputs():
+    with pytest.raises(ValueError):
+        fit_temperature(np.full((3, 7), 1 / 7), np.zeros(2, int))
+
+
+def test_load_temperature(tmp_path):
+    model = tmp_path / "m.tflite"
+    assert sidecar_path(model) == tmp_path / "m.json"
+    assert load_temperature(model) == 1.0
+    sidecar_path(model).write_text(json.dumps({"temperature": 1.7}))
+    assert load_temperature(model) == 1.7
+    for bad in ("{not json", json.dumps({"temperature": -2}), json.dumps({"temperature": "hot"}),
+                json.dumps([1, 2])):
+        sidecar_path(model).write_text(bad)
+        with pytest.raises(ModelError, match="m.json"):
+            load_temperature(model)
+
+
+def test_fer_model_applies_its_shipped_temperature(tmp_path):
+    from redsg_edge.config import Config
+    from redsg_edge.datasets import load_fer2013
+    from redsg_edge.vision import FerModel
+
+    shipped = Config().vision.fer_model
+    fer = FerModel(shipped)
+    assert fer.temperature == load_temperature(shipped) and fer.temperature != 1.0
+    raw = tmp_path / "fer.tflite"
+    raw.write_bytes(shipped.read_bytes())  # no sidecar beside the copy: uncalibrated
+    plain = FerModel(raw)
+    assert plain.temperature == 1.0
+    x, _y, _ = load_fer2013("test", limit_per_class=2)
+    for crop in x:
+        assert np.allclose(fer.predict(crop), temperature_scale(plain.predict(crop), fer.temperature),
+                           atol=1e-5)
