@@ -100,6 +100,9 @@ class FusionConfig(Strict):
     min_dwell_s: float = Field(0.2, ge=0.0, le=60.0)
     #: No second transition within refractory_s of the last one.
     refractory_s: float = Field(1.5, ge=0.0, le=600.0)
+    #: While the voice has fresh evidence (someone speaks), the face's neutral probability is
+    #: multiplied by this: FER reads a talking face as neutral. 1 = off.
+    talking_face_neutral: float = Field(1.0, ge=0.0, le=1.0)
 
     @field_validator("exit_threshold")
     @classmethod

@@ -16,7 +16,7 @@ Per update, in order:
    on RAVDESS (subject-wise 5-fold CV, eight emotions), above either modality alone; it also
    lets each model be trained on its own corpus (FER2013, RAVDESS) and lets one modality drop
    out without retraining.
-   The weight of modality m is ``prior_m × confidence_m × freshness_m``:
+   The weight of modality m is ``prior_m × confidence_m × freshness_m × reliability_m``:
 
    - ``prior_m``: ``FusionConfig.face_weight`` / ``voice_weight`` (how much we trust each model).
    - ``confidence_m`` (``FusionConfig.confidence``): by default ``1 − H(p)/ln 7``, one minus the
@@ -32,6 +32,16 @@ Per update, in order:
      smoothly instead of switching abruptly at ``max_age_s``. Evidence at or beyond
      ``max_age_s`` is ignored, so a missing or stale modality gives face-only or voice-only
      fusion automatically.
+   - ``reliability_m`` (``Evidence.reliability``, 0..1, default 1): what the perception step
+     knows about the input apart from the model's output: for the voice, how much of the
+     utterance the VAD called speech; for the face, whether it is large and clear enough for a
+     48x48 model. Evidence of reliability 0 is present but carries no weight.
+   - *A talking face*: while the voice has fresh evidence (the person is speaking), the face's
+     ``neutral`` probability is multiplied by ``talking_face_neutral`` and renormalised before
+     its confidence is taken. FER reads a face that speaks as neutral (mouth and brow movements
+     of speech mask the expression; measured in issue 14, speaking sad or fearful faces read
+     neutral 0.6–0.8), so a neutral reading of a talking face is weak evidence, while an
+     expressive one keeps its full weight. 1 turns this off.
 
 2. **Exponential smoothing** of the fused vector with time constant ``smoothing_tau_s``:
    ``s ← s + α (x − s)`` with ``α = 1 − exp(−Δt/τ)``, the exact discretisation of a first-order
@@ -68,6 +78,7 @@ _LN_K = math.log(NUM_CLASSES)
 _EPS = 1e-9
 _P_FLOOR = 1e-4  # product rule: a model's "0" for a class is a rounding, not a veto of certainty
 _T_TOL = 1e-9  # seconds; float slack so a dwell of exactly min_dwell_s counts
+_NEUTRAL = CLASSES.index("neutral")
 
 
 def probs_to_dict(probs: np.ndarray) -> dict[str, float]:
@@ -96,19 +107,26 @@ class Evidence:
 
     ``modality`` is ``"face"`` or ``"voice"``; ``t`` the capture time (seconds) of the data it was
     computed from (the frame, or the end of the SER window); ``probs`` (7,) in ``CLASSES`` order.
-    ``probs`` is converted to a read-only float32 array and renormalised to sum to 1. Raises
-    ValueError for an unknown modality, a non-finite time or an invalid probability vector.
+    ``probs`` is converted to a read-only float32 array and renormalised to sum to 1.
+    ``reliability`` in 0..1 multiplies the modality's weight (see the module docstring). Raises
+    ValueError for an unknown modality, a non-finite time, a reliability outside 0..1 or an
+    invalid probability vector.
     """
 
     modality: str
     t: float
     probs: np.ndarray
+    reliability: float = 1.0
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
             raise ValueError(f"unknown modality {self.modality!r} (expected one of {list(MODALITIES)})")
         if not math.isfinite(self.t):
             raise ValueError(f"{self.modality} evidence: time must be finite, got {self.t}")
+        if not 0.0 <= float(self.reliability) <= 1.0:  # also rejects NaN
+            raise ValueError(f"{self.modality} evidence: reliability must be in 0..1, "
+                             f"got {self.reliability}")
+        object.__setattr__(self, "reliability", float(self.reliability))
         object.__setattr__(self, "t", float(self.t))
         object.__setattr__(self, "probs", _as_probs(self.probs, f"{self.modality} evidence"))
 
@@ -117,8 +135,10 @@ class Evidence:
 class UsedEvidence:
     """A modality's evidence as it entered one fused update.
 
-    ``age_s`` = update time − evidence time (≥ 0); ``confidence`` and ``freshness`` in 0..1;
-    ``weight`` = prior × confidence × freshness (unnormalised; the fused vector divides by the sum).
+    ``probs`` as fused (for a talking face, after the neutral discount); ``age_s`` = update
+    time − evidence time (≥ 0); ``confidence``, ``freshness`` and ``reliability`` in 0..1;
+    ``weight`` = prior × confidence × freshness × reliability (unnormalised; the fused vector
+    divides by the sum).
     """
 
     modality: str
@@ -128,6 +148,7 @@ class UsedEvidence:
     confidence: float
     freshness: float
     weight: float
+    reliability: float = 1.0
 
     def to_json(self) -> dict:
         """``{"probs": {name: p}, "age_s": s, "weight": w}`` as in docs/architecture.md."""
@@ -210,6 +231,20 @@ class FusionState:
                 "candidate": self.candidate, "candidate_since": self.candidate_since,
                 "last_transition_t": self.last_transition_t, "updates": self.updates,
                 "transitions": self.transitions}
+
+
+def discount_class(probs: np.ndarray, index: int, factor: float) -> np.ndarray:
+    """``probs`` (7,) with class ``index`` multiplied by ``factor`` (0..1), renormalised to sum
+    to 1; float32. A vector that was all in that class and is discounted to 0 becomes uniform
+    over the others."""
+    p = probs.astype(np.float64)
+    p[index] *= factor
+    s = float(p.sum())
+    if s <= _EPS:
+        p = np.full(NUM_CLASSES, 1.0 / (NUM_CLASSES - 1))
+        p[index] = 0.0
+        return p.astype(np.float32)
+    return (p / s).astype(np.float32)
 
 
 def confidence_of(probs: np.ndarray, method: str = "entropy") -> float:
@@ -296,15 +331,19 @@ class Fusion:
                 self._latest[evidence.modality] = evidence
 
         cfg = self._cfg
+        fresh_now = {m: ev for m, ev in self._latest.items() if t - ev.t < cfg.max_age_s}
         used: dict[str, UsedEvidence] = {}
-        for m, ev in self._latest.items():
+        for m, ev in fresh_now.items():
             age = max(0.0, t - ev.t)
-            if age >= cfg.max_age_s:
-                continue
             fresh = 1.0 - age / cfg.max_age_s
-            conf = confidence_of(ev.probs, cfg.confidence)
+            probs = ev.probs
+            if m == "face" and "voice" in fresh_now and cfg.talking_face_neutral < 1.0:
+                probs = discount_class(probs, _NEUTRAL, cfg.talking_face_neutral)
+            conf = confidence_of(probs, cfg.confidence)
             prior = float(getattr(cfg, MODALITIES[m]))
-            used[m] = UsedEvidence(m, ev.t, ev.probs, age, conf, fresh, prior * conf * fresh)
+            used[m] = UsedEvidence(m, ev.t, probs, age, conf, fresh,
+                                   weight=prior * conf * fresh * ev.reliability,
+                                   reliability=ev.reliability)
 
         total = sum(u.weight for u in used.values())
         raw = None

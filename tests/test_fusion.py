@@ -345,3 +345,65 @@ def test_product_rule_survives_a_zero_probability():
     f.update(0.0, Evidence("face", 0.0, np.eye(len(CLASSES))[3]))
     u = f.update(0.0, Evidence("voice", 0.0, np.eye(len(CLASSES))[4]))
     assert np.all(np.isfinite(u.raw)) and math.isclose(float(u.raw.sum()), 1.0, rel_tol=1e-5)
+
+
+# ------------------------------------------------------------------ reliability, a talking face
+
+@pytest.mark.parametrize("reliability, expected_share", [
+    (1.0, 0.5), (0.5, 1 / 3), (0.0, 0.0),
+])
+def test_reliability_scales_the_weight(reliability, expected_share):
+    """Same model output, equal priors: the voice's share of the total weight follows its
+    reliability (1 → half, 0.5 → a third, 0 → none)."""
+    f = Fusion(cfg(combiner="product", confidence="none", voice_weight=1.0))
+    f.update(0.0, Evidence("face", 0.0, pk("happy", 0.7)))
+    u = f.update(0.0, Evidence("voice", 0.0, pk("sad", 0.7), reliability=reliability))
+    w = {m: e.weight for m, e in u.evidence.items()}
+    assert w["voice"] / (w["face"] + w["voice"]) == pytest.approx(expected_share, abs=1e-6)
+    assert u.evidence["voice"].reliability == reliability
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.01, float("nan")])
+def test_reliability_out_of_range_is_rejected(bad):
+    with pytest.raises(ValueError, match="reliability"):
+        Evidence("voice", 0.0, pk("sad"), reliability=bad)
+
+
+NEUTRAL_TALKER = mix(neutral=0.7, sad=0.12)  # how FER reads a sad person who is speaking
+SAD_VOICE = mix(sad=0.7, neutral=0.1)
+
+# (talking_face_neutral, voice present, face probs, expected fused top class, why)
+TALKING_FACE = [
+    (1.0, True, NEUTRAL_TALKER, "neutral", "off: the face's neutral outvotes a light voice"),
+    (0.2, True, NEUTRAL_TALKER, "sad", "on: a neutral talking face is weak evidence"),
+    (0.2, False, NEUTRAL_TALKER, "neutral", "silence: a neutral face is the person's expression"),
+    (0.2, True, mix(happy=0.7, neutral=0.2), "happy", "an expressive talking face keeps its weight"),
+]
+
+
+@pytest.mark.parametrize("k, speaking, face, top, why", TALKING_FACE,
+                         ids=[row[-1] for row in TALKING_FACE])
+def test_talking_face_neutral(k, speaking, face, top, why):
+    c = cfg(combiner="product", voice_weight=0.5, talking_face_neutral=k)
+    f = Fusion(c)
+    if speaking:
+        f.update(0.0, Evidence("voice", 0.0, SAD_VOICE))
+    u = f.update(0.1, Evidence("face", 0.1, face))
+    assert CLASSES[int(np.argmax(u.raw))] == top, why
+    used = u.evidence["face"].probs
+    if speaking and k < 1.0:
+        expected = face.copy()
+        expected[CLASSES.index("neutral")] *= k
+        np.testing.assert_allclose(used, expected / expected.sum(), rtol=1e-5)
+    else:
+        np.testing.assert_allclose(used, face, rtol=1e-5)
+
+
+def test_talking_face_stops_when_the_voice_goes_stale():
+    c = cfg(combiner="product", voice_weight=0.5, talking_face_neutral=0.2, max_age_s=2.0)
+    f = Fusion(c)
+    f.update(0.0, Evidence("voice", 0.0, SAD_VOICE))
+    assert "voice" in f.update(1.9, Evidence("face", 1.9, NEUTRAL_TALKER)).evidence
+    u = f.update(2.0, Evidence("face", 2.0, NEUTRAL_TALKER))
+    assert "voice" not in u.evidence
+    np.testing.assert_allclose(u.evidence["face"].probs, NEUTRAL_TALKER, rtol=1e-5)
