@@ -185,6 +185,29 @@ def summarize(scores: list[dict]) -> dict:
     return out
 
 
+def summarize_kinds(scores: list[dict]) -> dict:
+    """``summarize`` per scenario kind (``kind`` of each score; issue 14's kinds a–d), each with
+    the check that the fused emotion is at least as accurate as each single modality."""
+    out = {}
+    for kind in sorted({s["kind"] for s in scores}):
+        k = summarize([s for s in scores if s["kind"] == kind])
+        fa = k["fused_accuracy"]
+        k["checks"]["fused_ge_each_modality"] = fa is not None and all(
+            k[f"{m}_accuracy"] is None or fa >= k[f"{m}_accuracy"] for m in ("face", "voice"))
+        out[kind] = k
+    return out
+
+
+def print_kinds(by_kind: dict) -> None:
+    print(f"{'kind':<12}{'scn':>5}{'fused%':>8}{'face%':>7}{'voice%':>8}{'lat p50':>8}"
+          f"{'spur/min':>9}  fused >= each")
+    for kind, k in by_kind.items():
+        print(f"{kind:<12}{k['scenarios']:>5}{_fmt(k['fused_accuracy'], True):>8}"
+              f"{_fmt(k['face_accuracy'], True):>7}{_fmt(k['voice_accuracy'], True):>8}"
+              f"{_fmt(k['latency_p50_s']):>8}{_fmt(k['spurious_per_min']):>9}  "
+              f"{'yes' if k['checks']['fused_ge_each_modality'] else 'NO'}")
+
+
 def _public(score: dict) -> dict:
     return {k: v for k, v in score.items() if not k.startswith("_")}
 
@@ -223,8 +246,9 @@ def print_table(rows: list[tuple[str, dict]], summary: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenarios", type=Path, default=ROOT / "runs" / "scenarios",
-                    help="folder of NAME.json/.mp4/.wav from make_scenario.py")
+    ap.add_argument("--scenarios", type=Path, nargs="+", default=[ROOT / "runs" / "scenarios"],
+                    help="folder(s) of NAME.json/.mp4/.wav from make_scenario.py (one per kind: "
+                         "results are also summarised per scenario kind)")
     ap.add_argument("--config", type=Path, default=ROOT / "config.toml",
                     help="daemon config (models, fusion parameters) used for the replay")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "eval",
@@ -238,11 +262,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, help="only the first N scenarios")
     args = ap.parse_args(argv)
 
-    files = sorted(p for p in args.scenarios.glob("*.json") if p.name != "index.json")
+    files = sorted(p for d in args.scenarios for p in d.glob("*.json") if p.name != "index.json")
     if args.limit:
         files = files[: args.limit]
     if not files:
-        print(f"{args.scenarios}: no scenario JSON files (run scripts/make_scenario.py)", file=sys.stderr)
+        print(f"{' '.join(map(str, args.scenarios))}: no scenario JSON files (run "
+              f"scripts/make_scenario.py)", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -260,15 +285,16 @@ def main(argv: list[str] | None = None) -> int:
     rows, per = [], {}
     for path in tqdm(files, desc="scenarios", unit="scn", disable=len(files) < 2):
         truth = json.loads(path.read_text())
-        name = path.stem
+        name = path.stem if len(args.scenarios) == 1 else f"{path.parent.name}/{path.stem}"
         wall = None
         if args.events_dir is not None:
             from redsg_edge.timeline import read_events
-            records = read_events(args.events_dir / f"{name}.jsonl")
+            records = read_events(args.events_dir / f"{path.stem}.jsonl")
         else:
             video = path.parent / truth.get("video", f"{name}.mp4")
             audio = path.parent / truth.get("audio", f"{name}.wav")
             t0 = time.perf_counter()
+            (args.out / name).parent.mkdir(parents=True, exist_ok=True)
             records = replay(cfg, video, audio=audio if audio.is_file() else None,
                              out=args.out / f"{name}.jsonl")
             wall = time.perf_counter() - t0
@@ -279,14 +305,17 @@ def main(argv: list[str] | None = None) -> int:
         if wall is not None:
             s["replay_wall_s"] = wall
             s["realtime_factor"] = truth.get("duration_s", s["duration_s"]) / wall
+        s["kind"] = truth.get("kind", "expressive")
         rows.append((name, s))
         per[name] = _public(s)
 
     summary = summarize([s for _, s in rows])
+    summary["by_kind"] = summarize_kinds([s for _, s in rows])
     walls = [s["replay_wall_s"] for _, s in rows if "replay_wall_s" in s]
     if walls:
         summary["replay_realtime_factor"] = summary["duration_s"] / sum(walls)
     print_table(rows, summary)
+    print_kinds(summary["by_kind"])
     if "replay_realtime_factor" in summary:
         print(f"replay speed: {summary['replay_realtime_factor']:.1f}x real time")
     out_json = args.json or args.out / "summary.json"

@@ -22,6 +22,17 @@ inputs are real recordings that no shipped model trained on:
   level-normalised like a microphone AGC (loudest 25 ms frame at ``--level-dbfs``), separated by
   the files' own ~1 s silences plus a random 0–0.6 s gap, over a low white-noise floor.
 
+Scenario kinds (``--kind``), so the fusion is judged on how people really speak (issue 14):
+
+- ``expressive`` (a): the expressive face of each segment's emotion and a voice speaking it.
+- ``talking`` (b): a near-neutral face (a FER2013 PrivateTest *neutral* image, a new one per
+  segment) while the voice carries the segment's emotion: the face of someone speaking sadly
+  reads neutral to the FER model. The truth is the voice's emotion.
+- ``silent`` (c): the expressive face in silence (the noise floor only): a clear face must win.
+- ``noisy`` (d): as (a) with the speech 20 dB quieter than ``--level-dbfs`` (a quieter
+  microphone, or the speaker a metre further away) under white noise at 10 dB SNR (speech RMS
+  over its utterances against noise RMS).
+
 Outputs per scenario in ``--out`` (default ``runs/scenarios``, git-ignored): ``NAME.mp4``
 (640x480, 15 fps, H.264 yuv420p via PyAV, with the same speech as a 16 kHz mono AAC track),
 ``NAME.wav`` (16 kHz mono PCM-16, the exact reference audio: pass it to
@@ -65,6 +76,7 @@ SAMPLE_RATE = 16_000
 TEST_SPEAKERS = {23: "Actor_23", 24: "Actor_24"}  # RAVDESS speakers held out from SER training
 DEFAULT_EMOTIONS = "neutral,happy,sad,angry,surprise,fear,disgust:0.4"
 WIDTH, HEIGHT = 640, 480
+KINDS = ("expressive", "talking", "silent", "noisy")
 
 
 # ----------------------------------------------------------------------------------- inputs
@@ -318,6 +330,7 @@ def compose(i: int, args, fer, ck, voices, screen: Screen | None) -> dict:
     else:
         pool = dict(args.emotions)
     labels = plan_labels(rng, n_seg, pool if len(pool) >= 2 else args.emotions)
+    kind = args.kind
     fps = args.fps
     seg_frames = [int(round(rng.uniform(args.min_seg_s, args.max_seg_s) * fps)) for _ in labels]
     bounds = np.concatenate([[0], np.cumsum(seg_frames)])
@@ -330,7 +343,9 @@ def compose(i: int, args, fer, ck, voices, screen: Screen | None) -> dict:
     faces: list[Face] = []
     rejected = 0
     for label in labels:
-        if use_ck and label in ck[subject]:
+        if kind == "talking":
+            cands = [fer["neutral"][j] for j in rng.permutation(len(fer["neutral"]))]
+        elif use_ck and label in ck[subject]:
             cands = list(ck[subject][label])
             cands = [cands[j] for j in rng.permutation(len(cands))] + \
                 [fer[label][j] for j in rng.permutation(len(fer[label]))]
@@ -349,8 +364,7 @@ def compose(i: int, args, fer, ck, voices, screen: Screen | None) -> dict:
 
     # Audio: whole utterances of the segment's emotion, gaps between them, a noise floor.
     audio = np.zeros(int(round(duration * SAMPLE_RATE)), np.float32)
-    if args.noise_dbfs is not None:
-        audio += rng.normal(0, 10 ** (args.noise_dbfs / 20), audio.shape).astype(np.float32)
+    level = args.level_dbfs - 20.0 if kind == "noisy" and args.level_dbfs is not None else args.level_dbfs
     used_voice: set[str] = set()
     segments = []
     for k, (label, face) in enumerate(zip(labels, faces)):
@@ -358,14 +372,14 @@ def compose(i: int, args, fer, ck, voices, screen: Screen | None) -> dict:
         pos = start + rng.uniform(0.0, 0.3)
         utts = []
         pool_v = voices[actor][label]
-        while True:
+        while kind != "silent":
             fits = [r for r in pool_v if pos + r.duration_s <= end and str(r.path) not in used_voice]
             if not fits:
                 fits = [r for r in pool_v if pos + r.duration_s <= end]
             if not fits:
                 break
             rec = fits[int(rng.integers(len(fits)))]
-            x = read_utterance(rec.path, args.level_dbfs)
+            x = read_utterance(rec.path, level)
             a0 = int(round(pos * SAMPLE_RATE))
             x = x[: len(audio) - a0]
             audio[a0:a0 + len(x)] += x
@@ -376,6 +390,18 @@ def compose(i: int, args, fer, ck, voices, screen: Screen | None) -> dict:
         segments.append({"start": round(start, 4), "end": round(end, 4), "label": label,
                          "face_source": face.member, "face_dataset": face.dataset,
                          "voice_sources": [u["file"] for u in utts], "utterances": utts})
+    snr = None
+    if kind == "noisy":
+        # 10 dB SNR against the speech's RMS over its utterances (not over the gaps).
+        mask = np.zeros(len(audio), bool)
+        for seg in segments:
+            for u in seg["utterances"]:
+                mask[int(u["start"] * SAMPLE_RATE):int(u["end"] * SAMPLE_RATE)] = True
+        speech_rms = float(np.sqrt(np.mean(audio[mask] ** 2))) if mask.any() else 1e-3
+        snr = 10.0
+        audio += rng.normal(0, speech_rms / 10 ** (snr / 20), audio.shape).astype(np.float32)
+    elif args.noise_dbfs is not None:
+        audio += rng.normal(0, 10 ** (args.noise_dbfs / 20), audio.shape).astype(np.float32)
     np.clip(audio, -1.0, 1.0, out=audio)
 
     def frames():
@@ -391,6 +417,7 @@ def compose(i: int, args, fer, ck, voices, screen: Screen | None) -> dict:
         "name": name, "video": mp4.name, "audio": wav.name, "audio_in_video": args.mux_audio,
         "fps": fps, "width": WIDTH, "height": HEIGHT, "duration_s": round(duration, 4),
         "speaker": TEST_SPEAKERS[actor], "speaker_sex": "male" if actor % 2 else "female",
+        "kind": kind, "speech_level_dbfs": None if kind == "silent" else level, "snr_db": snr,
         "face_kind": "ck48" if use_ck else "fer2013", "ck_subject": subject,
         "face_px": renderer.face_px, "screen_rejected": rejected, "seed": args.seed, "index": i,
         "segments": segments,
@@ -419,6 +446,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="MediaPipe face detector .tflite (screening and --verify)")
     ap.add_argument("--min-confidence", type=float, default=0.5,
                     help="detector threshold (as vision.min_detection_confidence)")
+    ap.add_argument("--kind", choices=KINDS, default="expressive",
+                    help="expressive face + voice (a), near-neutral talking face + emotional voice "
+                         "(b), expressive face in silence (c), quiet speech in noise (d); see above")
     ap.add_argument("--fps", type=int, default=15)
     ap.add_argument("--face-px", type=int, nargs=2, default=(220, 260), metavar=("MIN", "MAX"))
     ap.add_argument("--min-segments", type=int, default=3)
@@ -488,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - t0
     index = {"count": len(results), "seed": args.seed, "seconds": round(elapsed, 1),
              "media_s": round(sum(r["duration_s"] for r in results), 1),
+             "kind": args.kind,
              "scenarios": [{"name": r["name"], "duration_s": r["duration_s"], "speaker": r["speaker"],
                             "face_kind": r["face_kind"], "labels": [s["label"] for s in r["segments"]],
                             "face_detection_rate": r.get("face_detection", {}).get("rate")}

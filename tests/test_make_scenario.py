@@ -93,3 +93,35 @@ def test_tune_fusion_caches_the_evidence_of_a_scenario(tmp_path):
             assert (e1.modality, e1.t) == (e2.modality, e2.t)
             np.testing.assert_allclose(e1.probs, e2.probs, rtol=1e-6)  # Evidence renormalises
     assert {e.modality for _, e in first if e is not None} == {"face", "voice"}
+
+
+@pytest.mark.parametrize("kind", ["talking", "silent", "noisy"])
+def test_scenario_kinds(tmp_path, kind):
+    """(b) neutral faces under an emotional voice, (c) no speech, (d) speech 20 dB quieter at
+    10 dB SNR: what each kind claims, measured on the written media."""
+    argv = ["--out", str(tmp_path), "--count", "1", "--seed", "7", "--min-segments", "3",
+            "--max-segments", "3", "--min-seg-s", "6", "--max-seg-s", "6", "--no-verify",
+            "--kind", kind, "--x264-preset", "ultrafast"]
+    assert ms.main(argv) == 0
+    truth = json.loads((tmp_path / "scenario_000.json").read_text())
+    assert truth["kind"] == kind
+    audio, _ = sf.read(tmp_path / "scenario_000.wav")
+    segs = truth["segments"]
+    speech = np.zeros(len(audio), bool)
+    for s in segs:
+        for u in s["utterances"]:
+            speech[int(u["start"] * 16000):int(u["end"] * 16000)] = True
+    if kind == "talking":
+        assert all(s["face_source"].startswith("test/neutral/") for s in segs)
+        assert len({s["face_source"] for s in segs}) == 3
+        assert {s["label"] for s in segs} != {"neutral"} and all(s["utterances"] for s in segs)
+    elif kind == "silent":
+        assert not speech.any() and all(s["voice_sources"] == [] for s in segs)
+        assert np.sqrt(np.mean(audio ** 2)) < 10 ** (-60 / 20)  # the −65 dBFS floor only
+    else:
+        assert truth["snr_db"] == 10.0 and truth["speech_level_dbfs"] == -40.0
+        # The noise floor measured in the gaps against the speech: 10 dB below it, within 1.5 dB
+        # (the speech RMS includes the noise inside utterances, which adds ~0.4 dB).
+        noise_rms = np.sqrt(np.mean(audio[~speech] ** 2))
+        speech_rms = np.sqrt(np.mean(audio[speech] ** 2))
+        assert 20 * np.log10(speech_rms / noise_rms) == pytest.approx(10.4, abs=1.5)
