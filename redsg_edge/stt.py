@@ -104,6 +104,9 @@ class Transcriber:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # No CPU memory arena: it keeps the high-water mark of the longest utterance (here
+        # +33 MB after a 15 s one); without it a 3 s utterance takes ~15 % longer.
+        opts.enable_cpu_mem_arena = False
         opts.log_severity_level = 3
         sessions = []
         for name, path in (("encoder_model", encoder), ("decoder_model", decoder)):
@@ -327,9 +330,12 @@ class TranscriptWorker:
                     self._cv.notify_all()
 
     def _one(self, t_start: float, t_end: float, pcm: np.ndarray, emotion: str | None) -> None:
+        from .voice import release_free_memory
+
         t0 = time.perf_counter()
         text = self._stt.transcribe(pcm)
         compute_s = time.perf_counter() - t0
+        release_free_memory()  # the activations go back to the OS, not to a high-water mark
         audio_s = len(pcm) / SAMPLE_RATE
         self.stats["audio_s"] += audio_s
         self.stats["compute_s"] += compute_s
