@@ -42,7 +42,8 @@ from .errors import ModelError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SAMPLE_RATE", "Utterance", "Transcriber", "TranscriptWorker", "peak_dbfs"]
+__all__ = ["SAMPLE_RATE", "Utterance", "utterance_record", "Transcriber", "TranscriptWorker",
+           "peak_dbfs", "transcribe_file", "WithTranscripts"]
 
 SAMPLE_RATE = 16000
 START_TOKEN, END_TOKEN = 1, 2
@@ -66,6 +67,17 @@ class Utterance:
     emotion: str | None = None
     audio_s: float = 0.0
     compute_s: float = 0.0
+
+
+def utterance_record(u: Utterance, log_transcripts: bool) -> dict:
+    """The event-log record of an utterance: ``{"type": "utterance", "t_start", "t_end",
+    "emotion", "audio_s", "words"}`` and ``"transcript"`` only when ``log_transcripts``
+    (``speech.transcript.log_transcripts``); without it no word is written anywhere."""
+    rec = {"type": "utterance", "t_start": round(u.t_start, 3), "t_end": round(u.t_end, 3),
+           "emotion": u.emotion, "audio_s": u.audio_s, "words": len(u.text.split())}
+    if log_transcripts:
+        rec["transcript"] = u.text
+    return rec
 
 
 def peak_dbfs(pcm: np.ndarray, frame: int = _LEVEL_FRAME) -> float:
@@ -125,8 +137,7 @@ class Transcriber:
         dec_in = {i.name: i for i in self._dec.get_inputs()}
         self._enc_mask = "attention_mask" in enc_in
         self._dec_mask = "encoder_attention_mask" in dec_in
-        self._cache_names = sorted((n for n in dec_in if n.startswith("past_key_values.")),
-                                   key=_cache_order)
+        self._cache_names = [n for n in dec_in if n.startswith("past_key_values.")]
         first = dec_in.get("past_key_values.0.decoder.key")
         if (not self._cache_names or first is None or "use_cache_branch" not in dec_in
                 or not isinstance(first.shape[1], int) or not isinstance(first.shape[3], int)):
@@ -183,11 +194,6 @@ class Transcriber:
         """From a ``TranscriptConfig`` (``speech.transcript``)."""
         return cls(tc.encoder_model, tc.decoder_model, tc.tokenizer, threads=threads,
                    min_level_dbfs=tc.min_level_dbfs)
-
-
-def _cache_order(name: str) -> tuple[int, str]:
-    parts = name.split(".")  # past_key_values.<layer>.<decoder|encoder>.<key|value>
-    return int(parts[1]), ".".join(parts[2:])
 
 
 class TranscriptWorker:
@@ -257,11 +263,12 @@ class TranscriptWorker:
         Never blocks. Returns False when it is dropped now (gated, over the per-minute cap,
         stopped); True when queued (a full queue drops its oldest entry instead)."""
         audio_s = len(pcm) / SAMPLE_RATE
+        gated = self._gated(t_start, t_end)  # outside our lock: the gate takes the reply's
         with self._cv:
             self.stats["submitted"] += 1
             if self._stop:
                 return False
-            if self._gated(t_start, t_end):
+            if gated:
                 self.stats["dropped_gated"] += 1
                 return False
             now = self._clock()

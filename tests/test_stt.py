@@ -26,7 +26,8 @@ from redsg_edge import assets
 from redsg_edge.assets import AssetError, fetch_main, fetch_models, load_manifest, verify_models
 from redsg_edge.config import Config, ConfigError, parse_config
 from redsg_edge.reply import ReplyWorker, build_messages
-from redsg_edge.stt import Transcriber, TranscriptWorker, Utterance, transcribe_file
+from redsg_edge.stt import (Transcriber, TranscriptWorker, Utterance, transcribe_file,
+                            utterance_record)
 from redsg_edge.testing import shared_voice
 from redsg_edge.testing.chat_server import ChatServer
 from redsg_edge.voice import WavSink
@@ -208,6 +209,9 @@ def test_transcripts_reach_the_log_only_when_the_key_says_so(stt, caplog, log_tr
     assert words(got.items[0].text) == KIDS
     logged = words(caplog.text)
     assert ("talking" in logged and "door" in logged) is log_transcripts
+    rec = utterance_record(got.items[0], log_transcripts)  # what the event log gets
+    assert (rec["type"], rec["emotion"], rec["words"]) == ("utterance", "sad", 6)
+    assert ("door" in json.dumps(rec).lower()) is log_transcripts
     if not log_transcripts:
         assert any("transcribed 4.4 s of audio, 6 words" in r.getMessage() for r in caplog.records), caplog.text
 
