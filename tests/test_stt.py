@@ -107,13 +107,15 @@ def test_bad_input_and_missing_files_are_named(stt, tmp_path):
         Transcriber(tmp_path / "nope.ort", DECODER, TOKENIZER)
     bad = tmp_path / "bad.ort"
     bad.write_bytes(b"not a model")
-    with pytest.raises(ModelError, match=r"speech.transcript.decoder_model: .*bad.ort cannot be loaded"):
+    with pytest.raises(ModelError,
+                       match=r"speech.transcript.decoder_model: .*bad.ort cannot be loaded"):
         Transcriber(ENCODER, bad, TOKENIZER)
 
 
 def test_config_section_is_validated():
     with pytest.raises(ConfigError) as err:
-        parse_config({"speech": {"transcript": {"max_audio_s_per_minute": 0, "bogus": 1}}}, "t.toml")
+        parse_config({"speech": {"transcript": {"max_audio_s_per_minute": 0, "bogus": 1}}},
+                     "t.toml")
     text = "\n".join(err.value.lines)
     assert "t.toml: speech.transcript.max_audio_s_per_minute:" in text
     assert "t.toml: speech.transcript.bogus: Extra inputs are not permitted" in text
@@ -213,14 +215,16 @@ def test_transcripts_reach_the_log_only_when_the_key_says_so(stt, caplog, log_tr
     assert (rec["type"], rec["emotion"], rec["words"]) == ("utterance", "sad", 6)
     assert ("door" in json.dumps(rec).lower()) is log_transcripts
     if not log_transcripts:
-        assert any("transcribed 4.4 s of audio, 6 words" in r.getMessage() for r in caplog.records), caplog.text
+        assert any("transcribed 4.4 s of audio, 6 words" in r.getMessage()
+                   for r in caplog.records), caplog.text
 
 
 # ------------------------------------------------------------------------------ into the reply
 
 def test_prompt_carries_the_utterances_with_emotion_and_age():
     class Ev:
-        t, from_emotion, to_emotion, confidence, previous_duration_s = 100.0, "neutral", "sad", 0.8, 30
+        t, from_emotion, to_emotion, confidence, previous_duration_s = (
+            100.0, "neutral", "sad", 0.8, 30)
     said = [Utterance(90.0, 92.0, "I didn't get the job.", "sad"), Utterance(97.0, 99.0, "Oh well.")]
     user = build_messages("sys", Ev(), (), said)[1]["content"]
     assert '- 8 s ago (sad): "I didn\'t get the job."' in user
