@@ -19,7 +19,8 @@ capture, inference and the watchdog never wait for it. The voice-activity detect
 each utterance it closes with ``submit(t_start, t_end, pcm, emotion)``; results reach the
 ``on_transcript`` callback as :class:`Utterance` records. Wiring in the daemon::
 
-    stt = Transcriber.from_config(cfg.speech.transcript)          # ModelError (70) if missing
+    if transcripts_wanted(cfg):  # enabled, and chat (or log_transcripts) uses the words
+        stt = Transcriber.from_config(cfg.speech.transcript)      # ModelError (70) if missing
     tw = TranscriptWorker(stt, reply_worker.add_utterance, gate=reply_worker.mic_gated,
                           max_audio_s_per_minute=cfg.speech.transcript.max_audio_s_per_minute,
                           log_transcripts=cfg.speech.transcript.log_transcripts).start()
@@ -50,7 +51,8 @@ from .errors import ModelError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SAMPLE_RATE", "Utterance", "utterance_record", "Transcriber", "TranscriptWorker",
+__all__ = ["SAMPLE_RATE", "Utterance", "utterance_record", "transcripts_wanted", "Transcriber",
+           "TranscriptWorker",
            "peak_dbfs", "transcribe_file", "WithTranscripts"]
 
 SAMPLE_RATE = 16000
@@ -75,6 +77,15 @@ class Utterance:
     emotion: str | None = None
     audio_s: float = 0.0
     compute_s: float = 0.0
+
+
+def transcripts_wanted(cfg) -> bool:
+    """Whether the daemon should load speech-to-text at all for ``cfg`` (a ``Config``): it is
+    enabled and something uses its words: the chat prompt (``reply.enabled`` and
+    ``reply.chat.enabled``; the offline templates never do) or the event log
+    (``log_transcripts``). Otherwise ~130 MB of model stay out of memory."""
+    tc = cfg.speech.transcript
+    return tc.enabled and ((cfg.reply.enabled and cfg.reply.chat.enabled) or tc.log_transcripts)
 
 
 def utterance_record(u: Utterance, log_transcripts: bool) -> dict:

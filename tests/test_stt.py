@@ -27,7 +27,7 @@ from redsg_edge.assets import AssetError, fetch_main, fetch_models, load_manifes
 from redsg_edge.config import Config, ConfigError, parse_config
 from redsg_edge.reply import ReplyWorker, build_messages
 from redsg_edge.stt import (Transcriber, TranscriptWorker, Utterance, transcribe_file,
-                            utterance_record)
+                            transcripts_wanted, utterance_record)
 from redsg_edge.testing import shared_voice
 from redsg_edge.testing.chat_server import ChatServer
 from redsg_edge.voice import WavSink
@@ -110,6 +110,17 @@ def test_bad_input_and_missing_files_are_named(stt, tmp_path):
     with pytest.raises(ModelError,
                        match=r"speech.transcript.decoder_model: .*bad.ort cannot be loaded"):
         Transcriber(ENCODER, bad, TOKENIZER)
+
+
+def test_the_model_is_loaded_only_when_something_uses_the_words():
+    cfg = Config()
+    assert transcripts_wanted(cfg)                 # defaults: chat on, transcripts on
+    cfg.reply.chat.enabled = False
+    assert not transcripts_wanted(cfg)             # templates never use them
+    cfg.speech.transcript.log_transcripts = True
+    assert transcripts_wanted(cfg)                 # ... but the event log would
+    cfg.speech.transcript.enabled = False
+    assert not transcripts_wanted(cfg)
 
 
 def test_config_section_is_validated():
