@@ -19,13 +19,15 @@ capture, inference and the watchdog never wait for it. The voice-activity detect
 each utterance it closes with ``submit(t_start, t_end, pcm, emotion)``; results reach the
 ``on_transcript`` callback as :class:`Utterance` records. Wiring in the daemon::
 
+    tc = cfg.speech.transcript
     if transcripts_wanted(cfg):  # enabled, and chat (or log_transcripts) uses the words
-        stt = Transcriber.from_config(cfg.speech.transcript)      # ModelError (70) if missing
-    tw = TranscriptWorker(stt, reply_worker.add_utterance, gate=reply_worker.mic_gated,
-                          max_audio_s_per_minute=cfg.speech.transcript.max_audio_s_per_minute,
-                          log_transcripts=cfg.speech.transcript.log_transcripts).start()
-    tw.submit(t_start, t_end, pcm, emotion)   # per utterance the VAD closes; never blocks
-    event_log(utterance_record(u, cfg.speech.transcript.log_transcripts))  # if logging them
+        stt = Transcriber.from_config(tc)  # ModelError (70) naming the file if missing
+        tw = TranscriptWorker(stt, on_utterance, gate=reply_worker.mic_gated,
+                              max_audio_s_per_minute=tc.max_audio_s_per_minute,
+                              log_transcripts=tc.log_transcripts).start()
+    tw.submit(t_start, t_end, pcm, emotion)  # per utterance the VAD closes; never blocks
+    # on_utterance(u): reply_worker.add_utterance(u), and with an event log
+    # event_log.write(utterance_record(u, tc.log_transcripts))
 
 ``t_start``/``t_end`` must be on the clock that transitions (``event.t``) and the mic gate use.
 
