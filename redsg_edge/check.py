@@ -76,9 +76,12 @@ def _model_items(cfg: Config) -> list[Item]:
     from .litert import ModelError
 
     items = []
-    problems = verify_models(cfg)
+    warnings: list[str] = []
+    problems = verify_models(cfg, warnings)
     for p in problems:
         items.append(Item("model", "model files", "fail", p))
+    for w in warnings:
+        items.append(Item("model", "model files", "warn", w))
     if not problems:
         items.append(Item("model", "model files", "ok", "present, sha256 verified where pinned"))
 

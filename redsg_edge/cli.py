@@ -80,6 +80,9 @@ def cmd_analyze(args) -> int:
     from .analyze import Analyzer, expand, human_line
     cfg = _load(args.config)
     an = Analyzer(cfg)
+    if args.transcribe:  # a transcript of each whole audio file (redsg_edge.stt)
+        from .stt import Transcriber, WithTranscripts
+        an = WithTranscripts(an, Transcriber.from_config(cfg.speech.transcript))
     failed = 0
     try:
         for path in expand(args.paths):
@@ -114,7 +117,7 @@ def cmd_status(args) -> int:
 
 def cmd_fetch(args) -> int:
     from .assets import fetch_main
-    return fetch_main(args.dest, args.mirror)
+    return fetch_main(args.dest, args.mirror, download_missing=args.download_missing)
 
 
 def say(text: str, voice, sink, style=None) -> float:
@@ -206,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="one JSON object per file per line")
     p.add_argument("--annotate", type=Path, metavar="DIR", help="write images with boxes+labels")
+    p.add_argument("--transcribe", action="store_true",
+                   help="add each audio file's transcript (on-device speech-to-text)")
 
     add("check", cmd_check, "validate config, models and devices; exit 0 when all is well")
     p = add("devices", cmd_devices, "list cameras and audio devices", config=False)
@@ -218,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
             "model files listed in models/manifest.toml", config=False)
     p.add_argument("--dest", type=Path, default=Path("models"), help="folder (default models/)")
     p.add_argument("--mirror", type=Path, help="copy from this folder instead of downloading")
+    p.add_argument("--download-missing", action="store_true",
+                   help="with --mirror: download the files the mirror lacks")
     p = add("say", cmd_say, "speak a sentence through the configured voice and sink")
     p.add_argument("text", nargs="+")
     p.add_argument("--sink", choices=["sounddevice", "wav", "null"], help="override voice.sink")

@@ -66,7 +66,28 @@ class VisionConfig(Strict):
     max_fps: float = Field(15.0, gt=0, le=120)
 
 
+class TranscriptConfig(Strict):
+    """``[speech.transcript]``: on-device speech-to-text (redsg_edge.stt)."""
+    #: Transcribe utterances and put the recent ones in the chat prompt (chat only; templates
+    #: never use them).
+    enabled: bool = True
+    #: Write transcripts to the log / journal and the event log. Off: no words are logged.
+    log_transcripts: bool = False
+    #: Moonshine encoder and merged decoder (.ort or .onnx) and its HF tokenizer.json.
+    encoder_model: Path = Path("models/moonshine-tiny-en-encoder.ort")
+    decoder_model: Path = Path("models/moonshine-tiny-en-decoder.ort")
+    tokenizer: Path = Path("models/moonshine-tokenizer.json")
+    #: Seconds of audio transcribed in any minute at most; utterances beyond it are skipped.
+    max_audio_s_per_minute: float = Field(30.0, ge=1.0, le=60.0)
+    #: Audio whose loudest 25 ms frame is quieter than this (dBFS) is not transcribed.
+    min_level_dbfs: float = Field(-45.0, ge=-90.0, le=0.0)
+    #: Utterances in the chat prompt at most, and the oldest one's age (seconds) at most.
+    prompt_utterances: int = Field(3, ge=0, le=20)
+    prompt_max_age_s: float = Field(60.0, ge=1.0, le=3600.0)
+
+
 class SpeechConfig(Strict):
+    transcript: TranscriptConfig = TranscriptConfig()
     ser_model: Path = Path("models/ser_int8.tflite")
     #: Window length fed to SER, seconds; must match the model's training window.
     window_s: float = Field(2.5, ge=1.0, le=5.0)
@@ -203,6 +224,8 @@ class Config(Strict):
 
 PATH_KEYS = (("camera", "file"), ("microphone", "file"), ("vision", "detector_model"),
              ("vision", "fer_model"), ("speech", "ser_model"), ("voice", "model"),
+             ("speech.transcript", "encoder_model"), ("speech.transcript", "decoder_model"),
+             ("speech.transcript", "tokenizer"),
              ("voice", "wav_dir"), ("service", "status_file"), ("service", "event_log"))
 
 
@@ -218,7 +241,9 @@ def parse_config(data: dict, source: str = "<config>", base_dir: Path | None = N
         raise ConfigError([f"{source}: {_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
     if base_dir is not None:
         for section, key in PATH_KEYS:
-            sect = getattr(cfg, section)
+            sect = cfg
+            for part in section.split("."):
+                sect = getattr(sect, part)
             value = getattr(sect, key)
             if value is not None and not Path(value).expanduser().is_absolute():
                 setattr(sect, key, (base_dir / Path(value).expanduser()).resolve())

@@ -37,8 +37,10 @@ Rules (documented in the README "Replies and voice" section):
   it answers for past capture times too, so a speech worker can drop windows that overlap.
 
 Privacy: the prompt holds only the transition (from, to, confidence, how long the previous
-emotion lasted) and the last ``chat.history`` transitions with the replies spoken for them.
-No probabilities, evidence, images, audio or identity leave the device. The API key comes from
+emotion lasted), the last ``chat.history`` transitions with the replies spoken for them and,
+with ``speech.transcript.enabled``, the transcripts of the last ``prompt_utterances``
+utterances (``add_utterance``; at most ``prompt_max_age_s`` old) with their SER emotion and
+age. No probabilities, evidence, images, audio or identity leave the device. The API key comes from
 ``$CREDENTIALS_DIRECTORY/openai_api_key`` (systemd ``LoadCredential=``), else the environment
 variable named by ``chat.api_key_env``; never from config.toml, and it is redacted from
 anything this module logs. Endpoints on loopback, private or link-local addresses,
@@ -287,12 +289,14 @@ def _describe(e: Any) -> str:
             f"{e.from_emotion} had lasted {float(e.previous_duration_s):.0f} s)")
 
 
-def build_messages(system_prompt: str, event: Any, history: Sequence[HistoryEntry] = ()) -> list[dict[str, str]]:
+def build_messages(system_prompt: str, event: Any, history: Sequence[HistoryEntry] = (),
+                   utterances: Sequence[Any] = ()) -> list[dict[str, str]]:
     """Chat messages for ``event`` (anything with ``t, from_emotion, to_emotion, confidence,
     previous_duration_s``): the system prompt and ONE user message with the recent history
-    (oldest first) and the new transition. One user message, not alternating turns, because
-    some local chat templates reject two user turns in a row. Nothing else (no evidence,
-    probabilities, images or audio) is included.
+    (oldest first), what the person said (``utterances``: ``stt.Utterance``-like, ``t_end``,
+    ``text``, ``emotion``; oldest first) and the new transition. One user message, not
+    alternating turns, because some local chat templates reject two user turns in a row.
+    Nothing else (no evidence, probabilities, images or audio) is included.
     """
     lines = []
     if history:
@@ -300,7 +304,13 @@ def build_messages(system_prompt: str, event: Any, history: Sequence[HistoryEntr
         for h in history:
             said = (f' You said: "{h.reply}"' if h.reply else " You did not reply.")
             lines.append(f"- {max(0.0, float(event.t) - h.t):.0f} s ago: {_describe(h)}.{said}")
-    lines.append(f"Now: {_describe(event)}. Reply to this change.")
+    if utterances:
+        lines.append("What they said (oldest first, with the emotion in their voice):")
+        for u in utterances:
+            lines.append(f"- {max(0.0, float(event.t) - float(u.t_end)):.0f} s ago"
+                         f"{f' ({u.emotion})' if u.emotion else ''}: \"{u.text}\"")
+    lines.append(f"Now: {_describe(event)}. Reply to this change"
+                 f"{' and to what they said' if utterances else ''}.")
     return [{"role": "system", "content": system_prompt},
             {"role": "user", "content": "\n".join(lines)}]
 
@@ -498,6 +508,7 @@ class ReplyWorker:
         self._picker = TemplatePicker(cfg.reply.templates, rng)
         self._q: queue.Queue = queue.Queue(maxsize=1)
         self._history: deque[HistoryEntry] = deque(maxlen=64)
+        self._utterances: deque[Any] = deque(maxlen=20)  # stt.Utterance, for the prompt only
         self._busy = False
         self._cooldown_until = float("-inf")
         self._stop = threading.Event()
@@ -599,6 +610,15 @@ class ReplyWorker:
             self.stats[reason] += 1
         log.debug("transition %s -> %s not answered (%s)", entry.from_emotion, entry.to_emotion, reason)
         return False
+
+    def add_utterance(self, utterance: Any) -> None:
+        """Keep a transcribed utterance (``stt.Utterance``: ``t_start``, ``t_end`` on the
+        transitions' clock, ``text``, ``emotion``) for the next chat prompts; never blocks.
+        ``TranscriptWorker``'s ``on_transcript``. Ignored unless ``speech.transcript.enabled``;
+        never logged, never used by the offline templates."""
+        with self._lock:
+            if self._cfg.speech.transcript.enabled:
+                self._utterances.append(utterance)
 
     def mic_gated(self, now: float) -> bool:
         """True when audio captured at ``now`` (``clock`` seconds) may contain the device's own
@@ -773,6 +793,10 @@ class ReplyWorker:
             cfg, client, picker = self._cfg, self._client, self._picker
             history = [h for h in self._history if h is not entry and h.t <= entry.t]
             retry_at, outage = self._retry_at, self._outage
+            tc = cfg.speech.transcript
+            said = [u for u in self._utterances if tc.enabled
+                    and float(u.t_end) >= entry.t - tc.prompt_max_age_s]
+        said = said[-tc.prompt_utterances:] if tc.prompt_utterances else []
         chat = cfg.reply.chat
         history = history[-chat.history:] if chat.history else []
         style = style_for(cfg.voice, entry.to_emotion)
@@ -788,7 +812,8 @@ class ReplyWorker:
         elif clock() < retry_at:
             cause, skipped = (outage or {}).get("cause", "recent_failure"), True
         else:
-            failure = self._chat_reply(client, chat, build_messages(chat.system_prompt, event, history), sp)
+            failure = self._chat_reply(client, chat, build_messages(chat.system_prompt, event,
+                                                                    history, said), sp)
             if failure is None:
                 source = "chat"
                 self._chat_ok(chat)

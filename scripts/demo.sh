@@ -11,7 +11,8 @@ scripts/setup_venv.sh .venv
 . .venv/bin/activate
 shared=${REDSG_DATA:-../shared/data}
 mirror=$(dirname "$shared")/models
-if [ -d "$mirror" ]; then redsg-edge fetch-models --mirror "$mirror"; else redsg-edge fetch-models; fi
+# the shared mirror has the face detector; what it lacks (speech-to-text) comes from the registry
+if [ -d "$mirror" ]; then redsg-edge fetch-models --mirror "$mirror" --download-missing; else redsg-edge fetch-models; fi
 mkdir -p runs/demo
 if ls /dev/video* >/dev/null 2>&1 && [ -z "${REDSG_DEMO_REPLAY:-}" ]; then
     echo "camera found: running live (Ctrl-C to stop)"

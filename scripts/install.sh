@@ -195,6 +195,7 @@ else
     sed -e "s#^detector_model = \"models/#detector_model = \"$PREFIX/models/#" \
         -e "s#^fer_model = \"models/#fer_model = \"$PREFIX/models/#" \
         -e "s#^ser_model = \"models/#ser_model = \"$PREFIX/models/#" \
+        -e "s#^\(encoder_model\|decoder_model\|tokenizer\) = \"models/#\1 = \"$PREFIX/models/#" \
         -e 's#^wav_dir = "replies"#wav_dir = "/var/lib/redsg-edge/replies"#' \
         "$SRC/config.toml" > "$ETC/config.toml.new"
     chmod 0644 "$ETC/config.toml.new"

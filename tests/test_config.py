@@ -42,12 +42,18 @@ def test_shipped_config_loads_with_repo_defaults():
     assert cfg.fusion.exit_threshold <= cfg.fusion.enter_threshold
     # Scalar values equal the code's defaults, so the comments ("default ...") tell the truth.
     default = Config()
-    for section in ("camera", "microphone", "speech", "fusion", "service"):
-        ours, theirs = getattr(cfg, section), getattr(default, section)
+
+    def same_scalars(ours, theirs, where):
         for name in type(ours).model_fields:
             value = getattr(ours, name)
-            if not isinstance(value, Path):
-                assert value == getattr(theirs, name), f"{section}.{name}"
+            if isinstance(value, BaseModel):  # a nested table, e.g. [speech.transcript]
+                same_scalars(value, getattr(theirs, name), f"{where}.{name}")
+            elif not isinstance(value, Path):
+                assert value == getattr(theirs, name), f"{where}.{name}"
+
+    for section in ("camera", "microphone", "speech", "fusion", "service"):
+        same_scalars(getattr(cfg, section), getattr(default, section), section)
+    assert cfg.speech.transcript.encoder_model == REPO / "models" / "moonshine-tiny-en-encoder.ort"
     assert cfg.reply.chat == default.reply.chat
     assert cfg.voice.default_style == default.voice.default_style
 

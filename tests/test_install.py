@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 MIRROR = REPO.parent / "shared" / "models"
 SCRIPT = REPO / "scripts" / "install.sh"
 DETECTOR = "blaze_face_short_range.tflite"
+#: Speech-to-text files as `redsg-edge fetch-models` leaves them in the repository's models/.
+STT_FILES = [REPO / "models" / n for n in ("moonshine-tiny-en-encoder.ort",
+                                           "moonshine-tiny-en-decoder.ort", "moonshine-tokenizer.json")]
 
 needs_mirror = pytest.mark.skipif(not (MIRROR / DETECTOR).is_file(),
                                   reason="../shared/models mirror missing")
@@ -49,12 +52,13 @@ def test_mirror_copy_matches_manifest():
 @needs_mirror
 def test_fetch_from_mirror_verifies_renames_and_is_idempotent(tmp_path, capsys):
     dest = tmp_path / "models"
-    (path,) = fetch_models(dest, MIRROR)
+    (path,) = fetch_models(dest, MIRROR, names={DETECTOR})
     assert path == dest / DETECTOR and sha256_file(path) == load_manifest()[0].sha256
     assert (dest / "manifest.toml").is_file()
     assert not list(dest.glob(".*.part"))
     mtime = path.stat().st_mtime_ns
-    assert fetch_main(dest, MIRROR) == 0  # already there: kept as is
+    (again,) = fetch_models(dest, MIRROR, names={DETECTOR}, log=print)  # kept as is
+    assert again == path
     assert path.stat().st_mtime_ns == mtime
     assert "present, sha256 ok" in capsys.readouterr().out
 
@@ -97,7 +101,7 @@ def _config(tmp_path: Path, models: Path) -> Path:
 @needs_mirror
 def test_verify_models_presence_and_hashes(tmp_path):
     models = tmp_path / "models"
-    fetch_models(models, MIRROR)
+    fetch_models(models, MIRROR, names={DETECTOR})
     for name, data in (("fer_int8.tflite", b"fer"), ("ser_int8.tflite", b"ser")):
         (models / name).write_bytes(data)
     cfg = load_config(_config(tmp_path, models))
@@ -156,7 +160,13 @@ def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_
     shutil.copy(fer, own / "fer_int8.tflite")
     shutil.copy(ser, own / "ser_int8.tflite")
     root = tmp_path / "root"
-    cmd = ["bash", str(SCRIPT), "--root", str(root), "--no-apt", "--mirror", str(MIRROR),
+    mirror = tmp_path / "mirror"  # the shared face detector and the speech-to-text files
+    mirror.mkdir()
+    for src in [MIRROR / DETECTOR, *STT_FILES]:
+        if not src.is_file():
+            pytest.skip(f"{src} missing: run `redsg-edge fetch-models`")
+        (mirror / src.name).symlink_to(src)
+    cmd = ["bash", str(SCRIPT), "--root", str(root), "--no-apt", "--mirror", str(mirror),
            "--models", str(own), "--python", shutil.which("python3") or sys.executable]
     env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH")}
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
@@ -175,6 +185,8 @@ def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_
     text = cfg.read_text()
     assert 'detector_model = "/opt/redsg-edge/models/blaze_face_short_range.tflite"' in text
     assert 'fer_model = "/opt/redsg-edge/models/fer_int8.tflite"' in text
+    assert 'encoder_model = "/opt/redsg-edge/models/moonshine-tiny-en-encoder.ort"' in text
+    assert sha256_file(models / STT_FILES[1].name) == sha256_file(STT_FILES[1])
     assert unit.read_text() == (REPO / "systemd/redsg-edge.service").read_text()
     assert "✔ model files" in first.stdout  # redsg-edge check ran on the installed models
     if shutil.which("systemctl"):
