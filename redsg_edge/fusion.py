@@ -16,7 +16,7 @@ Per update, in order:
    on RAVDESS (subject-wise 5-fold CV, eight emotions), above either modality alone; it also
    lets each model be trained on its own corpus (FER2013, RAVDESS) and lets one modality drop
    out without retraining.
-   The weight of modality m is ``prior_m × confidence_m × freshness_m``:
+   The weight of modality m is ``prior_m × confidence_m × freshness_m × reliability_m``:
 
    - ``prior_m``: ``FusionConfig.face_weight`` / ``voice_weight`` (how much we trust each model).
    - ``confidence_m`` (``FusionConfig.confidence``): by default ``1 − H(p)/ln 7``, one minus the
@@ -32,6 +32,12 @@ Per update, in order:
      smoothly instead of switching abruptly at ``max_age_s``. Evidence at or beyond
      ``max_age_s`` is ignored, so a missing or stale modality gives face-only or voice-only
      fusion automatically.
+   - ``reliability_m`` (:attr:`Evidence.reliability`, from the producer): for the face
+     :func:`face_reliability` of its height against ``face_full_size_px``; for the voice the
+     VAD's mean speech probability over the audio classified. While the voice has fresh
+     evidence (someone is speaking) the face's prior is also multiplied by
+     ``speaking_face_factor``: a talking face reads neutral to a FER model trained on posed
+     stills, and the voice then knows better.
 
 2. **Exponential smoothing** of the fused vector with time constant ``smoothing_tau_s``:
    ``s ← s + α (x − s)`` with ``α = 1 − exp(−Δt/τ)``, the exact discretisation of a first-order
@@ -96,13 +102,17 @@ class Evidence:
 
     ``modality`` is ``"face"`` or ``"voice"``; ``t`` the capture time (seconds) of the data it was
     computed from (the frame, or the end of the SER window); ``probs`` (7,) in ``CLASSES`` order.
-    ``probs`` is converted to a read-only float32 array and renormalised to sum to 1. Raises
-    ValueError for an unknown modality, a non-finite time or an invalid probability vector.
+    ``probs`` is converted to a read-only float32 array and renormalised to sum to 1.
+    ``reliability`` in 0..1 (default 1): how far the producer trusts its input, apart from the
+    model's own confidence (:func:`face_reliability`; for the voice, the VAD's mean speech
+    probability over the audio classified). Raises ValueError for an unknown modality, a
+    non-finite time, an invalid probability vector or a reliability outside 0..1.
     """
 
     modality: str
     t: float
     probs: np.ndarray
+    reliability: float = 1.0
 
     def __post_init__(self) -> None:
         if self.modality not in MODALITIES:
@@ -111,14 +121,20 @@ class Evidence:
             raise ValueError(f"{self.modality} evidence: time must be finite, got {self.t}")
         object.__setattr__(self, "t", float(self.t))
         object.__setattr__(self, "probs", _as_probs(self.probs, f"{self.modality} evidence"))
+        r = float(self.reliability)
+        if not 0.0 <= r <= 1.0:  # also rejects NaN
+            raise ValueError(f"{self.modality} evidence: reliability must be in 0..1, got {r}")
+        object.__setattr__(self, "reliability", r)
 
 
 @dataclass(frozen=True, eq=False)
 class UsedEvidence:
     """A modality's evidence as it entered one fused update.
 
-    ``age_s`` = update time − evidence time (≥ 0); ``confidence`` and ``freshness`` in 0..1;
-    ``weight`` = prior × confidence × freshness (unnormalised; the fused vector divides by the sum).
+    ``age_s`` = update time − evidence time (≥ 0); ``confidence``, ``freshness`` and
+    ``reliability`` in 0..1; ``weight`` = prior × confidence × freshness × reliability, times
+    ``speaking_face_factor`` for the face while the voice has fresh evidence (unnormalised; the
+    fused vector divides by the sum).
     """
 
     modality: str
@@ -128,6 +144,7 @@ class UsedEvidence:
     confidence: float
     freshness: float
     weight: float
+    reliability: float = 1.0
 
     def to_json(self) -> dict:
         """``{"probs": {name: p}, "age_s": s, "weight": w}`` as in docs/architecture.md."""
@@ -210,6 +227,15 @@ class FusionState:
                 "candidate": self.candidate, "candidate_since": self.candidate_since,
                 "last_transition_t": self.last_transition_t, "updates": self.updates,
                 "transitions": self.transitions}
+
+
+def face_reliability(height_px: float, full_px: float) -> float:
+    """Reliability 0..1 of a face ``height_px`` tall (detector box, pixels): ``height/full_px``
+    up to 1. FER reads 48x48 crops; a face smaller than that is upsampled blur, and a small
+    face is usually a far or partly visible one. ``full_px`` ≤ 0 turns the term off (1)."""
+    if full_px <= 0:
+        return 1.0
+    return float(min(1.0, max(0.0, height_px / full_px)))
 
 
 def confidence_of(probs: np.ndarray, method: str = "entropy") -> float:
@@ -297,14 +323,21 @@ class Fusion:
 
         cfg = self._cfg
         used: dict[str, UsedEvidence] = {}
+        fresh_of = {m: 1.0 - max(0.0, t - ev.t) / cfg.max_age_s
+                    for m, ev in self._latest.items()}
+        # Someone is speaking: the voice has fresh evidence (every voice evidence is speech the
+        # VAD found). A talking face reads neutral to a FER model trained on posed stills.
+        speaking = fresh_of.get("voice", 0.0) > 0.0
         for m, ev in self._latest.items():
-            age = max(0.0, t - ev.t)
-            if age >= cfg.max_age_s:
+            fresh = fresh_of[m]
+            if fresh <= 0.0:
                 continue
-            fresh = 1.0 - age / cfg.max_age_s
             conf = confidence_of(ev.probs, cfg.confidence)
             prior = float(getattr(cfg, MODALITIES[m]))
-            used[m] = UsedEvidence(m, ev.t, ev.probs, age, conf, fresh, prior * conf * fresh)
+            if m == "face" and speaking:
+                prior *= cfg.speaking_face_factor
+            used[m] = UsedEvidence(m, ev.t, ev.probs, max(0.0, t - ev.t), conf, fresh,
+                                   prior * conf * fresh * ev.reliability, ev.reliability)
 
         total = sum(u.weight for u in used.values())
         raw = None

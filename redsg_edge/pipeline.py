@@ -21,7 +21,7 @@ from .capture import (AudioRing, CaptureThread, DeviceError, FrameRing, open_cam
                       open_microphone)
 from .config import Config
 from .features import SAMPLE_RATE
-from .fusion import Evidence, FusedUpdate, Fusion
+from .fusion import Evidence, FusedUpdate, Fusion, face_reliability
 from .speech import SerModel, SpeechPerception
 from .vad import CHUNK
 from .vision import FaceDetector, FerModel, VisionWorker
@@ -298,7 +298,7 @@ class Pipeline:
                 self._fps = 0.9 * self._fps + 0.1 / (t - last_t) if self._fps else 1 / (t - last_t)
             last_t = t
             result, _faces = self.vision.process(t, frame)
-            self._fuse(t, Evidence("face", t, result.probs) if result else None)
+            self._fuse(t, face_evidence(t, result, self.cfg))
 
     def _speech_loop(self) -> None:
         pos = 0  # absolute ring position of the next sample the speech step gets
@@ -318,6 +318,15 @@ class Pipeline:
             if gated:
                 self.gated_windows += 1
             feed_speech(self.speech, t_first, pcm, self._fuse, gated)
+
+
+def face_evidence(t: float, result, cfg: Config) -> Evidence | None:
+    """The one way a frame's FER result becomes fusion evidence, live and in replay: None
+    without a face; the face's reliability from its height (``fusion.face_full_size_px``)."""
+    if result is None:
+        return None
+    return Evidence("face", t, result.probs,
+                    face_reliability(result.face.box[3], cfg.fusion.face_full_size_px))
 
 
 def feed_speech(step: SpeechPerception, t_first: float, pcm: np.ndarray,
@@ -404,7 +413,7 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
                     continue
                 last_frame_t = t
                 result, _ = vision.process(t, data)
-                fuse(t, Evidence("face", t, result.probs) if result else None)
+                fuse(t, face_evidence(t, result, cfg))
                 if bar is not None:
                     bar.n = t
                     bar.refresh()

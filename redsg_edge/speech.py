@@ -142,6 +142,8 @@ class SpeechOutput:
     kind: ``"utterance"`` (an utterance ended; ``split`` when it was cut at
     ``max_utterance_s``), ``"rolling"`` (the newest window during long speech) or None.
     start_s, end_s: capture times of the audio classified (padding included), or None.
+    reliability: the VAD's mean speech probability over the voiced chunks classified (0..1),
+    handed to fusion as :attr:`Evidence.reliability`.
     """
 
     t: float
@@ -150,12 +152,13 @@ class SpeechOutput:
     start_s: float | None = None
     end_s: float | None = None
     split: bool = False
+    reliability: float = 1.0
 
     def fusion_input(self) -> tuple[float, Evidence | None]:
         """``(t, evidence or None)``: what fusion.update gets, in every loop alike."""
         if self.probs is None:
             return self.t, None
-        return self.t, Evidence("voice", self.end_s, self.probs)
+        return self.t, Evidence("voice", self.end_s, self.probs, self.reliability)
 
 
 class SpeechPerception:
@@ -180,6 +183,7 @@ class SpeechPerception:
         self._pending = np.zeros(0, np.int16)  # samples short of a whole chunk
         self._buf = np.zeros(0, np.int16)      # audio from absolute sample _buf_pos on
         self._buf_pos = 0
+        self._p: list[float] = []               # VAD probability of each buffered chunk
         self._prev_end = 0                      # padded end of the last utterance (samples)
         self._next_tick = self.hop
         self.ticks = self.speech_ticks = self.utterances = self.rolling = self.gated_samples = 0
@@ -215,6 +219,7 @@ class SpeechPerception:
         for i in range(n):
             c = data[i * CHUNK:(i + 1) * CHUNK]
             p = self.vad.chunk_prob(c)
+            self._p.append(p)
             o = self._after_chunk(self.seg.step(p))
             if o is not None:
                 out.append(o)
@@ -250,7 +255,8 @@ class SpeechPerception:
                 self.rolling += 1
                 probs = self.model.predict(self._audio(end - w, end))
                 return SpeechOutput(self._time(end), probs, "rolling", self._time(end - w),
-                                    self._time(end))
+                                    self._time(end),
+                                    reliability=self._speech_prob(s.start, s.last_voiced + 1))
         return SpeechOutput(self._time(end))
 
     def _classify(self, utt: Utterance, end: int) -> SpeechOutput:
@@ -265,7 +271,13 @@ class SpeechPerception:
         self._prev_end = b
         self.utterances += 1
         return SpeechOutput(self._time(end), probs, "utterance", self._time(a), self._time(b),
-                            utt.split)
+                            utt.split, self._speech_prob(utt.start, utt.end))
+
+    def _speech_prob(self, c0: int, c1: int) -> float:
+        """Mean VAD probability of chunks c0..c1-1 (those still held), 0..1."""
+        base = self._buf_pos // CHUNK
+        ps = self._p[max(0, c0 - base):max(0, c1 - base)]
+        return float(min(1.0, max(0.0, np.mean(ps)))) if ps else 1.0
 
     def _audio(self, a: int, b: int) -> np.ndarray:
         return self._buf[a - self._buf_pos:b - self._buf_pos]
@@ -276,6 +288,8 @@ class SpeechPerception:
         back = max(self.pad, self.model.window_samples)
         keep_from = (self.seg.start * CHUNK if self.seg.in_speech else end) - back
         keep_from = max(self._buf_pos, keep_from)
+        keep_from -= keep_from % CHUNK  # chunk-aligned, so _p stays aligned with the buffer
         if keep_from > self._buf_pos:
+            del self._p[:(keep_from - self._buf_pos) // CHUNK]
             self._buf = self._buf[keep_from - self._buf_pos:]
             self._buf_pos = keep_from

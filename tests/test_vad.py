@@ -145,6 +145,9 @@ def test_step_output_does_not_depend_on_block_size(ser, vad):
     assert summary(a) == summary(b, 5.0)
     utts = [o for o in a if o.kind == "utterance"]
     assert len(utts) >= 2 and step.utterances == len(utts)
+    # clear speech: the VAD's mean probability over each utterance is high, and fusion gets it
+    assert all(0.7 < u.reliability <= 1.0 for u in utts)
+    assert all(u.fusion_input()[1].reliability == u.reliability for u in utts)
     # a tick every hop_s of audio, and evidence never from the future
     assert abs(step.ticks - len(pcm) / 8000) <= 1
     assert all(o.end_s <= o.t + 1e-9 for o in a if o.probs is not None)
