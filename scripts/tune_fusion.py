@@ -43,14 +43,17 @@ GRID = {"smoothing_tau_s": [0.1, 0.2], "min_dwell_s": [0.1, 0.2, 0.3],
 def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
     """[(t, Evidence | None)] the models give on one scenario (``pipeline.replay`` with
     ``on_evidence``), cached under ``cache`` by scenario and the FER/SER/detector file hashes."""
-    key = hashlib.sha256(meta.read_bytes())
+    # The version string changes whenever the evidence the code produces changes (v2: Silero
+    # VAD utterances, evidence reliability), so a cache from older code is never reused.
+    key = hashlib.sha256(b"evidence-v2" + meta.read_bytes())
     for model in (cfg.vision.fer_model, cfg.speech.ser_model, cfg.vision.detector_model):
         key.update(Path(model).read_bytes())
     path = cache / f"{meta.stem}-{key.hexdigest()[:16]}.npz"
     if path.is_file():
         z = np.load(path)
-        return [(float(t), None if m == "" else Evidence(str(m), float(et), p))
-                for t, m, et, p in zip(z["t"], z["modality"], z["evidence_t"], z["probs"])]
+        return [(float(t), None if m == "" else Evidence(str(m), float(et), p, float(r)))
+                for t, m, et, p, r in zip(z["t"], z["modality"], z["evidence_t"], z["probs"],
+                                          z["reliability"])]
     evs: list = []
     replay(cfg, meta.with_suffix(".mp4"), meta.with_suffix(".wav"), use_video_audio=False,
            on_evidence=lambda t, e: evs.append((t, e)))
@@ -58,6 +61,7 @@ def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
     np.savez(path, t=np.array([t for t, _ in evs]),
              modality=np.array(["" if e is None else e.modality for _, e in evs]),
              evidence_t=np.array([np.nan if e is None else e.t for _, e in evs]),
+             reliability=np.array([1.0 if e is None else e.reliability for _, e in evs]),
              probs=np.stack([np.zeros(len(CLASSES), np.float32) if e is None else e.probs
                              for _, e in evs]))
     return evs
