@@ -28,7 +28,7 @@ import numpy as np
 
 from . import CLASSES
 from .config import SpeechConfig
-from .features import SAMPLE_RATE, mfcc_features, num_frames, ser_windows
+from .features import SAMPLE_RATE, mfcc_features, ser_windows
 from .fusion import Evidence
 from .litert import LiteRTClassifier, ModelError
 from .vad import CHUNK, Segmenter, SileroVad, Utterance, chunks_for

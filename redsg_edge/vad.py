@@ -142,7 +142,8 @@ class Segmenter:
         return None
 
     def flush(self) -> Utterance | None:
-        """End of stream: the utterance in progress, if long enough, ends at its last voiced chunk."""
+        """End of stream: the utterance in progress, if long enough, ends at its last voiced
+        chunk."""
         return self._close(split=False) if self.in_speech else None
 
     def _close(self, split: bool) -> Utterance | None:

@@ -63,10 +63,12 @@ def main() -> int:
     for gain in (0.0, -20.0, -30.0):
         xs = [load(f, gain) for f in files]
         s = np.array([(silero_probs(vad, x) >= 0.5).mean() for x in xs])
-        print(f"gain {gain:+.0f} dB: silero speech {s.mean():.3f}, files >= 15 % {np.mean(s >= 0.15):.3f}")
+        print(f"gain {gain:+.0f} dB: silero speech {s.mean():.3f}, "
+              f"files >= 15 % {np.mean(s >= 0.15):.3f}")
         for m in MODES:
             w = np.array([webrtc_flags(x, m).mean() for x in xs])
-            print(f"    webrtc mode {m}: speech {w.mean():.3f}, files >= 15 % {np.mean(w >= 0.15):.3f}")
+            print(f"    webrtc mode {m}: speech {w.mean():.3f}, "
+                  f"files >= 15 % {np.mean(w >= 0.15):.3f}")
     rng = np.random.default_rng(0)
     n = 16000 * 5
 

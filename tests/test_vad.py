@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -186,7 +185,8 @@ def test_attenuated_file_gets_the_same_label_as_the_original(ser, vad):
 
 def test_old_energy_vad_keys_are_rejected_with_the_replacement():
     with pytest.raises(ConfigError) as e:
-        parse_config({"speech": {"vad_threshold_dbfs": -40.0, "min_voiced_fraction": 0.3}}, "c.toml")
+        parse_config({"speech": {"vad_threshold_dbfs": -40.0, "min_voiced_fraction": 0.3}},
+                     "c.toml")
     msg = str(e.value)
     assert "c.toml: speech" in msg and "vad_threshold_dbfs" in msg and "speech.vad_threshold" in msg
     assert "min_voiced_fraction" in msg and "min_utterance_s" in msg
