@@ -90,8 +90,8 @@ class SpeechConfig(Strict):
     ser_model: Path = Path("models/ser_int8.tflite")
     #: Window length fed to SER, seconds; must match the model's training window.
     window_s: float = Field(2.5, ge=1.0, le=5.0)
-    #: Seconds between successive SER windows within an utterance, between rolling windows during
-    #: long speech, and between the speech path's fusion ticks.
+    #: Seconds between successive SER windows within an utterance, between rolling windows while
+    #: speech goes on, and between the speech path's fusion ticks.
     hop_s: float = Field(0.5, ge=0.1, le=5.0)
     #: Silero VAD speech probability at which speech starts (it continues down to 0.15 less).
     vad_threshold: float = Field(0.5, ge=0.05, le=0.95)

@@ -8,7 +8,8 @@ records come out. Inside, the trained VAD (``vad.SileroVad``) gives a speech pro
 - each utterance when it ends (from ``speech.min_utterance_s`` of speech, padded by
   ``speech.padding_s`` at both ends): the mean of its windows' probabilities, with the windows
   of ``features.ser_windows``, the function training uses;
-- during speech longer than one window, the newest ``window_s`` of audio every ``hop_s``.
+- while an utterance goes on, from half a window of speech on, the newest ``window_s`` of audio
+  (never reaching back into the previous utterance) every ``hop_s`` ("rolling").
 
 Every ``hop_s`` of audio the step also emits a tick without evidence, so fusion advances in media
 time even when nobody speaks. Callers feed every output's :meth:`SpeechOutput.fusion_input` to
@@ -140,7 +141,7 @@ class SpeechOutput:
     t: capture time (s) of the end of the audio consumed so far, the fusion update time.
     probs: (7,) float32 SER probabilities, or None for a tick without new evidence.
     kind: ``"utterance"`` (an utterance ended; ``split`` when it was cut at
-    ``max_utterance_s``), ``"rolling"`` (the newest window during long speech) or None.
+    ``max_utterance_s``), ``"rolling"`` (the newest window while speech goes on) or None.
     start_s, end_s: capture times of the audio classified (padding included), or None.
     reliability: the VAD's mean speech probability over the voiced chunks classified (0..1),
     handed to fusion as :attr:`Evidence.reliability`.
@@ -249,12 +250,17 @@ class SpeechPerception:
             return None
         s = self.seg
         if s.in_speech and s.voiced_chunks >= s.min_chunks:
-            first = max(s.start * CHUNK - self.pad, self._prev_end)
+            prev = max(self._prev_end, self._buf_pos)
+            first = max(s.start * CHUNK - self.pad, prev)
             w = self.model.window_samples
-            if end - first >= w:
+            # From half a window of speech on, the newest window (with the audio before the
+            # utterance as context, as at its end) is classified every hop, so the voice
+            # reaches fusion while the person is still talking.
+            if end - first >= w // 2:
                 self.rolling += 1
-                probs = self.model.predict(self._audio(end - w, end))
-                return SpeechOutput(self._time(end), probs, "rolling", self._time(end - w),
+                a = max(end - w, prev)
+                probs = self.model.predict_utterance(self._audio(a, end), self.hop)
+                return SpeechOutput(self._time(end), probs, "rolling", self._time(a),
                                     self._time(end),
                                     reliability=self._speech_prob(s.start, s.last_voiced + 1))
         return SpeechOutput(self._time(end))
