@@ -32,7 +32,7 @@ from .config import SpeechConfig
 from .features import SAMPLE_RATE, mfcc_features, ser_windows
 from .fusion import Evidence
 from .litert import LiteRTClassifier, ModelError
-from .vad import CHUNK, Segmenter, SileroVad, Utterance, chunks_for
+from .vad import CHUNK, NEG_OFFSET, Segmenter, SileroVad, Utterance, chunks_for
 
 VAD_FRAME = int(0.025 * SAMPLE_RATE)  # 25 ms, the MFCC frame (level meter only)
 
@@ -195,7 +195,7 @@ class SpeechPerception:
         self.hop = max(1, int(round(cfg.hop_s * SAMPLE_RATE)))
         self.pad = chunks_for(cfg.padding_s) * CHUNK
         s = self.seg
-        s.threshold, s.neg_threshold = cfg.vad_threshold, max(0.0, cfg.vad_threshold - 0.15)
+        s.threshold, s.neg_threshold = cfg.vad_threshold, max(0.0, cfg.vad_threshold - NEG_OFFSET)
         s.min_chunks = max(1, chunks_for(cfg.min_utterance_s))
         s.hangover_chunks = max(1, chunks_for(cfg.hangover_s))
         s.max_chunks = max(s.min_chunks, chunks_for(cfg.max_utterance_s))
