@@ -88,7 +88,11 @@ class SerModel:
         self.window_samples = int(round(window_s * SAMPLE_RATE))
         want = tuple(ser_windows(np.zeros(1, np.int16), self.window_samples,
                                  self.window_samples).shape[1:])
-        self.clf = LiteRTClassifier(path, (None, None), len(CLASSES), num_threads)
+        try:
+            self.clf = LiteRTClassifier(path, (None, None), len(CLASSES), num_threads)
+        except ModelError as exc:
+            raise ModelError(f"{exc} (speech.window_s = {window_s} needs an SER model of "
+                             f"{want[0]}x{want[1]} MFCC windows)") from None
         self.path = self.clf.path
         if self.clf.input_shape != want:
             raise ModelError(f"{self.path}: input shape {self.clf.input_shape} does not match "
@@ -168,9 +172,10 @@ class SpeechPerception:
     model: the SER; cfg: the [speech] section; vad: a fresh :class:`SileroVad` by default.
     ``push(t_first, pcm, gated=False)``: pcm (n,) int16, contiguous with the previous push;
     ``t_first`` = capture time (s) of its first sample, read on the first push only. ``gated``
-    audio (the device's own voice) is replaced by silence before VAD and SER. Returns the
-    outputs it produced, oldest first. ``finish()`` ends the stream (the utterance in
-    progress is classified). Counters: ``ticks``, ``speech_ticks`` (ticks inside speech),
+    audio (the device's own voice) is never classified (:meth:`_gated`). Returns the
+    outputs it produced, oldest first; a gated push returns at most the utterance it cut
+    short, and no ticks. ``finish()`` ends the stream (the utterance in progress is
+    classified). Counters: ``ticks``, ``speech_ticks`` (ticks inside speech),
     ``utterances``, ``rolling``, ``gated_samples``.
     """
 
@@ -208,8 +213,7 @@ class SpeechPerception:
         if self.t0 is None:
             self.t0 = float(t_first)
         if gated:
-            self.gated_samples += len(x)
-            x = np.zeros_like(x)
+            return self._gated(len(x))
         data = np.concatenate([self._pending, x]) if len(self._pending) else x
         n = len(data) // CHUNK
         self._pending = data[n * CHUNK:].copy()
@@ -225,6 +229,25 @@ class SpeechPerception:
             if o is not None:
                 out.append(o)
         self._trim()
+        return out
+
+    def _gated(self, n_samples: int) -> list[SpeechOutput]:
+        """The device is speaking: the utterance in progress ends where the gate began (and is
+        classified now), and the gated audio is skipped as silence, without VAD, SER or ticks,
+        so fusion hears nothing from the speech path until the gate opens."""
+        self.gated_samples += n_samples
+        out = self.finish()
+        total = len(self._pending) + n_samples
+        n = total // CHUNK
+        self._pending = np.zeros(total - n * CHUNK, np.int16)
+        self.seg.pos += n
+        end = self.seg.pos * CHUNK
+        self._buf = np.zeros(0, np.int16)
+        self._p = []
+        self._buf_pos = self._prev_end = end
+        while self._next_tick <= end:
+            self._next_tick += self.hop
+        self.vad.reset()
         return out
 
     def finish(self) -> list[SpeechOutput]:

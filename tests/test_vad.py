@@ -16,7 +16,7 @@ from redsg_edge.litert import ModelError
 from redsg_edge.speech import SerModel, SpeechPerception, read_temperature
 from redsg_edge.vad import CHUNK, Segmenter, SileroVad, Utterance
 
-from .conftest import ACTOR_24, SER_MODEL, SINGLE_FACE, make_config
+from .conftest import ACTOR_24, FER_MODEL, SER_MODEL, SINGLE_FACE, make_config
 
 SAD = ACTOR_24 / "03-01-04-02-01-01-24.flac"    # sad, strong
 ANGRY = ACTOR_24 / "03-01-05-02-01-01-24.flac"  # angry, strong
@@ -166,9 +166,22 @@ def test_long_speech_gets_rolling_windows_and_is_cut_at_max_utterance(ser, vad):
 
 
 def test_gated_audio_is_never_classified(ser, vad):
+    """While the device speaks (gated audio) nothing reaches fusion: the utterance in progress is
+    cut where the gate begins, then no ticks and no evidence until the gate opens."""
+    sad, angry = pcm_of(SAD), pcm_of(ANGRY)
+    gate = 16000 * 2  # mid-utterance: RAVDESS speech runs from about 0.8 s to 3 s
     step = SpeechPerception(ser, SpeechConfig(), vad)
-    outs = step.push(0.0, pcm_of(SAD), gated=True) + step.finish()
-    assert outs and all(o.probs is None for o in outs) and step.gated_samples > 0
+    before = step.push(0.0, sad[:gate])
+    cut = step.push(gate / 16000, sad[gate:], gated=True)
+    assert [o.kind for o in cut] == ["utterance"]
+    assert cut[0].end_s <= gate / 16000 and cut[0].t <= gate / 16000
+    assert step.gated_samples == len(sad) - gate
+    more = step.push(len(sad) / 16000, sad[gate:], gated=True)
+    assert more == [] and not any(o.kind == "utterance" for o in before)
+    after = step.push(2 * len(sad) / 16000 - gate / 16000, angry) + step.finish()
+    utts = [o for o in after if o.kind == "utterance"]
+    assert len(utts) == 1 and utts[0].start_s >= (2 * len(sad) - gate) / 16000
+    assert any(o.probs is None for o in after)  # ticks again once the gate opened
 
 
 def test_attenuated_file_gets_the_same_label_as_the_original(ser, vad):
@@ -225,6 +238,8 @@ def test_temperature_from_the_model_card(tmp_path, vad):
 def test_model_for_another_window_is_refused():
     with pytest.raises(ModelError, match="speech.window_s = 2.0"):
         SerModel(SER_MODEL, 2.0)
+    with pytest.raises(ModelError, match=rf"{FER_MODEL}.*speech.window_s = 2.5"):
+        SerModel(FER_MODEL, 2.5)
 
 
 # ------------------------------------------------------------------------------ live == replay
