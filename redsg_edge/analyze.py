@@ -1,8 +1,9 @@
 """``redsg-edge analyze``: FER on photos and SER on recordings, without the daemon.
 
 Images: every face MediaPipe finds, each classified; the image's label is the main (largest)
-face's top class. Audio: SER over ``speech.window_s`` windows every ``speech.hop_s`` (voiced
-windows only) and a whole-file result, the mean of the voiced windows' probabilities.
+face's top class. Audio: the daemon's speech path (trained VAD → utterances → SER), one label
+per utterance with its start and end, and a whole-file result, the utterances' probabilities
+averaged with their durations as weights.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ class Analyzer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._det = self._fer = self._ser = None
+        self._det = self._fer = self._ser = self._vad = None
 
     def image(self, path: Path, annotate: Path | None = None) -> dict:
         """FER for every face in one photo. Raises ValueError for an unreadable image."""
@@ -64,28 +65,48 @@ class Analyzer:
                 "probs": main["probs"] if main else None, "faces": out}
 
     def audio(self, path: Path) -> dict:
-        """SER windows and the whole-file result. Raises ValueError for unreadable audio."""
+        """Utterances and the whole-file result, through the daemon's own speech path
+        (``speech.SpeechPerception``). Raises ValueError for unreadable audio.
+
+        ``utterances``: [{start_s, end_s, label, probs}] (seconds from the file's start); the
+        file's ``probs`` are the utterances' probabilities averaged with their durations as
+        weights; ``label`` None only when the file holds no speech.
+        """
         from .capture import AudioFileMic, DeviceError
-        from .speech import SerModel
+        from .speech import SerModel, SpeechPerception
+        from .vad import SileroVad
 
         if self._ser is None:
             self._ser = SerModel(self.cfg.speech.ser_model, self.cfg.speech.window_s)
+            self._vad = SileroVad()
+        step = SpeechPerception(self._ser, self.cfg.speech, self._vad)  # resets the VAD
+        outs, t0, n = [], None, 0
         try:
             mic = AudioFileMic(path, 1000, realtime=False, key="analyze PATH")
             mic.open()
-            pcm = np.concatenate([b for _t, b in mic] or [np.zeros(0, np.int16)])
-            mic.close()
+            try:
+                for t, block in mic:
+                    t0 = t if t0 is None else t0
+                    n += len(block)
+                    outs += step.push(t, block)
+            finally:
+                mic.close()
         except DeviceError as exc:
             raise ValueError(str(exc)) from None
-        sc = self.cfg.speech
-        wins = self._ser.predict_long(pcm, sc.hop_s, sc.vad_threshold_dbfs, sc.min_voiced_fraction)
-        whole = np.mean([w[2] for w in wins], axis=0) if wins else None
-        return {"path": str(path), "kind": "audio", "duration_s": round(len(pcm) / 16000, 3),
+        outs += step.finish()
+        utts = [o for o in outs if o.kind == "utterance"]
+        whole = None
+        if utts:
+            w = np.array([o.end_s - o.start_s for o in utts])
+            whole = np.average(np.stack([o.probs for o in utts]), axis=0, weights=w)
+        t0 = t0 or 0.0
+        return {"path": str(path), "kind": "audio", "duration_s": round(n / 16000, 3),
                 "label": CLASSES[int(whole.argmax())] if whole is not None else None,
                 "probs": probs_to_dict(whole) if whole is not None else None,
-                "windows": [{"start_s": round(s, 2), "end_s": round(e, 2),
-                             "label": CLASSES[int(p.argmax())], "probs": probs_to_dict(p)}
-                            for s, e, p in wins]}
+                "utterances": [{"start_s": round(o.start_s - t0, 3),
+                                "end_s": round(o.end_s - t0, 3),
+                                "label": CLASSES[int(o.probs.argmax())],
+                                "probs": probs_to_dict(o.probs)} for o in utts]}
 
     def file(self, path: Path, annotate: Path | None = None) -> dict:
         if not path.exists():
@@ -120,7 +141,13 @@ def human_line(r: dict) -> str:
         return f"{r['path']}: error: {r['error']}"
     if r["label"] is None:
         return f"{r['path']}: {'no face' if r['kind'] == 'image' else 'no speech'}"
-    extra = (f"{len(r['faces'])} face(s)" if r["kind"] == "image"
-             else f"{len(r['windows'])} voiced window(s) of {r['duration_s']} s")
-    return f"{r['path']}: {r['label']} ({r['probs'][r['label']]:.2f}), {extra}"
+    if r["kind"] == "image":
+        return (f"{r['path']}: {r['label']} ({r['probs'][r['label']]:.2f}), "
+                f"{len(r['faces'])} face(s)")
+    utts = r["utterances"]
+    lines = [f"{r['path']}: {r['label']} ({r['probs'][r['label']]:.2f}), {len(utts)} "
+             f"utterance(s) in {r['duration_s']} s"]
+    lines += [f"  {u['start_s']:7.2f}-{u['end_s']:7.2f} s  {u['label']} "
+              f"({u['probs'][u['label']]:.2f})" for u in utts]
+    return "\n".join(lines)
 

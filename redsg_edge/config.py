@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
-                      field_validator)
+                      field_validator, model_validator)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -86,17 +86,56 @@ class TranscriptConfig(Strict):
     prompt_max_age_s: float = Field(60.0, ge=1.0, le=3600.0)
 
 
+#: [speech] keys of the energy VAD that the trained VAD replaced → what to write instead.
+REMOVED_SPEECH_KEYS = {
+    "vad_threshold_dbfs": "the energy VAD was replaced by a trained VAD (Silero); delete this "
+                          "key and set speech.vad_threshold, a speech probability 0..1 "
+                          "(default 0.5), instead",
+    "min_voiced_fraction": "the energy VAD was replaced by a trained VAD that cuts utterances; "
+                           "delete this key (speech.min_utterance_s sets the shortest speech "
+                           "that is classified)",
+}
+
+
 class SpeechConfig(Strict):
     transcript: TranscriptConfig = TranscriptConfig()
     ser_model: Path = Path("models/ser_int8.tflite")
     #: Window length fed to SER, seconds; must match the model's training window.
     window_s: float = Field(2.5, ge=1.0, le=5.0)
-    #: Seconds between successive SER windows.
+    #: Seconds between successive SER windows within an utterance, between rolling windows while
+    #: speech goes on, and between the speech path's fusion ticks.
     hop_s: float = Field(0.5, ge=0.1, le=5.0)
-    #: Energy VAD: a 25 ms frame is voiced when louder than this (dBFS) ...
-    vad_threshold_dbfs: float = Field(-40.0, ge=-90.0, le=0.0)
-    #: ... and a window is classified only when at least this fraction of its frames is voiced.
-    min_voiced_fraction: float = Field(0.3, ge=0.0, le=1.0)
+    #: Silero VAD speech probability at which speech starts (it continues down to 0.15 less).
+    vad_threshold: float = Field(0.5, ge=0.05, le=0.95)
+    #: Shortest speech (first to last voiced 32 ms chunk) classified as an utterance, seconds.
+    min_utterance_s: float = Field(0.25, ge=0.032, le=5.0)
+    #: Quiet time after the last voiced chunk that ends an utterance, seconds.
+    hangover_s: float = Field(0.5, ge=0.064, le=5.0)
+    #: Audio kept before the first and after the last voiced chunk of an utterance, seconds
+    #: (at most hangover_s: the audio after an utterance exists only up to its end).
+    padding_s: float = Field(0.2, ge=0.0, le=5.0)
+    #: Longer speech is cut into utterances of this length, seconds.
+    max_utterance_s: float = Field(10.0, ge=1.0, le=60.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed_keys(cls, data):
+        if isinstance(data, dict):
+            gone = [k for k in REMOVED_SPEECH_KEYS if k in data]
+            if gone:
+                raise ValueError("; ".join(f"{k} is no longer a key: {REMOVED_SPEECH_KEYS[k]}"
+                                           for k in gone))
+        return data
+
+    @model_validator(mode="after")
+    def _padding_within_hangover(self):
+        if self.padding_s > self.hangover_s:
+            raise ValueError(f"padding_s ({self.padding_s}) must not exceed hangover_s "
+                             f"({self.hangover_s})")
+        if self.min_utterance_s > self.max_utterance_s:
+            raise ValueError(f"min_utterance_s ({self.min_utterance_s}) must not exceed "
+                             f"max_utterance_s ({self.max_utterance_s})")
+        return self
 
 
 class FusionConfig(Strict):
@@ -124,6 +163,12 @@ class FusionConfig(Strict):
     #: While the voice has fresh evidence (someone speaks), the face's neutral probability is
     #: multiplied by this: FER reads a talking face as neutral. 1 = off.
     talking_face_neutral: float = Field(1.0, ge=0.0, le=1.0)
+    #: Face height (pixels, detector box) from which a face counts fully; smaller faces count
+    #: in proportion (reliability = height / this); 0 = off.
+    face_full_size_px: float = Field(48.0, ge=0.0, le=2000.0)
+    #: The face's prior is multiplied by this while the voice has fresh evidence (someone is
+    #: speaking); 1 = off.
+    speaking_face_factor: float = Field(1.0, ge=0.0, le=1.0)
 
     @field_validator("exit_threshold")
     @classmethod

@@ -32,16 +32,16 @@ Per update, in order:
      smoothly instead of switching abruptly at ``max_age_s``. Evidence at or beyond
      ``max_age_s`` is ignored, so a missing or stale modality gives face-only or voice-only
      fusion automatically.
-   - ``reliability_m`` (``Evidence.reliability``, 0..1, default 1): what the perception step
-     knows about the input apart from the model's output: for the voice, how much of the
-     utterance the VAD called speech; for the face, whether it is large and clear enough for a
-     48x48 model. Evidence of reliability 0 is present but carries no weight.
-   - *A talking face*: while the voice has fresh evidence (the person is speaking), the face's
-     ``neutral`` probability is multiplied by ``talking_face_neutral`` and renormalised before
-     its confidence is taken. FER reads a face that speaks as neutral (mouth and brow movements
-     of speech mask the expression; measured in issue 14, speaking sad or fearful faces read
-     neutral 0.6–0.8), so a neutral reading of a talking face is weak evidence, while an
-     expressive one keeps its full weight. 1 turns this off.
+   - ``reliability_m`` (:attr:`Evidence.reliability`, from the producer): for the face
+     :func:`face_reliability` of its height against ``face_full_size_px``; for the voice the
+     VAD's mean speech probability over the audio classified. While the voice has fresh
+     evidence (someone is speaking) the face's prior is also multiplied by
+     ``speaking_face_factor``: a talking face reads neutral to a FER model trained on posed
+     stills, and the voice then knows better.
+     With ``talking_face_neutral`` < 1 only the face's *neutral* reading is discounted then
+     (multiplied by it and renormalised before the face's confidence is taken): speaking sad
+     or fearful faces read neutral 0.6–0.8 (measured in issue 14), so a neutral talking face
+     is weak evidence, while an expressive one keeps its full weight.
 
 2. **Exponential smoothing** of the fused vector with time constant ``smoothing_tau_s``:
    ``s ← s + α (x − s)`` with ``α = 1 − exp(−Δt/τ)``, the exact discretisation of a first-order
@@ -108,9 +108,10 @@ class Evidence:
     ``modality`` is ``"face"`` or ``"voice"``; ``t`` the capture time (seconds) of the data it was
     computed from (the frame, or the end of the SER window); ``probs`` (7,) in ``CLASSES`` order.
     ``probs`` is converted to a read-only float32 array and renormalised to sum to 1.
-    ``reliability`` in 0..1 multiplies the modality's weight (see the module docstring). Raises
-    ValueError for an unknown modality, a non-finite time, a reliability outside 0..1 or an
-    invalid probability vector.
+    ``reliability`` in 0..1 (default 1): how far the producer trusts its input, apart from the
+    model's own confidence (:func:`face_reliability`; for the voice, the VAD's mean speech
+    probability over the audio classified). Raises ValueError for an unknown modality, a
+    non-finite time, an invalid probability vector or a reliability outside 0..1.
     """
 
     modality: str
@@ -123,22 +124,22 @@ class Evidence:
             raise ValueError(f"unknown modality {self.modality!r} (expected one of {list(MODALITIES)})")
         if not math.isfinite(self.t):
             raise ValueError(f"{self.modality} evidence: time must be finite, got {self.t}")
-        if not 0.0 <= float(self.reliability) <= 1.0:  # also rejects NaN
-            raise ValueError(f"{self.modality} evidence: reliability must be in 0..1, "
-                             f"got {self.reliability}")
-        object.__setattr__(self, "reliability", float(self.reliability))
         object.__setattr__(self, "t", float(self.t))
         object.__setattr__(self, "probs", _as_probs(self.probs, f"{self.modality} evidence"))
+        r = float(self.reliability)
+        if not 0.0 <= r <= 1.0:  # also rejects NaN
+            raise ValueError(f"{self.modality} evidence: reliability must be in 0..1, got {r}")
+        object.__setattr__(self, "reliability", r)
 
 
 @dataclass(frozen=True, eq=False)
 class UsedEvidence:
     """A modality's evidence as it entered one fused update.
 
-    ``probs`` as fused (for a talking face, after the neutral discount); ``age_s`` = update
-    time − evidence time (≥ 0); ``confidence``, ``freshness`` and ``reliability`` in 0..1;
-    ``weight`` = prior × confidence × freshness × reliability (unnormalised; the fused vector
-    divides by the sum).
+    ``age_s`` = update time − evidence time (≥ 0); ``confidence``, ``freshness`` and
+    ``reliability`` in 0..1; ``weight`` = prior × confidence × freshness × reliability, times
+    ``speaking_face_factor`` for the face while the voice has fresh evidence (unnormalised; the
+    fused vector divides by the sum).
     """
 
     modality: str
@@ -247,6 +248,15 @@ def discount_class(probs: np.ndarray, index: int, factor: float) -> np.ndarray:
     return (p / s).astype(np.float32)
 
 
+def face_reliability(height_px: float, full_px: float) -> float:
+    """Reliability 0..1 of a face ``height_px`` tall (detector box, pixels): ``height/full_px``
+    up to 1. FER reads 48x48 crops; a face smaller than that is upsampled blur, and a small
+    face is usually a far or partly visible one. ``full_px`` ≤ 0 turns the term off (1)."""
+    if full_px <= 0:
+        return 1.0
+    return float(min(1.0, max(0.0, height_px / full_px)))
+
+
 def confidence_of(probs: np.ndarray, method: str = "entropy") -> float:
     """Confidence in 0..1 of a (7,) probability vector.
 
@@ -331,19 +341,25 @@ class Fusion:
                 self._latest[evidence.modality] = evidence
 
         cfg = self._cfg
-        fresh_now = {m: ev for m, ev in self._latest.items() if t - ev.t < cfg.max_age_s}
         used: dict[str, UsedEvidence] = {}
-        for m, ev in fresh_now.items():
-            age = max(0.0, t - ev.t)
-            fresh = 1.0 - age / cfg.max_age_s
+        fresh_of = {m: 1.0 - max(0.0, t - ev.t) / cfg.max_age_s
+                    for m, ev in self._latest.items()}
+        # Someone is speaking: the voice has fresh evidence (every voice evidence is speech the
+        # VAD found). A talking face reads neutral to a FER model trained on posed stills.
+        speaking = fresh_of.get("voice", 0.0) > 0.0
+        for m, ev in self._latest.items():
+            fresh = fresh_of[m]
+            if fresh <= 0.0:
+                continue
             probs = ev.probs
-            if m == "face" and "voice" in fresh_now and cfg.talking_face_neutral < 1.0:
-                probs = discount_class(probs, _NEUTRAL, cfg.talking_face_neutral)
-            conf = confidence_of(probs, cfg.confidence)
             prior = float(getattr(cfg, MODALITIES[m]))
-            used[m] = UsedEvidence(m, ev.t, probs, age, conf, fresh,
-                                   weight=prior * conf * fresh * ev.reliability,
-                                   reliability=ev.reliability)
+            if m == "face" and speaking:
+                prior *= cfg.speaking_face_factor
+                if cfg.talking_face_neutral < 1.0:
+                    probs = discount_class(probs, _NEUTRAL, cfg.talking_face_neutral)
+            conf = confidence_of(probs, cfg.confidence)
+            used[m] = UsedEvidence(m, ev.t, probs, max(0.0, t - ev.t), conf, fresh,
+                                   prior * conf * fresh * ev.reliability, ev.reliability)
 
         total = sum(u.weight for u in used.values())
         raw = None

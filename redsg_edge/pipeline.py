@@ -21,15 +21,17 @@ from .capture import (AudioRing, CaptureThread, DeviceError, FrameRing, open_cam
                       open_microphone)
 from .config import Config
 from .features import SAMPLE_RATE
-from .fusion import Evidence, FusedUpdate, Fusion
-from .speech import SerModel, SpeechWorker
+from .fusion import Evidence, FusedUpdate, Fusion, face_reliability
+from .speech import SerModel, SpeechPerception
+from .vad import CHUNK
 from .vision import FaceDetector, FerModel, VisionWorker
 
 log = logging.getLogger("redsg_edge.pipeline")
 
 #: Config keys a reload (SIGHUP) can apply to a running pipeline; others need a restart.
 LIVE_KEYS = ("fusion", "reply", "voice.default_style", "voice.style", "voice.mic_gate_tail_s",
-             "speech.vad_threshold_dbfs", "speech.min_voiced_fraction", "speech.hop_s",
+             "speech.vad_threshold", "speech.min_utterance_s", "speech.hangover_s",
+             "speech.padding_s", "speech.max_utterance_s", "speech.hop_s",
              "vision.max_fps", "service.status_interval_s", "service.heartbeat_timeout_s",
              "service.log_level", "service.event_log")
 
@@ -80,7 +82,7 @@ class EventLog:
 
 
 def load_workers(cfg: Config, face: bool, voice: bool,
-                 video_mode: bool = True) -> tuple[VisionWorker | None, SpeechWorker | None]:
+                 video_mode: bool = True) -> tuple[VisionWorker | None, SpeechPerception | None]:
     """Load the models each active modality needs. Raises ModelError naming the file."""
     vision = speech = None
     if face:
@@ -88,7 +90,7 @@ def load_workers(cfg: Config, face: bool, voice: bool,
                                            cfg.vision.min_detection_confidence, video=video_mode),
                               FerModel(cfg.vision.fer_model))
     if voice:
-        speech = SpeechWorker(SerModel(cfg.speech.ser_model, cfg.speech.window_s), cfg.speech)
+        speech = SpeechPerception(SerModel(cfg.speech.ser_model, cfg.speech.window_s), cfg.speech)
     return vision, speech
 
 
@@ -99,12 +101,15 @@ class Pipeline:
     seconds, before models load), honouring ``service.allow_degraded``, then loads the models.
     Raises DeviceError (exit 69) or ModelError. ``reply``: run the reply worker (chat + voice).
     ``on_record``: called with every transition and reply record (JSON-able dicts).
+    ``on_evidence(t, evidence or None)``: sees every input to the fusion, as in :func:`replay`.
     """
 
     def __init__(self, cfg: Config, *, reply: bool = True,
                  on_record: Callable[[dict], None] | None = None,
-                 progress: Callable[[str], None] | None = None) -> None:
+                 progress: Callable[[str], None] | None = None,
+                 on_evidence: Callable[[float, Evidence | None], None] | None = None) -> None:
         self.cfg = cfg
+        self.on_evidence = on_evidence
         self.boot_cfg = cfg  # what the devices and models were opened with
         self.on_record = on_record
         self.started_at = time.monotonic()
@@ -187,8 +192,9 @@ class Pipeline:
                        "with_face": self.vision.faces_found if self.vision else 0},
             "audio": {"samples": self.audio.written_samples, "overruns": self.audio.overruns,
                       "dropped": self.audio.dropped,
-                      "windows": self.speech.windows if self.speech else 0,
-                      "voiced_windows": self.speech.voiced_windows if self.speech else 0,
+                      "windows": self.speech.ticks if self.speech else 0,
+                      "voiced_windows": self.speech.speech_ticks if self.speech else 0,
+                      "utterances": self.speech.utterances if self.speech else 0,
                       "gated_windows": self.gated_windows},
             "last_transition": self.last_transition,
             "last_reply": self.last_reply,
@@ -247,9 +253,9 @@ class Pipeline:
         with self._fusion_lock:
             self.fusion.reconfigure(cfg.fusion)
         if self.speech is not None:
-            self.speech.cfg = self.speech.cfg.model_copy(update={
-                "vad_threshold_dbfs": cfg.speech.vad_threshold_dbfs,
-                "min_voiced_fraction": cfg.speech.min_voiced_fraction, "hop_s": cfg.speech.hop_s})
+            live = {k.split(".", 1)[1] for k in LIVE_KEYS if k.startswith("speech.")}
+            self.speech.reconfigure(self.speech.cfg.model_copy(
+                update={k: getattr(cfg.speech, k) for k in live}))
         if self.reply is not None:
             self.reply.reload(cfg)
         self.cfg = cfg
@@ -262,6 +268,8 @@ class Pipeline:
             self.on_record(rec)
 
     def _fuse(self, t: float, ev: Evidence | None) -> None:
+        if self.on_evidence is not None:
+            self.on_evidence(t, ev)
         with self._fusion_lock:
             upd = self.fusion.update(t, ev)
             self.last_update = upd
@@ -290,28 +298,43 @@ class Pipeline:
                 self._fps = 0.9 * self._fps + 0.1 / (t - last_t) if self._fps else 1 / (t - last_t)
             last_t = t
             result, _faces = self.vision.process(t, frame)
-            self._fuse(t, Evidence("face", t, result.probs) if result else None)
+            self._fuse(t, face_evidence(t, result, self.cfg))
 
     def _speech_loop(self) -> None:
-        window = self.speech.model.window_samples
-        next_pos = window
+        pos = 0  # absolute ring position of the next sample the speech step gets
         while not self._stop.is_set():
             self._beats["speech"] = time.monotonic()
-            if not self.audio.wait(next_pos, timeout=0.5):
+            if not self.audio.wait(pos + CHUNK - 1, timeout=0.5):
                 continue
-            pcm, t_end = self.audio.read_last(window)
-            hop = int(self.speech.cfg.hop_s * SAMPLE_RATE)
-            next_pos = self.audio.written_samples + hop
-            if len(pcm) < window:
-                continue
-            # The device's own voice must never be classified: skip windows that overlap speech.
-            if self.reply is not None and (self.reply.mic_gated(t_end - window / SAMPLE_RATE)
-                                           or self.reply.mic_gated(t_end)):
+            pcm, start, t_end = self.audio.read_since(pos)
+            if start > pos:  # the ring overwrote unread audio: silence keeps the step's time
+                pcm = np.concatenate([np.zeros(start - pos, np.int16), pcm])
+            pos += len(pcm)
+            t_first = t_end - (len(pcm) - 1) / SAMPLE_RATE
+            # The device's own voice must never be classified: blocks that overlap it are
+            # silenced inside the step (which keeps its time and state).
+            gated = self.reply is not None and (self.reply.mic_gated(t_first)
+                                                or self.reply.mic_gated(t_end))
+            if gated:
                 self.gated_windows += 1
-                continue
-            res = self.speech.process(t_end, pcm)
-            if res is not None:
-                self._fuse(t_end, Evidence("voice", t_end, res.probs))
+            feed_speech(self.speech, t_first, pcm, self._fuse, gated)
+
+
+def face_evidence(t: float, result, cfg: Config) -> Evidence | None:
+    """The one way a frame's FER result becomes fusion evidence, live and in replay: None
+    without a face; the face's reliability from its height (``fusion.face_full_size_px``)."""
+    if result is None:
+        return None
+    return Evidence("face", t, result.probs,
+                    face_reliability(result.face.box[3], cfg.fusion.face_full_size_px))
+
+
+def feed_speech(step: SpeechPerception, t_first: float, pcm: np.ndarray,
+                fuse: Callable[[float, Evidence | None], None], gated: bool = False) -> None:
+    """The one way audio reaches fusion, live and in replay: every output of the speech step
+    becomes one fusion update (with the voice evidence, or None for a tick)."""
+    for out in step.push(t_first, pcm, gated):
+        fuse(*out.fusion_input())
 
 
 # ---------------------------------------------------------------------------------- replay
@@ -363,11 +386,6 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
     fusion = Fusion(cfg.fusion)
     records: list[dict] = []
     sink = EventLog(out)
-    window = speech.model.window_samples if speech else 0
-    hop = int(cfg.speech.hop_s * SAMPLE_RATE)
-    buf = np.zeros(0, np.int16)
-    pos = 0  # absolute sample index of buf[0]
-    next_end = window
     last_frame_t = None
 
     def fuse(t: float, ev: Evidence | None) -> None:
@@ -395,21 +413,15 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
                     continue
                 last_frame_t = t
                 result, _ = vision.process(t, data)
-                fuse(t, Evidence("face", t, result.probs) if result else None)
+                fuse(t, face_evidence(t, result, cfg))
                 if bar is not None:
                     bar.n = t
                     bar.refresh()
                 continue
-            buf = np.concatenate([buf, data])
-            while pos + len(buf) >= next_end:
-                w = buf[next_end - window - pos: next_end - pos]
-                t_end = next_end / SAMPLE_RATE
-                res = speech.process(t_end, w)
-                fuse(t_end, Evidence("voice", t_end, res.probs) if res else None)
-                next_end += hop
-            keep = max(0, pos + len(buf) - (next_end - window))
-            pos += len(buf) - keep
-            buf = buf[len(buf) - keep:]
+            feed_speech(speech, t, data, fuse)
+        if speech is not None:
+            for o in speech.finish():  # a recording ends; a live stream does not
+                fuse(*o.fusion_input())
     finally:
         if bar is not None:
             bar.close()

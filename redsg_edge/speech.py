@@ -1,24 +1,40 @@
-"""Speech: energy VAD gate, MFCC windows and the int8 SER model.
+"""Speech: the int8 SER model and the one perception step that turns audio into voice evidence.
 
-The speech worker classifies the last ``speech.window_s`` seconds of 16 kHz mono audio every
-``speech.hop_s`` seconds, but only when enough of the window is voiced (a simple energy VAD on
-25 ms frames): SER on silence or room noise would be guesswork that the fusion then has to
-discount. Features are ``features.mfcc_features``, the very function training used.
+:class:`SpeechPerception` is the whole speech path, shared by the live daemon (``run``), ``replay``
+and ``analyze``: 16 kHz int16 audio goes in, in blocks of any size, and :class:`SpeechOutput`
+records come out. Inside, the trained VAD (``vad.SileroVad``) gives a speech probability per
+32 ms chunk, the :class:`~redsg_edge.vad.Segmenter` cuts utterances, and the SER model labels
+
+- each utterance when it ends (from ``speech.min_utterance_s`` of speech, padded by
+  ``speech.padding_s`` at both ends): the mean of its windows' probabilities, with the windows
+  of ``features.ser_windows``, the function training uses;
+- while an utterance goes on, from half a window of speech on, the newest ``window_s`` of audio
+  (never reaching back into the previous utterance) every ``hop_s`` ("rolling").
+
+Every ``hop_s`` of audio the step also emits a tick without evidence, so fusion advances in media
+time even when nobody speaks. Callers feed every output's :meth:`SpeechOutput.fusion_input` to
+fusion, nothing else: the live loop and replay cannot differ. The step reads no clock: times are
+the capture time of the first sample pushed plus the samples counted since.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from . import CLASSES
 from .config import SpeechConfig
-from .features import SAMPLE_RATE, mfcc_features, num_frames
+from .features import SAMPLE_RATE, mfcc_features, ser_windows
+from .fusion import Evidence
 from .litert import LiteRTClassifier, ModelError
+from .vad import CHUNK, NEG_OFFSET, Segmenter, SileroVad, Utterance, chunks_for
 
-VAD_FRAME = int(0.025 * SAMPLE_RATE)  # 25 ms, the MFCC frame
+VAD_FRAME = int(0.025 * SAMPLE_RATE)  # 25 ms, the MFCC frame (level meter only)
 
 
 def frame_dbfs(pcm: np.ndarray, frame: int = VAD_FRAME) -> np.ndarray:
@@ -35,40 +51,82 @@ def frame_dbfs(pcm: np.ndarray, frame: int = VAD_FRAME) -> np.ndarray:
 
 
 def vad_voiced_fraction(pcm: np.ndarray, threshold_dbfs: float) -> float:
-    """Fraction of 25 ms frames louder than ``threshold_dbfs`` (0..1)."""
+    """Fraction of 25 ms frames louder than ``threshold_dbfs`` (0..1); an energy meter kept for
+    the model-evaluation scripts, no longer the speech gate."""
     db = frame_dbfs(pcm)
     return float((db > threshold_dbfs).mean()) if len(db) else 0.0
 
 
-class SerModel:
-    """The int8 SER classifier over one MFCC window.
+def read_temperature(model_path: Path) -> float:
+    """The SER's calibration temperature from ``<model>.json`` beside the model (key
+    ``temperature``), 1.0 when there is no such file. Raises ModelError naming the file when it
+    is unreadable or the value is not a positive finite number."""
+    card = model_path.with_suffix(".json")
+    if not card.is_file():
+        return 1.0
+    try:
+        t = json.loads(card.read_text(encoding="utf-8")).get("temperature", 1.0)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ModelError(f"{card}: not a readable JSON object ({exc})") from None
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
+        raise ModelError(f"{card}: temperature must be a positive number, got {t!r}")
+    return float(t)
 
-    path: ``.tflite`` whose input is (frames, 20) for the window length. window_s: seconds.
-    predict(pcm (window_s × 16000,) int16) → probs (7,) float32, CLASSES order.
+
+class SerModel:
+    """The int8 SER classifier over featurised windows.
+
+    path: ``.tflite`` whose input is (frames, features); frames must match ``window_s``
+    (``features.num_frames``) and features what ``features.ser_windows`` yields. A calibration
+    temperature T in ``<model>.json`` (``{"temperature": T}``) is applied to every window's
+    output, ``softmax(log(p) / T)``; none = 1. ``predict(pcm (window,) int16) → (7,)`` and
+    ``predict_utterance(pcm (N,) int16, hop_samples) → (7,)`` float32 in CLASSES order.
     Raises ModelError naming the file when it is missing, corrupt or shaped for another window.
     """
 
     def __init__(self, path: str | os.PathLike, window_s: float, num_threads: int = 1) -> None:
         self.window_samples = int(round(window_s * SAMPLE_RATE))
-        frames = num_frames(self.window_samples)
+        want = tuple(ser_windows(np.zeros(1, np.int16), self.window_samples,
+                                 self.window_samples).shape[1:])
         try:
-            self.clf = LiteRTClassifier(path, (frames, 20), len(CLASSES), num_threads)
+            self.clf = LiteRTClassifier(path, (None, None), len(CLASSES), num_threads)
         except ModelError as exc:
-            raise ModelError(f"{exc} (speech.window_s = {window_s} needs a model trained on "
-                             f"{frames}-frame windows)") from None
+            raise ModelError(f"{exc} (speech.window_s = {window_s} needs an SER model of "
+                             f"{want[0]}x{want[1]} MFCC windows)") from None
         self.path = self.clf.path
+        if self.clf.input_shape != want:
+            raise ModelError(f"{self.path}: input shape {self.clf.input_shape} does not match "
+                             f"the features of a {window_s} s window {want} (speech.window_s "
+                             f"= {window_s} needs a model trained on {want[0]}-frame windows)")
+        self.temperature = read_temperature(self.path)
+
+    def _calibrated(self, feats: np.ndarray) -> np.ndarray:
+        p = np.clip(self.clf.predict(feats), 0.0, None).astype(np.float64)
+        if p.sum() <= 0:
+            return np.full(len(CLASSES), 1 / len(CLASSES), np.float32)
+        p /= p.sum()
+        if self.temperature != 1.0:
+            z = np.log(np.maximum(p, 1e-12)) / self.temperature
+            p = np.exp(z - z.max())
+            p /= p.sum()
+        return p.astype(np.float32)
 
     def predict(self, pcm: np.ndarray) -> np.ndarray:
         if len(pcm) != self.window_samples:
             raise ValueError(f"SER window must be {self.window_samples} samples, got {len(pcm)}")
-        p = np.clip(self.clf.predict(mfcc_features(pcm)), 0.0, None)
-        s = float(p.sum())
-        return (p / s if s > 0 else np.full(len(CLASSES), 1 / len(CLASSES))).astype(np.float32)
+        return self._calibrated(mfcc_features(pcm))
+
+    def predict_utterance(self, pcm: np.ndarray, hop_samples: int) -> np.ndarray:
+        """One utterance of any length ≥ 1 sample: the mean of its windows' probabilities."""
+        wins = ser_windows(pcm, self.window_samples, hop_samples)
+        p = np.mean([self._calibrated(w) for w in wins], axis=0)
+        return (p / p.sum()).astype(np.float32)
 
     def predict_long(self, pcm: np.ndarray, hop_s: float, vad_threshold_dbfs: float,
                      min_voiced_fraction: float) -> list[tuple[float, float, np.ndarray]]:
-        """Windows over a whole recording: [(start_s, end_s, probs)] for voiced windows only.
-        A recording shorter than one window is zero-padded to one window."""
+        """Windows over a whole recording, gated by frame energy (model evaluation only; the
+        device uses :class:`SpeechPerception`): [(start_s, end_s, probs)]. A recording shorter
+        than one window is zero-padded to one window."""
         n, hop = self.window_samples, max(1, int(round(hop_s * SAMPLE_RATE)))
         if len(pcm) < n:
             pcm = np.pad(pcm, (0, n - len(pcm)))
@@ -80,26 +138,187 @@ class SerModel:
         return out
 
 
-@dataclass(frozen=True)
-class SpeechResult:
-    t: float             # capture time of the window's last sample (s)
-    voiced: float        # voiced fraction 0..1
-    probs: np.ndarray    # (7,) float32
+@dataclass(frozen=True, eq=False)
+class SpeechOutput:
+    """One output of :class:`SpeechPerception`.
+
+    t: capture time (s) of the end of the audio consumed so far, the fusion update time.
+    probs: (7,) float32 SER probabilities, or None for a tick without new evidence.
+    kind: ``"utterance"`` (an utterance ended; ``split`` when it was cut at
+    ``max_utterance_s``), ``"rolling"`` (the newest window while speech goes on) or None.
+    start_s, end_s: capture times of the audio classified (padding included), or None.
+    reliability: the VAD's mean speech probability over the voiced chunks classified (0..1),
+    handed to fusion as :attr:`Evidence.reliability`.
+    """
+
+    t: float
+    probs: np.ndarray | None = None
+    kind: str | None = None
+    start_s: float | None = None
+    end_s: float | None = None
+    split: bool = False
+    reliability: float = 1.0
+
+    def fusion_input(self) -> tuple[float, Evidence | None]:
+        """``(t, evidence or None)``: what fusion.update gets, in every loop alike."""
+        if self.probs is None:
+            return self.t, None
+        return self.t, Evidence("voice", self.end_s, self.probs, self.reliability)
 
 
-class SpeechWorker:
-    """Per-window step: VAD gate then SER. No threads, no clock (see VisionWorker)."""
+class SpeechPerception:
+    """Audio blocks in, speech evidence out: VAD → utterances → SER (see the module docstring).
 
-    def __init__(self, model: SerModel, cfg: SpeechConfig) -> None:
-        self.model, self.cfg = model, cfg
-        self.windows = 0
-        self.voiced_windows = 0
+    model: the SER; cfg: the [speech] section; vad: a fresh :class:`SileroVad` by default.
+    ``push(t_first, pcm, gated=False)``: pcm (n,) int16, contiguous with the previous push;
+    ``t_first`` = capture time (s) of its first sample, read on the first push only. ``gated``
+    audio (the device's own voice) is never classified (:meth:`_gated`). Returns the
+    outputs it produced, oldest first; a gated push returns at most the utterance it cut
+    short, and no ticks. ``finish()`` ends the stream (the utterance in progress is
+    classified). Counters: ``ticks``, ``speech_ticks`` (ticks inside speech),
+    ``utterances``, ``rolling``, ``gated_samples``.
+    """
 
-    def process(self, t_end: float, pcm: np.ndarray) -> SpeechResult | None:
-        """pcm: (window,) int16 ending at capture time t_end. None when the window is not voiced."""
-        self.windows += 1
-        voiced = vad_voiced_fraction(pcm, self.cfg.vad_threshold_dbfs)
-        if voiced < self.cfg.min_voiced_fraction:
+    def __init__(self, model: SerModel, cfg: SpeechConfig, vad: SileroVad | None = None) -> None:
+        self.model = model
+        self.vad = vad or SileroVad()
+        self.vad.reset()
+        self.seg = Segmenter(cfg.vad_threshold, 1, 1, 1)
+        self.reconfigure(cfg)
+        self.t0: float | None = None
+        self._pending = np.zeros(0, np.int16)  # samples short of a whole chunk
+        self._buf = np.zeros(0, np.int16)      # audio from absolute sample _buf_pos on
+        self._buf_pos = 0
+        self._p: list[float] = []               # VAD probability of each buffered chunk
+        self._prev_end = 0                      # padded end of the last utterance (samples)
+        self._next_tick = self.hop
+        self.ticks = self.speech_ticks = self.utterances = self.rolling = self.gated_samples = 0
+
+    def reconfigure(self, cfg: SpeechConfig) -> None:
+        """Apply [speech] values (live reload); the utterance in progress continues."""
+        self.cfg = cfg
+        self.hop = max(1, int(round(cfg.hop_s * SAMPLE_RATE)))
+        self.pad = chunks_for(cfg.padding_s) * CHUNK
+        s = self.seg
+        s.threshold, s.neg_threshold = cfg.vad_threshold, max(0.0, cfg.vad_threshold - NEG_OFFSET)
+        s.min_chunks = max(1, chunks_for(cfg.min_utterance_s))
+        s.hangover_chunks = max(1, chunks_for(cfg.hangover_s))
+        s.max_chunks = max(s.min_chunks, chunks_for(cfg.max_utterance_s))
+
+    def _time(self, pos: int) -> float:
+        return self.t0 + pos / SAMPLE_RATE  # type: ignore[operator]
+
+    def push(self, t_first: float, pcm: np.ndarray, gated: bool = False) -> list[SpeechOutput]:
+        x = np.asarray(pcm, dtype=np.int16).reshape(-1)
+        if self.t0 is None:
+            self.t0 = float(t_first)
+        if gated:
+            return self._gated(len(x))
+        data = np.concatenate([self._pending, x]) if len(self._pending) else x
+        n = len(data) // CHUNK
+        self._pending = data[n * CHUNK:].copy()
+        if n == 0:
+            return []
+        self._buf = np.concatenate([self._buf, data[:n * CHUNK]])
+        out: list[SpeechOutput] = []
+        for i in range(n):
+            c = data[i * CHUNK:(i + 1) * CHUNK]
+            p = self.vad.chunk_prob(c)
+            self._p.append(p)
+            o = self._after_chunk(self.seg.step(p))
+            if o is not None:
+                out.append(o)
+        self._trim()
+        return out
+
+    def _gated(self, n_samples: int) -> list[SpeechOutput]:
+        """The device is speaking: the utterance in progress ends where the gate began (and is
+        classified now), and the gated audio is skipped as silence, without VAD, SER or ticks,
+        so fusion hears nothing from the speech path until the gate opens."""
+        self.gated_samples += n_samples
+        out = self.finish()
+        total = len(self._pending) + n_samples
+        n = total // CHUNK
+        self._pending = np.zeros(total - n * CHUNK, np.int16)
+        self.seg.pos += n
+        end = self.seg.pos * CHUNK
+        self._buf = np.zeros(0, np.int16)
+        self._p = []
+        self._buf_pos = self._prev_end = end
+        while self._next_tick <= end:
+            self._next_tick += self.hop
+        self.vad.reset()
+        return out
+
+    def finish(self) -> list[SpeechOutput]:
+        """End of stream: classify the utterance in progress (its padding clipped to the end)."""
+        utt = self.seg.flush()
+        end = self.seg.pos * CHUNK
+        if utt is None:
+            return []
+        return [self._classify(utt, end)]
+
+    def _after_chunk(self, utt: Utterance | None) -> SpeechOutput | None:
+        end = self.seg.pos * CHUNK
+        tick = end >= self._next_tick
+        while self._next_tick <= end:
+            self._next_tick += self.hop
+        if tick:
+            self.ticks += 1
+            if self.seg.in_speech:
+                self.speech_ticks += 1
+        if utt is not None:
+            return self._classify(utt, end)
+        if not tick:
             return None
-        self.voiced_windows += 1
-        return SpeechResult(t_end, voiced, self.model.predict(pcm))
+        s = self.seg
+        if s.in_speech and s.voiced_chunks >= s.min_chunks:
+            prev = max(self._prev_end, self._buf_pos)
+            first = max(s.start * CHUNK - self.pad, prev)
+            w = self.model.window_samples
+            # From half a window of speech on, the newest window (with the audio before the
+            # utterance as context, as at its end) is classified every hop, so the voice
+            # reaches fusion while the person is still talking.
+            if end - first >= w // 2:
+                self.rolling += 1
+                a = max(end - w, prev)
+                probs = self.model.predict_utterance(self._audio(a, end), self.hop)
+                return SpeechOutput(self._time(end), probs, "rolling", self._time(a),
+                                    self._time(end),
+                                    reliability=self._speech_prob(s.start, s.last_voiced + 1))
+        return SpeechOutput(self._time(end))
+
+    def _classify(self, utt: Utterance, end: int) -> SpeechOutput:
+        prev = max(self._prev_end, self._buf_pos)
+        a = max(utt.start * CHUNK - self.pad, prev)
+        b = min(utt.end * CHUNK + (0 if utt.split else self.pad), end)
+        # An utterance shorter than one window is classified with the audio before it (never
+        # from the previous utterance) rather than zero-padded: the SER was trained on whole
+        # RAVDESS files, all ≥ 2.9 s with their quiet lead-in, and never saw digital silence.
+        ctx = max(min(a, b - self.model.window_samples), prev)
+        probs = self.model.predict_utterance(self._audio(ctx, b), self.hop)
+        self._prev_end = b
+        self.utterances += 1
+        return SpeechOutput(self._time(end), probs, "utterance", self._time(a), self._time(b),
+                            utt.split, self._speech_prob(utt.start, utt.end))
+
+    def _speech_prob(self, c0: int, c1: int) -> float:
+        """Mean VAD probability of chunks c0..c1-1 (those still held), 0..1."""
+        base = self._buf_pos // CHUNK
+        ps = self._p[max(0, c0 - base):max(0, c1 - base)]
+        return float(min(1.0, max(0.0, np.mean(ps)))) if ps else 1.0
+
+    def _audio(self, a: int, b: int) -> np.ndarray:
+        return self._buf[a - self._buf_pos:b - self._buf_pos]
+
+    def _trim(self) -> None:
+        end = self.seg.pos * CHUNK
+        # keep the padding and one window of context before the utterance in progress
+        back = max(self.pad, self.model.window_samples)
+        keep_from = (self.seg.start * CHUNK if self.seg.in_speech else end) - back
+        keep_from = max(self._buf_pos, keep_from)
+        keep_from -= keep_from % CHUNK  # chunk-aligned, so _p stays aligned with the buffer
+        if keep_from > self._buf_pos:
+            del self._p[:(keep_from - self._buf_pos) // CHUNK]
+            self._buf = self._buf[keep_from - self._buf_pos:]
+            self._buf_pos = keep_from

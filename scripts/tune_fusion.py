@@ -27,6 +27,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from eval_scenarios import score_scenario, summarize, summarize_kinds  # noqa: E402
+from redsg_edge.calibration import sidecar_path  # noqa: E402
 from redsg_edge.config import load_config  # noqa: E402
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.fusion import Evidence, Fusion  # noqa: E402
@@ -38,21 +39,26 @@ from redsg_edge.pipeline import replay  # noqa: E402
 # With the scenario kinds of issue 14 (talking faces, silence, quiet speech in noise), the voice's
 # weight and the talking-face rule are searched with them.
 GRID = {"min_dwell_s": [0.2, 0.3], "enter_threshold": [0.5, 0.55, 0.6],
-        "voice_weight": [0.2, 0.5, 1.0], "talking_face_neutral": [1.0, 0.5, 0.25]}
+        "voice_weight": [0.2, 0.5, 1.0], "talking_face_neutral": [1.0, 0.5, 0.25],
+        "speaking_face_factor": [1.0, 0.5]}
 
 
 def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
     """[(t, Evidence | None)] the models give on one scenario (``pipeline.replay`` with
     ``on_evidence``), cached under ``cache`` by scenario and the FER/SER/detector file hashes."""
-    key = hashlib.sha256(meta.read_bytes())
+    # The version string changes whenever the evidence the code produces changes (v2: Silero
+    # VAD utterances, evidence reliability), so a cache from older code is never reused.
+    key = hashlib.sha256(b"evidence-v2" + meta.read_bytes())
     for model in (cfg.vision.fer_model, cfg.speech.ser_model, cfg.vision.detector_model):
         key.update(Path(model).read_bytes())
+        side = sidecar_path(model)  # the model's calibration changes its evidence too
+        key.update(side.read_bytes() if side.is_file() else b"")
     path = cache / f"{meta.stem}-{key.hexdigest()[:16]}.npz"
     if path.is_file():
         z = np.load(path)
-        rel = z["reliability"] if "reliability" in z else np.ones(len(z["t"]))
         return [(float(t), None if m == "" else Evidence(str(m), float(et), p, float(r)))
-                for t, m, et, p, r in zip(z["t"], z["modality"], z["evidence_t"], z["probs"], rel)]
+                for t, m, et, p, r in zip(z["t"], z["modality"], z["evidence_t"], z["probs"],
+                                          z["reliability"])]
     evs: list = []
     replay(cfg, meta.with_suffix(".mp4"), meta.with_suffix(".wav"), use_video_audio=False,
            on_evidence=lambda t, e: evs.append((t, e)))

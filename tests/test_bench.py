@@ -74,12 +74,15 @@ def test_bench_stages_quick(config, tmp_path):
     assert len(res["modes"]["one_core"]["cpus"]) == 1
     for mode in res["modes"].values():
         assert set(mode["stages"]) == {"face_detection", "crop_preprocess", "fer", "vision_frame",
-                                       "mfcc", "ser", "speech_window", "fusion_update"}
+                                       "mfcc", "ser", "speech_window", "vad_chunk",
+                                       "fusion_update"}
         for s in mode["stages"].values():
             check_summary(s, res["calls"])
         assert mode["detection_rate"] > 0.5  # the clip's face is visible in most frames
     t = res["targets"]["vision_frame_p50_ms_one_core"]
     assert positive(t["value"]) and t["limit"] == 6.0 and isinstance(t["met"], bool)
+    v = res["targets"]["vad_per_30ms_p50_ms_one_core"]
+    assert positive(v["value"]) and v["limit"] == 0.5 and isinstance(v["met"], bool)
 
 
 def test_bench_loop_quick(config, tmp_path):

@@ -82,7 +82,8 @@ def test_analyze_json_images_and_audio(tmp_path):
     assert len(by["woman.jpg"]["faces"]) == 1
     assert by["blank.png"]["label"] is None and by["blank.png"]["faces"] == []
     audio = by[UTTERANCE.name]
-    assert audio["kind"] == "audio" and audio["label"] in CLASSES and audio["windows"]
+    assert audio["kind"] == "audio" and audio["label"] in CLASSES and audio["utterances"]
+    assert all(0 <= u["start_s"] < u["end_s"] <= audio["duration_s"] for u in audio["utterances"])
     assert abs(sum(audio["probs"].values()) - 1) < 1e-3
     assert (tmp_path / "ann" / "woman_annotated.png").is_file()
 

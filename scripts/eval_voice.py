@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Issue 14's voice acceptance figures, through the shipped path: ``redsg-edge analyze --json``.
+
+The 104 non-calm files of the held-out RAVDESS speakers (Actor_23, Actor_24) go through
+``analyze`` (trained VAD → utterances → SER, the daemon's own speech code) in four conditions:
+
+- ``original``: the files as recorded;
+- ``minus20db``: 20 dB quieter (a quieter microphone, a speaker farther away);
+- ``plus10db_clipped``: 10 dB louder, clipped to int16 (an over-driven input);
+- ``white_snr10``: white Gaussian noise added at 10 dB SNR, where the signal power is the mean
+  power of the file's active 25 ms frames (those within 30 dB of its loudest frame), an
+  approximation of the active speech level of ITU-T P.56.
+
+Each condition's files are written as 16-bit WAV under a temporary folder (``--tmp``, default
+/tmp), analyzed by one ``redsg-edge analyze --json`` process, and scored: labelled = the file got
+a label (a file without one counts as a miss in the accuracy), accuracy = label equals the
+RAVDESS emotion (calm → neutral, fearful → fear, surprised → surprise), and how many labels
+differ from the original condition's. Prints a table; ``--json PATH`` writes every figure.
+
+    python scripts/eval_voice.py [--config config.toml] [--conditions original,minus20db,...]
+        [--json runs/eval_voice.json] [--tmp /tmp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from redsg_edge import CLASSES  # noqa: E402
+from redsg_edge.datasets import load_ravdess_index  # noqa: E402
+from redsg_edge.speech import frame_dbfs  # noqa: E402
+
+HELD_OUT = (23, 24)
+CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10")
+
+
+def held_out_files() -> list:
+    """The 104 non-calm files of actors 23 and 24, sorted by name."""
+    return sorted((f for f in load_ravdess_index() if f.actor in HELD_OUT and f.emotion != "calm"),
+                  key=lambda f: f.path.name)
+
+
+def active_power(x: np.ndarray) -> float:
+    """Mean power of the 25 ms frames within 30 dB of the loudest one (x float in [-1, 1])."""
+    db = frame_dbfs(x)
+    n = len(db) * 400
+    frames = x[:n].reshape(-1, 400)
+    return float(np.mean(frames[db >= db.max() - 30.0] ** 2))
+
+
+def degrade(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
+    """x float32 in [-1, 1] → the condition's signal, clipped to int16's range."""
+    if condition == "original":
+        y = x
+    elif condition == "minus20db":
+        y = x * 10 ** (-20 / 20)
+    elif condition == "plus10db_clipped":
+        y = x * 10 ** (10 / 20)
+    elif condition == "white_snr10":
+        noise = np.random.default_rng(seed).standard_normal(len(x)).astype(np.float32)
+        y = x + noise * np.sqrt(active_power(x) / 10 ** (10 / 10))
+    else:
+        raise ValueError(f"unknown condition {condition!r} (expected one of {CONDITIONS})")
+    return np.clip(y, -1.0, 32767 / 32768)
+
+
+def analyze(paths: list[Path], config: Path | None) -> dict[str, dict]:
+    """``redsg-edge analyze --json`` on ``paths`` in one process → {path: record}."""
+    cmd = [sys.executable, "-m", "redsg_edge", "analyze", "--json", *map(str, paths)]
+    if config is not None:
+        cmd[3:3] = ["--config", str(config)]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    recs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode not in (0, 1) or len(recs) != len(paths):
+        raise RuntimeError(f"analyze failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+    return {r["path"]: r for r in recs}
+
+
+def run_condition(files: list, condition: str, config: Path | None, tmp: Path) -> dict:
+    folder = tmp / condition
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, f in enumerate(files):
+        x, rate = sf.read(str(f.path), dtype="float32")
+        dest = folder / (f.path.stem + ".wav")
+        sf.write(str(dest), degrade(x, condition, seed=i), rate, subtype="PCM_16")
+        paths.append(dest)
+    recs = analyze(paths, config)
+    rows = []
+    for f, p in zip(files, paths):
+        r = recs[str(p)]
+        rows.append({"file": f.path.name, "truth": CLASSES[f.label], "label": r.get("label"),
+                     "utterances": len(r.get("utterances") or []), "error": r.get("error")})
+    n = len(rows)
+    labelled = sum(r["label"] is not None for r in rows)
+    correct = sum(r["label"] == r["truth"] for r in rows)
+    return {"condition": condition, "files": n, "labelled": labelled,
+            "labelled_pct": round(100 * labelled / n, 2), "correct": correct,
+            "accuracy_pct": round(100 * correct / n, 2),
+            "utterances_per_file": round(sum(r["utterances"] for r in rows) / n, 3),
+            "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, default=None, help="config.toml (default: built-in)")
+    ap.add_argument("--conditions", default=",".join(CONDITIONS))
+    ap.add_argument("--json", type=Path, default=None, help="write all figures here")
+    ap.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()))
+    args = ap.parse_args(argv)
+    conds = [c for c in args.conditions.split(",") if c]
+    bad = [c for c in conds if c not in CONDITIONS]
+    if bad:
+        ap.error(f"unknown condition(s) {bad}; choose from {list(CONDITIONS)}")
+    files = held_out_files()
+    with tempfile.TemporaryDirectory(prefix="redsg-eval-voice-", dir=args.tmp) as tmp:
+        results = [run_condition(files, c, args.config, Path(tmp)) for c in conds]
+    base = {r["file"]: r["label"] for r in results[0]["rows"]} if results else {}
+    print(f"{'condition':<18} {'files':>5} {'labelled':>9} {'accuracy':>9} {'utt/file':>8} "
+          f"{'labels != ' + conds[0]:>20}")
+    for res in results:
+        changed = sum(r["label"] != base[r["file"]] for r in res["rows"])
+        res["changed_vs_first"] = changed
+        print(f"{res['condition']:<18} {res['files']:>5} {res['labelled_pct']:>8.1f}% "
+              f"{res['accuracy_pct']:>8.1f}% {res['utterances_per_file']:>8.2f} {changed:>20}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"held_out_actors": list(HELD_OUT), "results": results},
+                                        indent=1), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
