@@ -203,7 +203,9 @@ def setup_logging(level: str = "INFO", environ: Mapping[str, str] | None = None)
         root.removeHandler(h)
     root.addHandler(handler)
     logging.captureWarnings(True)
-    for noisy in ("httpx", "httpcore", "openai", "matplotlib", "PIL"):
+    from .reply import quiet_http_loggers
+    quiet_http_loggers(level=max(logging.WARNING, root.level))
+    for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return kind
 
