@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
@@ -188,3 +189,82 @@ def test_http_client_loggers_are_quiet_whatever_their_names(worker, caplog):
     noisy = [f"{r.name}: {r.getMessage()}" for r in caplog.records
              if r.levelno < logging.WARNING and r.name.split(".")[0] not in ("redsg_edge", "piper")]
     assert not noisy, noisy[:5]
+
+
+# ============================================================================ a full disk
+
+FULL_DISK_SCRIPT = r"""
+import json, logging, os, sys
+from pathlib import Path
+from redsg_edge.pipeline import EventLog
+
+logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
+d = Path(sys.argv[1])
+log = EventLog(d / "events.jsonl")
+rec = {"type": "transition", "from": "neutral", "to": "happy", "pad": "x" * 300}
+
+
+def write():
+    try:
+        return "dropped" if log.write(rec) is False else "ok"
+    except Exception as exc:  # the bug: the writer raised
+        return type(exc).__name__
+
+
+before = [write() for _ in range(5)]
+fd = os.open(d / "filler", os.O_WRONLY | os.O_CREAT)  # fill the disk: the log's last
+try:                                                   # page keeps some room
+    while True:
+        os.write(fd, b"\0" * 1024)
+except OSError:
+    pass
+os.close(fd)
+during = [write() for _ in range(40)]
+(d / "filler").unlink()
+after = [write() for _ in range(3)]
+try:
+    log.close()
+    closed = "ok"
+except Exception as exc:
+    closed = type(exc).__name__
+print("RESULT " + json.dumps({"before": before, "during": during, "after": after,
+                              "closed": closed}))
+"""
+
+
+def test_full_disk_event_log_keeps_records_whole_and_says_so_once(tmp_path):
+    """Bug 7: a WARNING per record, the last line cut mid-JSON, and close() raising ENOSPC.
+    A real full file system: a 64 KiB tmpfs in a private user and mount namespace."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare (util-linux) not installed: cannot mount a small tmpfs")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    cmd = ["unshare", "-rm", "sh", "-c",
+           (f'mount -t tmpfs -o size=64k tmpfs "{mnt}" && "{sys.executable}" "{script}" "{mnt}"'
+            f' && cp "{mnt}/events.jsonl" "{tmp_path}/copy.jsonl"')]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
+    if res.returncode != 0 and "mount" in res.stderr and "RESULT" not in res.stdout:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace here: {res.stderr.strip()[:200]}")
+    assert "RESULT" in res.stdout, res.stdout + res.stderr
+    out = json.loads(res.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert out["before"] == ["ok"] * 5
+    during = out["during"]  # the log's last page still takes a few, then nothing fits
+    fitted = during.index("dropped") if "dropped" in during else len(during)
+    assert set(during[:fitted]) <= {"ok"} and set(during[fitted:]) == {"dropped"}, during
+    lost = len(during) - fitted
+    assert lost >= 20
+    assert out["after"] == ["ok"] * 3 and out["closed"] == "ok"
+    warnings = [ln for ln in res.stdout.splitlines() if ln.startswith("WARNING")]
+    assert len(warnings) == 1 and "event log" in warnings[0], warnings
+    recovered = [ln for ln in res.stdout.splitlines() if ln.startswith("INFO") and "again" in ln]
+    assert len(recovered) == 1 and f"{lost} record(s) were lost" in recovered[0], res.stdout
+    lines = (tmp_path / "copy.jsonl").read_text().splitlines()
+    assert len(lines) == 5 + fitted + 3
+    assert all(json.loads(ln)["to"] == "happy" for ln in lines)  # every record whole
