@@ -18,7 +18,8 @@ from . import __version__
 EX_UNAVAILABLE = 69
 EX_SOFTWARE = 70
 
-DEFAULT_CONFIG = Path(os.environ.get("REDSG_CONFIG", "config.toml"))
+# An empty REDSG_CONFIG= counts as unset (Path("") would be the current directory).
+DEFAULT_CONFIG = Path(os.environ.get("REDSG_CONFIG") or "config.toml")
 
 
 def _load(path: Path):
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        # SIGHUP's default action ends the process. The daemon's own handler comes only after
+        # the imports (pydantic, numpy: a second or more on a small board); until then a reload
+        # request is ignored, which loses nothing: the config is read after that anyway.
+        import signal
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -268,3 +268,75 @@ def test_full_disk_event_log_keeps_records_whole_and_says_so_once(tmp_path):
     lines = (tmp_path / "copy.jsonl").read_text().splitlines()
     assert len(lines) == 5 + fitted + 3
     assert all(json.loads(ln)["to"] == "happy" for ln in lines)  # every record whole
+
+
+# ============================================================================ config, start-up
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("section, line, key, msg", [
+    ("camera", 'width = "640"', "camera.width", "valid integer"),
+    ("reply", 'enabled = "yes"', "reply.enabled", "valid boolean"),
+    ("camera", "fps = true", "camera.fps", "valid number"),
+    ("service", "allow_degraded = 1", "service.allow_degraded", "valid boolean"),
+    ("reply.chat", "max_tokens = 60.0", "reply.chat.max_tokens", "valid integer"),
+])
+def test_config_is_strict_where_toml_gives_the_type(tmp_path, capsys, section, line, key, msg):
+    from redsg_edge.cli import main
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f"[{section}]\n{line}\n")
+    assert main(["analyze", "-c", str(cfg), str(tmp_path)]) == 78
+    err = capsys.readouterr().err
+    assert f"{cfg}: {key}: " in err and msg in err, err
+
+
+def test_config_float_keys_still_take_toml_integers(tmp_path):
+    from redsg_edge.config import load_config
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[camera]\nfps = 15\n[vision]\nmax_fps = 10\n[fusion]\nmin_dwell_s = 0\n"
+                   '[voice]\nwav_dir = "out"\n')
+    c = load_config(cfg)
+    assert c.camera.fps == 15.0 and isinstance(c.camera.fps, float)
+    assert c.vision.max_fps == 10.0 and c.fusion.min_dwell_s == 0.0
+    assert c.voice.wav_dir == tmp_path / "out"  # paths are still converted (and resolved)
+
+
+def test_empty_redsg_config_means_the_default_not_the_current_folder(tmp_path):
+    import subprocess
+    import sys
+    res = subprocess.run([sys.executable, "-m", "redsg_edge", "analyze", str(tmp_path)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "REDSG_CONFIG": "", "PYTHONPATH": str(REPO)})
+    assert res.returncode == 78
+    assert "config.toml: file not found" in res.stderr, res.stderr
+    assert "directory" not in res.stderr.lower()
+
+
+def test_config_path_that_is_a_folder_says_so(tmp_path):
+    from redsg_edge.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match="is a folder, not a config file"):
+        load_config(tmp_path)
+
+
+def test_readme_lists_every_status_exit_code():
+    """``status`` on a garbage status file exits 4, which the README did not list."""
+    import inspect
+    import re
+
+    from redsg_edge.service import status_main
+    codes = {int(c) for c in re.findall(r"return (\d+)", inspect.getsource(status_main))}
+    codes |= {0, 1, 3}  # the health table at its end
+    assert codes == {0, 1, 3, 4}
+    readme = (REPO / "README.md").read_text()
+    line = readme[readme.index("redsg-edge status --json"):][:400]
+    for code in sorted(codes):
+        assert re.search(rf"\b{code} [a-z]", line), (code, line)
+
+
+def test_status_on_a_garbage_file_exits_4_and_says_why(tmp_path, capsys):
+    from redsg_edge.service import status_main
+    bad = tmp_path / "status.json"
+    bad.write_bytes(b"\x00\xffnot json{")
+    assert status_main(False, bad) == 4
+    assert "not readable JSON" in capsys.readouterr().out
