@@ -340,3 +340,59 @@ def test_status_on_a_garbage_file_exits_4_and_says_why(tmp_path, capsys):
     bad.write_bytes(b"\x00\xffnot json{")
     assert status_main(False, bad) == 4
     assert "not readable JSON" in capsys.readouterr().out
+
+
+def _signal_handled(pid: int, signo: int) -> bool:
+    """Whether the process ignores or catches ``signo`` now (/proc/PID/status)."""
+    masks = {}
+    for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if ln.startswith(("SigIgn:", "SigCgt:")):
+            k, v = ln.split(":")
+            masks[k] = int(v.strip(), 16)
+    return bool((masks.get("SigIgn", 0) | masks.get("SigCgt", 0)) & (1 << (signo - 1)))
+
+
+def test_daemon_early_sighup_full_disk_event_log_and_clean_sigterm(tmp_path):
+    """A SIGHUP right after start used to kill the daemon (exit 129): the handler came after the
+    imports. With the event log on a full disk (/dev/full) the daemon warned per record and
+    SIGTERM ended in an ENOSPC traceback and exit 1 while status.json said 0."""
+    import signal
+
+    from tests.test_service import AUDIO, DETECTOR, START_TIMEOUT, VIDEO, Daemon, write_config
+    if not (VIDEO.is_file() and AUDIO.is_file() and DETECTOR.is_file()):
+        pytest.skip("../shared media or detector model missing")
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full")
+    from redsg_edge.testing.models import classifier_models
+    cfg = write_config(tmp_path / "config.toml", classifier_models(tmp_path / "models"),
+                       reply=False, extra=(
+                           # transitions often: each is a record for the event log
+                           "[fusion]\nenter_threshold = 0.3\nexit_threshold = 0.2\n"
+                           "min_dwell_s = 0.0\nrefractory_s = 0.0\nsmoothing_tau_s = 0.0\n"))
+    cfg.write_text(cfg.read_text().replace(f'event_log = "{tmp_path / "events.jsonl"}"',
+                                           'event_log = "/dev/full"'))
+    d = Daemon(tmp_path, cfg)
+    try:
+        deadline = time.monotonic() + 30
+        while not _signal_handled(d.proc.pid, signal.SIGHUP):
+            assert d.proc.poll() is None and time.monotonic() < deadline, d.log()
+            time.sleep(0.002)
+        # the handler is in place before the heavy imports (pydantic, numpy, the models) ...
+        heavy = "pydantic_core" in Path(f"/proc/{d.proc.pid}/maps").read_text()
+        d.proc.send_signal(signal.SIGHUP)  # ... and a SIGHUP then does no harm
+        assert not heavy, "SIGHUP is handled only after pydantic was imported"
+        d.listener.require("READY=1", START_TIMEOUT, proc=d.proc)
+        d.wait_log("cannot write to the event log", 60)
+        transitions = d.log().count("transition ")
+        time.sleep(3.0)
+        assert d.log().count("transition ") > transitions  # records kept coming ...
+        assert d.log().count("event log") == 1  # ... one warning for the outage
+        d.proc.send_signal(signal.SIGTERM)
+        rc = d.proc.wait(15)
+        log = d.log()
+        assert rc == 0, log[-3000:]
+        assert "Traceback" not in log and "Errno 28" not in log.split("cannot write")[-1]
+        st = json.loads((tmp_path / "status.json").read_text())
+        assert st["state"] == "stopped" and st["exit_code"] == 0
+    finally:
+        d.close()
