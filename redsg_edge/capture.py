@@ -704,6 +704,12 @@ class VideoFileCamera(_FileReplay, CameraSource):
                 last = mt
                 self.decoded += 1
                 yield offset + mt, frame
+            declared = self._declared_s(stream)
+            if (self.warning is None and last is not None
+                    and declared - last > max(1.0, 0.1 * declared)):
+                self.warning = (f"{self.path}: video ends at {last:.1f} s of the {declared:.1f} s "
+                                "the file declares; the rest is damaged or missing")
+                log.warning("%s", self.warning)
             if not self.realtime or last is None:
                 return
             period = container.duration / 1e6 if container.duration else last + 1 / rate

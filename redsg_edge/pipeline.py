@@ -401,16 +401,35 @@ def _merge(frames: Iterator, blocks: Iterator) -> Iterator[tuple[str, float, np.
             b = next(blocks, None)
 
 
+def _common_length(cam, mic, warnings: list[str] | None) -> float:
+    """Media seconds both files cover, when their declared lengths differ by over 1 s (else inf)."""
+    v = cam._declared_s(cam._container.streams.video[0])
+    a = mic._declared_s(mic._container.streams.audio[0])
+    if not (abs(v - a) > 1.0):  # also False when a length is unknown (nan)
+        return float("inf")
+    msg = (f"the video {cam.path} lasts {v:.1f} s and the audio {mic.path} {a:.1f} s: replaying "
+           f"the first {min(v, a):.1f} s, which both cover")
+    log.warning("%s", msg)
+    if warnings is not None:
+        warnings.append(msg)
+    return min(v, a)
+
+
 def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path | None = None,
            plot: Path | None = None, *, use_video_audio: bool = True,
            progress: bool = False,
-           on_evidence: Callable[[float, Evidence | None], None] | None = None) -> list[dict]:
+           on_evidence: Callable[[float, Evidence | None], None] | None = None,
+           append: bool = False, warnings: list[str] | None = None) -> list[dict]:
     """Run recorded media through the same workers and fusion, in media time.
 
     video: a video file (or None for audio only); audio: a separate audio file; otherwise the
     video's own audio track is used when it has one (``use_video_audio``). Writes JSON lines to
     ``out`` and a timeline PNG to ``plot`` when given. ``on_evidence(t, evidence or None)`` sees
     every input to the fusion (for offline tuning of its parameters, scripts/tune_fusion.py).
+    ``out`` is started empty unless ``append``. A damaged or truncated file is replayed up to
+    the damage; a separate ``audio`` whose length differs from the video's by more than a
+    second is replayed only as long as the shorter of the two. Each such problem is logged and
+    appended to ``warnings`` (when given) as one sentence.
     Returns the records (docs/architecture.md).
     Raises DeviceError for unreadable media, ModelError for bad models.
     """
@@ -431,10 +450,13 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
             if audio is not None:
                 raise
             mic = None  # the video has no audio track: face only
+    end_t = float("inf")
+    if cam is not None and mic is not None and audio is not None:
+        end_t = _common_length(cam, mic, warnings)
     vision, speech = load_workers(cfg, cam is not None, mic is not None)
     fusion = Fusion(cfg.fusion)
     records: list[dict] = []
-    sink = EventLog(out)
+    sink = EventLog(out, append=append)
     window = speech.model.window_samples if speech else 0
     hop = int(cfg.speech.hop_s * SAMPLE_RATE)
     buf = np.zeros(0, np.int16)
@@ -462,6 +484,8 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
         bar = tqdm(unit="s media", desc="replay", bar_format="{desc}: {n:.1f} {unit} [{elapsed}]")
     try:
         for kind, t, data in _merge(frames, blocks):
+            if t >= end_t:
+                break
             if kind == "frame":
                 if last_frame_t is not None and t - last_frame_t < 1.0 / cfg.vision.max_fps - 1e-3:
                     continue
@@ -492,6 +516,11 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
             mic.close()
         if vision is not None:
             vision.close()
+    for src in (cam, mic):
+        if src is not None and src.warning and warnings is not None:
+            warnings.append(src.warning)
+    if sink.lost_total and warnings is not None:
+        warnings.append(f"{out}: {sink.lost_total} record(s) could not be written")
     if plot is not None:
         from .timeline import plot_timeline
         plot_timeline(records, plot, title=Path(video or audio).name)

@@ -396,3 +396,175 @@ def test_daemon_early_sighup_full_disk_event_log_and_clean_sigterm(tmp_path):
         assert st["state"] == "stopped" and st["exit_code"] == 0
     finally:
         d.close()
+
+
+# ============================================================================ analyze, replay
+
+from .conftest import ACTOR_24, PEXELS, SINGLE_FACE, write_config  # noqa: E402
+
+UTTERANCE = ACTOR_24 / "03-01-04-02-01-01-24.flac"
+
+
+def cli(*args, timeout=300, cwd=None):
+    import subprocess
+    import sys
+    return subprocess.run([sys.executable, "-m", "redsg_edge", *map(str, args)],
+                          cwd=cwd or REPO, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+@pytest.fixture(scope="module")
+def face_photo(tmp_path_factory) -> Path:
+    """The first frame of the Pexels clip (a crying woman: sad), as an 8-bit grey PNG."""
+    import av
+    with av.open(str(PEXELS)) as c:
+        frame = next(c.decode(video=0)).to_image()
+    path = tmp_path_factory.mktemp("photo") / "grey8.png"
+    frame.convert("L").save(path)
+    return path
+
+
+def test_one_wide_or_tall_image_never_costs_the_others(tmp_path, face_photo):
+    """Bug 1: a 32767x64 PNG, or a tiny PNG declaring 60000x2, aborted the process (OpenCV
+    assertion, exit 134): no JSON for any input, the later ones included."""
+    from PIL import Image
+    Image.new("RGB", (32767, 64), (120, 120, 120)).save(tmp_path / "a_wide.png")
+    Image.new("L", (60000, 2), 0).save(tmp_path / "b_tall.png", optimize=True)
+    assert (tmp_path / "b_tall.png").stat().st_size < 1000
+    Image.new("L", (2, 40000), 0).save(tmp_path / "c_tall.png", optimize=True)
+    cfg = write_config(tmp_path / "c.toml")
+    r = cli("analyze", "--json", "-c", cfg, tmp_path / "a_wide.png", tmp_path / "b_tall.png",
+            tmp_path / "c_tall.png", face_photo)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [Path(x["path"]).name for x in rows] == ["a_wide.png", "b_tall.png", "c_tall.png",
+                                                    "grey8.png"]
+    assert all(x["faces"] == [] for x in rows[:3])
+    assert rows[3]["label"] == "sad" and len(rows[3]["faces"]) == 1
+
+
+def test_face_detector_refuses_what_opencv_would_abort_on():
+    from redsg_edge.vision import MAX_DETECT_SIDE, FaceDetector
+    from .conftest import DETECTOR
+    det = FaceDetector(DETECTOR, 0.5, video=False)
+    try:
+        with pytest.raises(ValueError, match="cannot be searched for faces"):
+            det.detect(np.zeros((2, MAX_DETECT_SIDE, 3), np.uint8))
+    finally:
+        det.close()
+
+
+def test_16_bit_grey_photo_reads_like_its_8_bit_version(tmp_path, face_photo):
+    """Bug 2: convert("RGB") clipped 16-bit grey to white: surprise 0.27 instead of sad 0.80."""
+    from PIL import Image
+    grey = np.asarray(Image.open(face_photo))
+    path16 = tmp_path / "grey16.png"
+    Image.fromarray(grey.astype(np.uint16) * 257).save(path16)
+    assert Image.open(path16).mode.startswith("I")
+    cfg = write_config(tmp_path / "c.toml")
+    r = cli("analyze", "--json", "-c", cfg, face_photo, path16)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = [json.loads(x) for x in r.stdout.splitlines()]
+    assert a["label"] == b["label"] == "sad"
+    assert max(abs(a["probs"][k] - b["probs"][k]) for k in a["probs"]) < 0.02
+    assert a["faces"][0]["box"] == pytest.approx(b["faces"][0]["box"], abs=2)
+
+
+def test_analyze_damaged_and_wrong_inputs_say_what_is_wrong(tmp_path):
+    """Weaknesses: a FLAC with damaged frames read to 1.3 of its 4.4 s without a word; an mp4
+    without audio and a text file told to set microphone.source; a newline in a file name
+    split the output; an empty folder printed nothing and exited 0."""
+    import av
+    raw = bytearray(UTTERANCE.read_bytes())
+    start = int(len(raw) * 0.15)
+    raw[start:] = np.random.default_rng(0).integers(0, 256, len(raw) - start, np.uint8).tobytes()
+    damaged = tmp_path / "damaged.flac"
+    damaged.write_bytes(bytes(raw))
+    silent = tmp_path / "silent.mp4"
+    with av.open(str(SINGLE_FACE)) as src, av.open(str(silent), "w") as dst:
+        vs = dst.add_stream_from_template(src.streams.video[0])
+        for pkt in src.demux(src.streams.video[0]):
+            if pkt.dts is not None:
+                pkt.stream = vs
+                dst.mux(pkt)
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    odd = tmp_path / "two\nlines.flac"
+    odd.write_bytes(UTTERANCE.read_bytes())
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = write_config(tmp_path / "c.toml")
+    r = cli("analyze", "-c", cfg, damaged, silent, text, odd, empty)
+    assert r.returncode == 1
+    lines = r.stdout.splitlines()
+    assert len(lines) == 5, lines  # one line per input, whatever its name
+    assert "decoded 1." in lines[0] and "of the 4.4 s the file declares" in lines[0]
+    for line in lines[1:3]:
+        assert "error" in line and "microphone" not in line, line
+    assert "no audio track" in lines[1]
+    assert "neither a photo nor a recording" in lines[2]
+    assert lines[3].startswith(str(tmp_path / "two\\nlines.flac") + ": ")
+    assert "folder holds no photos or recordings" in lines[4]
+    r = cli("analyze", "--json", "-c", cfg, damaged)
+    assert "declares" in json.loads(r.stdout)["warning"]
+
+
+@pytest.fixture(scope="module")
+def half_pexels(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("cut") / "half.mp4"
+    data = PEXELS.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+def test_replay_of_a_truncated_recording_keeps_what_it_has(tmp_path, half_pexels):
+    """Bug 3: av.error.InvalidDataError traceback (exit 1) and a partial --out."""
+    cfg = write_config(tmp_path / "c.toml")
+    out = tmp_path / "events.jsonl"
+    r = cli("replay", "-c", cfg, half_pexels, "--out", out, "--plot", tmp_path / "t.png")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    assert any("stopped at 9." in w or "ends at 9." in w for w in summary["warnings"]), summary
+    assert 9.0 <= summary["media_s"] <= 10.0  # up to the damage
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(rows) > 100 and rows[-1]["t"] == pytest.approx(summary["media_s"], abs=0.5)
+    assert any(r["type"] == "transition" for r in rows)
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("bad", ["folder", "under_a_file", "proc"])
+@pytest.mark.parametrize("option", ["--out", "--plot"])
+def test_replay_checks_its_outputs_before_the_work(tmp_path, bad, option):
+    """Bug 4: a traceback, for --plot after the whole replay (the summary lost)."""
+    (tmp_path / "file").write_text("x")
+    target = {"folder": tmp_path, "under_a_file": tmp_path / "file" / "x.out",
+              "proc": Path("/proc/redsg-edge-test/x.out")}[bad]
+    cfg = write_config(tmp_path / "c.toml")
+    t0 = time.monotonic()
+    r = cli("replay", "-c", cfg, PEXELS, option, target)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and f"{option} {target}" in r.stderr
+    assert time.monotonic() - t0 < 10  # refused before the models load and the media plays
+
+
+def test_replay_out_overwrites_unless_append(tmp_path):
+    """--out to an existing file used to append silently: two runs ended in one file."""
+    cfg = write_config(tmp_path / "c.toml")
+    out = tmp_path / "e.jsonl"
+    for _ in range(2):
+        assert cli("replay", "-c", cfg, SINGLE_FACE, "--out", out).returncode == 0
+    once = out.read_text().splitlines()
+    assert cli("replay", "-c", cfg, SINGLE_FACE, "--out", out, "--append").returncode == 0
+    assert len(out.read_text().splitlines()) == 2 * len(once)
+    assert "--append" in cli("replay", "--help").stdout
+
+
+def test_replay_audio_of_another_length_is_cut_to_the_video_with_a_warning(tmp_path):
+    """A 19.7 s --audio with a 2.4 s video ran to the longer file without a word."""
+    cfg = write_config(tmp_path / "c.toml")
+    r = cli("replay", "-c", cfg, SINGLE_FACE, "--audio", PEXELS)
+    assert r.returncode == 0, r.stderr[-2000:]
+    summary = json.loads(r.stdout)
+    assert summary["media_s"] <= 2.5
+    assert any("replaying the first 2.4 s" in w for w in summary["warnings"])
+    assert "replaying the first 2.4 s" in r.stderr
