@@ -981,7 +981,7 @@ class AudioFileMic(_FileReplay, MicSource):
         container = _open_container(self.path, self.key, "microphone")
         if not container.streams.audio:
             container.close()
-            if not self.key.startswith("microphone"):  # analyze, replay --audio: not the config
+            if not self.key.startswith(("microphone.", "camera.")):  # analyze, replay: no config key
                 raise DeviceError(f"no audio: {self.path} has no audio track ({self.key} = "
                                   f"{_fmt(self.path)})", self.key, str(self.path))
             raise DeviceError(

@@ -401,18 +401,21 @@ def _merge(frames: Iterator, blocks: Iterator) -> Iterator[tuple[str, float, np.
             b = next(blocks, None)
 
 
-def _common_length(cam, mic, warnings: list[str] | None) -> float:
-    """Media seconds both files cover, when their declared lengths differ by over 1 s (else inf)."""
+def _common_length(cam, mic, window_s: float, warnings: list[str] | None) -> float:
+    """Where a replay of a video and a separate audio file of different lengths (declared, over
+    1 s apart) stops: the end of the shorter plus one SER window, so that speech at the very
+    end of the shorter still counts; inf when the lengths agree or one is unknown."""
     v = cam._declared_s(cam._container.streams.video[0])
     a = mic._declared_s(mic._container.streams.audio[0])
-    if not (abs(v - a) > 1.0):  # also False when a length is unknown (nan)
+    end = min(v, a) + window_s
+    if not (abs(v - a) > 1.0) or end >= max(v, a):  # also when a length is unknown (nan)
         return float("inf")
     msg = (f"the video {cam.path} lasts {v:.1f} s and the audio {mic.path} {a:.1f} s: replaying "
-           f"the first {min(v, a):.1f} s, which both cover")
+           f"the first {end:.1f} s (the shorter plus one {window_s:g} s speech window)")
     log.warning("%s", msg)
     if warnings is not None:
         warnings.append(msg)
-    return min(v, a)
+    return end
 
 
 def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path | None = None,
@@ -428,7 +431,8 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
     every input to the fusion (for offline tuning of its parameters, scripts/tune_fusion.py).
     ``out`` is started empty unless ``append``. A damaged or truncated file is replayed up to
     the damage; a separate ``audio`` whose length differs from the video's by more than a
-    second is replayed only as long as the shorter of the two. Each such problem is logged and
+    second is replayed only to the end of the shorter plus ``speech.window_s``. Each such
+    problem is logged and
     appended to ``warnings`` (when given) as one sentence.
     Returns the records (docs/architecture.md).
     Raises DeviceError for unreadable media, ModelError for bad models.
@@ -452,7 +456,7 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
             mic = None  # the video has no audio track: face only
     end_t = float("inf")
     if cam is not None and mic is not None and audio is not None:
-        end_t = _common_length(cam, mic, warnings)
+        end_t = _common_length(cam, mic, cfg.speech.window_s, warnings)
     vision, speech = load_workers(cfg, cam is not None, mic is not None)
     fusion = Fusion(cfg.fusion)
     records: list[dict] = []
