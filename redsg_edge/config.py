@@ -229,12 +229,21 @@ def parse_config(data: dict, source: str = "<config>", base_dir: Path | None = N
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([f"{source}: {_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
-    if base_dir is not None:
-        for section, key in PATH_KEYS:
-            sect = getattr(cfg, section)
-            value = getattr(sect, key)
-            if value is not None and not Path(value).expanduser().is_absolute():
+    problems = []
+    for section, key in PATH_KEYS:
+        sect = getattr(cfg, section)
+        value = getattr(sect, key)
+        if value is None:
+            continue
+        try:
+            if "\x00" in str(value):  # the OS cannot take it; os.stat would raise ValueError
+                raise ValueError("a path cannot contain a NUL character")
+            if base_dir is not None and not Path(value).expanduser().is_absolute():
                 setattr(sect, key, (base_dir / Path(value).expanduser()).resolve())
+        except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            problems.append(f"{source}: {section}.{key}: not a usable path: {exc}")
+    if problems:
+        raise ConfigError(problems)
     return cfg
 
 
