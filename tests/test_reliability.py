@@ -572,3 +572,54 @@ def test_replay_audio_of_another_length_is_cut_to_the_video_with_a_warning(tmp_p
     assert summary["media_s"] <= 2.4 + 2.5  # the video, plus one SER window of speech
     assert any("replaying the first 4.9 s" in w for w in summary["warnings"])
     assert "replaying the first 4.9 s" in r.stderr
+
+
+def _daemon_setup(tmp_path):
+    from tests.test_service import AUDIO, DETECTOR, VIDEO, write_config
+    if not (VIDEO.is_file() and AUDIO.is_file() and DETECTOR.is_file()):
+        pytest.skip("../shared media or detector model missing")
+    from redsg_edge.testing.models import classifier_models
+    return write_config(tmp_path / "config.toml", classifier_models(tmp_path / "models"),
+                        reply=False)
+
+
+def test_daemon_sigterm_during_start_up_exits_0_promptly(tmp_path):
+    """An earlier case, kept: SIGTERM while the models load."""
+    import signal
+
+    from tests.test_service import Daemon
+    d = Daemon(tmp_path, _daemon_setup(tmp_path))
+    try:
+        d.listener.require("STATUS=loading models", 60, proc=d.proc)
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        rc = d.proc.wait(15)
+        assert rc == 0, d.log()[-3000:]
+        assert time.monotonic() - t0 < 5.0
+        assert "Traceback" not in d.log()
+        assert json.loads((tmp_path / "status.json").read_text())["exit_code"] == 0
+    finally:
+        d.close()
+
+
+def test_daemon_survives_a_sighup_storm(tmp_path):
+    """An earlier case, kept: 30 SIGHUPs in 0.3 s are reloads, not a crash."""
+    import signal
+
+    from tests.test_service import START_TIMEOUT, Daemon
+    d = Daemon(tmp_path, _daemon_setup(tmp_path))
+    try:
+        d.listener.require("READY=1", START_TIMEOUT, proc=d.proc)
+        since = time.monotonic()
+        for _ in range(30):
+            d.proc.send_signal(signal.SIGHUP)
+            time.sleep(0.01)
+        d.listener.require("READY=1", 20, since, proc=d.proc)
+        time.sleep(1.0)
+        assert d.proc.poll() is None, d.log()[-3000:]
+        assert d.log().count("SIGHUP: reloading") >= 1
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0
+        assert "Traceback" not in d.log()
+    finally:
+        d.close()
