@@ -391,12 +391,16 @@ _SDK_HEADERS = ("X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-
 
 
 def _omit() -> Any:
+    """The SDK's marker that removes a header (``openai.Omit``; ``openai._types`` in old 1.x)."""
     import openai
 
-    return openai.Omit()
+    omit = getattr(openai, "Omit", None)
+    if omit is None:  # pragma: no cover - openai < 1.5x
+        from openai._types import Omit as omit
+    return omit()
 
 
-def _request_headers(openai: Any) -> dict[str, Any]:
+def _request_headers() -> dict[str, Any]:
     """``default_headers`` for the client: ``openai.Omit()`` removes each SDK header (the SDK
     merges headers case-insensitively and drops Omit values); a plain User-Agent replaces
     ``OpenAI/Python <version>``. What is sent: Authorization, Accept, Content-Type, User-Agent,
@@ -404,7 +408,7 @@ def _request_headers(openai: Any) -> dict[str, Any]:
     max_tokens, temperature, stream)."""
     from . import __version__
 
-    headers: dict[str, Any] = {h: openai.Omit() for h in _SDK_HEADERS}
+    headers: dict[str, Any] = {h: _omit() for h in _SDK_HEADERS}
     headers["User-Agent"] = f"redsg-edge/{__version__}"
     return headers
 
@@ -761,7 +765,7 @@ class ReplyWorker:
                                      write=chat.connect_timeout_s, pool=chat.connect_timeout_s)
             client = openai.OpenAI(base_url=chat.base_url, api_key=key or LOCAL_PLACEHOLDER_KEY,
                                    timeout=timeout, max_retries=0,
-                                   default_headers=_request_headers(openai))
+                                   default_headers=_request_headers())
             quiet_http_loggers(type(client._client).__module__)
         with self._lock:
             # The old client is not closed here: a reply may still be streaming through it.

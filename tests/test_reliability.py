@@ -127,9 +127,10 @@ def test_one_huge_token_neither_stalls_the_worker_nor_floods_it(worker):
     assert rec["cause"] in ("oversized_stream", "total_timeout"), rec
     assert rec["truncated"] and rec["text"].startswith("Hello there.")
     assert wall <= 4.0 + 1.0
-    # one 200-character sentence's synthesis is the longest gap (2-3 s on a loaded 2-core box);
-    # the daemon's heartbeat_timeout_s is 10 s (the splitter alone used to take 57 s)
-    assert w.max_stale < 5.0, f"reply heartbeat went {w.max_stale:.2f} s stale"
+    # The longest gap is one 200-character sentence's synthesis (2-3 s here, up to ~8 s when
+    # the 2-core box is busy); the splitter alone used to take 57 s. Below the daemon's
+    # heartbeat_timeout_s (10 s), the daemon does not report the worker as STALLED.
+    assert w.max_stale < Config().service.heartbeat_timeout_s, f"{w.max_stale:.2f} s stale"
     assert len(rec["text"]) <= 2048  # max(2048, 16 * max_tokens) characters are read at most
 
 
