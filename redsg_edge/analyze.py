@@ -89,9 +89,8 @@ class Analyzer:
         self._det = self._fer = self._ser = None
 
     def image(self, path: Path, annotate: Path | None = None) -> dict:
-        """FER for every face in one photo. Raises ValueError for an unreadable image."""
-        from PIL import Image, ImageOps
-
+        """FER for every face in one photo (see :func:`read_image`); boxes in the file's own
+        pixels. Raises ValueError naming the file for an unreadable image."""
         from .vision import FaceDetector, FerModel, crop_face
 
         if self._det is None:
