@@ -238,6 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from .redact import install as install_secret_filter
+    for handler in logging.getLogger().handlers:  # the API key never reaches a log line
+        install_secret_filter(handler)
     try:
         return args.func(args)
     except SystemExit as exc:

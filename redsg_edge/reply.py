@@ -77,6 +77,8 @@ from urllib.parse import urlsplit
 
 from . import CLASSES
 from .config import ChatConfig, Config, style_for
+from .redact import register as register_secret
+from .redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -741,13 +743,14 @@ class ReplyWorker:
         key = self._key
         if key and key in text:
             text = text.replace(key, "[redacted]")
-        return text
+        return scrub(text)  # and any other registered secret
 
     def _configure_chat(self, cfg: Config, old: Config | None) -> None:
         """(Re)build the OpenAI client when the endpoint, key or timeouts changed. An unchanged
         endpoint keeps its client (and keep-alive connection) and its outage state."""
         chat = cfg.reply.chat
         key = read_api_key(chat, self._environ)
+        register_secret(key)  # every log handler scrubs it from here on (redsg_edge.redact)
         ident = (chat.enabled, chat.base_url, key, chat.connect_timeout_s, chat.first_token_timeout_s)
         if old is not None and ident == getattr(self, "_chat_ident", None):
             return

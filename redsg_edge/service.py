@@ -199,6 +199,8 @@ def setup_logging(level: str = "INFO", environ: Mapping[str, str] | None = None)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     setattr(handler, _OUR_HANDLER, kind)
+    from .redact import install as install_secret_filter
+    install_secret_filter(handler)
     for h in list(root.handlers):  # e.g. a basicConfig from an importing script
         root.removeHandler(h)
     root.addHandler(handler)

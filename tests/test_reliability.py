@@ -624,3 +624,38 @@ def test_daemon_survives_a_sighup_storm(tmp_path):
         assert "Traceback" not in d.log()
     finally:
         d.close()
+
+
+def test_every_log_handler_scrubs_the_key_whatever_logger_or_traceback(voice, tmp_path):
+    """Scrub the key from every text we log: also from lines of other libraries and from
+    tracebacks (a server's error text quoted in an exception), through the daemon's handler."""
+    import io
+
+    from redsg_edge.service import setup_logging
+    key = "sk-proj-ANOTHER-secret-0987654321"
+    cfg = chat_cfg("https://api.example.invalid/v1")
+    w = ReplyWorker(cfg, voice=voice, sink=WavSink(tmp_path), environ={"OPENAI_API_KEY": key})
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    buf = io.StringIO()
+    try:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+        setup_logging("DEBUG", {})
+        handler = root.handlers[0]
+        handler.stream = buf
+        logging.getLogger("some.library").warning("server said: bad key %s", key)
+        try:
+            raise RuntimeError(f"HTTP 401: Incorrect API key provided: {key}")
+        except RuntimeError:
+            logging.getLogger("redsg_edge.reply").exception("reply failed")
+    finally:
+        for h in root.handlers[:]:
+            root.removeHandler(h)
+        for h in saved[0]:
+            root.addHandler(h)
+        root.setLevel(saved[1])
+        w.stop(1.0)
+    out = buf.getvalue()
+    assert key not in out
+    assert out.count("[redacted]") == 2 and "RuntimeError: HTTP 401" in out, out
