@@ -17,17 +17,69 @@ from . import CLASSES
 from .config import Config
 from .fusion import probs_to_dict
 
+#: Longest side of a photo as analysed, px; larger photos are reduced first (faces in them are
+#: large too, and the detector sees 128 x 128 anyway). Boxes are reported in original pixels.
+MAX_SIDE = 4096
+
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac"}
 
 
 def expand(paths: list[Path]) -> Iterator[Path]:
-    """Files named, and the images/recordings inside named folders (sorted, recursive)."""
+    """Files named, and the images/recordings inside named folders (sorted, recursive); a
+    folder without any is yielded itself, for :meth:`Analyzer.file` to report."""
     for p in paths:
         if p.is_dir():
-            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXT | AUDIO_EXT)
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXT | AUDIO_EXT
+                           and q.is_file())
+            yield from found or [p]  # an empty folder is reported (Analyzer.file raises)
         else:
             yield p
+
+
+def to_rgb8(im) -> np.ndarray:
+    """A PIL image as RGB uint8 (H, W, 3). 16-bit grey (``I;16*``, or ``I`` holding values over
+    255) is scaled by 255/65535 rather than clipped (``convert("RGB")`` clips it to white);
+    float (``F``) images in [0, 1] are scaled by 255."""
+    mode = im.mode
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        top = float(a.max()) if a.size else 0.0
+        if mode == "F" and top <= 1.0:
+            a = a * 255.0
+        elif mode.startswith("I;16") or top > 255.0:
+            a = a * (255.0 / max(65535.0, top))
+        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return np.repeat(g[..., None], 3, axis=2)
+    return np.asarray(im.convert("RGB"))
+
+
+def read_image(path: Path, max_side: int = MAX_SIDE) -> tuple[np.ndarray, float]:
+    """Decode a photo: EXIF orientation applied, any mode to RGB uint8 (:func:`to_rgb8`),
+    reduced (box filter) so that its longest side is at most ``max_side`` px.
+
+    Returns ``(rgb (H, W, 3) uint8, scale)``, scale = analysed px per original px (<= 1).
+    Raises ValueError naming the file for anything Pillow cannot decode (truncated or corrupt
+    files, decompression bombs over Pillow's pixel limit)."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as im:
+            w0, h0 = im.size
+            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: a quarter turn
+                w0, h0 = h0, w0
+            im.draft("RGB", (max_side, max_side))  # JPEG: decoded at a reduced size directly
+            rgb = to_rgb8(ImageOps.exif_transpose(im))
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable image ({exc})") from None
+    h, w = rgb.shape[:2]
+    if min(h, w) == 0:
+        raise ValueError(f"{path}: image has no pixels ({w}x{h})")
+    if max(h, w) > max_side:
+        f = max_side / max(h, w)
+        size = (max(1, round(w * f)), max(1, round(h * f)))
+        rgb = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BOX))
+    return rgb, rgb.shape[1] / w0
 
 
 class Analyzer:
@@ -38,28 +90,23 @@ class Analyzer:
         self._det = self._fer = self._ser = self._vad = None
 
     def image(self, path: Path, annotate: Path | None = None) -> dict:
-        """FER for every face in one photo. Raises ValueError for an unreadable image."""
-        from PIL import Image, ImageOps
-
+        """FER for every face in one photo (see :func:`read_image`); boxes in the file's own
+        pixels. Raises ValueError naming the file for an unreadable image."""
         from .vision import FaceDetector, FerModel, crop_face
 
         if self._det is None:
             self._det = FaceDetector(self.cfg.vision.detector_model,
                                      self.cfg.vision.min_detection_confidence, video=False)
             self._fer = FerModel(self.cfg.vision.fer_model)
-        try:
-            with Image.open(path) as im:
-                rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
-        except Exception as exc:
-            raise ValueError(f"{path}: not a readable image ({exc})") from None
+        rgb, scale = read_image(path)
         faces = sorted(self._det.detect(rgb), key=lambda f: -f.area)
         out = []
         for f in faces:
             p = self._fer.predict(crop_face(rgb, f))
-            out.append({"box": [round(v, 1) for v in f.box], "score": round(f.score, 3),
+            out.append({"box": [round(v / scale, 1) for v in f.box], "score": round(f.score, 3),
                         "label": CLASSES[int(p.argmax())], "probs": probs_to_dict(p)})
         if annotate is not None:
-            self._annotate(rgb, out, annotate / (path.stem + "_annotated.png"))
+            self._annotate(rgb, out, annotate / (path.stem + "_annotated.png"), scale)
         main = out[0] if out else None
         return {"path": str(path), "kind": "image", "label": main["label"] if main else None,
                 "probs": main["probs"] if main else None, "faces": out}
@@ -92,7 +139,14 @@ class Analyzer:
             finally:
                 mic.close()
         except DeviceError as exc:
-            raise ValueError(str(exc)) from None
+            why = str(exc).split(": ", 1)[-1]
+            if "has no audio track" in why:
+                raise ValueError(f"{path}: no audio track: analyze reads photos "
+                                 f"({', '.join(sorted(IMAGE_EXT))}) and recordings with "
+                                 "sound") from None
+            why = why.split("cannot be decoded: ", 1)[-1].split(" (analyze PATH", 1)[0]
+            raise ValueError(f"{path}: neither a photo nor a recording FFmpeg can decode "
+                             f"({why})") from None
         outs += step.finish()
         utts = [o for o in outs if o.kind == "utterance"]
         whole = None
@@ -100,7 +154,9 @@ class Analyzer:
             w = np.array([o.end_s - o.start_s for o in utts])
             whole = np.average(np.stack([o.probs for o in utts]), axis=0, weights=w)
         t0 = t0 or 0.0
+        extra = {"warning": mic.warning} if mic.warning else {}
         return {"path": str(path), "kind": "audio", "duration_s": round(n / 16000, 3),
+                **extra,
                 "label": CLASSES[int(whole.argmax())] if whole is not None else None,
                 "probs": probs_to_dict(whole) if whole is not None else None,
                 "utterances": [{"start_s": round(o.start_s - t0, 3),
@@ -111,19 +167,22 @@ class Analyzer:
     def file(self, path: Path, annotate: Path | None = None) -> dict:
         if not path.exists():
             raise ValueError(f"{path}: no such file")
+        if path.is_dir():
+            raise ValueError(f"{path}: folder holds no photos or recordings (looked for "
+                             f"{', '.join(sorted(IMAGE_EXT | AUDIO_EXT))})")
         if path.suffix.lower() in IMAGE_EXT:
             return self.image(path, annotate)
         return self.audio(path)
 
     @staticmethod
-    def _annotate(rgb: np.ndarray, faces: list[dict], dest: Path) -> None:
+    def _annotate(rgb: np.ndarray, faces: list[dict], dest: Path, scale: float = 1.0) -> None:
         from PIL import Image, ImageDraw
 
         im = Image.fromarray(rgb)
         d = ImageDraw.Draw(im)
         width = max(2, rgb.shape[1] // 300)
         for i, f in enumerate(faces):
-            x, y, w, h = f["box"]
+            x, y, w, h = (v * scale for v in f["box"])
             colour = (40, 220, 90) if i == 0 else (240, 200, 40)
             d.rectangle([x, y, x + w, y + h], outline=colour, width=width)
             text = f"{f['label']} {f['probs'][f['label']]:.2f}"
@@ -137,16 +196,29 @@ class Analyzer:
 
 
 def human_line(r: dict) -> str:
+    """The human-readable result of one file: its first line starts with the path, shown with
+    characters that are not printable (a newline in a file name) escaped, as Python writes
+    them, so a file's lines are never split by its name; a recording adds one indented line
+    per utterance."""
+    return _human_line(r)
+
+
+def _shown(path: str) -> str:
+    return path if path.isprintable() else repr(path)[1:-1]
+
+
+def _human_line(r: dict) -> str:
     if r.get("error"):
-        return f"{r['path']}: error: {r['error']}"
+        return _shown(f"{r['path']}: error: {r['error']}")
+    warn = f" (warning: {r['warning']})" if r.get("warning") else ""
     if r["label"] is None:
-        return f"{r['path']}: {'no face' if r['kind'] == 'image' else 'no speech'}"
+        return f"{_shown(r['path'])}: {'no face' if r['kind'] == 'image' else 'no speech'}{warn}"
     if r["kind"] == "image":
-        return (f"{r['path']}: {r['label']} ({r['probs'][r['label']]:.2f}), "
-                f"{len(r['faces'])} face(s)")
+        return (f"{_shown(r['path'])}: {r['label']} ({r['probs'][r['label']]:.2f}), "
+                f"{len(r['faces'])} face(s){warn}")
     utts = r["utterances"]
-    lines = [f"{r['path']}: {r['label']} ({r['probs'][r['label']]:.2f}), {len(utts)} "
-             f"utterance(s) in {r['duration_s']} s"]
+    lines = [f"{_shown(r['path'])}: {r['label']} ({r['probs'][r['label']]:.2f}), {len(utts)} "
+             f"utterance(s) in {r['duration_s']} s{warn}"]
     lines += [f"  {u['start_s']:7.2f}-{u['end_s']:7.2f} s  {u['label']} "
               f"({u['probs'][u['label']]:.2f})" for u in utts]
     return "\n".join(lines)

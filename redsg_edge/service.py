@@ -197,11 +197,15 @@ def setup_logging(level: str = "INFO", environ: Mapping[str, str] | None = None)
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     setattr(handler, _OUR_HANDLER, kind)
+    from .redact import install as install_secret_filter
+    install_secret_filter(handler)
     for h in list(root.handlers):  # e.g. a basicConfig from an importing script
         root.removeHandler(h)
     root.addHandler(handler)
     logging.captureWarnings(True)
-    for noisy in ("httpx", "httpcore", "openai", "matplotlib", "PIL"):
+    from .reply import quiet_http_loggers
+    quiet_http_loggers(level=max(logging.WARNING, root.level))
+    for noisy in ("matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
     return kind
 
@@ -558,11 +562,11 @@ class _Service:
         """Pipeline callback (worker threads): event log, and a structured line per reply."""
         with self._elock:
             if self._event_log is not None:
-                try:
+                try:  # a full disk is reported once per outage by EventLog; it never raises
                     self._event_log.write({**rec, "wall_time": datetime.now(timezone.utc)
                                            .isoformat(timespec="milliseconds")})
-                except (OSError, ValueError) as exc:
-                    log.warning("event log write failed: %s", exc)
+                except (TypeError, ValueError) as exc:
+                    log.warning("event log: record not written: %s", exc)
         if rec.get("type") == "reply":
             lat = rec.get("latency_s") or {}
             first = lat.get("first_sample") if lat.get("first_sample") is not None \

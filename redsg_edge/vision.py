@@ -122,6 +122,11 @@ def _defer_mediapipe_drawing() -> None:
         sys.meta_path.insert(0, _LazyDrawingFinder())
 
 
+#: OpenCV's geometric functions take coordinates as 16-bit integers (SHRT_MAX = 32767): a larger
+#: side aborts the whole process (SIGABRT, no exception), so such images are refused first.
+MAX_DETECT_SIDE = 32767
+
+
 class FaceDetector:
     """MediaPipe Tasks face detector.
 
@@ -154,8 +159,15 @@ class FaceDetector:
         self._calls = 0
 
     def detect(self, rgb: np.ndarray, t: float | None = None) -> list[Face]:
-        """rgb: (H, W, 3) uint8 RGB; t: capture time in seconds (VIDEO mode). Returns faces."""
+        """rgb: (H, W, 3) uint8 RGB; t: capture time in seconds (VIDEO mode). Returns faces.
+
+        Raises ValueError for an image with a side of ``MAX_DETECT_SIDE`` px or more, which
+        OpenCV inside MediaPipe would answer with an assertion that aborts the process."""
         import mediapipe as mp
+
+        if max(rgb.shape[:2]) >= MAX_DETECT_SIDE:
+            raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px: a side of "
+                             f"{MAX_DETECT_SIDE} px or more cannot be searched for faces")
 
         image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
         quiet = quiet_native_stderr() if self._calls == 0 else contextlib.nullcontext()

@@ -9,7 +9,8 @@ attributes that may be changed while it runs:
   (OpenAI-style JSON error bodies); ``"stall"`` (stream ``fail_after`` content chunks, then
   send nothing until ``stall_s`` passes or the server stops); ``"malformed"`` (stream
   ``fail_after`` chunks, then an event whose data is not JSON); ``"bad_chunk"`` (valid JSON
-  that is not a chunk).
+  that is not a chunk); ``"endless"`` (after ``reply``, stream ``endless_token`` every
+  ``inter_token_s`` until the client goes away or the server stops: a reply that never ends).
 - ``ttft_s``: time to first token, counted from the request (a role-only chunk is sent at once,
   as real servers do, so only a wall-clock deadline catches a slow first token);
   ``inter_token_s``: delay between content chunks.
@@ -17,7 +18,8 @@ attributes that may be changed while it runs:
 - ``api_key``: when set, other keys get 401 (whose message echoes the key, as a careless server
   might: a test that the client side never logs it).
 
-``requests`` records each request: ``{"path", "authorization", "body"}``.
+``requests`` records each request: ``{"path", "authorization", "headers", "body"}`` (headers
+with lower-case names).
 
     with ChatServer(reply="Hello there.", ttft_s=0.5) as srv:
         client = OpenAI(base_url=srv.base_url, api_key="x", max_retries=0)
@@ -92,7 +94,8 @@ class _Handler(BaseHTTPRequestHandler):
             return
         auth = self.headers.get("Authorization", "")
         with cs.lock:
-            cs.requests.append({"path": self.path, "authorization": auth, "body": body})
+            cs.requests.append({"path": self.path, "authorization": auth, "body": body,
+                                "headers": {k.lower(): v for k, v in self.headers.items()}})
             mode = cs.mode
         if not self.path.rstrip("/").endswith("/chat/completions"):
             self._error(404, f"unknown path {self.path}", "not_found")
@@ -147,6 +150,10 @@ class _Handler(BaseHTTPRequestHandler):
                 if i and cs.inter_token_s:
                     time.sleep(cs.inter_token_s)
                 self._send_event(chunk({"content": tok}))
+            while mode == "endless" and not cs.stopping.is_set():
+                if cs.inter_token_s:
+                    time.sleep(cs.inter_token_s)
+                self._send_event(chunk({"content": cs.endless_token}))
             self._send_event(chunk({}, "stop"))
             self._send_raw(b"data: [DONE]\n\n")
             self._end_chunked()
@@ -187,10 +194,12 @@ class ChatServer:
 
     def __init__(self, reply: str = DEFAULT_REPLY, mode: str = "normal", ttft_s: float = 0.0,
                  inter_token_s: float = 0.0, fail_after: int = 0, stall_s: float = 30.0,
-                 api_key: str | None = None, retry_after: float = 1.0, model: str = "test-model") -> None:
+                 api_key: str | None = None, retry_after: float = 1.0, model: str = "test-model",
+                 endless_token: str = " and") -> None:
         self.reply, self.mode, self.ttft_s, self.inter_token_s = reply, mode, ttft_s, inter_token_s
         self.fail_after, self.stall_s, self.api_key, self.retry_after = fail_after, stall_s, api_key, retry_after
         self.model = model
+        self.endless_token = endless_token
         self.requests: list[dict] = []
         self.lock = threading.Lock()
         self.stopping = threading.Event()
