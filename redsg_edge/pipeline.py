@@ -21,10 +21,12 @@ import numpy as np
 
 from .capture import (AudioRing, CaptureThread, DeviceError, FrameRing, open_camera,
                       open_microphone)
+from . import CLASSES
 from .config import Config
+from .errors import ModelError
 from .features import SAMPLE_RATE
 from .fusion import Evidence, FusedUpdate, Fusion, face_reliability
-from .speech import SerModel, SpeechPerception
+from .speech import SerModel, SpeechOutput, SpeechPerception
 from .vad import CHUNK
 from .vision import FaceDetector, FerModel, VisionWorker
 
@@ -207,6 +209,9 @@ class Pipeline:
             say("loading voice")
             from .reply import ReplyWorker
             self.reply = ReplyWorker(cfg, on_event=self._record)
+        self.transcripts = None
+        if self.reply is not None and self.speech is not None:
+            self.transcripts = self._load_transcripts(cfg, say)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._captures: list[CaptureThread] = []
@@ -217,6 +222,38 @@ class Pipeline:
         self._fps = 0.0
         self._frame_t: float | None = None
         self.gated_windows = 0
+
+    def _load_transcripts(self, cfg: Config, say: Callable[[str], None]):
+        """The speech-to-text worker when the words are used (``stt.transcripts_wanted``), else
+        None. A missing model raises ModelError, or with ``service.allow_degraded`` leaves
+        speech-to-text off with a note."""
+        from .stt import Transcriber, TranscriptWorker, transcripts_wanted
+        if not transcripts_wanted(cfg):
+            return None
+        say("loading speech-to-text")
+        tc = cfg.speech.transcript
+        try:
+            stt = Transcriber.from_config(tc)
+        except ModelError as exc:
+            if not cfg.service.allow_degraded:
+                raise
+            self.unavailable["speech-to-text"] = str(exc)
+            return None
+        worker = TranscriptWorker(stt, self._on_transcript, gate=self.reply.mic_gated,
+                                  max_audio_s_per_minute=tc.max_audio_s_per_minute,
+                                  log_transcripts=tc.log_transcripts)
+        self.reply.transcripts_idle = worker.wait_idle
+        return worker
+
+    def _on_transcript(self, u) -> None:
+        from .stt import utterance_record
+        self.reply.add_utterance(u)
+        self._record(utterance_record(u, self.cfg.speech.transcript.log_transcripts))
+
+    def _on_utterance(self, out: SpeechOutput) -> None:
+        if self.transcripts is not None:
+            emotion = CLASSES[int(np.argmax(out.probs))] if out.probs is not None else None
+            self.transcripts.submit(out.start_s, out.end_s, out.audio, emotion)
 
     def _open(self, what: str, opener):
         try:
@@ -250,6 +287,8 @@ class Pipeline:
             beats[c.name] = c.heartbeat
         if self.reply is not None:
             beats["reply"] = self.reply.heartbeat
+        if self.transcripts is not None:
+            beats["transcripts"] = self.transcripts.heartbeat
         return beats
 
     def status(self) -> dict:
@@ -290,6 +329,8 @@ class Pipeline:
             self._spawn("speech", self._speech_loop)
         if self.reply is not None:
             self.reply.start()
+        if self.transcripts is not None:
+            self.transcripts.start()
 
     def _spawn(self, name: str, target) -> None:
         self._beats[name] = time.monotonic()
@@ -312,6 +353,8 @@ class Pipeline:
             c.stop(max(0.1, deadline - time.monotonic()))
         for th in self._threads:
             th.join(max(0.1, deadline - time.monotonic()))
+        if self.transcripts is not None:
+            self.transcripts.stop(max(0.1, deadline - time.monotonic()))
         if self.reply is not None:
             self.reply.stop(max(0.1, deadline - time.monotonic()))
         for w in (self.vision,):
@@ -389,7 +432,7 @@ class Pipeline:
                                                 or self.reply.mic_gated(t_end))
             if gated:
                 self.gated_windows += 1
-            feed_speech(self.speech, t_first, pcm, self._fuse, gated)
+            feed_speech(self.speech, t_first, pcm, self._fuse, gated, self._on_utterance)
 
 
 def face_evidence(t: float, result, cfg: Config) -> Evidence | None:
@@ -402,10 +445,14 @@ def face_evidence(t: float, result, cfg: Config) -> Evidence | None:
 
 
 def feed_speech(step: SpeechPerception, t_first: float, pcm: np.ndarray,
-                fuse: Callable[[float, Evidence | None], None], gated: bool = False) -> None:
+                fuse: Callable[[float, Evidence | None], None], gated: bool = False,
+                on_utterance: Callable[[SpeechOutput], None] | None = None) -> None:
     """The one way audio reaches fusion, live and in replay: every output of the speech step
-    becomes one fusion update (with the voice evidence, or None for a tick)."""
+    becomes one fusion update (with the voice evidence, or None for a tick); each closed
+    utterance also goes to ``on_utterance`` (speech-to-text), just before its update."""
     for out in step.push(t_first, pcm, gated):
+        if on_utterance is not None and out.kind == "utterance":
+            on_utterance(out)  # first: a transition this utterance fires can wait for its words
         fuse(*out.fusion_input())
 
 

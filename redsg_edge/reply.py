@@ -88,6 +88,10 @@ __all__ = ["split_sentences", "clean_for_speech", "TemplatePicker", "DEFAULT_TEM
            "build_messages", "HistoryEntry", "read_api_key", "is_local_url", "LOCAL_PLACEHOLDER_KEY",
            "ReplyWorker"]
 
+#: Seconds a chat reply waits at most for the transcript of the utterance that just ended
+#: (speech-to-text of a 3 s utterance takes 60-85 ms on one core here, ~0.3-0.6 s on a Pi 4).
+TRANSCRIPT_WAIT_S = 0.5
+
 #: The key sent to a local endpoint when none is configured (llama.cpp's documented example).
 LOCAL_PLACEHOLDER_KEY = "sk-no-key-required"
 
@@ -613,6 +617,9 @@ class ReplyWorker:
         self._q: queue.Queue = queue.Queue(maxsize=1)
         self._history: deque[HistoryEntry] = deque(maxlen=64)
         self._utterances: deque[Any] = deque(maxlen=20)  # stt.Utterance, for the prompt only
+        #: ``wait(timeout_s) -> bool`` for transcripts still being made (``TranscriptWorker.
+        #: wait_idle``): a transition fired by an utterance's end comes before its words do.
+        self.transcripts_idle: Callable[[float], bool] | None = None
         self._busy = False
         self._cooldown_until = float("-inf")
         self._stop = threading.Event()
@@ -897,6 +904,9 @@ class ReplyWorker:
 
     def _reply(self, event: Any, t_submit: float, entry: HistoryEntry) -> None:
         clock = self._clock
+        wait = self.transcripts_idle
+        if wait is not None and self._cfg.reply.chat.enabled and self._client is not None:
+            wait(TRANSCRIPT_WAIT_S)
         with self._lock:
             cfg, client, picker = self._cfg, self._client, self._picker
             history = [h for h in self._history if h is not entry and h.t <= entry.t]

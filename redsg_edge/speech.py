@@ -149,6 +149,8 @@ class SpeechOutput:
     start_s, end_s: capture times of the audio classified (padding included), or None.
     reliability: the VAD's mean speech probability over the voiced chunks classified (0..1),
     handed to fusion as :attr:`Evidence.reliability`.
+    audio: for an utterance, its samples ((n,) int16, padding included, start_s..end_s) for
+    speech-to-text; None otherwise.
     """
 
     t: float
@@ -158,6 +160,7 @@ class SpeechOutput:
     end_s: float | None = None
     split: bool = False
     reliability: float = 1.0
+    audio: np.ndarray | None = None
 
     def fusion_input(self) -> tuple[float, Evidence | None]:
         """``(t, evidence or None)``: what fusion.update gets, in every loop alike."""
@@ -300,7 +303,8 @@ class SpeechPerception:
         self._prev_end = b
         self.utterances += 1
         return SpeechOutput(self._time(end), probs, "utterance", self._time(a), self._time(b),
-                            utt.split, self._speech_prob(utt.start, utt.end))
+                            utt.split, self._speech_prob(utt.start, utt.end),
+                            self._audio(a, b).copy())
 
     def _speech_prob(self, c0: int, c1: int) -> float:
         """Mean VAD probability of chunks c0..c1-1 (those still held), 0..1."""

@@ -434,3 +434,49 @@ def test_without_network_pip_failure_names_the_file(tmp_path, monkeypatch):
     with pytest.raises(AssetError, match=r"moonshine-tokenizer.json: `pip download "
                                          r"useful-moonshine-onnx==20251121` did not give .*--mirror"):
         fetch_models(tmp_path / "d", names={TOKENIZER.name})
+
+
+def test_the_daemon_loop_puts_what_was_said_into_the_chat_prompt(tmp_path):
+    """The live Pipeline, fed by a paced file microphone, hands each utterance the VAD closes to
+    speech-to-text, and its words reach the loopback chat server in the next transition's
+    prompt. (Which transitions the SER causes depends on the model; here, once an utterance has
+    been transcribed, one transition is handed to the daemon's own reply worker.)"""
+    from redsg_edge.pipeline import Pipeline
+
+    _need_models()
+    media = tmp_path / "talk.wav"
+    gap = np.zeros(24000, np.int16)
+    sf.write(str(media), np.concatenate([gap, pcm_of(SAD_KIDS), gap]), 16000, subtype="PCM_16")
+    with ChatServer(reply="I hear you.") as srv:
+        cfg = stt_config()
+        cfg.camera.source = "none"
+        cfg.microphone.source, cfg.microphone.file = "file", media
+        cfg.reply.cooldown_s = 0.0
+        cfg.reply.chat.enabled, cfg.reply.chat.base_url = True, srv.base_url
+        cfg.reply.chat.first_token_timeout_s = 5.0
+        cfg.voice.sink = "null"
+        records: list[dict] = []
+        pipe = Pipeline(cfg, on_record=records.append)
+        assert pipe.transcripts is not None and pipe.reply.transcripts_idle is not None
+        pipe.start()
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and not any(
+                    r.get("type") == "utterance" and r["words"] for r in records):
+                time.sleep(0.1)
+            said = [r for r in records if r.get("type") == "utterance"]
+            assert said, records
+            assert all("transcript" not in r for r in said)  # log_transcripts is off by default
+            n = len(srv.requests)
+
+            class Ev:
+                t, from_emotion, to_emotion, confidence, previous_duration_s = (
+                    time.monotonic(), "neutral", "sad", 0.8, 5.0)
+            assert pipe.reply.submit(Ev())
+            while time.monotonic() < deadline + 20 and len(srv.requests) == n:
+                time.sleep(0.1)
+        finally:
+            pipe.stop(5.0)
+    assert len(srv.requests) > n, "no chat request after the transition"
+    assert KIDS in words(json.dumps(srv.requests[n]["body"]))
+    assert pipe.status()["audio"]["utterances"] >= 1
