@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from redsg_edge import CLASSES
-from redsg_edge.config import EX_CONFIG, Config, ConfigError, load_config
+from redsg_edge.config import Config, ConfigError, load_config
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config.toml"
@@ -174,10 +174,6 @@ def test_relative_paths_resolved_against_the_file(tmp_path, monkeypatch):
 def test_missing_file_named(tmp_path):
     lines = _problems(tmp_path / "absent.toml")
     assert lines[0].startswith(f"{tmp_path / 'absent.toml'}: file not found")
-
-
-def test_exit_code_is_ex_config():
-    assert EX_CONFIG == 78
 
 
 def test_empty_file_gives_defaults(tmp_path):

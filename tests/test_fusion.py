@@ -15,7 +15,7 @@ import pytest
 
 from redsg_edge import CLASSES
 from redsg_edge.config import FusionConfig
-from redsg_edge.fusion import Evidence, Fusion, FusedUpdate, TransitionEvent, confidence_of
+from redsg_edge.fusion import Evidence, Fusion, TransitionEvent, confidence_of
 
 
 def mix(**weights: float) -> np.ndarray:
@@ -289,7 +289,6 @@ def test_transition_event_json():
 def test_update_json_and_shapes():
     f = Fusion(cfg())
     u0 = f.update(0.0)
-    assert isinstance(u0, FusedUpdate)
     assert u0.raw is None and u0.emotion == "neutral"
     assert u0.probs.shape == (7,) and u0.probs.dtype == np.float32
     assert u0.probs == pytest.approx(np.full(7, 1 / 7))
