@@ -344,3 +344,26 @@ def test_product_rule_survives_a_zero_probability():
     f.update(0.0, Evidence("face", 0.0, np.eye(len(CLASSES))[3]))
     u = f.update(0.0, Evidence("voice", 0.0, np.eye(len(CLASSES))[4]))
     assert np.all(np.isfinite(u.raw)) and math.isclose(float(u.raw.sum()), 1.0, rel_tol=1e-5)
+
+
+def test_shipped_product_rule_uses_prior_confidence_and_freshness():
+    """The shipped defaults (product rule, face 1.0, voice 0.2, entropy confidence): the raw
+    fused vector is the weighted geometric mean with weight = prior x confidence x freshness."""
+    c = FusionConfig()
+    assert (c.combiner, c.face_weight, c.voice_weight, c.confidence) == ("product", 1.0, 0.2,
+                                                                         "entropy")
+    face, voice = mix(happy=0.6, neutral=0.3), mix(sad=0.9)
+    f = Fusion(c)
+    f.update(0.0, Evidence("voice", 0.0, voice))
+    u = f.update(1.0, Evidence("face", 1.0, face))
+    w_face = 1.0 * confidence_of(face, "entropy") * 1.0
+    w_voice = 0.2 * confidence_of(voice, "entropy") * (1 - 1.0 / c.max_age_s)
+    assert u.evidence["voice"].weight == pytest.approx(w_voice, rel=1e-6)
+    assert u.evidence["face"].weight == pytest.approx(w_face, rel=1e-6)
+    logp = (w_face * np.log(face) + w_voice * np.log(voice)) / (w_face + w_voice)
+    expected = np.exp(logp - logp.max())
+    np.testing.assert_allclose(u.raw, expected / expected.sum(), rtol=1e-4)
+    # With equal weights the confident voice would win; the priors keep the face on top.
+    assert CLASSES[int(np.argmax(u.raw))] == "happy"
+    g = np.sqrt(face * voice)
+    assert CLASSES[int(np.argmax(g))] == "sad"
