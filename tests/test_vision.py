@@ -37,18 +37,37 @@ def test_detector_finds_the_face_in_every_frame_and_fer_classifies_it():
         assert r.probs.shape == (7,) and abs(float(r.probs.sum()) - 1) < 1e-5
 
 
+def _corr(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64) - a.mean(), b.astype(np.float64) - b.mean()
+    return float((a * b).sum() / np.sqrt((a * a).sum() * (b * b).sum()))
+
+
+def _eye_angle(face: Face) -> float:
+    (rx, ry), (lx, ly) = face.keypoints[0], face.keypoints[1]
+    return float(np.degrees(np.arctan2(ly - ry, lx - rx)))
+
+
 def test_crop_is_48x48_gray_and_eye_levelled():
+    import cv2
     t, rgb = next(frames(PEXELS, 1))
     det = FaceDetector(DETECTOR, video=False)
-    face = det.detect(rgb)[0]
-    det.close()
-    crop = crop_face(rgb, face)
-    assert crop.shape == (48, 48) and crop.dtype == np.uint8
-    assert crop.std() > 10  # a face, not a flat border
-    # Rotating the frame 10° rotates the keypoints; the levelled crops stay alike.
-    tilted = Face(face.box, face.score, face.keypoints + np.array([[0, -8], [0, 8], [0, 0],
-                                                                   [0, 0], [0, 0], [0, 0]]))
-    assert crop_face(rgb, tilted).shape == (48, 48)
+    try:
+        face = det.detect(rgb)[0]
+        crop = crop_face(rgb, face)
+        assert crop.shape == (48, 48) and crop.dtype == np.uint8
+        assert crop.std() > 10  # a face, not a flat border
+        # The same frame turned 15° either way about the face: the detector's eye line turns with
+        # it, and the levelled crops stay alike (measured 0.87 and 0.85; unlevelled 0.67, 0.69).
+        x, y, w, h = face.box
+        for deg in (15, -15):
+            m = cv2.getRotationMatrix2D((x + w / 2, y + h / 2), deg, 1.0)
+            turned = cv2.warpAffine(rgb, m, (rgb.shape[1], rgb.shape[0]),
+                                    borderMode=cv2.BORDER_REPLICATE)
+            face2 = det.detect(turned)[0]
+            assert abs(_eye_angle(face2) - _eye_angle(face) + deg) < 6, deg
+            assert _corr(crop, crop_face(turned, face2)) > 0.8, deg
+    finally:
+        det.close()
 
 
 def test_select_face_follows_the_previous_one():
