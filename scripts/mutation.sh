@@ -53,7 +53,7 @@ fi
     echo "mutation.sh: mutmut is not installed in $PY (pip install -e '.[test]')" >&2; exit 2; }
 work="$(mktemp -d "${TMPDIR:-/tmp}/redsg-mutation.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-(cd "$REPO" && git ls-files -z redsg_edge tests pyproject.toml models | tar --null -T - -cf -) \
+(cd "$REPO" && git ls-files -z | tar --null -T - -cf -) \
     | tar -xf - -C "$work"
 cp "$work/pyproject.toml" "$work/pyproject.base.toml"
 mkdir -p "$OUT"
@@ -67,6 +67,8 @@ source_paths = ["redsg_edge/"]
 only_mutate = ["${FILE[$m]}"]
 pytest_add_cli_args_test_selection = ["${TESTS[$m]}"]
 pytest_add_cli_args = ["-p", "no:cacheprovider", "-q", "-x"]
+also_copy = [$(cd "$work" && ls -A | grep -v -x -e redsg_edge -e tests -e mutants -e .git \
+               | sed 's/.*/"&"/' | paste -sd, -)]
 EOF
     rm -rf "$work/mutants"
     t0=$(date +%s)
