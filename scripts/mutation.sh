@@ -81,7 +81,7 @@ EOF
     : >"$survivors"
     names=$(cd "$work" && "$PY" -m mutmut results 2>/dev/null | awk -F': ' '$2 == "survived" || $2 == "no tests" {print $1}' | tr -d ' ')
     for name in $names; do
-        { echo "### $name"; (cd "$work" && "$PY" -m mutmut show "$name" 2>/dev/null | grep -E '^[-+] '); } >>"$survivors"
+        { echo "### $name"; (cd "$work" && "$PY" -m mutmut show "$name" 2>/dev/null | grep -E '^[-+] ' || true); } >>"$survivors"
     done
     "$PY" - "$work/mutants/mutmut-cicd-stats.json" "$m" "$secs" "$survivors" "${NAMES[$m]:-all}" <<'EOF'
 import json, sys

@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from redsg_edge import CLASSES
-from redsg_edge.config import Config, ConfigError, load_config
+from redsg_edge.config import Config, ConfigError, load_config, parse_config, style_for
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config.toml"
@@ -179,3 +179,27 @@ def test_missing_file_named(tmp_path):
 def test_empty_file_gives_defaults(tmp_path):
     cfg = load_config(_write(tmp_path, ""))
     assert cfg.camera.width == 640 and cfg.fusion.enter_threshold == 0.55
+
+
+def test_top_level_and_default_source_in_error_lines():
+    with pytest.raises(ConfigError) as e:
+        parse_config([], "f.toml")  # type: ignore[arg-type]
+    assert e.value.lines[0].startswith("f.toml: (top level): ")
+    with pytest.raises(ConfigError) as e:
+        parse_config({"fusion": {"min_dwell_s": -1}})
+    assert e.value.lines[0].startswith("<config>: fusion.min_dwell_s: ")
+
+
+def test_missing_and_unreadable_files_say_what_to_do(tmp_path):
+    lines = _problems(tmp_path / "absent.toml")
+    assert lines == [f"{tmp_path / 'absent.toml'}: file not found (pass --config PATH or create "
+                     "it from the repository's config.toml)"]
+    lines = _problems(tmp_path)  # a directory
+    assert len(lines) == 1 and lines[0].startswith(f"{tmp_path}: cannot read: ")
+
+
+def test_style_for_uses_the_emotion_style_else_the_default():
+    voice = parse_config({"voice": {"default_style": {"volume": 0.5},
+                                    "style": {"sad": {"length_scale": 1.3}}}}).voice
+    assert style_for(voice, "sad").length_scale == 1.3
+    assert style_for(voice, "happy") == voice.default_style and voice.default_style.volume == 0.5
