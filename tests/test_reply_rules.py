@@ -46,6 +46,8 @@ def test_long_remainders_are_cut_at_the_documented_limits():
     assert split_sentences("x" * 200) == ([], "x" * 200)
     assert split_sentences("x" * 201) == (["x" * 200], "x")
     assert split_sentences("x" * 250) == (["x" * 200], "x" * 50)
+    early = "ab cd " + "x" * 250  # spaces only before min_clause: cut at the hard limit
+    assert split_sentences(early) == (["ab cd " + "x" * 194], "x" * 56)
     spaced = "ab cd " + "x" * 30 + " " + "y" * 40 + " " + "z" * 150
     got, rest = split_sentences(spaced)
     assert got == ["ab cd " + "x" * 30 + " " + "y" * 40] and rest == " " + "z" * 150
