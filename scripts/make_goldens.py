@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.ser:
         model = args.models / "ser_int8.tflite"
         write(args.out / "ser_golden.json", model, goldens.ser_set(model),
-              "per utterance: mean of features.ser_windows probabilities (2.5 s, hop 0.5 s)")
+              "per utterance: mean of features.ser_windows probabilities (speech.window_s "
+              "windows every speech.hop_s, the default config's)")
     return 0
 
 

@@ -65,6 +65,17 @@ def _default_status_files() -> dict[str, tuple[int, int] | None]:
     return out
 
 
+def _written_by(path: Path, roots: tuple[str, ...]) -> bool:
+    """True when the status file at ``path`` names a config under one of ``roots``."""
+    import json
+
+    try:
+        config = str(json.loads(path.read_text(encoding="utf-8")).get("config") or "")
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: assume the worst
+    return config.startswith(roots)
+
+
 def _repo_stray_files() -> set[str]:
     """Untracked files (ignored ones included) in the repository, caches and venvs aside."""
     import subprocess
@@ -102,8 +113,11 @@ def isolated_runtime(tmp_path_factory):
         yield runtime
     finally:
         mp.undo()
+    # Other test runs on the same machine (another checkout, as another session) may write the
+    # same default file meanwhile: a changed file counts when its config is one of this run's.
+    ours = (str(tmp_path_factory.getbasetemp()), str(REPO))
     changed = {p: (before_status[p], now) for p, now in _default_status_files().items()
-               if before_status.get(p) != now}
+               if before_status.get(p) != now and _written_by(Path(p), ours)}
     assert not changed, ("the test run wrote the user's default status file(s) (before, after): "
                          f"{changed}; give the daemon service.status_file or RUNTIME_DIRECTORY "
                          "under the test's tmp_path")

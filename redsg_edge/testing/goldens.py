@@ -8,8 +8,9 @@ generator can never disagree on the method:
   six classes (927; the argmax over those six, CK+48 has no neutral). FER2013 PrivateTest and
   CK+48 were never trained on.
 - :func:`ser_set`: SER per utterance on every RAVDESS file of the held-out actors 23 and 24
-  (120): the utterance's windows (``features.ser_windows``, 2.5 s every 0.5 s), the mean of the
-  windows' probabilities, its argmax.
+  (120): the utterance's windows (``features.ser_windows``, ``speech.window_s`` every
+  ``speech.hop_s`` of the default config: 2.5 s every 0.5 s), the mean of the windows'
+  probabilities, its argmax.
 
 Each set is a dict: ``n``, ``names_sha256`` (sha256 of the item names, newline-joined, in
 order: the committed identity of the list), ``labels`` and ``top1`` (one digit per item, a
@@ -32,7 +33,6 @@ from .. import CLASSES
 FLOOR_MARGIN = {"fer2013_private_test": 0.02, "ck48": 0.025, "ravdess_actors_23_24": 0.035}
 FLIP_FRACTION = {"fer2013_private_test": 0.01, "ck48": 0.01, "ravdess_actors_23_24": 0.03}
 SER_ACTORS = (23, 24)
-SER_HOP_S = 0.5
 CK_SIX = tuple(CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "sad", "surprise"))
 
 
@@ -70,10 +70,13 @@ def fer_sets(model: Path, preprocess=None) -> dict[str, dict]:
     return out
 
 
-def ser_utterance_probs(ser, pcm: np.ndarray, hop_s: float = SER_HOP_S) -> np.ndarray:
-    """(7,) mean of the window probabilities of one utterance (int16 PCM at 16 kHz)."""
+def ser_utterance_probs(ser, pcm: np.ndarray, hop_s: float | None = None) -> np.ndarray:
+    """(7,) mean of the window probabilities of one utterance (int16 PCM at 16 kHz); hop_s
+    defaults to the config's ``speech.hop_s``."""
+    from ..config import SpeechConfig
     from ..features import SAMPLE_RATE, ser_windows
 
+    hop_s = SpeechConfig().hop_s if hop_s is None else hop_s
     wins = ser_windows(pcm, ser.window_samples, int(round(hop_s * SAMPLE_RATE)))
     probs = []
     for w in wins:
@@ -83,15 +86,17 @@ def ser_utterance_probs(ser, pcm: np.ndarray, hop_s: float = SER_HOP_S) -> np.nd
     return np.mean(probs, axis=0)
 
 
-def ser_set(model: Path, window_s: float = 2.5, transform=None) -> dict[str, dict]:
-    """The SER golden set (see module doc). ``transform(pcm) -> pcm`` is applied to each file's
-    audio first (for corruption checks)."""
+def ser_set(model: Path, window_s: float | None = None, transform=None) -> dict[str, dict]:
+    """The SER golden set (see module doc); window_s defaults to the config's
+    ``speech.window_s``. ``transform(pcm) -> pcm`` is applied to each file's audio first (for
+    corruption checks)."""
     import soundfile as sf
 
+    from ..config import SpeechConfig
     from ..datasets import load_ravdess_index
     from ..speech import SerModel
 
-    ser = SerModel(model, window_s)
+    ser = SerModel(model, SpeechConfig().window_s if window_s is None else window_s)
     files = [f for f in load_ravdess_index() if f.actor in SER_ACTORS]
     top1 = []
     for f in files:
