@@ -354,7 +354,7 @@ def test_no_voice_evidence_while_the_device_speaks(voice_daemon, voice_chat):
     # One SER window may have been classified just before the gate opened; after that, none.
     inside = {p for t, p in samples if start + 0.6 <= t <= gate_end - 0.3}
     outside = {p for t, p in samples if t < start - 0.1 or t > gate_end + 0.6}
-    assert len(outside) >= 3, "the utterance moved the fused state before and after the reply"
+    assert len(outside) >= 2, "the utterance moved the fused state outside the reply"
     assert len([t for t, _ in samples if start + 0.6 <= t <= gate_end - 0.3]) >= 10
     assert len(inside) == 1, (f"the fused state changed {len(inside) - 1} times while the device "
                               f"spoke ({reply['audio_s']:.1f} s): SER evidence was not gated")

@@ -77,7 +77,10 @@ def ser_utterance_probs(ser, pcm: np.ndarray, hop_s: float | None = None) -> np.
     from ..features import SAMPLE_RATE, ser_windows
 
     hop_s = SpeechConfig().hop_s if hop_s is None else hop_s
-    wins = ser_windows(pcm, ser.window_samples, int(round(hop_s * SAMPLE_RATE)))
+    hop = int(round(hop_s * SAMPLE_RATE))
+    if hasattr(ser, "predict_utterance"):  # the runtime's own utterance path, where it has one
+        return np.asarray(ser.predict_utterance(pcm, hop), dtype=np.float64)
+    wins = ser_windows(pcm, ser.window_samples, hop)
     probs = []
     for w in wins:
         p = np.clip(ser.clf.predict(w), 0.0, None)
