@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,84 @@ def write_config(path: Path, text: str = "") -> Path:
     path.write_text(f'[vision]\ndetector_model = "{DETECTOR}"\nfer_model = "{FER_MODEL}"\n'
                     f'[speech]\nser_model = "{SER_MODEL}"\n' + text)
     return path
+
+
+# ------------------------------------------------------------------------------- isolation
+# Every test writes only under its own temporary directory. The daemon's default status file
+# (``status_path``: $RUNTIME_DIRECTORY first) and everything a subprocess inherits through the
+# environment point into one session temporary directory; the checks below fail the run when a
+# test still touched the user's default status file or left files in the repository.
+
+def _default_status_files() -> dict[str, tuple[int, int] | None]:
+    """(mtime_ns, size) of each default status file under the environment pytest started with."""
+    from redsg_edge.service import status_candidates
+
+    out: dict[str, tuple[int, int] | None] = {}
+    for p in status_candidates(_ORIGINAL_ENV):
+        try:
+            st = p.stat()
+        except OSError:
+            out[str(p)] = None
+        else:
+            out[str(p)] = (st.st_mtime_ns, st.st_size)
+    return out
+
+
+def _written_by(path: Path, roots: tuple[str, ...]) -> bool:
+    """True when the status file at ``path`` names a config under one of ``roots``."""
+    import json
+
+    try:
+        config = str(json.loads(path.read_text(encoding="utf-8")).get("config") or "")
+    except (OSError, ValueError, AttributeError):
+        return True  # unreadable: assume the worst
+    return config.startswith(roots)
+
+
+def _repo_stray_files() -> set[str]:
+    """Untracked files (ignored ones included) in the repository, caches and venvs aside."""
+    import subprocess
+
+    try:
+        res = subprocess.run(["git", "status", "--porcelain", "--ignored", "--untracked-files=all"],
+                             cwd=REPO, capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return set()
+    skip = (".venv", ".pytest_cache", "models/blaze_face_short_range.tflite", ".whl/", ".cache/")
+    return {line[3:] for line in res.stdout.splitlines()
+            if line[:2] in ("??", "!!") and "__pycache__" not in line and ".egg-info" not in line
+            and not line[3:].startswith(skip)}
+
+
+_ORIGINAL_ENV = dict(os.environ)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_runtime(tmp_path_factory):
+    """Point the daemon's default status file (and XDG/runtime paths) at a session temp dir.
+
+    At the end, fail when a default status file of the original environment changed or the
+    repository gained untracked files (runs/, replies/, events.jsonl ...)."""
+    runtime = tmp_path_factory.mktemp("runtime")
+    before_status = _default_status_files()
+    before_repo = _repo_stray_files()
+    mp = pytest.MonkeyPatch()
+    mp.setenv("RUNTIME_DIRECTORY", str(runtime))
+    mp.setenv("XDG_RUNTIME_DIR", str(runtime / "xdg"))
+    for key in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM",
+                "CREDENTIALS_DIRECTORY", "OPENAI_API_KEY"):
+        mp.delenv(key, raising=False)
+    try:
+        yield runtime
+    finally:
+        mp.undo()
+    # Other test runs on the same machine (another checkout, as another session) may write the
+    # same default file meanwhile: a changed file counts when its config is one of this run's.
+    ours = (str(tmp_path_factory.getbasetemp()), str(REPO))
+    changed = {p: (before_status[p], now) for p, now in _default_status_files().items()
+               if before_status.get(p) != now and _written_by(Path(p), ours)}
+    assert not changed, ("the test run wrote the user's default status file(s) (before, after): "
+                         f"{changed}; give the daemon service.status_file or RUNTIME_DIRECTORY "
+                         "under the test's tmp_path")
+    stray = sorted(_repo_stray_files() - before_repo)
+    assert not stray, f"the test run left files in the repository: {stray}"

@@ -80,9 +80,9 @@ def test_bench_stages_quick(config, tmp_path):
             check_summary(s, res["calls"])
         assert mode["detection_rate"] > 0.5  # the clip's face is visible in most frames
     t = res["targets"]["vision_frame_p50_ms_one_core"]
-    assert positive(t["value"]) and t["limit"] == 6.0 and isinstance(t["met"], bool)
+    assert positive(t["value"]) and t["limit"] == 6.0 and t["met"] == (t["value"] <= 6.0)
     v = res["targets"]["vad_per_30ms_p50_ms_one_core"]
-    assert positive(v["value"]) and v["limit"] == 0.5 and isinstance(v["met"], bool)
+    assert positive(v["value"]) and v["limit"] == 0.5 and v["met"] == (v["value"] <= 0.5)
 
 
 def test_bench_loop_quick(config, tmp_path):
@@ -117,7 +117,8 @@ def test_bench_daemon_quick(config, tmp_path):
     st = res["status"]
     assert st["source"].startswith("redsg-edge status"), st
     assert st["frames"]["captured"] >= 15 and st["frames"]["classified"] >= 1
-    assert st["frames"]["dropped"] >= 0 and st["audio"]["overruns"] >= 0
+    # A file microphone has no driver to overflow; the vision worker keeps up with most frames.
+    assert st["audio"]["overruns"] == 0 and st["frames"]["dropped"] < st["frames"]["captured"]
     assert len(res["samples"]["t_s"]) == len(res["samples"]["rss_mb"]) >= 5
     assert set(res["targets"]) == {"daemon_cpu_pct_one_core", "daemon_rss_mb_peak",
                                    "daemon_rss_slope_mb_per_min"}
@@ -139,10 +140,16 @@ def test_bench_reply_quick(config, tmp_path):
 def test_bench_peers_quick(config, tmp_path):
     res = run_bench("peers", config, tmp_path / "peers.json", timeout=1800)
     assert res["images"]["fer2013_private_test"] == 70 and res["images"]["ck48"] >= 40
-    for name, acc in res["accuracy"].items():
-        for ds in ("fer2013_private_test", "ck48"):
-            assert 0.0 <= acc[ds]["acc"] <= 1.0 and 0.0 <= acc[ds]["face_found"] <= 1.0, name
-        assert "acc_6way" in acc["ck48"] and "acc_7way" in acc["ck48"]
+    acc = res["accuracy"]
+    for name in acc:
+        assert "acc_6way" in acc[name]["ck48"] and "acc_7way" in acc[name]["ck48"]
+    # The quick sample is fixed (the same 70 + 47 images every run); measured 2026-12-02 with
+    # the width-48 FER net: crops 0.743 / 0.660, photos 0.629 / 0.745, faces found 0.957 / 1.0.
+    assert acc["ours_crop"]["fer2013_private_test"]["acc"] >= 0.68
+    assert acc["ours_crop"]["ck48"]["acc"] >= 0.60
+    assert acc["ours_photo"]["fer2013_private_test"]["acc"] >= 0.57
+    assert acc["ours_photo"]["ck48"]["acc"] >= 0.68
+    assert acc["ours_photo"]["fer2013_private_test"]["face_found"] >= 0.9
     # The peer's own API on the given crops is far above chance even in a quick sample.
     assert res["accuracy"]["fer_crop_offsets_0"]["fer2013_private_test"]["acc"] > 0.4
     for s in res["latency_one_core"].values():

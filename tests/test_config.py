@@ -10,7 +10,7 @@ import pytest
 from pydantic import BaseModel
 
 from redsg_edge import CLASSES
-from redsg_edge.config import EX_CONFIG, Config, ConfigError, load_config
+from redsg_edge.config import Config, ConfigError, load_config, parse_config, style_for
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = REPO / "config.toml"
@@ -182,10 +182,35 @@ def test_missing_file_named(tmp_path):
     assert lines[0].startswith(f"{tmp_path / 'absent.toml'}: file not found")
 
 
-def test_exit_code_is_ex_config():
-    assert EX_CONFIG == 78
-
-
 def test_empty_file_gives_defaults(tmp_path):
     cfg = load_config(_write(tmp_path, ""))
     assert cfg.camera.width == 640 and cfg.fusion.enter_threshold == 0.55
+
+
+def test_top_level_and_default_source_in_error_lines():
+    with pytest.raises(ConfigError) as e:
+        parse_config([], "f.toml")  # type: ignore[arg-type]
+    assert e.value.lines[0].startswith("f.toml: (top level): ")
+    with pytest.raises(ConfigError) as e:
+        parse_config({"fusion": {"min_dwell_s": -1}})
+    assert e.value.lines[0].startswith("<config>: fusion.min_dwell_s: ")
+
+
+def test_missing_and_unreadable_files_say_what_to_do(tmp_path):
+    lines = _problems(tmp_path / "absent.toml")
+    assert lines == [f"{tmp_path / 'absent.toml'}: file not found (pass --config PATH or create "
+                     "it from the repository's config.toml)"]
+    lines = _problems(tmp_path)  # a directory
+    assert lines == [f"{tmp_path}: is a folder, not a config file (pass --config "
+                     f"{tmp_path / 'config.toml'} or set REDSG_CONFIG to the file)"]
+    unreadable = tmp_path / "bad.toml"
+    unreadable.write_bytes(b"\xff\xfe not utf-8 [")
+    lines = _problems(unreadable)
+    assert len(lines) == 1 and lines[0].startswith(f"{unreadable}: "), lines
+
+
+def test_style_for_uses_the_emotion_style_else_the_default():
+    voice = parse_config({"voice": {"default_style": {"volume": 0.5},
+                                    "style": {"sad": {"length_scale": 1.3}}}}).voice
+    assert style_for(voice, "sad").length_scale == 1.3
+    assert style_for(voice, "happy") == voice.default_style and voice.default_style.volume == 0.5

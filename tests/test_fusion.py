@@ -15,7 +15,7 @@ import pytest
 
 from redsg_edge import CLASSES
 from redsg_edge.config import FusionConfig
-from redsg_edge.fusion import Evidence, Fusion, FusedUpdate, TransitionEvent, confidence_of
+from redsg_edge.fusion import Evidence, Fusion, TransitionEvent, confidence_of
 
 
 def mix(**weights: float) -> np.ndarray:
@@ -289,7 +289,6 @@ def test_transition_event_json():
 def test_update_json_and_shapes():
     f = Fusion(cfg())
     u0 = f.update(0.0)
-    assert isinstance(u0, FusedUpdate)
     assert u0.raw is None and u0.emotion == "neutral"
     assert u0.probs.shape == (7,) and u0.probs.dtype == np.float32
     assert u0.probs == pytest.approx(np.full(7, 1 / 7))
@@ -407,3 +406,159 @@ def test_talking_face_stops_when_the_voice_goes_stale():
     u = f.update(2.0, Evidence("face", 2.0, NEUTRAL_TALKER))
     assert "voice" not in u.evidence
     np.testing.assert_allclose(u.evidence["face"].probs, NEUTRAL_TALKER, rtol=1e-5)
+
+
+def test_shipped_product_rule_uses_prior_confidence_and_freshness():
+    """The shipped defaults (product rule, face 1.0, voice 0.2, entropy confidence): the raw
+    fused vector is the weighted geometric mean with weight = prior x confidence x freshness."""
+    c = FusionConfig()
+    assert (c.combiner, c.face_weight, c.voice_weight, c.confidence) == ("product", 1.0, 0.2,
+                                                                         "entropy")
+    face, voice = mix(happy=0.6, neutral=0.3), mix(sad=0.9)
+    f = Fusion(c)
+    f.update(0.0, Evidence("voice", 0.0, voice))
+    u = f.update(1.0, Evidence("face", 1.0, face))
+    w_face = 1.0 * confidence_of(face, "entropy") * 1.0
+    w_voice = 0.2 * confidence_of(voice, "entropy") * (1 - 1.0 / c.max_age_s)
+    assert u.evidence["voice"].weight == pytest.approx(w_voice, rel=1e-6)
+    assert u.evidence["face"].weight == pytest.approx(w_face, rel=1e-6)
+    logp = (w_face * np.log(face) + w_voice * np.log(voice)) / (w_face + w_voice)
+    expected = np.exp(logp - logp.max())
+    np.testing.assert_allclose(u.raw, expected / expected.sum(), rtol=1e-4)
+    # With equal weights the confident voice would win; the priors keep the face on top.
+    assert CLASSES[int(np.argmax(u.raw))] == "happy"
+    g = np.sqrt(face * voice)
+    assert CLASSES[int(np.argmax(g))] == "sad"
+
+
+# ------------------------------------------------------------- details the mutation run found
+# (scripts/mutation.sh; docs/testing.md lists the mutants left alive and why)
+
+def test_json_records_round_as_documented():
+    f = Fusion(cfg(min_dwell_s=0.0, refractory_s=0.0, confidence="max_prob"))
+    f.update(0.11111, Evidence("face", 0.11111, pk("happy", 0.3)))
+    u = f.update(1.987654321, Evidence("face", 1.987654321, pk("sad", 0.912345678)))
+    rec = u.to_json()
+    assert rec["t"] == 1.9877 and rec["emotion"] == "sad"
+    assert rec["face"]["sad"] == round(float(u.evidence["face"].probs[CLASSES.index("sad")]), 6)
+    face = u.transition.to_json()["evidence"]["face"]
+    assert face["age_s"] == 0.0 and face["weight"] == round(float(u.evidence["face"].weight), 6)
+    assert face["probs"]["sad"] == round(float(u.evidence["face"].probs[CLASSES.index("sad")]), 6)
+    tr = u.transition.to_json()
+    assert tr["t"] == 1.9877 and tr["confidence"] == round(u.transition.confidence, 6)
+    assert tr["previous_duration_s"] == 1.8765  # 1.876544321 s
+    g = Fusion(cfg())
+    g.update(0.0, Evidence("face", 0.0, pk("happy")))
+    aged = g.update(0.123456789)
+    rec = aged.evidence["face"].to_json()
+    assert rec["age_s"] == 0.1235 and rec["weight"] == round(aged.evidence["face"].weight, 6)
+    assert rec["weight"] != aged.evidence["face"].weight  # rounded, not the raw float
+
+
+def test_used_evidence_fields():
+    c = cfg(max_age_s=2.0)
+    f = Fusion(c)
+    p = pk("fear", 0.6)
+    f.update(1.0, Evidence("voice", 1.0, p))
+    u = f.update(1.5)
+    ue = u.evidence["voice"]
+    assert (ue.modality, ue.t, ue.age_s) == ("voice", 1.0, 0.5)
+    assert ue.confidence == pytest.approx(confidence_of(p, "entropy"))
+    assert ue.freshness == pytest.approx(0.75)
+    assert ue.weight == pytest.approx(c.voice_weight * ue.confidence * 0.75)
+    assert u.raw.dtype == np.float32 and u.probs.dtype == np.float32
+
+
+def test_evidence_exactly_max_age_old_is_not_used():
+    f = Fusion(cfg(max_age_s=3.0))
+    f.update(0.0, Evidence("face", 0.0, pk("happy")))
+    u = f.update(3.0)
+    assert u.evidence == {} and u.raw is None
+
+
+def test_evidence_with_the_same_time_replaces_the_stored_one():
+    f = Fusion(cfg(confidence="none"))
+    f.update(1.0, Evidence("face", 1.0, pk("happy")))
+    u = f.update(1.0, Evidence("face", 1.0, pk("sad")))
+    assert CLASSES[int(np.argmax(u.raw))] == "sad"
+
+
+def test_state_snapshot_counts_updates_and_transitions():
+    f = Fusion(cfg(min_dwell_s=0.0, refractory_s=0.0, smoothing_tau_s=0.0))
+    assert f.state.to_json() == {"t": None, "emotion": "neutral", "since_t": None, "probs": None,
+                                 "candidate": None, "candidate_since": None,
+                                 "last_transition_t": None, "updates": 0, "transitions": 0}
+    f.update(0.0, Evidence("face", 0.0, pk("neutral")))
+    f.update(1.0, Evidence("face", 1.0, pk("happy")))
+    f.update(2.0, Evidence("face", 2.0, pk("sad")))
+    st = f.state.to_json()
+    assert st["updates"] == 3 and st["transitions"] == 2 and st["emotion"] == "sad"
+    assert st["t"] == 2.0 and st["since_t"] == 2.0 and st["last_transition_t"] == 2.0
+    assert st["candidate"] is None and st["candidate_since"] is None
+    assert st["probs"]["sad"] == pytest.approx(0.9, abs=1e-6)
+    g = Fusion(cfg(min_dwell_s=5.0))
+    g.update(0.0, Evidence("face", 0.0, pk("happy")))
+    g.update(0.5, Evidence("face", 0.5, pk("happy")))
+    st = g.state.to_json()
+    assert (st["candidate"], st["candidate_since"], st["transitions"]) == ("happy", 0.0, 0)
+
+
+def test_thresholds_are_inclusive():
+    """enter_threshold is reached AT the threshold; the current emotion is kept AT exit."""
+    c = cfg(min_dwell_s=0.0, refractory_s=0.0, confidence="none", enter_threshold=0.5,
+            exit_threshold=0.25)
+    f = Fusion(c)
+    half = np.full(7, 0.0625)  # binary fractions: every sum below is exact
+    half[CLASSES.index("happy")], half[CLASSES.index("neutral")] = 0.5, 0.25
+    half[CLASSES.index("fear")] = 0.0
+    assert half.sum() == 1.0
+    f.update(0.0, Evidence("face", 0.0, half))
+    # happy is at enter (0.5) but neutral is AT exit (0.25): kept, no transition yet
+    assert f.emotion == "neutral"
+    below = half.copy()
+    below[CLASSES.index("neutral")] = 0.125
+    below[CLASSES.index("sad")] += 0.125
+    u = f.update(0.1, Evidence("face", 0.1, below))
+    assert u.transition is not None and u.transition.to_emotion == "happy"
+
+
+def test_error_messages_name_the_problem():
+    with pytest.raises(ValueError, match=r"face evidence: expected 7 probabilities in CLASSES "
+                                         r"order, got shape \(6,\)"):
+        Evidence("face", 0.0, np.full(6, 1 / 6))
+    bad = pk("happy")
+    bad[0] = -0.1
+    with pytest.raises(ValueError, match="voice evidence: probabilities must be finite and "
+                                         "non-negative"):
+        Evidence("voice", 0.0, bad)
+    with pytest.raises(ValueError, match="face evidence: probabilities sum to 0"):
+        Evidence("face", 0.0, np.zeros(7))
+    with pytest.raises(ValueError, match=r"unknown modality 'ears' \(expected one of "):
+        Evidence("ears", 0.0, pk("happy"))
+    with pytest.raises(ValueError, match="face evidence: time must be finite, got nan"):
+        Evidence("face", float("nan"), pk("happy"))
+    with pytest.raises(ValueError, match="unknown confidence method 'vibes'"):
+        confidence_of(pk("happy"), "vibes")
+    with pytest.raises(ValueError, match="initial emotion 'calm' is not one of"):
+        Fusion(cfg(), initial="calm")
+    with pytest.raises(ValueError, match="update time must be finite, got inf"):
+        Fusion(cfg()).update(float("inf"))
+
+
+def test_evidence_normalises_its_inputs():
+    ev = Evidence("face", 1, pk("happy").reshape(1, 7) * 2)
+    assert type(ev.t) is float and ev.t == 1.0
+    assert ev.probs.shape == (7,) and float(ev.probs.sum()) == pytest.approx(1.0)
+
+
+def test_dwell_and_refractory_boundaries_include_the_float_slack():
+    # A dwell or refractory time that falls short of its setting only by float rounding
+    # (at most 1e-9 s) counts as reached: the comparison is inclusive at the slack's edge.
+    c = cfg(min_dwell_s=1.0, refractory_s=2.0, confidence="none")
+    edge = 1.0 - 1e-9
+    f = Fusion(c)
+    f.update(0.0, Evidence("face", 0.0, pk("happy")))
+    assert f.update(edge, Evidence("face", edge, pk("happy"))).transition is not None
+    f.update(edge + 0.5, Evidence("face", edge + 0.5, pk("sad")))
+    t = edge + (2.0 - 1e-9)  # refractory_s after the first transition, less the slack
+    assert f.update(t, Evidence("face", t, pk("sad"))).transition is not None

@@ -134,11 +134,28 @@ def test_install_help_and_bad_option():
     assert out.returncode == 2 and "unknown option --bogus" in out.stderr
 
 
-def test_install_refuses_real_root_without_privileges():
-    if os.geteuid() == 0:
-        pytest.skip("running as root")
-    out = subprocess.run(["bash", str(SCRIPT), "--no-apt"], capture_output=True, text=True)
-    assert out.returncode == 1 and "needs root" in out.stderr
+@pytest.fixture
+def unprivileged_user():
+    """A user name to run as without root: ourselves, or (CI runs as root) a system user this
+    fixture creates and removes."""
+    if os.geteuid() != 0:
+        yield None
+        return
+    if shutil.which("useradd") is None:
+        pytest.fail("running as root without useradd: cannot test the non-root path")
+    name = f"redsg-t{os.getpid() % 100000}"
+    subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                    name], check=True, capture_output=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["userdel", name], capture_output=True)
+
+
+def test_install_refuses_real_root_without_privileges(unprivileged_user):
+    out = subprocess.run(["bash", str(SCRIPT), "--no-apt"], capture_output=True, text=True,
+                         user=unprivileged_user, cwd="/")
+    assert out.returncode == 1 and "needs root" in out.stderr, out.stderr
 
 
 def test_uninstall_of_nothing_is_fine(tmp_path):

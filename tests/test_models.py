@@ -7,8 +7,7 @@ import pytest
 import soundfile as sf
 from python_speech_features import mfcc
 
-from redsg_edge import CLASSES
-from redsg_edge.datasets import load_ck48, load_fer2013, load_ravdess_index
+from redsg_edge.datasets import load_fer2013
 from redsg_edge.features import (NFFT, NUM_CEPSTRA, NUM_FILTERS, SAMPLE_RATE, WINLEN_S,
                                  WINSTEP_S, _dither, mfcc_features, num_frames)
 from redsg_edge.litert import LiteRTClassifier, ModelError
@@ -25,37 +24,14 @@ def test_models_are_small_int8():
         assert path.stat().st_size <= limit
 
 
-def test_fer_on_fer2013_privatetest_sample():
-    # 30 images per class from PrivateTest (never trained on): 210 faces.
-    x, y, _ = load_fer2013("test", limit_per_class=30)
+def test_fer_outputs_probability_distributions():
+    # Accuracy: tests/test_goldens.py (every PrivateTest and CK+48 image, tight floors).
+    x, y, _ = load_fer2013("test", limit_per_class=3)
     fer = FerModel(FER_MODEL)
     probs = np.stack([fer.predict(im) for im in x])
-    assert probs.shape == (len(x), 7)
+    assert probs.shape == (21, 7) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
-    acc = float((probs.argmax(1) == y).mean())
-    assert acc >= 0.45, f"FER accuracy on the PrivateTest sample fell to {acc:.3f} (chance 0.14)"
-
-
-def test_fer_on_ck48_sample():
-    ims = load_ck48()[::6]  # every 6th image: ~160 images, all subjects
-    fer = FerModel(FER_MODEL)
-    six = [CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "sad", "surprise")]
-    pred = [six[int(np.argmax(fer.predict(r.image)[six]))] for r in ims]
-    acc = float(np.mean([p == r.label for p, r in zip(pred, ims)]))
-    assert acc >= 0.45, f"FER accuracy on CK+48 (6 classes) fell to {acc:.3f} (chance 0.17)"
-
-
-def test_ser_on_held_out_speakers():
-    files = [f for f in load_ravdess_index() if f.actor in (23, 24)]
-    assert len(files) == 120
-    ser = SerModel(SER_MODEL, 2.5)
-    correct = []
-    for rec in files[::2]:
-        pcm, sr = sf.read(rec.path, dtype="int16")
-        wins = ser.predict_long(pcm, 0.5, -90.0, 0.0)
-        correct.append(int(np.mean([w[2] for w in wins], axis=0).argmax()) == rec.label)
-    acc = float(np.mean(correct))
-    assert acc >= 0.30, f"SER utterance accuracy on Actor_23/24 fell to {acc:.3f} (chance 0.14)"
+    assert (probs >= 0).all() and len(set(probs.argmax(1))) >= 3  # not one class for all
 
 
 def test_mfcc_matches_python_speech_features():

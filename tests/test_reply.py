@@ -442,7 +442,7 @@ def test_reload_applies_templates_and_chat_switch(run_factory):
 
 
 def test_real_fusion_transition_event_is_accepted(run_factory):
-    fusion = pytest.importorskip("redsg_edge.fusion")
+    from redsg_edge import fusion
     e = fusion.TransitionEvent(time.monotonic(), "neutral", "surprise", 0.9, 3.0, {})
     r = run_factory(make_cfg("https://api.example.invalid/v1"))
     rec = r.reply(e)
