@@ -289,7 +289,10 @@ PATH_KEYS = (("camera", "file"), ("microphone", "file"), ("vision", "detector_mo
 
 
 def _loc(loc: tuple) -> str:
-    return ".".join(str(p) for p in loc) or "(top level)"
+    """Dotted key of a pydantic error location; a key that is not printable (a TOML quoted key
+    may hold a newline) is shown escaped, so every problem stays one line."""
+    parts = (str(p) if str(p).isprintable() else repr(str(p)) for p in loc)
+    return ".".join(parts) or "(top level)"
 
 
 def parse_config(data: dict, source: str = "<config>", base_dir: Path | None = None) -> Config:

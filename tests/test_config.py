@@ -214,3 +214,11 @@ def test_style_for_uses_the_emotion_style_else_the_default():
                                     "style": {"sad": {"length_scale": 1.3}}}}).voice
     assert style_for(voice, "sad").length_scale == 1.3
     assert style_for(voice, "happy") == voice.default_style and voice.default_style.volume == 0.5
+
+
+def test_a_key_that_is_not_printable_is_named_on_one_line():
+    """A TOML quoted key may hold a newline; the problem is still one line (found by
+    tests/test_properties.py)."""
+    with pytest.raises(ConfigError) as ei:
+        parse_config({"reply": {"chat": {"\n": False}}}, source="c.toml")
+    assert ei.value.lines == ["c.toml: reply.chat.'\\n': Extra inputs are not permitted"]

@@ -12,20 +12,26 @@ import io
 import json
 import math
 import os
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
+from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis import strategies as st
 
 from redsg_edge.config import Config, ConfigError, load_config, parse_config
 from redsg_edge.pipeline import EventLog
 from redsg_edge.reply import split_sentences
 
-settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True)
-settings.register_profile("dev", deadline=None, print_blob=True)
+# Hypothesis keeps its example database and a cache of source constants in .hypothesis/ of
+# the working directory; every test writes only under a temporary directory, so neither goes
+# into the repository.
+set_hypothesis_home_dir(tempfile.mkdtemp(prefix="redsg-hypothesis-"))
+settings.register_profile("ci", derandomize=True, deadline=None, print_blob=True, database=None)
+settings.register_profile("dev", deadline=None, print_blob=True, database=None)
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 TMP_OK = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
