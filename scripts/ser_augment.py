@@ -152,7 +152,8 @@ class Augmenter:
         if kind == "pink":
             return pink_noise(n, rng)
         if kind == "room":
-            return np.resize(self.room[rng.integers(len(self.room))], n)
+            tone = np.resize(self.room[rng.integers(len(self.room))], n)
+            return tone if np.any(tone) else white_noise(n, rng)  # a stretch of digital silence
         voices = [np.resize(self.babble[i], n) for i in rng.choice(len(self.babble), rng.integers(3, 7),
                                                                    replace=False)]
         voices = [v / (np.sqrt(np.mean(v ** 2)) + 1e-9) for v in voices]

@@ -167,13 +167,24 @@ def _cmvn(x, sample_rate=SAMPLE_RATE, c0_var=True):
     return (f / sd).astype(np.float32)
 
 
+def _logmel(x, sample_rate=SAMPLE_RATE, nfilt=40):
+    from python_speech_features import logfbank
+    x = np.asarray(x)
+    x = x.astype(np.float32) / 32768.0 if x.dtype == np.int16 else x.astype(np.float32)
+    x = x + features._dither(len(x)) * np.float32(features._floor_rms(x))
+    f = logfbank(x, samplerate=SAMPLE_RATE, winlen=features.WINLEN_S, winstep=features.WINSTEP_S,
+                 nfilt=nfilt, nfft=features.NFFT, preemph=0.97)
+    return (f - f.mean(0, keepdims=True)).astype(np.float32)
+
+
 _mfcc_cmn = features.mfcc_features
-VARIANTS = {"cmvn": _cmvn, "cmvn_c1": lambda x, sample_rate=SAMPLE_RATE: _cmvn(x, c0_var=False)}
+VARIANTS = {"logmel40": _logmel, "cmvn": _cmvn, "cmvn_c1": lambda x, sample_rate=SAMPLE_RATE: _cmvn(x, c0_var=False)}
 
 
 # --- model ----------------------------------------------------------------------------------------
 
-def build_model(frames: int, feats: int, seed: int, mean: np.ndarray, std: np.ndarray, width: int):
+def build_model(frames: int, feats: int, seed: int, mean: np.ndarray, std: np.ndarray, width: int,
+                blocks: int = 4):
     import keras
     from keras import layers
     keras.utils.set_random_seed(seed)
@@ -182,7 +193,7 @@ def build_model(frames: int, feats: int, seed: int, mean: np.ndarray, std: np.nd
     x = layers.GaussianNoise(0.1)(x)
     # The first conv strides by 2 (20 ms): prosody and spectral envelope change more slowly than
     # the 10 ms frame step, and it halves the cost.
-    for ch, k, stride in ((width, 5, 2), (2 * width, 5, 1), (3 * width, 3, 1), (4 * width, 3, 1)):
+    for ch, k, stride in ((width, 5, 2), (2 * width, 5, 1), (3 * width, 3, 1), (4 * width, 3, 1))[:blocks]:
         x = layers.Conv1D(ch, k, strides=stride, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)
         x = layers.ReLU()(x)
@@ -194,11 +205,43 @@ def build_model(frames: int, feats: int, seed: int, mean: np.ndarray, std: np.nd
     return keras.Model(inp, out, name="ser_cnn1d")
 
 
+class MixupBatches:
+    """Batches of mixup (Zhang et al. 2018): pairs of windows and their one-hot labels mixed with
+    a Beta(alpha, alpha) weight; class weights mixed the same way, as sample weights."""
+
+    def __new__(cls, X, y, cw, batch, alpha, seed):
+        import keras
+
+        class _Seq(keras.utils.PyDataset):
+            def __init__(self):
+                super().__init__()
+                self.rng = np.random.default_rng(seed)
+                self.order = self.rng.permutation(len(X))
+
+            def __len__(self):
+                return int(np.ceil(len(X) / batch))
+
+            def on_epoch_end(self):
+                self.order = self.rng.permutation(len(X))
+
+            def __getitem__(self, i):
+                a = self.order[i * batch:(i + 1) * batch]
+                b = self.rng.permutation(a)
+                lam = self.rng.beta(alpha, alpha, (len(a), 1)).astype(np.float32)
+                lam = np.maximum(lam, 1 - lam)
+                oh = np.eye(len(CLASSES), dtype=np.float32)
+                xm = lam[:, :, None] * X[a] + (1 - lam[:, :, None]) * X[b]
+                ym = lam * oh[y[a]] + (1 - lam) * oh[y[b]]
+                w = lam[:, 0] * cw[y[a]] + (1 - lam[:, 0]) * cw[y[b]]
+                return xm, ym, w
+        return _Seq()
+
+
 def fit(X, y, seed: int, epochs: int, width: int, batch: int = 64, lr: float = 2e-3,
-        log: Path | None = None):
+        log: Path | None = None, blocks: int = 4, mixup: float = 0.0):
     import keras
     mean, std = X.mean(axis=(0, 1)), X.std(axis=(0, 1)) + 1e-6
-    model = build_model(X.shape[1], X.shape[2], seed, mean, std, width)
+    model = build_model(X.shape[1], X.shape[2], seed, mean, std, width, blocks)
     steps = int(np.ceil(len(X) / batch)) * epochs
     model.compile(optimizer=keras.optimizers.AdamW(
                       keras.optimizers.schedules.CosineDecay(lr, steps, alpha=0.02), weight_decay=1e-3),
@@ -207,8 +250,12 @@ def fit(X, y, seed: int, epochs: int, width: int, batch: int = 64, lr: float = 2
     counts = np.bincount(y, minlength=len(CLASSES))
     cw = {i: len(y) / (len(CLASSES) * c) for i, c in enumerate(counts)}
     cb = [keras.callbacks.CSVLogger(str(log))] if log else []
-    model.fit(X, keras.utils.to_categorical(y, len(CLASSES)), batch_size=batch, epochs=epochs,
-              shuffle=True, class_weight=cw, verbose=0, callbacks=cb)
+    if mixup > 0:
+        model.fit(MixupBatches(X, y, np.array([cw[i] for i in range(len(CLASSES))], np.float32),
+                               batch, mixup, seed), epochs=epochs, verbose=0, callbacks=cb)
+    else:
+        model.fit(X, keras.utils.to_categorical(y, len(CLASSES)), batch_size=batch, epochs=epochs,
+                  shuffle=True, class_weight=cw, verbose=0, callbacks=cb)
     return model
 
 
@@ -277,6 +324,18 @@ def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
     return float(fine[int(np.argmin([nll(g) for g in fine]))])
 
 
+def write_sidecar(model: Path, t: float) -> Path:
+    """``<model>.json``: what the runtime needs besides the weights (window, hop, temperature)."""
+    dest = model.with_suffix(".json")
+    dest.write_text(json.dumps({
+        "temperature": round(t, 3), "window_s": WINDOW_S, "hop_s": HOP_S, "sample_rate": SAMPLE_RATE,
+        "input_shape": [num_frames(WIN), 20], "classes": list(CLASSES),
+        "temperature_apply": "p_i ** (1 / T) / sum_j p_j ** (1 / T) on the mean window probabilities",
+        "temperature_fitted_on": "pooled out-of-fold int8 utterance probabilities of the 6 actor folds "
+                                 "(scripts/train_ser.py)"}, indent=1) + "\n")
+    return dest
+
+
 # --- main -----------------------------------------------------------------------------------------
 
 def main() -> int:
@@ -287,6 +346,8 @@ def main() -> int:
     ap.add_argument("--cache", type=Path, default=Path(".cache"))
     ap.add_argument("--epochs", type=int, default=25)
     ap.add_argument("--width", type=int, default=32, help="channels of the first conv block")
+    ap.add_argument("--blocks", type=int, default=3, help="conv blocks (channels w, 2w, 3w, 4w)")
+    ap.add_argument("--mixup", type=float, default=0.0, help="mixup Beta alpha (0: off)")
     ap.add_argument("--copies", type=int, default=6, help="augmented crops per recording")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--folds", default="0,1,2,3,4,5", help="CV folds to run ('' for none)")
@@ -294,9 +355,12 @@ def main() -> int:
     ap.add_argument("--export", type=Path, default=Path("models/ser_int8.tflite"))
     ap.add_argument("--variant", choices=sorted(VARIANTS), help="feature experiment (not shippable: "
                     "the runtime computes features.mfcc_features)")
+    ap.add_argument("--floor-db", type=float, help="features.NOISE_FLOOR_DB experiment (0: none)")
     args = ap.parse_args()
     if args.variant:
         features.mfcc_features = VARIANTS[args.variant]
+    if args.floor_db is not None:
+        features.NOISE_FLOOR_DB = None if args.floor_db == 0 else args.floor_db
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -317,7 +381,8 @@ def main() -> int:
     def run(name: str, test_actors: tuple[int, ...], seed: int, dest: Path) -> dict:
         t0 = time.time()
         tr = ~np.isin(a_w, test_actors)
-        model = fit(X[tr], y[tr], seed, args.epochs, args.width, log=args.out / f"{name}.csv")
+        model = fit(X[tr], y[tr], seed, args.epochs, args.width, log=args.out / f"{name}.csv",
+                    blocks=args.blocks, mixup=args.mixup)
         export_int8(model, X[tr][rep.choice(tr.sum(), 400, replace=False)], dest)
         te = np.flatnonzero(np.isin(actor, test_actors))
         res = {"test_actors": list(test_actors), "train_time_s": round(time.time() - t0),
@@ -352,10 +417,18 @@ def main() -> int:
         oof = [np.load(args.out / f"fold{k}_probs.npz") for k in done]
         p, yy = np.concatenate([z["int8"] for z in oof]), np.concatenate([z["y"] for z in oof])
         t = fit_temperature(p, yy)
+        # Cross-fitted: each fold's utterances scaled by the temperature fitted on the other folds,
+        # so the ECE after scaling is measured on data the temperature never saw.
+        crossed = np.concatenate([temper(z["int8"], fit_temperature(
+            np.concatenate([o["int8"] for j, o in enumerate(oof) if j != i]),
+            np.concatenate([o["y"] for j, o in enumerate(oof) if j != i]))) for i, z in enumerate(oof)])
         summary["temperature"] = {"T": round(t, 3), "fitted_on": "pooled out-of-fold int8 probabilities",
-                                  "ece_before": ece(p, yy), "ece_after": ece(temper(p, t), yy)}
+                                  "ece_before": ece(p, yy), "ece_after": ece(temper(p, t), yy),
+                                  "ece_after_cross_fitted": ece(crossed, yy), "utterances": int(len(yy))}
         (args.out / "cv.json").write_text(json.dumps(summary, indent=1))
         print(json.dumps(summary, indent=1))
+        if not args.skip_shipped and len(done) == len(FOLDS):
+            write_sidecar(args.export, t)
     return 0
 
 
