@@ -178,7 +178,15 @@ def _logmel(x, sample_rate=SAMPLE_RATE, nfilt=40):
 
 
 _mfcc_cmn = features.mfcc_features
-VARIANTS = {"logmel40": _logmel, "cmvn": _cmvn, "cmvn_c1": lambda x, sample_rate=SAMPLE_RATE: _cmvn(x, c0_var=False)}
+def _keep(n):
+    def f(x, sample_rate=SAMPLE_RATE):
+        out = _mfcc_cmn(x, sample_rate)
+        out[:, n:] = 0.0
+        return out
+    return f
+
+
+VARIANTS = {"logmel40": _logmel, "c12": _keep(13), "c8": _keep(9), "cmvn": _cmvn, "cmvn_c1": lambda x, sample_rate=SAMPLE_RATE: _cmvn(x, c0_var=False)}
 
 
 # --- model ----------------------------------------------------------------------------------------
