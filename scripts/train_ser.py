@@ -28,6 +28,11 @@ Protocol (speaker-independent; the URDU corpus is validation only and never trai
    the 6 folds (held out for each fold's model, trained like the shipped one), written with the
    window settings to ``models/ser_int8.json``; apply as p_i^(1/T) / Σ_j p_j^(1/T).
 
+Network: a 1-D CNN over time, ``--blocks`` conv blocks of ``--width`` x (1, 2, 3, 4) channels
+(shipped: 3 blocks of 32/64/96, 34 k parameters). ``--variant``, ``--floor-db`` and ``--mixup``
+are the experiments the model card's "choices" table compares (fold 9–12 and URDU as
+validation); ``--variant`` models compute other features than the runtime and must not ship.
+
 Needs the ``[train]`` extra (tensorflow-cpu, librosa, pyroomacoustics).
 
     python scripts/train_ser.py --out runs/ser            # shipped model, then the folds (resumable)
