@@ -144,8 +144,10 @@ def ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
 
 
 def temper(p: np.ndarray, t: float) -> np.ndarray:
-    q = np.power(np.clip(p, 1e-6, None), 1.0 / t)
-    return q / q.sum(-1, keepdims=True)
+    """softmax(log(p) / t), as ``speech.SerModel`` applies the card's temperature to each window."""
+    z = np.log(np.maximum(np.asarray(p, np.float64), 1e-12)) / t
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
@@ -155,15 +157,24 @@ def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
     t = float(meta["temperature"])
     clf = LiteRTClassifier(path, (num_frames(win), 20), len(CLASSES), 1)
 
+    def windows(x: np.ndarray) -> np.ndarray:
+        return np.stack([clf.predict(w) for w in ser_windows(x, win, hop)])
+
     def utt(x: np.ndarray) -> np.ndarray:
-        return np.mean([clf.predict(w) for w in ser_windows(x, win, hop)], axis=0)
+        return windows(x).mean(0)
+
+    def utt_t(pw: np.ndarray) -> np.ndarray:  # the runtime's: scale each window, then the mean
+        m = temper(pw, t).mean(0)
+        return m / m.sum()
 
     def pcm16(x: np.ndarray) -> np.ndarray:
         return np.round(np.clip(x, -1, 1) * 32767).astype(np.int16)
 
     held, urdu = _ser_dataset(data)
     y = np.array([h[1] for h in held])
-    p = np.stack([utt(pcm16(x)) for x, _, _ in held])
+    pw = [windows(pcm16(x)) for x, _, _ in held]
+    p = np.stack([w.mean(0) for w in pw])
+    pt = np.stack([utt_t(w) for w in pw])
     pred = p.argmax(1)
     uar = lambda y, p: round(float(np.mean(list(recall(y, p).values()))), 4)  # noqa: E731
     noncalm = np.array([e != "calm" for _, _, e in held])
@@ -177,7 +188,9 @@ def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
         robust[name] = {"acc_104_noncalm": round(float((q.argmax(1) == y)[noncalm].mean()), 4),
                         "acc_120": round(float((q.argmax(1) == y).mean()), 4)}
     uy = np.array([u[1] for u in urdu])
-    up = np.stack([utt(pcm16(x)) for x, _, _ in urdu])
+    upw = [windows(pcm16(x)) for x, _, _ in urdu]
+    up = np.stack([w.mean(0) for w in upw])
+    upt = np.stack([utt_t(w)[FOUR] for w in upw])
     u4 = np.array(FOUR)[up[:, FOUR].argmax(1)]
     u4p = up[:, FOUR] / up[:, FOUR].sum(1, keepdims=True)
     u4y = np.array([FOUR.index(c) for c in uy])
@@ -192,12 +205,12 @@ def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
             "temperature": t, "utt_acc": round(float((pred == y).mean()), 4),
             "utt_uar": uar(y, pred), "utt_recall": recall(y, pred), "utterances": int(len(y)),
             "robustness": robust,
-            "ece_heldout_before": round(ece(p, y), 4), "ece_heldout_after": round(ece(temper(p, t), y), 4),
+            "ece_heldout_before": round(ece(p, y), 4), "ece_heldout_after": round(ece(pt, y), 4),
             "urdu_acc4": round(float((u4 == uy).mean()), 4), "urdu_uar4": uar(uy, u4),
             "urdu_recall4": recall(uy, u4),
             "urdu_pred7": {CLASSES[c]: int((up.argmax(1) == c).sum()) for c in range(len(CLASSES))},
             "ece_urdu4_before": round(ece(u4p, u4y), 4),
-            "ece_urdu4_after": round(ece(temper(u4p, t), u4y), 4),
+            "ece_urdu4_after": round(ece(upt / upt.sum(1, keepdims=True), u4y), 4),
             "latency_one_thread_ser": latency(clf.predict, feats, calls),
             "latency_one_thread_features_plus_ser": latency(
                 lambda w: clf.predict(ser_windows(w, win, hop)[0]), window, calls)}

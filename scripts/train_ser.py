@@ -24,9 +24,10 @@ Protocol (speaker-independent; the URDU corpus is validation only and never trai
    Reported: mean utterance accuracy and UAR over folds.
 3. URDU (``../shared/data/urdu``, 400 natural Urdu utterances, 4 classes): argmax over angry,
    happy, neutral, sad of the 7-class output, for every model.
-4. Temperature scaling: one temperature T fitted on the pooled out-of-fold int8 probabilities of
-   the 6 folds (held out for each fold's model, trained like the shipped one), written with the
-   window settings to ``models/ser_int8.json``; apply as p_i^(1/T) / Σ_j p_j^(1/T).
+4. Temperature scaling: one temperature T fitted on the pooled out-of-fold int8 windows of the 6
+   folds (held out for each fold's model, trained like the shipped one) the way the runtime
+   applies it (softmax(log p / T) on each window, then the mean over the utterance), written
+   with the window settings to ``models/ser_int8.json``.
 
 Network: a 1-D CNN over time, ``--blocks`` conv blocks of ``--width`` x (1, 2, 3, 4) channels
 (shipped: 3 blocks of 32/64/96, 34 k parameters). ``--variant``, ``--floor-db`` and ``--mixup``
@@ -274,11 +275,23 @@ def fit(X, y, seed: int, epochs: int, width: int, batch: int = 64, lr: float = 2
 
 # --- evaluation -----------------------------------------------------------------------------------
 
+def window_probs(predict, audio: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Every window of every utterance (``ser_windows``): probs (W, 7) and utterance index (W,)."""
+    X, who = featurise(audio, np.arange(len(audio)))
+    return predict(X), who
+
+
+def utterance_mean(pw: np.ndarray, who: np.ndarray, t: float = 1.0) -> np.ndarray:
+    """(U, 7) utterance probabilities as the runtime forms them (``speech.SerModel``): each
+    window's output scaled by the temperature, then the mean over the utterance's windows."""
+    q = temper(pw, t)
+    p = np.stack([q[who == u].mean(0) for u in range(int(who.max()) + 1)])
+    return p / p.sum(1, keepdims=True)
+
+
 def utterance_probs(predict, audio: list[np.ndarray]) -> np.ndarray:
     """(U, 7): the mean window probabilities of each utterance, windows from ``ser_windows``."""
-    X, who = featurise(audio, np.arange(len(audio)))
-    p = predict(X)
-    return np.stack([p[who == u].mean(0) for u in range(len(audio))])
+    return utterance_mean(*window_probs(predict, audio))
 
 
 def scores(p: np.ndarray, y: np.ndarray) -> dict:
@@ -322,19 +335,32 @@ def ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
 
 
 def temper(p: np.ndarray, t: float) -> np.ndarray:
-    """Temperature scaling on probabilities: p^(1/t) renormalised (= softmax(logits / t))."""
-    q = np.power(np.clip(p, 1e-6, None), 1.0 / t)
-    return q / q.sum(1, keepdims=True)
+    """Temperature scaling of softmax outputs, as the runtime does it: softmax(log(p) / t)."""
+    z = np.log(np.maximum(np.asarray(p, np.float64), 1e-12)) / t
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
-def fit_temperature(p: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising the negative log-likelihood of ``y`` (grid 0.3–5, then refined)."""
+def fit_temperature(pw: np.ndarray, who: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising the negative log-likelihood of the utterance labels ``y`` when
+    applied to every window ``pw`` before the mean (``utterance_mean``); grid 0.3–5, refined."""
     def nll(t):
-        return float(-np.mean(np.log(temper(p, t)[np.arange(len(y)), y])))
-    grid = np.exp(np.linspace(np.log(0.3), np.log(5), 200))
+        return float(-np.mean(np.log(np.maximum(utterance_mean(pw, who, t)[np.arange(len(y)), y], 1e-12))))
+    grid = np.exp(np.linspace(np.log(0.3), np.log(5), 120))
     t = grid[int(np.argmin([nll(g) for g in grid]))]
-    fine = np.linspace(t * 0.97, t * 1.03, 61)
+    fine = np.linspace(t * 0.97, t * 1.03, 31)
     return float(fine[int(np.argmin([nll(g) for g in fine]))])
+
+
+def window_oof(out: Path, k: int, whole: list[np.ndarray], label: np.ndarray):
+    """Fold k's out-of-fold int8 window probabilities (W, 7), utterance index (W,), labels (U,);
+    recomputed from ``fold{k}_int8.tflite`` for runs saved before windows were kept."""
+    z = np.load(out / f"fold{k}_probs.npz")
+    if "int8_windows" in z:
+        return z["int8_windows"], z["who"], z["y"]
+    pw, who = window_probs(int8_predict(out / f"fold{k}_int8.tflite"), [whole[i] for i in z["files"]])
+    np.savez(out / f"fold{k}_probs.npz", **dict(z), int8_windows=pw, who=who)
+    return pw, who, z["y"]
 
 
 def write_sidecar(model: Path, t: float) -> Path:
@@ -343,9 +369,10 @@ def write_sidecar(model: Path, t: float) -> Path:
     dest.write_text(json.dumps({
         "temperature": round(t, 3), "window_s": WINDOW_S, "hop_s": HOP_S, "sample_rate": SAMPLE_RATE,
         "input_shape": [num_frames(WIN), 20], "classes": list(CLASSES),
-        "temperature_apply": "p_i ** (1 / T) / sum_j p_j ** (1 / T) on the mean window probabilities",
-        "temperature_fitted_on": "pooled out-of-fold int8 utterance probabilities of the 6 actor folds "
-                                 "(scripts/train_ser.py)"}, indent=1) + "\n")
+        "temperature_apply": "softmax(log(p) / T) on each window's probabilities, then the mean "
+                             "over the utterance's windows (speech.SerModel)",
+        "temperature_fitted_on": "pooled out-of-fold int8 windows of the 6 actor folds, utterance "
+                                 "NLL (scripts/train_ser.py)"}, indent=1) + "\n")
     return dest
 
 
@@ -403,12 +430,13 @@ def main() -> int:
         probs = {}
         for kind, pred in (("float", lambda Z: model.predict(Z, batch_size=256, verbose=0)),
                            ("int8", int8_predict(dest))):
-            pt = utterance_probs(pred, [whole[i] for i in te])
+            probs[kind] = pw, who = window_probs(pred, [whole[i] for i in te])
+            pt = utterance_mean(pw, who)
             pu = utterance_probs(pred, urdu)
-            probs[kind] = pt
             res[kind] = {"ravdess": scores(pt, label[te]), "urdu": urdu_scores(pu, uy)}
-        np.savez(args.out / f"{name}_probs.npz", int8=probs["int8"], float=probs["float"],
-                 y=label[te], files=te)
+        np.savez(args.out / f"{name}_probs.npz", int8=utterance_mean(*probs["int8"]),
+                 float=utterance_mean(*probs["float"]), int8_windows=probs["int8"][0],
+                 who=probs["int8"][1], y=label[te], files=te)
         (args.out / f"{name}.json").write_text(json.dumps(res, indent=1))
         print(name, json.dumps({k: (v["ravdess"]["acc"], v["urdu"]["acc4"]) for k, v in res.items()
                                 if isinstance(v, dict)}), f"{res['train_time_s']} s", flush=True)
@@ -427,17 +455,27 @@ def main() -> int:
         for kind in ("float", "int8"):
             summary[kind] = {m: float(np.mean([c[kind]["ravdess"][m] for c in cv])) for m in ("acc", "uar")}
             summary[kind]["urdu_acc4"] = float(np.mean([c[kind]["urdu"]["acc4"] for c in cv]))
-        oof = [np.load(args.out / f"fold{k}_probs.npz") for k in done]
-        p, yy = np.concatenate([z["int8"] for z in oof]), np.concatenate([z["y"] for z in oof])
-        t = fit_temperature(p, yy)
+        oof = [window_oof(args.out, k, whole, label) for k in done]
+        pw = np.concatenate([o[0] for o in oof])
+        who = np.concatenate([o[1] + sum(len(p[2]) for p in oof[:i]) for i, o in enumerate(oof)])
+        yy = np.concatenate([o[2] for o in oof])
+        t = fit_temperature(pw, who, yy)
         # Cross-fitted: each fold's utterances scaled by the temperature fitted on the other folds,
         # so the ECE after scaling is measured on data the temperature never saw.
-        crossed = np.concatenate([temper(z["int8"], fit_temperature(
-            np.concatenate([o["int8"] for j, o in enumerate(oof) if j != i]),
-            np.concatenate([o["y"] for j, o in enumerate(oof) if j != i]))) for i, z in enumerate(oof)])
-        summary["temperature"] = {"T": round(t, 3), "fitted_on": "pooled out-of-fold int8 probabilities",
-                                  "ece_before": ece(p, yy), "ece_after": ece(temper(p, t), yy),
-                                  "ece_after_cross_fitted": ece(crossed, yy), "utterances": int(len(yy))}
+        crossed = []
+        for i, (pwi, whoi, yi) in enumerate(oof):
+            rest = [o for j, o in enumerate(oof) if j != i]
+            ti = fit_temperature(np.concatenate([o[0] for o in rest]),
+                                 np.concatenate([o[1] + sum(len(p[2]) for p in rest[:j])
+                                                 for j, o in enumerate(rest)]),
+                                 np.concatenate([o[2] for o in rest]))
+            crossed.append(utterance_mean(pwi, whoi, ti))
+        p = utterance_mean(pw, who)
+        summary["temperature"] = {"T": round(t, 3), "fitted_on": "pooled out-of-fold int8 windows, "
+                                  "scaled per window then averaged per utterance as the runtime does",
+                                  "ece_before": ece(p, yy), "ece_after": ece(utterance_mean(pw, who, t), yy),
+                                  "ece_after_cross_fitted": ece(np.concatenate(crossed), yy),
+                                  "utterances": int(len(yy))}
         (args.out / "cv.json").write_text(json.dumps(summary, indent=1))
         print(json.dumps(summary, indent=1))
         if not args.skip_shipped and len(done) == len(FOLDS):
