@@ -23,7 +23,7 @@ imported by the transforms that need them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.signal import butter, fftconvolve, resample_poly, sosfilt
@@ -33,7 +33,7 @@ NOISE_KINDS = ("white", "pink", "babble", "room")
 
 
 def level_db(x: np.ndarray) -> float:
-    """Mean power of ``x`` in dB relative to full scale sine-free RMS 1.0 (dBFS, RMS). −inf on silence."""
+    """Mean power of ``x`` in dB relative to a full-scale square wave (RMS 1.0). −inf on silence."""
     p = float(np.mean(np.asarray(x, np.float64) ** 2))
     return 10 * np.log10(p) if p > 0 else float("-inf")
 
@@ -144,7 +144,6 @@ class Augmenter:
     p_noise: float = 0.6
     gain_range_db: tuple[float, float] = (-25.0, 12.0)
     snr_range_db: tuple[float, float] = (0.0, 20.0)
-    log: dict = field(default_factory=dict)
 
     def noise(self, kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
         if kind == "white":
