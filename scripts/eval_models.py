@@ -3,17 +3,28 @@
 
 FER: accuracy and per-class recall on FER2013 PrivateTest (3,589 faces, the whole 48x48 image
 as the face), and on CK+48 (6 classes: contempt left out; argmax over our 6 classes, since CK+48
-has no neutral, and the 7-way argmax beside it). SER: accuracy and UAR on the two held-out
-speakers Actor_23 and Actor_24 per 2.5 s window and per utterance (mean of its windows). Latency:
-p50/p95 of one interpreter call (one thread) over ``--calls`` calls. Writes confusion matrices as
-PNG next to the models and prints a table; ``--json`` writes all figures.
+has no neutral, and the 7-way argmax beside it).
 
-    python scripts/eval_models.py [--models models] [--calls 1000] [--json runs/eval.json]
+SER: every utterance goes through ``features.ser_windows`` on the whole file (2.5 s windows, hop
+0.5 s, from ``models/ser_int8.json``) and its probabilities are the mean of its windows'. On the
+held-out speakers Actor_23 and Actor_24 (never trained on): utterance accuracy, UAR and per-class
+recall on all 120 files, and accuracy on the 104 non-calm files as recorded, at −20 dB, at +10 dB
+(clipped) and with white noise at 10 dB SNR. On URDU (cross-corpus, never trained on): 4-class
+accuracy, argmax over angry/happy/neutral/sad of the 7-class output. Expected calibration error
+(15 bins) before and after the card's temperature. The cross-validation figures come from
+training (``scripts/train_ser.py`` writes ``runs/ser/cv.json``): they need the fold models.
+
+Latency: p50/p95 of one interpreter call (one thread) over ``--calls`` calls, and for SER also
+features + call for one 2.5 s window. Writes confusion matrices as PNG next to the models and
+prints a table; ``--json`` writes all figures.
+
+    python scripts/eval_models.py [--only ser] [--models models] [--calls 1000] [--json runs/eval.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
 import sys
@@ -23,12 +34,15 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.datasets import DATA_ROOT, load_ck48, load_fer2013, load_ravdess_index  # noqa: E402
-from redsg_edge.features import SAMPLE_RATE, mfcc_features  # noqa: E402
-from redsg_edge.speech import SerModel  # noqa: E402
+from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows  # noqa: E402
+from redsg_edge.litert import LiteRTClassifier  # noqa: E402
 from redsg_edge.vision import FerModel  # noqa: E402
+from ser_augment import add_noise, apply_gain, white_noise  # noqa: E402
 
+FOUR = [CLASSES.index(c) for c in ("angry", "happy", "neutral", "sad")]  # URDU's classes
 SIX = [CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "sad", "surprise")]
 HELD_OUT = (23, 24)
 
@@ -103,64 +117,142 @@ def eval_fer(path: Path, calls: int, plots: bool) -> dict:
             "latency_one_thread": latency(fer.predict, x[0], calls)}
 
 
-def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
+def _ser_dataset(data: Path):
+    """Held-out RAVDESS actors 23 + 24 (all 120 files) and URDU (400): [(pcm float32, label)]."""
     import soundfile as sf
-    ser = SerModel(path, 2.5)
-    win_y, win_p, utt_y, utt_p = [], [], [], []
-    for rec in load_ravdess_index(data):
-        if rec.actor not in HELD_OUT:
-            continue
-        pcm, sr = sf.read(rec.path, dtype="int16")
-        assert sr == SAMPLE_RATE
-        # Every window, as in training's evaluation (no VAD gate: RAVDESS files are speech).
-        wins = ser.predict_long(pcm, 0.5, -120.0, 0.0)
-        ps = [w[2] for w in wins]
-        win_p += [int(np.argmax(q)) for q in ps]
-        win_y += [rec.label] * len(ps)
-        utt_p.append(int(np.mean(ps, axis=0).argmax()))
-        utt_y.append(rec.label)
-    win_y, win_p, utt_y, utt_p = map(np.array, (win_y, win_p, utt_y, utt_p))
-    if plots:
-        confusion(utt_y, utt_p, list(range(7)), path.with_name("ser_confusion_heldout.png"),
-                  f"SER int8, held-out speakers 23+24, per utterance (n={len(utt_y)})")
-    window = np.zeros(ser.window_samples, np.int16)
-    window[:] = (np.random.default_rng(0).standard_normal(len(window)) * 3000).astype(np.int16)
+    held = [r for r in load_ravdess_index(data / "ravdess") if r.actor in HELD_OUT]
+    urdu_root = data / "urdu"
+    with (urdu_root / "index.csv").open(newline="") as f:
+        urdu = [(urdu_root / r["file"], CLASSES.index(r["label"])) for r in csv.DictReader(f)]
+
+    def read(path):
+        x, sr = sf.read(path, dtype="float32")
+        assert sr == SAMPLE_RATE and x.ndim == 1, path
+        return x
+    return ([(read(r.path), r.label, r.emotion) for r in held],
+            [(read(p), y, "") for p, y in urdu])
+
+
+def ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    """Expected calibration error of the top-1 confidence, 15 equal-width bins."""
+    conf, pred = p.max(1), p.argmax(1)
+    edges = np.linspace(0, 1, bins + 1)
+    return float(sum(((conf > lo) & (conf <= hi)).mean()
+                     * abs((pred[m] == y[m]).mean() - conf[m].mean())
+                     for lo, hi in zip(edges[:-1], edges[1:])
+                     if (m := (conf > lo) & (conf <= hi)).any()))
+
+
+def temper(p: np.ndarray, t: float) -> np.ndarray:
+    """softmax(log(p) / t), as ``speech.SerModel`` applies the card's temperature to each window."""
+    z = np.log(np.maximum(np.asarray(p, np.float64), 1e-12)) / t
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
+    """SER figures through ``features.ser_windows`` on whole files (utterance = mean of windows)."""
+    meta = json.loads(path.with_suffix(".json").read_text())
+    win, hop = int(meta["window_s"] * SAMPLE_RATE), int(meta["hop_s"] * SAMPLE_RATE)
+    t = float(meta["temperature"])
+    clf = LiteRTClassifier(path, (num_frames(win), 20), len(CLASSES), 1)
+
+    def windows(x: np.ndarray) -> np.ndarray:
+        return np.stack([clf.predict(w) for w in ser_windows(x, win, hop)])
+
+    def utt(x: np.ndarray) -> np.ndarray:
+        return windows(x).mean(0)
+
+    def utt_t(pw: np.ndarray) -> np.ndarray:  # the runtime's: scale each window, then the mean
+        m = temper(pw, t).mean(0)
+        return m / m.sum()
+
+    def pcm16(x: np.ndarray) -> np.ndarray:
+        return np.round(np.clip(x, -1, 1) * 32767).astype(np.int16)
+
+    held, urdu = _ser_dataset(data)
+    y = np.array([h[1] for h in held])
+    pw = [windows(pcm16(x)) for x, _, _ in held]
+    p = np.stack([w.mean(0) for w in pw])
+    pt = np.stack([utt_t(w) for w in pw])
+    pred = p.argmax(1)
     uar = lambda y, p: round(float(np.mean(list(recall(y, p).values()))), 4)  # noqa: E731
+    noncalm = np.array([e != "calm" for _, _, e in held])
+    rng = np.random.default_rng(0)
+    conditions = {"original": lambda x: x, "gain_-20dB": lambda x: apply_gain(x, -20.0),
+                  "gain_+10dB_clipped": lambda x: apply_gain(x, 10.0),
+                  "white_noise_10dB_snr": lambda x: add_noise(x, white_noise(len(x), rng), 10.0)}
+    robust = {}
+    for name, f in conditions.items():
+        q = p if name == "original" else np.stack([utt(pcm16(f(x))) for x, _, _ in held])
+        robust[name] = {"acc_104_noncalm": round(float((q.argmax(1) == y)[noncalm].mean()), 4),
+                        "acc_120": round(float((q.argmax(1) == y).mean()), 4)}
+    uy = np.array([u[1] for u in urdu])
+    upw = [windows(pcm16(x)) for x, _, _ in urdu]
+    up = np.stack([w.mean(0) for w in upw])
+    upt = np.stack([utt_t(w)[FOUR] for w in upw])
+    u4 = np.array(FOUR)[up[:, FOUR].argmax(1)]
+    u4p = up[:, FOUR] / up[:, FOUR].sum(1, keepdims=True)
+    u4y = np.array([FOUR.index(c) for c in uy])
+    if plots:
+        confusion(y, pred, list(range(7)), path.with_name("ser_confusion_heldout.png"),
+                  f"SER int8, held-out speakers 23+24, per utterance (n={len(y)})")
+        confusion(uy, u4, FOUR, path.with_name("ser_confusion_urdu.png"),
+                  f"SER int8 on URDU (cross-corpus), 4 classes (n={len(uy)})")
+    window = (np.random.default_rng(0).standard_normal(win) * 3000).astype(np.int16)
+    feats = ser_windows(window, win, hop)[0]
     return {"model": str(path), **file_facts(path), "test_actors": list(HELD_OUT),
-            "window_acc": round(float((win_p == win_y).mean()), 4), "window_uar": uar(win_y, win_p),
-            "utt_acc": round(float((utt_p == utt_y).mean()), 4), "utt_uar": uar(utt_y, utt_p),
-            "utt_recall": recall(utt_y, utt_p), "windows": int(len(win_y)),
-            "utterances": int(len(utt_y)),
-            "latency_one_thread_ser": latency(ser.clf.predict, mfcc_features(window), calls),
-            "latency_one_thread_mfcc_plus_ser": latency(ser.predict, window, calls)}
+            "temperature": t, "utt_acc": round(float((pred == y).mean()), 4),
+            "utt_uar": uar(y, pred), "utt_recall": recall(y, pred), "utterances": int(len(y)),
+            "robustness": robust,
+            "ece_heldout_before": round(ece(p, y), 4), "ece_heldout_after": round(ece(pt, y), 4),
+            "urdu_acc4": round(float((u4 == uy).mean()), 4), "urdu_uar4": uar(uy, u4),
+            "urdu_recall4": recall(uy, u4),
+            "urdu_pred7": {CLASSES[c]: int((up.argmax(1) == c).sum()) for c in range(len(CLASSES))},
+            "ece_urdu4_before": round(ece(u4p, u4y), 4),
+            "ece_urdu4_after": round(ece(upt / upt.sum(1, keepdims=True), u4y), 4),
+            "latency_one_thread_ser": latency(clf.predict, feats, calls),
+            "latency_one_thread_features_plus_ser": latency(
+                lambda w: clf.predict(ser_windows(w, win, hop)[0]), window, calls)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
-    ap.add_argument("--data", type=Path, default=DATA_ROOT / "ravdess", help="RAVDESS folder")
+    ap.add_argument("--data", type=Path, default=DATA_ROOT,
+                    help="data root holding ravdess/ and urdu/ (FER sets: REDSG_DATA)")
+    ap.add_argument("--only", choices=("fer", "ser"), help="evaluate one model")
     ap.add_argument("--calls", type=int, default=1000, help="latency calls per model")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
-    res = {"fer": eval_fer(args.models / "fer_int8.tflite", args.calls, not args.no_plots),
-           "ser": eval_ser(args.models / "ser_int8.tflite", args.calls, not args.no_plots, args.data)}
-    f, s = res["fer"], res["ser"]
-    rows = [("FER int8", "FER2013 PrivateTest acc", f["privatetest_acc"]),
-            ("FER int8", "CK+48 acc (6 classes)", f["ck48_acc_6way"]),
-            ("FER int8", "CK+48 acc (7-way argmax)", f["ck48_acc_7way"]),
-            ("FER int8", "latency p50 ms (1 thread)", f["latency_one_thread"]["p50_ms"]),
-            ("FER int8", "size bytes", f["bytes"]),
-            ("SER int8", "held-out 23+24 utterance acc", s["utt_acc"]),
-            ("SER int8", "held-out 23+24 utterance UAR", s["utt_uar"]),
-            ("SER int8", "held-out 23+24 window acc", s["window_acc"]),
-            ("SER int8", "SER latency p50 ms (1 thread)", s["latency_one_thread_ser"]["p50_ms"]),
-            ("SER int8", "MFCC+SER p50 ms (1 thread)", s["latency_one_thread_mfcc_plus_ser"]["p50_ms"]),
-            ("SER int8", "size bytes", s["bytes"])]
+    res, rows = {}, []
+    if args.only != "ser":
+        res["fer"] = f = eval_fer(args.models / "fer_int8.tflite", args.calls, not args.no_plots)
+        rows += [("FER int8", "FER2013 PrivateTest acc", f["privatetest_acc"]),
+                 ("FER int8", "CK+48 acc (6 classes)", f["ck48_acc_6way"]),
+                 ("FER int8", "CK+48 acc (7-way argmax)", f["ck48_acc_7way"]),
+                 ("FER int8", "latency p50 ms (1 thread)", f["latency_one_thread"]["p50_ms"]),
+                 ("FER int8", "size bytes", f["bytes"]), ("FER int8", "sha256", f["sha256"])]
+    if args.only != "fer":
+        res["ser"] = s = eval_ser(args.models / "ser_int8.tflite", args.calls, not args.no_plots, args.data)
+        rows += [("SER int8", "held-out 23+24 utterance acc (120)", s["utt_acc"]),
+                 ("SER int8", "held-out 23+24 utterance UAR (120)", s["utt_uar"])]
+        rows += [("SER int8", f"held-out 23+24 non-calm acc (104), {k}", v["acc_104_noncalm"])
+                 for k, v in s["robustness"].items()]
+        rows += [("SER int8", "URDU 4-class acc (400)", s["urdu_acc4"]),
+                 ("SER int8", "URDU 4-class UAR", s["urdu_uar4"]),
+                 ("SER int8", f"ECE held-out before / after T = {s['temperature']}",
+                  f"{s['ece_heldout_before']} / {s['ece_heldout_after']}"),
+                 ("SER int8", "ECE URDU 4-class before / after",
+                  f"{s['ece_urdu4_before']} / {s['ece_urdu4_after']}"),
+                 ("SER int8", "SER latency p50 ms (1 thread)", s["latency_one_thread_ser"]["p50_ms"]),
+                 ("SER int8", "features + SER p50 ms per window (1 thread)",
+                  s["latency_one_thread_features_plus_ser"]["p50_ms"]),
+                 ("SER int8", "size bytes", s["bytes"]), ("SER int8", "sha256", s["sha256"])]
     w = max(len(r[1]) for r in rows)
     for model, what, v in rows:
         print(f"{model:9} {what:<{w}}  {v}")
-    print(f"sha256 fer {f['sha256']}\nsha256 ser {s['sha256']}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(res, indent=1))
