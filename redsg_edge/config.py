@@ -38,13 +38,6 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True)
 
 
-class StrictModel(BaseModel):
-    """Unknown keys rejected, and pydantic's strict mode: TOML already types every value, so
-    ``width = "640"``, ``enabled = "yes"`` or ``fps = true`` is an error, not a conversion.
-    A float key still takes a TOML integer (``fps = 15``); paths are converted from strings."""
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False, strict=True)
-
-
 class CameraConfig(StrictModel):
     #: auto = picamera2 if importable, else OpenCV device; file = a video file; none = no camera.
     source: Literal["auto", "picamera2", "opencv", "file", "none"] = "auto"

@@ -19,11 +19,8 @@ the capture time of the first sample pushed plus the samples counted since.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +28,7 @@ from . import CLASSES
 from .config import SpeechConfig
 from .features import SAMPLE_RATE, mfcc_features, ser_windows
 from .fusion import Evidence
+from .calibration import load_temperature, temperature_scale
 from .litert import LiteRTClassifier, ModelError
 from .vad import CHUNK, NEG_OFFSET, Segmenter, SileroVad, Utterance, chunks_for
 
@@ -55,22 +53,6 @@ def vad_voiced_fraction(pcm: np.ndarray, threshold_dbfs: float) -> float:
     the model-evaluation scripts, no longer the speech gate."""
     db = frame_dbfs(pcm)
     return float((db > threshold_dbfs).mean()) if len(db) else 0.0
-
-
-def read_temperature(model_path: Path) -> float:
-    """The SER's calibration temperature from ``<model>.json`` beside the model (key
-    ``temperature``), 1.0 when there is no such file. Raises ModelError naming the file when it
-    is unreadable or the value is not a positive finite number."""
-    card = model_path.with_suffix(".json")
-    if not card.is_file():
-        return 1.0
-    try:
-        t = json.loads(card.read_text(encoding="utf-8")).get("temperature", 1.0)
-    except (OSError, ValueError, AttributeError) as exc:
-        raise ModelError(f"{card}: not a readable JSON object ({exc})") from None
-    if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
-        raise ModelError(f"{card}: temperature must be a positive number, got {t!r}")
-    return float(t)
 
 
 class SerModel:
@@ -98,18 +80,13 @@ class SerModel:
             raise ModelError(f"{self.path}: input shape {self.clf.input_shape} does not match "
                              f"the features of a {window_s} s window {want} (speech.window_s "
                              f"= {window_s} needs a model trained on {want[0]}-frame windows)")
-        self.temperature = read_temperature(self.path)
+        self.temperature = load_temperature(self.path)
 
     def _calibrated(self, feats: np.ndarray) -> np.ndarray:
         p = np.clip(self.clf.predict(feats), 0.0, None).astype(np.float64)
         if p.sum() <= 0:
             return np.full(len(CLASSES), 1 / len(CLASSES), np.float32)
-        p /= p.sum()
-        if self.temperature != 1.0:
-            z = np.log(np.maximum(p, 1e-12)) / self.temperature
-            p = np.exp(z - z.max())
-            p /= p.sum()
-        return p.astype(np.float32)
+        return temperature_scale(p / p.sum(), self.temperature)
 
     def predict(self, pcm: np.ndarray) -> np.ndarray:
         if len(pcm) != self.window_samples:

@@ -36,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
+from redsg_edge.calibration import expected_calibration_error, temperature_scale  # noqa: E402
 from redsg_edge.datasets import DATA_ROOT, load_ck48, load_fer2013, load_ravdess_index  # noqa: E402
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows  # noqa: E402
 from redsg_edge.litert import LiteRTClassifier  # noqa: E402
@@ -133,23 +134,6 @@ def _ser_dataset(data: Path):
             [(read(p), y, "") for p, y in urdu])
 
 
-def ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error of the top-1 confidence, 15 equal-width bins."""
-    conf, pred = p.max(1), p.argmax(1)
-    edges = np.linspace(0, 1, bins + 1)
-    return float(sum(((conf > lo) & (conf <= hi)).mean()
-                     * abs((pred[m] == y[m]).mean() - conf[m].mean())
-                     for lo, hi in zip(edges[:-1], edges[1:])
-                     if (m := (conf > lo) & (conf <= hi)).any()))
-
-
-def temper(p: np.ndarray, t: float) -> np.ndarray:
-    """softmax(log(p) / t), as ``speech.SerModel`` applies the card's temperature to each window."""
-    z = np.log(np.maximum(np.asarray(p, np.float64), 1e-12)) / t
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
 def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
     """SER figures through ``features.ser_windows`` on whole files (utterance = mean of windows)."""
     meta = json.loads(path.with_suffix(".json").read_text())
@@ -164,7 +148,7 @@ def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
         return windows(x).mean(0)
 
     def utt_t(pw: np.ndarray) -> np.ndarray:  # the runtime's: scale each window, then the mean
-        m = temper(pw, t).mean(0)
+        m = temperature_scale(pw, t).mean(0)
         return m / m.sum()
 
     def pcm16(x: np.ndarray) -> np.ndarray:
@@ -205,12 +189,12 @@ def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
             "temperature": t, "utt_acc": round(float((pred == y).mean()), 4),
             "utt_uar": uar(y, pred), "utt_recall": recall(y, pred), "utterances": int(len(y)),
             "robustness": robust,
-            "ece_heldout_before": round(ece(p, y), 4), "ece_heldout_after": round(ece(pt, y), 4),
+            "ece_heldout_before": round(expected_calibration_error(p, y), 4), "ece_heldout_after": round(expected_calibration_error(pt, y), 4),
             "urdu_acc4": round(float((u4 == uy).mean()), 4), "urdu_uar4": uar(uy, u4),
             "urdu_recall4": recall(uy, u4),
             "urdu_pred7": {CLASSES[c]: int((up.argmax(1) == c).sum()) for c in range(len(CLASSES))},
-            "ece_urdu4_before": round(ece(u4p, u4y), 4),
-            "ece_urdu4_after": round(ece(upt / upt.sum(1, keepdims=True), u4y), 4),
+            "ece_urdu4_before": round(expected_calibration_error(u4p, u4y), 4),
+            "ece_urdu4_after": round(expected_calibration_error(upt / upt.sum(1, keepdims=True), u4y), 4),
             "latency_one_thread_ser": latency(clf.predict, feats, calls),
             "latency_one_thread_features_plus_ser": latency(
                 lambda w: clf.predict(ser_windows(w, win, hop)[0]), window, calls)}

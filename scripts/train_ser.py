@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge import features  # noqa: E402
+from redsg_edge.calibration import expected_calibration_error, temperature_scale  # noqa: E402
 from redsg_edge.datasets import DATA_ROOT, load_ravdess_index  # noqa: E402
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows  # noqa: E402
 from ser_augment import Augmenter, room_impulse_responses  # noqa: E402
@@ -284,7 +285,7 @@ def window_probs(predict, audio: list[np.ndarray]) -> tuple[np.ndarray, np.ndarr
 def utterance_mean(pw: np.ndarray, who: np.ndarray, t: float = 1.0) -> np.ndarray:
     """(U, 7) utterance probabilities as the runtime forms them (``speech.SerModel``): each
     window's output scaled by the temperature, then the mean over the utterance's windows."""
-    q = temper(pw, t)
+    q = temperature_scale(pw, t)
     p = np.stack([q[who == u].mean(0) for u in range(int(who.max()) + 1)])
     return p / p.sum(1, keepdims=True)
 
@@ -320,25 +321,6 @@ def int8_predict(path: Path):
         clf = clf or LiteRTClassifier(path, X.shape[1:], len(CLASSES))
         return np.stack([clf.predict(x) for x in X])
     return predict
-
-
-def ece(p: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
-    """Expected calibration error of the top-1 confidence over ``bins`` equal-width bins."""
-    conf, pred = p.max(1), p.argmax(1)
-    edges = np.linspace(0, 1, bins + 1)
-    e = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            e += m.mean() * abs(float((pred[m] == y[m]).mean()) - float(conf[m].mean()))
-    return float(e)
-
-
-def temper(p: np.ndarray, t: float) -> np.ndarray:
-    """Temperature scaling of softmax outputs, as the runtime does it: softmax(log(p) / t)."""
-    z = np.log(np.maximum(np.asarray(p, np.float64), 1e-12)) / t
-    e = np.exp(z - z.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 def fit_temperature(pw: np.ndarray, who: np.ndarray, y: np.ndarray) -> float:
@@ -473,8 +455,8 @@ def main() -> int:
         p = utterance_mean(pw, who)
         summary["temperature"] = {"T": round(t, 3), "fitted_on": "pooled out-of-fold int8 windows, "
                                   "scaled per window then averaged per utterance as the runtime does",
-                                  "ece_before": ece(p, yy), "ece_after": ece(utterance_mean(pw, who, t), yy),
-                                  "ece_after_cross_fitted": ece(np.concatenate(crossed), yy),
+                                  "ece_before": expected_calibration_error(p, yy), "ece_after": expected_calibration_error(utterance_mean(pw, who, t), yy),
+                                  "ece_after_cross_fitted": expected_calibration_error(np.concatenate(crossed), yy),
                                   "utterances": int(len(yy))}
         (args.out / "cv.json").write_text(json.dumps(summary, indent=1))
         print(json.dumps(summary, indent=1))

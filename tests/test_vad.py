@@ -13,7 +13,8 @@ import soundfile as sf
 
 from redsg_edge.config import ConfigError, SpeechConfig, parse_config
 from redsg_edge.litert import ModelError
-from redsg_edge.speech import SerModel, SpeechPerception, read_temperature
+from redsg_edge.calibration import load_temperature, temperature_scale
+from redsg_edge.speech import SerModel, SpeechPerception
 from redsg_edge.vad import CHUNK, Segmenter, SileroVad, Utterance
 
 from .conftest import ACTOR_24, FER_MODEL, SER_MODEL, SINGLE_FACE, make_config
@@ -219,15 +220,14 @@ def test_speech_keys_are_validated(speech, key):
 def test_temperature_from_the_model_card(tmp_path, vad):
     model = tmp_path / "ser_int8.tflite"
     shutil.copy(SER_MODEL, model)
-    assert read_temperature(model) == 1.0
+    assert load_temperature(model) == 1.0
     plain = SerModel(model, 2.5)
     (tmp_path / "ser_int8.json").write_text(json.dumps({"temperature": 2.0, "other": 1}))
     hot = SerModel(model, 2.5)
     assert hot.temperature == 2.0
     w = pcm_of(ANGRY)[16000:16000 + 40000]
     p, q = plain.predict(w), hot.predict(w)
-    expect = np.exp(np.log(np.maximum(p.astype(np.float64), 1e-12)) / 2.0)
-    assert np.allclose(q, expect / expect.sum(), atol=1e-5)
+    assert np.allclose(q, temperature_scale(p, 2.0), atol=1e-5)
     assert q.max() < p.max() and q.argmax() == p.argmax()
     for bad in ('{"temperature": 0}', '{"temperature": "hot"}', "not json"):
         (tmp_path / "ser_int8.json").write_text(bad)
