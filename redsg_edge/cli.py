@@ -82,9 +82,13 @@ def cmd_replay(args) -> int:
     import time
     t0 = time.perf_counter()
     warnings: list[str] = []
+    transcriber = None
+    if args.transcribe:
+        from .stt import Transcriber
+        transcriber = Transcriber.from_config(cfg.speech.transcript)
     records = replay(cfg, args.video, args.audio, args.out, args.plot,
                      use_video_audio=not args.no_video_audio, progress=sys.stderr.isatty(),
-                     append=args.append, warnings=warnings)
+                     append=args.append, warnings=warnings, transcriber=transcriber)
     wall = time.perf_counter() - t0
     updates = [r for r in records if r["type"] == "update"]
     trans = [r for r in records if r["type"] == "transition"]
@@ -236,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append", action="store_true", help="add to an existing --out file")
     p.add_argument("--plot", type=Path, help="draw the emotion timeline to this PNG")
     p.add_argument("--max-fps", type=float, help="override vision.max_fps")
+    p.add_argument("--transcribe", action="store_true",
+                   help="add an utterance record (start, end, SER label, transcript) per "
+                        "utterance to the output (needs the speech-to-text models)")
 
     p = add("analyze", cmd_analyze, "FER on photos / SER on recordings (files or folders)")
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH")

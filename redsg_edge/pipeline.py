@@ -492,7 +492,8 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
            plot: Path | None = None, *, use_video_audio: bool = True,
            progress: bool = False,
            on_evidence: Callable[[float, Evidence | None], None] | None = None,
-           append: bool = False, warnings: list[str] | None = None) -> list[dict]:
+           append: bool = False, warnings: list[str] | None = None,
+           transcriber=None) -> list[dict]:
     """Run recorded media through the same workers and fusion, in media time.
 
     video: a video file (or None for audio only); audio: a separate audio file; otherwise the
@@ -503,7 +504,9 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
     the damage; a separate ``audio`` whose length differs from the video's by more than a
     second is replayed only to the end of the shorter plus ``speech.window_s``. Each such
     problem is logged and
-    appended to ``warnings`` (when given) as one sentence.
+    appended to ``warnings`` (when given) as one sentence. With a ``transcriber``
+    (``stt.Transcriber``), each utterance the VAD closes adds a record ``{"type": "utterance",
+    "t_start", "t_end", "label", "transcript"}`` (``redsg-edge replay --transcribe``).
     Returns the records (docs/architecture.md).
     Raises DeviceError for unreadable media, ModelError for bad models.
     """
@@ -545,6 +548,15 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
             records.append(tr)
             sink.write(tr)
 
+    def said(out: SpeechOutput) -> None:
+        if transcriber is None:
+            return
+        rec = {"type": "utterance", "t_start": round(out.start_s, 4), "t_end": round(out.end_s, 4),
+               "label": CLASSES[int(np.argmax(out.probs))],
+               "transcript": transcriber.transcribe(out.audio)}
+        records.append(rec)
+        sink.write(rec)
+
     frames = iter(cam) if cam is not None else iter(())
     blocks = iter(mic) if mic is not None else iter(())
     bar = None
@@ -565,9 +577,11 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
                     bar.n = t
                     bar.refresh()
                 continue
-            feed_speech(speech, t, data, fuse)
+            feed_speech(speech, t, data, fuse, on_utterance=said)
         if speech is not None:
             for o in speech.finish():  # a recording ends; a live stream does not
+                if o.kind == "utterance":
+                    said(o)
                 fuse(*o.fusion_input())
     finally:
         if bar is not None:

@@ -392,9 +392,7 @@ class TranscriptWorker:
 FILE_CHUNK_S = 30.0
 
 
-def transcribe_file(transcriber: Transcriber, path: Path) -> str:
-    """The words of a whole audio file (any format PyAV decodes), in ``FILE_CHUNK_S`` pieces
-    joined by a space. Raises ValueError naming the file when it cannot be decoded."""
+def _read_pcm(path: Path) -> np.ndarray:
     from .capture import AudioFileMic, DeviceError
 
     try:
@@ -404,14 +402,26 @@ def transcribe_file(transcriber: Transcriber, path: Path) -> str:
         mic.close()
     except DeviceError as exc:
         raise ValueError(str(exc)) from None
+    return pcm
+
+
+def _transcribe_long(transcriber: Transcriber, pcm: np.ndarray) -> str:
     step = int(FILE_CHUNK_S * SAMPLE_RATE)
     parts = (transcriber.transcribe(pcm[i:i + step]) for i in range(0, len(pcm), step))
     return " ".join(p for p in parts if p)
 
 
+def transcribe_file(transcriber: Transcriber, path: Path) -> str:
+    """The words of a whole audio file (any format PyAV decodes), in ``FILE_CHUNK_S`` pieces
+    joined by a space. Raises ValueError naming the file when it cannot be decoded."""
+    return _transcribe_long(transcriber, _read_pcm(path))
+
+
 class WithTranscripts:
-    """An ``analyze.Analyzer`` whose audio results gain a ``"transcript"`` field (the whole
-    file's words, "" for none); ``redsg-edge analyze --transcribe``."""
+    """An ``analyze.Analyzer`` whose audio results gain a ``"transcript"`` field: the whole
+    file's words, and each utterance's own (``"transcript"`` in every ``utterances`` item, the
+    samples from its ``start_s`` to ``end_s``); "" for none. ``redsg-edge analyze --transcribe``.
+    """
 
     def __init__(self, analyzer, transcriber: Transcriber) -> None:
         self._an, self._stt = analyzer, transcriber
@@ -419,7 +429,11 @@ class WithTranscripts:
     def file(self, path: Path, annotate: Path | None = None) -> dict:
         r = self._an.file(path, annotate)
         if r.get("kind") == "audio":
-            r["transcript"] = transcribe_file(self._stt, path)
+            pcm = _read_pcm(path)
+            r["transcript"] = _transcribe_long(self._stt, pcm)
+            for u in r.get("utterances", []):
+                a, b = int(u["start_s"] * SAMPLE_RATE), int(u["end_s"] * SAMPLE_RATE)
+                u["transcript"] = _transcribe_long(self._stt, pcm[a:b])
         return r
 
     def close(self) -> None:

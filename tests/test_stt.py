@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from redsg_edge import assets
+from redsg_edge import CLASSES, assets
 from redsg_edge.assets import AssetError, fetch_main, fetch_models, load_manifest, verify_models
 from redsg_edge.config import Config, ConfigError, parse_config
 from redsg_edge.reply import ReplyWorker, build_messages
@@ -311,15 +311,19 @@ def test_a_transition_with_a_transcript_reaches_the_chat_server(stt, voice, tmp_
 
 # ------------------------------------------------------------------------------ analyze
 
-def test_analyze_transcribe_adds_the_whole_file_transcript(tmp_path, capsys):
+def test_analyze_transcribe_adds_the_file_and_utterance_transcripts(tmp_path, capsys):
     _need_models()
     from redsg_edge.cli import main
     cfg = write_config(tmp_path / "config.toml",
                        f'[speech.transcript]\nencoder_model = "{ENCODER}"\n'
                        f'decoder_model = "{DECODER}"\ntokenizer = "{TOKENIZER}"\n')
-    assert main(["analyze", "--json", "--transcribe", "-c", str(cfg), str(ANGRY_DOGS)]) == 0
+    two = tmp_path / "two.wav"
+    sf.write(str(two), np.concatenate([pcm_of(SAD_KIDS), np.zeros(16000, np.int16),
+                                       pcm_of(ANGRY_DOGS)]), 16000, subtype="PCM_16")
+    assert main(["analyze", "--json", "--transcribe", "-c", str(cfg), str(two)]) == 0
     r = json.loads(capsys.readouterr().out)
-    assert r["kind"] == "audio" and words(r["transcript"]) == DOGS
+    assert r["kind"] == "audio" and words(r["transcript"]) == f"{KIDS} {DOGS}"
+    assert [words(u["transcript"]) for u in r["utterances"]] == [KIDS, DOGS], r["utterances"]
     with pytest.raises(ValueError, match="nope.wav"):
         transcribe_file(None, tmp_path / "nope.wav")
 
@@ -480,3 +484,25 @@ def test_the_daemon_loop_puts_what_was_said_into_the_chat_prompt(tmp_path):
     assert len(srv.requests) > n, "no chat request after the transition"
     assert KIDS in words(json.dumps(srv.requests[n]["body"]))
     assert pipe.status()["audio"]["utterances"] >= 1
+
+
+def test_replay_transcribe_writes_utterance_records(tmp_path, capsys):
+    _need_models()
+    from redsg_edge.cli import main
+    cfg = write_config(tmp_path / "config.toml",
+                       f'[speech.transcript]\nencoder_model = "{ENCODER}"\n'
+                       f'decoder_model = "{DECODER}"\ntokenizer = "{TOKENIZER}"\n')
+    two = tmp_path / "two.wav"
+    sf.write(str(two), np.concatenate([pcm_of(SAD_KIDS), np.zeros(16000, np.int16),
+                                       pcm_of(ANGRY_DOGS)]), 16000, subtype="PCM_16")
+    out = tmp_path / "events.jsonl"
+    assert main(["replay", "--audio", str(two), "--out", str(out), "--transcribe",
+                 "-c", str(cfg)]) == 0
+    recs = [json.loads(line) for line in out.read_text().splitlines()]
+    said = [r for r in recs if r["type"] == "utterance"]
+    assert [words(r["transcript"]) for r in said] == [KIDS, DOGS], said
+    assert all(r["t_start"] < r["t_end"] and r["label"] in CLASSES for r in said)
+    assert said[0]["t_end"] < said[1]["t_start"]
+    # without the flag, no words are written
+    assert main(["replay", "--audio", str(two), "--out", str(out), "-c", str(cfg)]) == 0
+    assert "utterance" not in out.read_text()
