@@ -354,6 +354,18 @@ def _worker_cfg(payload: dict):
     return cfg
 
 
+def _stt_stage(cfg, pcm: np.ndarray, threads: int, n: int, warm: int) -> dict:
+    """Speech-to-text of one utterance (``pcm``, 3 s of speech), once per utterance the VAD
+    closes, so timed over fewer calls; p50/p95 None when its models are not fetched."""
+    from .errors import ModelError
+    from .stt import Transcriber
+    try:
+        stt = Transcriber.from_config(cfg.speech.transcript, threads=threads)
+    except ModelError:
+        return {"p50_ms": None, "p95_ms": None, "skipped": "speech-to-text models not fetched"}
+    return summarize_ns(time_calls(lambda i: stt.transcribe(pcm), n, warm))
+
+
 def worker_stages(p: dict) -> dict:
     """Per-stage latencies in this process (its affinity decides one core or all cores)."""
     from .fusion import Evidence, Fusion
@@ -415,6 +427,8 @@ def worker_stages(p: dict) -> dict:
     chunks = [stream[k * CHUNK:(k + 1) * CHUNK] for k in range(len(stream) // CHUNK)]
     res["stages"]["vad_chunk"] = summarize_ns(time_calls(
         lambda i: vad.chunk_prob(chunks[i % len(chunks)]), n, warm))
+    res["stages"]["stt_utterance_3s"] = _stt_stage(cfg, np.concatenate(wins)[:48000], threads,
+                                                   max(3, n // 50), min(warm, 2))
     fusion = Fusion(cfg.fusion)
     fprobs = [np.clip(v, 1e-6, None) for v in probs[:64]]
     vprobs = [np.clip(v, 1e-6, None) for v in voice_probs[:64]]
@@ -1153,6 +1167,7 @@ STAGE_LABELS = {"face_detection": "face detection 640x480", "crop_preprocess": "
                 "fer": "FER int8 (48x48)", "vision_frame": "= frame: detect+crop+FER",
                 "mfcc": "MFCC 2.5 s window", "ser": "SER int8", "speech_window":
                 "= window: MFCC+SER", "vad_chunk": "VAD (Silero) per 32 ms",
+                "stt_utterance_3s": "speech-to-text, 3 s utterance",
                 "fusion_update": "fusion update"}
 
 

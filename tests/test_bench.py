@@ -38,8 +38,12 @@ def config(tmp_path_factory) -> Path:
     except ImportError as exc:
         pytest.skip(str(exc))
     path = tmp / "config.toml"
+    stt = Path(__file__).resolve().parent.parent / "models"
     path.write_text(f'[vision]\ndetector_model = "{DETECTOR}"\nfer_model = "{fer}"\n'
-                    f'[speech]\nser_model = "{ser}"\n[voice]\nsink = "null"\n')
+                    f'[speech]\nser_model = "{ser}"\n[voice]\nsink = "null"\n'
+                    f'[speech.transcript]\nencoder_model = "{stt / "moonshine-tiny-en-encoder.ort"}"\n'
+                    f'decoder_model = "{stt / "moonshine-tiny-en-decoder.ort"}"\n'
+                    f'tokenizer = "{stt / "moonshine-tokenizer.json"}"\n')
     return path
 
 
@@ -75,7 +79,9 @@ def test_bench_stages_quick(config, tmp_path):
     for mode in res["modes"].values():
         assert set(mode["stages"]) == {"face_detection", "crop_preprocess", "fer", "vision_frame",
                                        "mfcc", "ser", "speech_window", "vad_chunk",
-                                       "fusion_update"}
+                                       "stt_utterance_3s", "fusion_update"}
+        stt = mode["stages"].pop("stt_utterance_3s")  # per utterance: fewer calls
+        assert positive(stt["p50_ms"]) and stt["p95_ms"] >= stt["p50_ms"], stt
         for s in mode["stages"].values():
             check_summary(s, res["calls"])
         assert mode["detection_rate"] > 0.5  # the clip's face is visible in most frames
