@@ -173,9 +173,6 @@ class FusionConfig(StrictModel):
     #: Face height (pixels, detector box) from which a face counts fully; smaller faces count
     #: in proportion (reliability = height / this); 0 = off.
     face_full_size_px: float = Field(48.0, ge=0.0, le=2000.0)
-    #: The face's prior is multiplied by this while the voice has fresh evidence (someone is
-    #: speaking); 1 = off.
-    speaking_face_factor: float = Field(1.0, ge=0.0, le=1.0)
 
     @field_validator("exit_threshold")
     @classmethod

@@ -34,14 +34,14 @@ Per update, in order:
      fusion automatically.
    - ``reliability_m`` (:attr:`Evidence.reliability`, from the producer): for the face
      :func:`face_reliability` of its height against ``face_full_size_px``; for the voice the
-     VAD's mean speech probability over the audio classified. While the voice has fresh
-     evidence (someone is speaking) the face's prior is also multiplied by
-     ``speaking_face_factor``: a talking face reads neutral to a FER model trained on posed
-     stills, and the voice then knows better.
-     With ``talking_face_neutral`` < 1 only the face's *neutral* reading is discounted then
-     (multiplied by it and renormalised before the face's confidence is taken): speaking sad
-     or fearful faces read neutral 0.6–0.8 (measured in issue 14), so a neutral talking face
-     is weak evidence, while an expressive one keeps its full weight.
+     VAD's mean speech probability over the audio classified.
+   - *A talking face*: while the voice has fresh evidence (someone is speaking), with
+     ``talking_face_neutral`` < 1 the face's *neutral* reading is multiplied by it and
+     renormalised before the face's confidence is taken: speaking sad or fearful faces read
+     neutral 0.6–0.8 (measured in issue 14), so a neutral talking face is weak evidence, while
+     an expressive one keeps its full weight. (Scaling the whole face while someone speaks
+     would add nothing: with one modality the weights cancel, and with both it is the same as
+     a larger ``voice_weight``.)
 
 2. **Exponential smoothing** of the fused vector with time constant ``smoothing_tau_s``:
    ``s ← s + α (x − s)`` with ``α = 1 − exp(−Δt/τ)``, the exact discretisation of a first-order
@@ -137,10 +137,10 @@ class UsedEvidence:
     """A modality's evidence as it entered one fused update.
 
     ``age_s`` = update time − evidence time (≥ 0); ``confidence``, ``freshness`` and
-    ``reliability`` in 0..1; ``weight`` = prior × confidence × freshness × reliability, times
-    ``speaking_face_factor`` for the face while the voice has fresh evidence (unnormalised; the
-    fused vector divides by the sum).
-    """
+    ``reliability`` in 0..1; ``weight`` = prior × confidence × freshness × reliability
+    (unnormalised; the fused vector divides by the sum). ``probs`` are what entered the fusion
+    (a talking face's neutral discounted); ``model_probs`` the model's own output, which the
+    update records keep so that a single modality is always scored on what its model said."""
 
     modality: str
     t: float
@@ -150,6 +150,7 @@ class UsedEvidence:
     freshness: float
     weight: float
     reliability: float = 1.0
+    model_probs: np.ndarray | None = None  # None: the same as probs
 
     def to_json(self) -> dict:
         """``{"probs": {name: p}, "age_s": s, "weight": w}`` as in docs/architecture.md."""
@@ -202,11 +203,14 @@ class FusedUpdate:
 
     def to_json(self) -> dict:
         """The replay record ``{"type": "update", "t", "face", "voice", "fused", "emotion"}``;
-        ``face``/``voice`` are ``{name: p}`` of the fresh evidence used, or None."""
+        ``face``/``voice`` are ``{name: p}`` of each fresh modality's model output, or None."""
         rec = {"type": "update", "t": round(self.t, 4)}
         for m in MODALITIES:
             used = self.evidence.get(m)
-            rec[m] = probs_to_dict(used.probs) if used is not None else None
+            if used is None:
+                rec[m] = None
+            else:
+                rec[m] = probs_to_dict(used.probs if used.model_probs is None else used.model_probs)
         rec["fused"] = probs_to_dict(self.probs)
         rec["emotion"] = self.emotion
         return rec
@@ -353,13 +357,12 @@ class Fusion:
                 continue
             probs = ev.probs
             prior = float(getattr(cfg, MODALITIES[m]))
-            if m == "face" and speaking:
-                prior *= cfg.speaking_face_factor
-                if cfg.talking_face_neutral < 1.0:
-                    probs = discount_class(probs, _NEUTRAL, cfg.talking_face_neutral)
+            if m == "face" and speaking and cfg.talking_face_neutral < 1.0:
+                probs = discount_class(probs, _NEUTRAL, cfg.talking_face_neutral)
             conf = confidence_of(probs, cfg.confidence)
             used[m] = UsedEvidence(m, ev.t, probs, max(0.0, t - ev.t), conf, fresh,
-                                   prior * conf * fresh * ev.reliability, ev.reliability)
+                                   prior * conf * fresh * ev.reliability, ev.reliability,
+                                   None if probs is ev.probs else ev.probs)
 
         total = sum(u.weight for u in used.values())
         raw = None

@@ -38,9 +38,8 @@ from redsg_edge.pipeline import replay  # noqa: E402
 # with the warm-restarted FER net, a light voice weight).
 # With the scenario kinds of issue 14 (talking faces, silence, quiet speech in noise), the voice's
 # weight and the talking-face rule are searched with them.
-GRID = {"min_dwell_s": [0.2, 0.3], "enter_threshold": [0.5, 0.55, 0.6],
-        "voice_weight": [0.2, 0.5, 1.0], "talking_face_neutral": [1.0, 0.5, 0.25],
-        "speaking_face_factor": [1.0, 0.5]}
+GRID = {"min_dwell_s": [0.2, 0.4, 0.6], "enter_threshold": [0.55, 0.6, 0.65],
+        "voice_weight": [0.2, 0.5, 1.0], "talking_face_neutral": [1.0, 0.35]}
 
 
 def scenario_evidence(cfg, meta: Path, cache: Path) -> list:

@@ -33,23 +33,21 @@ def test_face_reliability_table(height, full, expected):
     assert face_reliability(height, full) == pytest.approx(expected)
 
 
-# (face reliability, voice reliability, speaking_face_factor, voice age s,
+# (face reliability, voice reliability, voice age s,
 #  expected face weight factor, expected voice weight factor) relative to prior×conf×fresh
 WEIGHT_TABLE = [
-    ("all terms neutral: the tuned formula", 1.0, 1.0, 1.0, 0.0, 1.0, 1.0),
-    ("a small face counts less", 0.5, 1.0, 1.0, 0.0, 0.5, 1.0),
-    ("uncertain speech counts less", 1.0, 0.6, 1.0, 0.0, 1.0, 0.6),
-    ("someone speaking: the face steps back", 1.0, 1.0, 0.25, 0.0, 0.25, 1.0),
-    ("both at once multiply", 0.5, 0.9, 0.5, 1.0, 0.25, 0.9),
-    ("stale voice: nobody speaking, the face counts fully", 1.0, 1.0, 0.25, 3.5, 1.0, None),
+    ("all terms neutral: the tuned formula", 1.0, 1.0, 0.0, 1.0, 1.0),
+    ("a small face counts less", 0.5, 1.0, 0.0, 0.5, 1.0),
+    ("uncertain speech counts less", 1.0, 0.6, 0.0, 1.0, 0.6),
+    ("both at once multiply", 0.5, 0.9, 1.0, 0.5, 0.9),
+    ("stale voice: nobody speaking, the face counts fully", 1.0, 1.0, 3.5, 1.0, None),
 ]
 
 
-@pytest.mark.parametrize("name,rf,rv,factor,voice_age,want_face,want_voice", WEIGHT_TABLE,
+@pytest.mark.parametrize("name,rf,rv,voice_age,want_face,want_voice", WEIGHT_TABLE,
                          ids=[r[0] for r in WEIGHT_TABLE])
-def test_weight_table(name, rf, rv, factor, voice_age, want_face, want_voice):
-    cfg = FusionConfig(face_weight=1.0, voice_weight=0.4, speaking_face_factor=factor,
-                       max_age_s=3.0)
+def test_weight_table(name, rf, rv, voice_age, want_face, want_voice):
+    cfg = FusionConfig(face_weight=1.0, voice_weight=0.4, max_age_s=3.0)
     f = Fusion(cfg)
     t = 10.0
     f.update(t - voice_age, Evidence("voice", t - voice_age, pk("sad", 0.7), rv))
@@ -66,20 +64,20 @@ def test_weight_table(name, rf, rv, factor, voice_age, want_face, want_voice):
         assert v.weight == pytest.approx(0.4 * confidence_of(v.probs) * fresh * want_voice)
 
 
-# (speaking_face_factor, voice_weight, face, voice or None) → fused leading class
+# (talking_face_neutral, voice_weight, face, voice or None) → fused leading class
 BEHAVIOUR_TABLE = [
-    ("tuned setting: a talking neutral face outweighs the voice", 1.0, 0.2, "neutral", "sad",
+    ("a light voice: a talking neutral face outweighs it", 1.0, 0.2, "neutral", "sad",
      "neutral"),
-    ("speaking factor: a confident voice moves a talking neutral face", 0.2, 1.0, "neutral", "sad",
-     "sad"),
-    ("a clear face wins over silence", 0.2, 1.0, "happy", None, "happy"),
+    ("a talking face's neutral discounted: a confident voice moves it", 0.2, 0.5, "neutral",
+     "sad", "sad"),
+    ("a clear face wins over silence", 0.2, 0.5, "happy", None, "happy"),
 ]
 
 
-@pytest.mark.parametrize("name,factor,voice_weight,face,voice,want", BEHAVIOUR_TABLE,
+@pytest.mark.parametrize("name,talking_neutral,voice_weight,face,voice,want", BEHAVIOUR_TABLE,
                          ids=[r[0] for r in BEHAVIOUR_TABLE])
-def test_behaviour_table(name, factor, voice_weight, face, voice, want):
-    cfg = FusionConfig(voice_weight=voice_weight, speaking_face_factor=factor,
+def test_behaviour_table(name, talking_neutral, voice_weight, face, voice, want):
+    cfg = FusionConfig(voice_weight=voice_weight, talking_face_neutral=talking_neutral,
                        smoothing_tau_s=0.0)
     f = Fusion(cfg)
     upd = None
