@@ -43,6 +43,21 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
+
+def _until_damaged(frames: Iterator[Any], on_damage: Callable[[Exception], None]) -> Iterator[Any]:
+    """PyAV's decoded frames until the end, or until the first decoding error: a truncated or
+    corrupt file is kept up to the damage, and ``on_damage(exc)`` says where it stopped."""
+    import av
+    while True:
+        try:
+            frame = next(frames)
+        except StopIteration:
+            return
+        except av.FFmpegError as exc:
+            on_damage(exc)
+            return
+        yield frame
+
 SAMPLE_RATE = 16000  # Hz; every audio path in the project runs at 16 kHz mono int16
 OPEN_TIMEOUT_S = 5.0  # a device that has not opened (or given a first frame) by then is missing
 
@@ -668,23 +683,15 @@ class VideoFileCamera(_FileReplay, CameraSource):
         return container
 
     def _decode(self) -> Iterator[tuple[float, Any]]:
-        import av
         offset = 0.0
         while True:
             container = self._container
             stream = container.streams.video[0]
             rate = float(stream.average_rate or 25)
             last = None
-            frames = container.decode(stream)
             i = 0
-            while True:
-                try:
-                    frame = next(frames)
-                except StopIteration:
-                    break
-                except av.FFmpegError as exc:  # truncated or corrupt: keep what was decoded
-                    self._damaged(last or 0.0, exc)
-                    break
+            for frame in _until_damaged(container.decode(stream),
+                                        lambda exc: self._damaged(last or 0.0, exc)):
                 mt = frame.time if frame.time is not None else i / rate
                 i += 1
                 last = mt
@@ -986,15 +993,8 @@ class AudioFileMic(_FileReplay, MicSource):
             resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
             t_first: float | None = None
             n = 0
-            frames = container.decode(stream)
-            while True:
-                try:
-                    frame = next(frames)
-                except StopIteration:
-                    break
-                except av.FFmpegError as exc:  # truncated or corrupt: keep what was decoded
-                    self._damaged((t_first or 0.0) + n / SAMPLE_RATE, exc)
-                    break
+            for frame in _until_damaged(container.decode(stream), lambda exc: self._damaged(
+                    (t_first or 0.0) + n / SAMPLE_RATE, exc)):
                 if t_first is None:
                     t_first = frame.time or 0.0
                 for out in resampler.resample(frame):

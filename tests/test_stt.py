@@ -311,15 +311,21 @@ def test_a_transition_with_a_transcript_reaches_the_chat_server(stt, voice, tmp_
 
 # ------------------------------------------------------------------------------ analyze
 
-def test_analyze_transcribe_adds_the_file_and_utterance_transcripts(tmp_path, capsys):
+def two_utterances(tmp_path: Path) -> tuple[Path, Path]:
+    """A config with the speech-to-text models, and a WAV of two utterances 1 s apart."""
     _need_models()
-    from redsg_edge.cli import main
     cfg = write_config(tmp_path / "config.toml",
                        f'[speech.transcript]\nencoder_model = "{ENCODER}"\n'
                        f'decoder_model = "{DECODER}"\ntokenizer = "{TOKENIZER}"\n')
     two = tmp_path / "two.wav"
     sf.write(str(two), np.concatenate([pcm_of(SAD_KIDS), np.zeros(16000, np.int16),
                                        pcm_of(ANGRY_DOGS)]), 16000, subtype="PCM_16")
+    return cfg, two
+
+
+def test_analyze_transcribe_adds_the_file_and_utterance_transcripts(tmp_path, capsys):
+    from redsg_edge.cli import main
+    cfg, two = two_utterances(tmp_path)
     assert main(["analyze", "--json", "--transcribe", "-c", str(cfg), str(two)]) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["kind"] == "audio" and words(r["transcript"]) == f"{KIDS} {DOGS}"
@@ -487,14 +493,8 @@ def test_the_daemon_loop_puts_what_was_said_into_the_chat_prompt(tmp_path):
 
 
 def test_replay_transcribe_writes_utterance_records(tmp_path, capsys):
-    _need_models()
     from redsg_edge.cli import main
-    cfg = write_config(tmp_path / "config.toml",
-                       f'[speech.transcript]\nencoder_model = "{ENCODER}"\n'
-                       f'decoder_model = "{DECODER}"\ntokenizer = "{TOKENIZER}"\n')
-    two = tmp_path / "two.wav"
-    sf.write(str(two), np.concatenate([pcm_of(SAD_KIDS), np.zeros(16000, np.int16),
-                                       pcm_of(ANGRY_DOGS)]), 16000, subtype="PCM_16")
+    cfg, two = two_utterances(tmp_path)
     out = tmp_path / "events.jsonl"
     assert main(["replay", "--audio", str(two), "--out", str(out), "--transcribe",
                  "-c", str(cfg)]) == 0
