@@ -81,6 +81,7 @@ TARGETS = {
     "peer_speedup_per_face": 10.0,            # whole pipeline per photo, one core
     "daemon_cpu_pct_one_core": 25.0,          # at 15 fps real time
     "daemon_rss_mb": 400.0,
+    "daemon_rss_mb_with_stt": 500.0,           # speech-to-text loaded (issue 18)
     "daemon_rss_slope_mb_per_min": 1.0,       # "does not grow": Theil-Sen slope after 1 min
     "coldstart_s": 8.0,
     "vad_per_30ms_p50_ms_one_core": 0.5,      # Silero VAD, per 30 ms of audio
@@ -783,10 +784,19 @@ def make_clip_15fps(dest: Path, fps: int = 15) -> Path:
     return dest
 
 
+def stt_fetched(cfg) -> bool:
+    """Whether the speech-to-text model files of ``cfg.speech.transcript`` are on disk."""
+    tc = cfg.speech.transcript
+    return all(Path(f).is_file() for f in (tc.encoder_model, tc.decoder_model, tc.tokenizer))
+
+
 def daemon_config(tmp: Path, cfg, models: dict[str, Path]) -> Path:
     """The config the daemon and cold-start benches run: the clip as a 15 fps 640x480 camera
     (``make_clip_15fps``), RAVDESS speech, replies from offline templates spoken by the
-    configured (default) voice into a null sink."""
+    configured (default) voice into a null sink. Speech-to-text runs as in the default
+    deployment (where chat uses the words) when its models are fetched: with chat off here,
+    ``log_transcripts`` is what makes the daemon load it."""
+    tc = cfg.speech.transcript
     speech = make_speech_track(tmp / "speech.wav")
     clip = make_clip_15fps(tmp / "camera15.mp4")
     path = tmp / "config.toml"
@@ -797,6 +807,8 @@ def daemon_config(tmp: Path, cfg, models: dict[str, Path]) -> Path:
                    "min_detection_confidence": cfg.vision.min_detection_confidence,
                    "max_fps": 15.0},
         "speech": {"ser_model": models["ser"], "window_s": cfg.speech.window_s},
+        "speech.transcript": {"log_transcripts": stt_fetched(cfg), "encoder_model": tc.encoder_model,
+                              "decoder_model": tc.decoder_model, "tokenizer": tc.tokenizer},
         "reply": {"enabled": True},
         "reply.chat": {"enabled": False},
         "voice": {"model": cfg.voice.model, "sink": "null"},
@@ -973,11 +985,12 @@ def bench_daemon(cfg, models, quick: bool, out_dir: Path) -> dict:
                          "stderr": status.stderr[-300:]}
     mean = res["cpu_pct_one_core"]["mean"]
     peak = res["rss_mb"]["peak"]
+    res["speech_to_text"] = stt_fetched(cfg)
+    rss_limit = TARGETS["daemon_rss_mb_with_stt" if res["speech_to_text"] else "daemon_rss_mb"]
     res["targets"] = {
         "daemon_cpu_pct_one_core": {"value": mean, "limit": TARGETS["daemon_cpu_pct_one_core"],
                                     "met": mean <= TARGETS["daemon_cpu_pct_one_core"]},
-        "daemon_rss_mb_peak": {"value": peak, "limit": TARGETS["daemon_rss_mb"],
-                               "met": peak <= TARGETS["daemon_rss_mb"]},
+        "daemon_rss_mb_peak": {"value": peak, "limit": rss_limit, "met": peak <= rss_limit},
         "daemon_rss_slope_mb_per_min": {
             "value": res["rss_mb"]["slope_mb_per_min"],
             "limit": TARGETS["daemon_rss_slope_mb_per_min"],
