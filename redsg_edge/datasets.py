@@ -127,3 +127,28 @@ def load_ravdess_index(root: str | os.PathLike | None = None) -> list[RavdessFil
                                    CLASSES.index(RAVDESS_MAP[row["emotion"]]), row["emotion"],
                                    row["intensity"], float(row["duration_s"])))
     return out
+
+
+def load_urdu(root: str | os.PathLike | None = None) -> tuple[list[Path], np.ndarray]:
+    """URDU (Latif et al. 2018: 400 natural Urdu talk-show utterances, 29 speakers; 4 classes):
+    the cross-corpus **validation** set of SER. Validate and report on it, never train on it
+    (``assert_not_validation`` guards the training scripts). Returns (files, labels (N,) int64
+    indices into CLASSES). Raises FileNotFoundError naming the index."""
+    root = Path(root) if root else DATA_ROOT / "urdu"
+    index = root / "index.csv"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index}: URDU index not found (set REDSG_DATA or pass --urdu)")
+    with index.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [root / r["file"] for r in rows], np.array([CLASSES.index(r["label"]) for r in rows])
+
+
+def assert_not_validation(paths, validation_root: str | os.PathLike | None = None) -> None:
+    """Raise ValueError when any of ``paths`` (training audio) lies in the URDU validation set
+    (``validation_root``, default ``DATA_ROOT/urdu``): a cross-corpus figure is honest only if
+    the model never heard that corpus."""
+    root = Path(validation_root or DATA_ROOT / "urdu").resolve()
+    bad = [p for p in paths if Path(p).resolve().is_relative_to(root)]
+    if bad:
+        raise ValueError(f"{bad[0]}: in {root}, the cross-corpus validation set: validate and "
+                         f"report on it, never train on it ({len(bad)} such file(s))")

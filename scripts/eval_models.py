@@ -24,7 +24,6 @@ prints a table; ``--json`` writes all figures.
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import sys
@@ -37,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.calibration import expected_calibration_error, temperature_scale  # noqa: E402
-from redsg_edge.datasets import DATA_ROOT, load_ck48, load_fer2013, load_ravdess_index  # noqa: E402
+from redsg_edge.datasets import (DATA_ROOT, load_ck48, load_fer2013,  # noqa: E402
+                                 load_ravdess_index, load_urdu)
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows  # noqa: E402
 from redsg_edge.litert import LiteRTClassifier  # noqa: E402
 from redsg_edge.vision import FerModel  # noqa: E402
@@ -122,9 +122,7 @@ def _ser_dataset(data: Path):
     """Held-out RAVDESS actors 23 + 24 (all 120 files) and URDU (400): [(pcm float32, label)]."""
     import soundfile as sf
     held = [r for r in load_ravdess_index(data / "ravdess") if r.actor in HELD_OUT]
-    urdu_root = data / "urdu"
-    with (urdu_root / "index.csv").open(newline="") as f:
-        urdu = [(urdu_root / r["file"], CLASSES.index(r["label"])) for r in csv.DictReader(f)]
+    urdu = list(zip(*load_urdu(data / "urdu")))
 
     def read(path):
         x, sr = sf.read(path, dtype="float32")

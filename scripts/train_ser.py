@@ -42,7 +42,6 @@ Needs the ``[train]`` extra (tensorflow-cpu, librosa, pyroomacoustics).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import sys
@@ -56,7 +55,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge import features  # noqa: E402
 from redsg_edge.calibration import expected_calibration_error, temperature_scale  # noqa: E402
-from redsg_edge.datasets import DATA_ROOT, load_ravdess_index  # noqa: E402
+from redsg_edge.datasets import (DATA_ROOT, assert_not_validation,  # noqa: E402
+                                 load_ravdess_index, load_urdu)
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows  # noqa: E402
 from ser_augment import Augmenter, room_impulse_responses  # noqa: E402
 from tflite_export import export_int8  # noqa: E402
@@ -90,16 +90,6 @@ def speech_span(x: np.ndarray, below_peak_db: float = 35.0) -> tuple[int, int]:
     return int(on[0] * f), int((on[-1] + 1) * f)
 
 
-def load_urdu(root: Path) -> tuple[list[Path], np.ndarray]:
-    """URDU validation files and labels (indices into CLASSES). FileNotFoundError names the index."""
-    index = root / "index.csv"
-    if not index.is_file():
-        raise FileNotFoundError(f"{index}: URDU index not found (set REDSG_DATA or pass --urdu)")
-    with index.open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    return [root / r["file"] for r in rows], np.array([CLASSES.index(r["label"]) for r in rows])
-
-
 def group_of(actor: int) -> int:
     """Babble/room-tone group: the actor's CV fold, with the held-out test actors on their own."""
     return 6 if actor in TEST_ACTORS else (actor - 1) // 4
@@ -124,6 +114,7 @@ def build_crops(files, copies: int, seed: int, cache: Path):
     """Augmented VAD-like crops, cached as int16. Returns (audio list of (M,) float32, file index
     (C,), copy index (C,)); copy 0 of each recording is clean (a crop, not augmented)."""
     from tqdm import tqdm
+    assert_not_validation([r.path for r in files])  # URDU is validation only
     f = cache / f"ser_crops_c{copies}_s{seed}.npz"
     if f.is_file():
         z = np.load(f)

@@ -8,7 +8,6 @@ utterances go through ``features.ser_windows`` on the whole file, as the model c
 
 from __future__ import annotations
 
-import csv
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from redsg_edge import CLASSES
-from redsg_edge.datasets import DATA_ROOT
+from redsg_edge.datasets import DATA_ROOT, assert_not_validation, load_ravdess_index, load_urdu
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows
 from redsg_edge.litert import LiteRTClassifier
 
@@ -154,16 +153,30 @@ def test_ser_held_out_actors_at_three_levels(clf):
 
 def test_ser_urdu_four_classes(clf):
     """URDU (never trained on): argmax over angry/happy/neutral/sad of the 7-class output."""
-    root = DATA_ROOT / "urdu"
-    with (root / "index.csv").open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    assert len(rows) == 400
+    files, labels = load_urdu()
+    assert len(files) == 400
     hits = []
-    for r in rows:
-        x, _ = sf.read(root / r["file"], dtype="int16")
+    for path, y in zip(files, labels):
+        x, _ = sf.read(path, dtype="int16")
         p = _utterance_probs(clf, x)
-        hits.append(CLASSES[FOUR[int(np.argmax(p[FOUR]))]] == r["label"])
+        hits.append(FOUR[int(np.argmax(p[FOUR]))] == y)
     assert float(np.mean(hits)) >= URDU_FLOOR, float(np.mean(hits))
+
+
+def test_training_refuses_the_urdu_validation_set(tmp_path):
+    """URDU is for validation and reports only: the SER training refuses its files before it
+    reads a sample (the RAVDESS files it trains on pass)."""
+    import train_ser
+
+    files, _ = load_urdu()
+    assert_not_validation([r.path for r in load_ravdess_index()])
+    with pytest.raises(ValueError, match="never train on it"):
+        assert_not_validation(files[:1] + [ACTOR_24 / "x.flac"])
+    fake = [load_ravdess_index()[0]]
+    fake = [type(fake[0])(files[0], 1, "m", 0, "angry", "01", 3.0)]
+    with pytest.raises(ValueError, match="cross-corpus validation set"):
+        train_ser.build_crops(fake, 1, 0, tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
 
 
 HELDOUT_FLOOR = 0.60
