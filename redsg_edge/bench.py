@@ -724,7 +724,7 @@ def make_speech_track(dest: Path, files: int = 24, level_dbfs: float = -20.0) ->
 
     from .datasets import load_ravdess_index
     from .features import SAMPLE_RATE
-    from .speech import frame_dbfs
+    from .features import frame_dbfs
     a23 = sorted((f for f in load_ravdess_index() if f.actor == 23), key=lambda f: f.path.name)
     a24 = sorted((f for f in load_ravdess_index() if f.actor == 24), key=lambda f: f.path.name)
     pick = [x for pair in zip(a23[::5], a24[2::5]) for x in pair][:files]

@@ -121,3 +121,17 @@ def ser_windows(signal: np.ndarray, window_samples: int, hop_samples: int) -> np
     if len(x) - (starts[-1] + window_samples) > hop_samples // 2:
         starts.append(len(x) - window_samples)
     return np.stack([mfcc_features(x[s:s + window_samples]) for s in starts])
+
+
+def frame_dbfs(pcm: np.ndarray, frame: int = int(WINLEN_S * SAMPLE_RATE)) -> np.ndarray:
+    """Level of consecutive frames (default 25 ms, the MFCC frame) in dBFS (0 dB = full-scale
+    square wave): a level meter, no longer a speech gate (the VAD is ``vad.SileroVad``).
+
+    pcm: (N,) int16 or float in [-1, 1]. Returns (N // frame,) float32; digital silence → -120.
+    """
+    x = pcm.astype(np.float32) / (32768.0 if pcm.dtype == np.int16 else 1.0)
+    n = len(x) // frame
+    if n == 0:
+        return np.zeros(0, np.float32)
+    rms = np.sqrt(np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1))
+    return (20 * np.log10(np.maximum(rms, 1e-6))).astype(np.float32)

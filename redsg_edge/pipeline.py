@@ -450,9 +450,16 @@ def feed_speech(step: SpeechPerception, t_first: float, pcm: np.ndarray,
     """The one way audio reaches fusion, live and in replay: every output of the speech step
     becomes one fusion update (with the voice evidence, or None for a tick); each closed
     utterance also goes to ``on_utterance`` (speech-to-text), just before its update."""
-    for out in step.push(t_first, pcm, gated):
+    deliver_speech(step.push(t_first, pcm, gated), fuse, on_utterance)
+
+
+def deliver_speech(outputs, fuse: Callable[[float, Evidence | None], None],
+                   on_utterance: Callable[[SpeechOutput], None] | None = None) -> None:
+    """Hand each ``SpeechOutput`` to fusion, and each closed utterance to ``on_utterance``
+    first: a transition the utterance fires can then wait for its words."""
+    for out in outputs:
         if on_utterance is not None and out.kind == "utterance":
-            on_utterance(out)  # first: a transition this utterance fires can wait for its words
+            on_utterance(out)
         fuse(*out.fusion_input())
 
 
@@ -578,11 +585,8 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
                     bar.refresh()
                 continue
             feed_speech(speech, t, data, fuse, on_utterance=said)
-        if speech is not None:
-            for o in speech.finish():  # a recording ends; a live stream does not
-                if o.kind == "utterance":
-                    said(o)
-                fuse(*o.fusion_input())
+        if speech is not None:  # a recording ends; a live stream does not
+            deliver_speech(speech.finish(), fuse, said)
     finally:
         if bar is not None:
             bar.close()

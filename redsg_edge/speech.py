@@ -32,27 +32,6 @@ from .calibration import load_temperature, temperature_scale
 from .litert import LiteRTClassifier, ModelError
 from .vad import CHUNK, NEG_OFFSET, Segmenter, SileroVad, Utterance, chunks_for
 
-VAD_FRAME = int(0.025 * SAMPLE_RATE)  # 25 ms, the MFCC frame (level meter only)
-
-
-def frame_dbfs(pcm: np.ndarray, frame: int = VAD_FRAME) -> np.ndarray:
-    """Level of consecutive frames in dBFS (0 dB = full-scale square wave).
-
-    pcm: (N,) int16 or float in [-1, 1]. Returns (N // frame,) float32; digital silence → -120.
-    """
-    x = pcm.astype(np.float32) / (32768.0 if pcm.dtype == np.int16 else 1.0)
-    n = len(x) // frame
-    if n == 0:
-        return np.zeros(0, np.float32)
-    rms = np.sqrt(np.mean(x[: n * frame].reshape(n, frame) ** 2, axis=1))
-    return (20 * np.log10(np.maximum(rms, 1e-6))).astype(np.float32)
-
-
-def vad_voiced_fraction(pcm: np.ndarray, threshold_dbfs: float) -> float:
-    """Fraction of 25 ms frames louder than ``threshold_dbfs`` (0..1); an energy meter kept for
-    the model-evaluation scripts, no longer the speech gate."""
-    db = frame_dbfs(pcm)
-    return float((db > threshold_dbfs).mean()) if len(db) else 0.0
 
 
 class SerModel:
@@ -98,21 +77,6 @@ class SerModel:
         wins = ser_windows(pcm, self.window_samples, hop_samples)
         p = np.mean([self._calibrated(w) for w in wins], axis=0)
         return (p / p.sum()).astype(np.float32)
-
-    def predict_long(self, pcm: np.ndarray, hop_s: float, vad_threshold_dbfs: float,
-                     min_voiced_fraction: float) -> list[tuple[float, float, np.ndarray]]:
-        """Windows over a whole recording, gated by frame energy (model evaluation only; the
-        device uses :class:`SpeechPerception`): [(start_s, end_s, probs)]. A recording shorter
-        than one window is zero-padded to one window."""
-        n, hop = self.window_samples, max(1, int(round(hop_s * SAMPLE_RATE)))
-        if len(pcm) < n:
-            pcm = np.pad(pcm, (0, n - len(pcm)))
-        out = []
-        for s in range(0, len(pcm) - n + 1, hop):
-            w = pcm[s:s + n]
-            if vad_voiced_fraction(w, vad_threshold_dbfs) >= min_voiced_fraction:
-                out.append((s / SAMPLE_RATE, (s + n) / SAMPLE_RATE, self.predict(w)))
-        return out
 
 
 @dataclass(frozen=True, eq=False)

@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
+from .features import frame_dbfs
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,6 @@ MIN_AUDIO_S, MAX_AUDIO_S = 0.1, 64.0
 #: Upper bound on decoded tokens per second of audio: English speech runs at 3-5 tokens/s, and
 #: the bound stops a hallucinating decoder from looping (the reference uses 6).
 TOKENS_PER_S = 6.5
-_LEVEL_FRAME = 400  # 25 ms at 16 kHz
 
 
 @dataclass(frozen=True)
@@ -101,15 +101,11 @@ def utterance_record(u: Utterance, log_transcripts: bool) -> dict:
     return rec
 
 
-def peak_dbfs(pcm: np.ndarray, frame: int = _LEVEL_FRAME) -> float:
+def peak_dbfs(pcm: np.ndarray) -> float:
     """Level of the loudest 25 ms frame of ``pcm`` ((N,) int16), dBFS; -120 for silence or
     fewer than one frame of samples."""
-    n = len(pcm) // frame
-    if n == 0:
-        return -120.0
-    x = pcm[: n * frame].astype(np.float32).reshape(n, frame) / 32768.0
-    rms = float(np.sqrt((x * x).mean(axis=1)).max())
-    return 20.0 * math.log10(max(rms, 1e-6))
+    db = frame_dbfs(pcm)
+    return float(db.max()) if len(db) else -120.0
 
 
 class Transcriber:

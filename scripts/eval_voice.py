@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.datasets import load_ravdess_index  # noqa: E402
-from redsg_edge.speech import frame_dbfs  # noqa: E402
+from redsg_edge.features import frame_dbfs  # noqa: E402
 
 HELD_OUT = (23, 24)
 CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10")
