@@ -55,7 +55,7 @@ Per update, in order:
    - *minimum dwell*: the candidate must have led continuously for ``min_dwell_s``;
    - *refractory period*: no transition within ``refractory_s`` of the previous one.
 
-   A transition yields a :class:`TransitionEvent` in :attr:`FusedUpdate.transition`.
+   A transition yields an ``events.Transition`` in :attr:`FusedUpdate.transition`.
 
 With no fresh evidence at all (no face, nobody speaking) the smoothed vector and the current
 emotion are held and any candidate is dropped: silence is not evidence of a change.
@@ -64,15 +64,15 @@ emotion are held and any candidate is dropped: silence is not evidence of a chan
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
 from . import CLASSES, NUM_CLASSES
 from .config import FusionConfig
-
-#: Modalities the fusion knows, with the FusionConfig field holding each one's prior weight.
-MODALITIES: dict[str, str] = {"face": "face_weight", "voice": "voice_weight"}
+from .events import Transition
+from .modalities import MODALITIES, prior_weight
 
 _LN_K = math.log(NUM_CLASSES)
 _EPS = 1e-9
@@ -158,31 +158,6 @@ class UsedEvidence:
                 "weight": round(self.weight, 6)}
 
 
-@dataclass(frozen=True)
-class TransitionEvent:
-    """A change of the fused emotion, produced only by the state machine.
-
-    ``t`` seconds; ``confidence`` the smoothed fused probability of ``to_emotion`` (0..1);
-    ``previous_duration_s`` how long ``from_emotion`` was held (since the previous transition, or
-    since the first evidence); ``evidence`` modality → ``{"probs": {name: p}, "age_s": s,
-    "weight": w}`` for the modalities that contributed to this update.
-    """
-
-    t: float
-    from_emotion: str
-    to_emotion: str
-    confidence: float
-    previous_duration_s: float
-    evidence: dict[str, dict] = field(default_factory=dict)
-
-    def to_json(self) -> dict:
-        """The replay/event-log record ``{"type": "transition", "t", "from", "to", ...}``."""
-        return {"type": "transition", "t": round(self.t, 4), "from": self.from_emotion,
-                "to": self.to_emotion, "confidence": round(self.confidence, 6),
-                "previous_duration_s": round(self.previous_duration_s, 4),
-                "evidence": self.evidence}
-
-
 @dataclass(frozen=True, eq=False)
 class FusedUpdate:
     """The result of one :meth:`Fusion.update`.
@@ -191,19 +166,21 @@ class FusedUpdate:
     instantaneous fused vector before smoothing, or None when no modality had fresh, informative
     evidence; ``emotion`` the current state-machine emotion; ``evidence`` the fresh evidence per
     modality (stale modalities are absent); ``transition`` set when this update changed the
-    emotion.
+    emotion. Published on the event bus as type ``"update"``.
     """
 
+    type: ClassVar[str] = "update"
     t: float
     probs: np.ndarray
     raw: np.ndarray | None
     emotion: str
     evidence: dict[str, UsedEvidence]
-    transition: TransitionEvent | None = None
+    transition: Transition | None = None
 
     def to_json(self) -> dict:
-        """The replay record ``{"type": "update", "t", "face", "voice", "fused", "emotion"}``;
-        ``face``/``voice`` are ``{name: p}`` of each fresh modality's model output, or None."""
+        """The replay record ``{"type": "update", "t", <modality>..., "fused", "emotion"}``: for
+        each modality of ``modalities.MODALITIES`` (``face``, ``voice``, ...) ``{name: p}`` of its
+        fresh model output, or None."""
         rec = {"type": "update", "t": round(self.t, 4)}
         for m in MODALITIES:
             used = self.evidence.get(m)
@@ -353,10 +330,10 @@ class Fusion:
         speaking = fresh_of.get("voice", 0.0) > 0.0
         for m, ev in self._latest.items():
             fresh = fresh_of[m]
-            if fresh <= 0.0:
+            if fresh <= 0.0 or m not in MODALITIES:
                 continue
             probs = ev.probs
-            prior = float(getattr(cfg, MODALITIES[m]))
+            prior = prior_weight(MODALITIES[m], cfg)
             if m == "face" and speaking and cfg.talking_face_neutral < 1.0:
                 probs = discount_class(probs, _NEUTRAL, cfg.talking_face_neutral)
             conf = confidence_of(probs, cfg.confidence)
@@ -395,7 +372,7 @@ class Fusion:
                            raw=None if raw is None else raw.astype(np.float32),
                            emotion=CLASSES[self._current], evidence=used, transition=transition)
 
-    def _step(self, t: float, s: np.ndarray, used: dict[str, UsedEvidence]) -> TransitionEvent | None:
+    def _step(self, t: float, s: np.ndarray, used: dict[str, UsedEvidence]) -> Transition | None:
         cfg = self._cfg
         cur = self._current
         top = int(np.argmax(s))
@@ -412,7 +389,7 @@ class Fusion:
         cooled = self._last_transition is None or t - self._last_transition >= cfg.refractory_s - _T_TOL
         if not (released and dwelt and cooled):
             return None
-        event = TransitionEvent(
+        event = Transition(
             t=t, from_emotion=CLASSES[cur], to_emotion=CLASSES[top], confidence=float(s[top]),
             previous_duration_s=t - self._since,
             evidence={m: u.to_json() for m, u in used.items()})

@@ -15,7 +15,8 @@ import pytest
 
 from redsg_edge import CLASSES
 from redsg_edge.config import FusionConfig
-from redsg_edge.fusion import Evidence, Fusion, TransitionEvent, confidence_of
+from redsg_edge.events import Transition as TransitionEvent
+from redsg_edge.fusion import Evidence, Fusion, confidence_of
 
 
 def mix(**weights: float) -> np.ndarray:

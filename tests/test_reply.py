@@ -442,8 +442,8 @@ def test_reload_applies_templates_and_chat_switch(run_factory):
 
 
 def test_real_fusion_transition_event_is_accepted(run_factory):
-    from redsg_edge import fusion
-    e = fusion.TransitionEvent(time.monotonic(), "neutral", "surprise", 0.9, 3.0, {})
+    from redsg_edge import events
+    e = events.Transition(time.monotonic(), "neutral", "surprise", 0.9, 3.0, {})
     r = run_factory(make_cfg("https://api.example.invalid/v1"))
     rec = r.reply(e)
     assert rec["to"] == "surprise" and rec["text"] in DEFAULT_TEMPLATES["surprise"]
