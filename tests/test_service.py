@@ -25,8 +25,9 @@ from pathlib import Path
 import pytest
 
 from redsg_edge.testing.notify import NotifyListener
-from redsg_edge.service import (Notifier, assess, journal_fields, make_journal_handler,
-                                status_line, status_main, status_path, watchdog_interval)
+from redsg_edge.service import (EventLogSubscriber, Notifier, assess, journal_fields,
+                                make_journal_handler, status_line, status_main, status_path,
+                                watchdog_interval)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
@@ -382,7 +383,7 @@ def test_journal_handler_sends_structured_fields():
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     try:
-        # exactly as pipeline.py logs a transition
+        # exactly as service.subscribers.journal_subscriber logs a transition
         logger.info("transition %s → %s (confidence %.2f)", "neutral", "happy", 0.61,
                     extra={"redsg_event": "transition", "fields": {
                         "EMOTION_FROM": "neutral", "EMOTION_TO": "happy", "CONFIDENCE": "0.610"}})
@@ -400,33 +401,107 @@ def test_journal_handler_sends_structured_fields():
     assert msg2 == "plain" and kw2["PRIORITY"] == "4" and "REDSG_EVENT" not in kw2
 
 
-def test_reply_record_logs_latency_and_goes_to_event_log(tmp_path):
+def test_subscribers_log_transition_and_reply_and_write_the_event_log(tmp_path):
+    """The daemon's two subscribers on a real EventBus: one structured journal line per
+    transition and per reply, every transition/reply/utterance in the event log with its
+    wall time; a failing subscriber never reaches the publisher."""
     pytest.importorskip("systemd.journal")
-    from redsg_edge.service import _Service
+    from redsg_edge.events import EventBus, Reply, Transition, Utterance
+    from redsg_edge.config import FusionConfig
+    from redsg_edge.fusion import Fusion
+    from redsg_edge.service.subscribers import subscribe_all
     sent: list[dict] = []
     handler = make_journal_handler(sender=lambda msg, **kw: sent.append({"MESSAGE": msg, **kw}))
-    svc = _Service(tmp_path / "c.toml", True, {})
-    svc._set_event_log(tmp_path / "events.jsonl")
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    bus = EventBus()
+    event_log = EventLogSubscriber(tmp_path / "events.jsonl")
+    unsubscribe = subscribe_all(bus, event_log)
+    assert bus.subscribers == ["event-log", "journal"]
     logger = logging.getLogger("redsg_edge.service")
     logger.addHandler(handler)
     old = logger.level
     logger.setLevel(logging.INFO)
+    tr = Transition(1.0, "neutral", "sad", 0.7, 3.0)
     try:
-        svc._on_record({"type": "transition", "t": 1.0, "from": "neutral", "to": "sad",
-                        "confidence": 0.7})
-        svc._on_record({"type": "reply", "t": 1.0, "from": "neutral", "to": "sad",
-                        "source": "offline", "cause": "chat_disabled", "text": "I'm here.",
-                        "latency_s": {"first_pcm": 0.2, "first_sample": 0.2345}})
+        bus.publish(tr)
+        bus.publish(Reply(tr, "offline", cause="chat_disabled", text="I'm here.",
+                          latency_s={"first_pcm": 0.2, "first_sample": 0.2345}))
+        bus.publish(Reply(tr, "chat", cause=None, text=""))  # nothing spoken: no latency
+        bus.publish(Utterance(0.2, 0.9, "hello there", keep_text=False))
+        bus.publish(Fusion(FusionConfig()).update(2.0))  # an "update": neither takes it
     finally:
         logger.removeHandler(handler)
         logger.setLevel(old)
-        svc._set_event_log(None)
-    (entry,) = sent
-    assert entry["REDSG_EVENT"] == "reply" and entry["LATENCY_MS"] == "234"
-    assert entry["REPLY_SOURCE"] == "offline" and entry["EMOTION_TO"] == "sad"
+        for u in unsubscribe:
+            u()
+        event_log.close()
+    assert bus.errors == {}
+    first, second, third = sent
+    assert first["MESSAGE"] == "transition neutral → sad (confidence 0.70)"
+    assert first["REDSG_EVENT"] == "transition" and first["CONFIDENCE"] == "0.700"
+    assert first["EMOTION_FROM"] == "neutral" and first["EMOTION_TO"] == "sad"
+    assert second["REDSG_EVENT"] == "reply" and second["LATENCY_MS"] == "234"
+    assert second["REPLY_SOURCE"] == "offline" and second["EMOTION_TO"] == "sad"
+    assert second["REPLY_CAUSE"] == "chat_disabled"
+    assert "LATENCY_MS" not in third and "REPLY_CAUSE" not in third
+    assert "first audio n/a" in third["MESSAGE"]
     lines = [json.loads(x) for x in (tmp_path / "events.jsonl").read_text().splitlines()]
-    assert [x["type"] for x in lines] == ["transition", "reply"]
+    assert [x["type"] for x in lines] == ["transition", "reply", "reply", "utterance"]
     assert all("wall_time" in x for x in lines)
+    assert lines[0]["to"] == "sad" and lines[1]["latency_s"]["first_sample"] == 0.2345
+    assert lines[3]["words"] == 2 and "transcript" not in lines[3]
+
+
+def test_event_log_subscriber_switches_files_and_survives_a_bad_path(tmp_path, caplog):
+    from redsg_edge.events import Transition
+    sub = EventLogSubscriber(tmp_path / "a.jsonl")
+    sub(Transition(1.0, "neutral", "happy", 0.6, 2.0))
+    sub.set_path(tmp_path / "b.jsonl")  # a reload that moves the log
+    sub(Transition(2.0, "happy", "neutral", 0.6, 1.0))
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with caplog.at_level(logging.ERROR, logger="redsg_edge.service"):
+        sub.set_path(blocked / "c.jsonl")  # its parent is a file: cannot be opened
+    assert "cannot open service.event_log" in caplog.text and str(blocked) in caplog.text
+    sub(Transition(3.0, "neutral", "sad", 0.6, 1.0))  # off, not raising
+    sub.set_path(None)
+    assert [json.loads(x)["t"] for x in (tmp_path / "a.jsonl").read_text().splitlines()] == [1.0]
+    assert [json.loads(x)["t"] for x in (tmp_path / "b.jsonl").read_text().splitlines()] == [2.0]
+
+
+def _status_doc(**pipeline) -> dict:
+    return {"state": "ready", "version": "0", "pid": os.getpid(), "updated_at_unix": time.time(),
+            "status_interval_s": 2.0, "uptime_s": 5.0,
+            "pipeline": {"emotion": "happy", "probs": {"happy": 0.8}, "fps": 14.8,
+                         "frames": {"captured": 10, "dropped": 1, "classified": 9,
+                                    "with_face": 8},
+                         "audio": {"windows": 4, "voiced_windows": 3, "gated_windows": 0,
+                                   "overruns": 0, "dropped": 0},
+                         "last_transition": None, "last_reply": None, **pipeline}}
+
+
+def test_format_status_lists_every_registered_modality_with_its_evidence(tmp_path):
+    from redsg_edge.modalities import MODALITIES, Modality, registered
+    from redsg_edge.service import format_status
+    touch = Modality("touch", "touch (pressure)", "pressure pad", default_weight=0.5)
+    with registered(touch):
+        st = _status_doc(modalities={"face": "on", "voice": "off", "touch": "on"},
+                         evidence={"face": {"top": "happy", "p": 0.81}, "voice": None,
+                                   "touch": {"top": "sad", "p": 0.4}})
+        text = format_status(st, tmp_path / "status.json")
+        assert list(MODALITIES) == ["face", "voice", "touch"]
+    rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
+    assert rows["face"].startswith("  face        on: 14.8 fps, 10 frames captured")
+    assert rows["face"].endswith("; evidence happy (0.81)")
+    assert rows["voice"].startswith("  voice       off: 4 windows, 3 voiced")
+    assert rows["voice"].endswith("; no evidence yet")
+    assert rows["touch"] == "  touch       on; evidence sad (0.40)"
+    # Without the table entry (the status file of a build that had one) it is still shown.
+    text = format_status(st, tmp_path / "status.json")
+    assert "  touch       on; evidence sad (0.40)" in text.splitlines()
+    # A status file without evidence (older pipeline) shows no evidence part.
+    old = format_status(_status_doc(modalities={"face": "on", "voice": "on"}), tmp_path / "s")
+    assert "evidence" not in old and "  voice       on: 4 windows" in old
 
 
 def test_stderr_journal_detection(tmp_path):

@@ -1,0 +1,159 @@
+"""Logging for the daemon: journald with structured fields under systemd, plain stderr otherwise.
+
+When stderr is connected to the journal (``$JOURNAL_STREAM`` equals stderr's ``st_dev:st_ino``)
+records go through ``systemd.journal.JournalHandler`` with structured fields (``REDSG_EVENT``,
+``EMOTION_FROM``, ``EMOTION_TO``, ``CONFIDENCE``, ``LATENCY_MS``, ...) taken from a record's
+``extra={"redsg_event": ..., "fields": {...}}`` (see :func:`journal_fields`); otherwise plain
+lines on stderr. systemd-python is imported lazily and optional: without it, journal lines carry
+a ``<N>`` syslog priority prefix so journald still sets the priority.
+
+Every handler installed here carries ``redact.SecretFilter``, so no secret reaches a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["SYSLOG_IDENTIFIER", "journal_fields", "make_journal_handler", "stderr_is_journal",
+           "setup_logging"]
+
+#: ``SYSLOG_IDENTIFIER=`` of every journal entry (what ``journalctl -t`` selects on).
+SYSLOG_IDENTIFIER = "redsg-edge"
+
+_FIELD_NAME = re.compile(r"^[A-Z0-9][A-Z0-9_]{0,63}$")  # journald: no leading "_" (trusted fields)
+
+
+def _field_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def journal_fields(record: logging.LogRecord) -> dict[str, str]:
+    """Structured journal fields of a log record.
+
+    ``extra={"redsg_event": "transition", "fields": {"EMOTION_FROM": "neutral", ...}}`` becomes
+    ``{"REDSG_EVENT": "transition", "EMOTION_FROM": "neutral", ...}``: names are upper-cased,
+    names journald would reject (not ``[A-Z0-9_]``, a leading ``_``, > 64 chars) and None values are
+    dropped, values become strings (floats with 6 significant digits). Records without those
+    attributes give ``{}``. Never raises.
+    """
+    out: dict[str, str] = {}
+    event = getattr(record, "redsg_event", None)
+    if event:
+        out["REDSG_EVENT"] = str(event)
+    fields = getattr(record, "fields", None)
+    if isinstance(fields, Mapping):
+        for key, value in fields.items():
+            name = str(key).upper()
+            if value is not None and _FIELD_NAME.match(name):
+                out[name] = _field_value(value)
+    return out
+
+
+_SYSLOG_PRIORITY = ((logging.DEBUG, 7), (logging.INFO, 6), (logging.WARNING, 4),
+                    (logging.ERROR, 3), (logging.CRITICAL, 2))
+
+
+def _priority(levelno: int) -> int:
+    for level, pri in _SYSLOG_PRIORITY:
+        if levelno <= level:
+            return pri
+    return 1
+
+
+def make_journal_handler(sender: Callable[..., Any] | None = None) -> logging.Handler:
+    """A ``systemd.journal.JournalHandler`` that sends only well-formed fields.
+
+    The stock handler copies every LogRecord attribute into the entry (``msg``, ``args``, our
+    ``fields`` dict as text...); this one sends MESSAGE, PRIORITY, LOGGER, THREAD_NAME, CODE_*,
+    SYSLOG_IDENTIFIER and :func:`journal_fields`. ``sender`` replaces ``systemd.journal.send``
+    (tests observe the final call with it). Raises ImportError without systemd-python.
+    """
+    from systemd import journal
+
+    class _Handler(journal.JournalHandler):
+        def emit(self, record: logging.LogRecord) -> None:
+            try:
+                msg = self.format(record)
+                fields = dict(self._extra)
+                fields.update(journal_fields(record))
+                self.send(msg, PRIORITY=str(self.map_priority(record.levelno)),
+                          LOGGER=record.name, THREAD_NAME=record.threadName,
+                          CODE_FILE=record.pathname, CODE_LINE=record.lineno,
+                          CODE_FUNC=record.funcName, **fields)
+            except Exception:
+                self.handleError(record)
+
+    kwargs = {"SYSLOG_IDENTIFIER": SYSLOG_IDENTIFIER}
+    return _Handler(sender_function=sender, **kwargs) if sender else _Handler(**kwargs)
+
+
+class _PrefixFormatter(logging.Formatter):
+    """Journal stream without systemd-python: ``<N>`` lets journald set the priority."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{_priority(record.levelno)}>{super().format(record)}"
+
+
+def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
+    """True when fd 2 is the stream systemd connected to the journal (``$JOURNAL_STREAM`` is
+    ``st_dev:st_ino`` of it), so a re-directed stderr (``2>file``) is not mistaken for it.
+    ``environ`` replaces ``os.environ``. Never raises (a closed fd 2 gives False)."""
+    value = (environ if environ is not None else os.environ).get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(2)
+    except (ValueError, OSError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+_OUR_HANDLER = "_redsg_handler"
+
+
+def setup_logging(level: str = "INFO", environ: Mapping[str, str] | None = None) -> str:
+    """Configure the root logger once; returns ``"journal"`` (systemd-python's handler),
+    ``"journal-stream"`` (the journal without systemd-python: ``<N>`` prefixes) or ``"stderr"``.
+
+    ``level``: a ``logging`` level name (``service.log_level``); ``environ`` replaces
+    ``os.environ`` for ``$JOURNAL_STREAM``. Calling it again only changes the level (reload).
+    Any other root handler (a script's ``basicConfig``) is removed. Raises ValueError for an
+    unknown level name (the config validates it first).
+    """
+    root = logging.getLogger()
+    root.setLevel(level)
+    for h in root.handlers:
+        if getattr(h, _OUR_HANDLER, None):
+            return getattr(h, _OUR_HANDLER)
+    kind = "stderr"
+    handler: logging.Handler
+    if stderr_is_journal(environ):
+        try:
+            handler = make_journal_handler()
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            kind = "journal"
+        except ImportError:
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(_PrefixFormatter("%(name)s: %(message)s"))
+            kind = "journal-stream"
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    setattr(handler, _OUR_HANDLER, kind)
+    from ..redact import install as install_secret_filter
+    install_secret_filter(handler)
+    for h in list(root.handlers):  # e.g. a basicConfig from an importing script
+        root.removeHandler(h)
+    root.addHandler(handler)
+    logging.captureWarnings(True)
+    from ..reply import quiet_http_loggers
+    quiet_http_loggers(level=max(logging.WARNING, root.level))
+    for noisy in ("matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    return kind
