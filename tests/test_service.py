@@ -486,15 +486,17 @@ def test_format_status_lists_every_registered_modality_with_its_evidence(tmp_pat
     touch = Modality("touch", "touch (pressure)", "pressure pad", default_weight=0.5)
     with registered(touch):
         st = _status_doc(modalities={"face": "on", "voice": "off", "touch": "on"},
-                         evidence={"face": {"top": "happy", "p": 0.81}, "voice": None,
-                                   "touch": {"top": "sad", "p": 0.4}})
+                         evidence={"face": {"top": "happy", "p": 0.81, "age_s": 0.31},
+                                   "voice": None, "touch": {"top": "sad", "p": 0.4}},
+                         subscriber_errors={"mqtt": 3})
         text = format_status(st, tmp_path / "status.json")
         assert list(MODALITIES) == ["face", "voice", "touch"]
     rows = {line.split()[0]: line for line in text.splitlines() if line.startswith("  ")}
     assert rows["face"].startswith("  face        on: 14.8 fps, 10 frames captured")
-    assert rows["face"].endswith("; evidence happy (0.81)")
+    assert rows["face"].endswith("; evidence happy (0.81, 0.3 s old)")
     assert rows["voice"].startswith("  voice       off: 4 windows, 3 voiced")
-    assert rows["voice"].endswith("; no evidence yet")
+    assert rows["voice"].endswith("; no fresh evidence")
+    assert rows["subscribers"] == "  subscribers mqtt failed on 3 event(s)"
     assert rows["touch"] == "  touch       on; evidence sad (0.40)"
     # Without the table entry (the status file of a build that had one) it is still shown.
     text = format_status(st, tmp_path / "status.json")
@@ -502,6 +504,7 @@ def test_format_status_lists_every_registered_modality_with_its_evidence(tmp_pat
     # A status file without evidence (older pipeline) shows no evidence part.
     old = format_status(_status_doc(modalities={"face": "on", "voice": "on"}), tmp_path / "s")
     assert "evidence" not in old and "  voice       on: 4 windows" in old
+    assert "subscribers" not in old
 
 
 def test_stderr_journal_detection(tmp_path):

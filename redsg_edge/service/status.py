@@ -29,13 +29,15 @@ The file's keys (:func:`status_document`; times in seconds unless named otherwis
 - ``last_transition_age_s``: seconds since the last transition, or null;
 - ``pipeline``: ``Pipeline.status()`` (null until the pipeline is built, or if it failed), with
   ``modalities`` (modality name → ``"on"``/``"off"``, over ``modalities.MODALITIES``),
-  ``evidence`` (modality name → ``{"top": class, "p": probability}`` of its latest evidence, or
-  null), ``emotion`` (the fused emotion), ``probs`` (class → fused probability), ``fps`` (frames
+  ``evidence`` (modality name → ``{"top": class, "p": probability, "age_s": s}`` of the
+  evidence the latest fusion update used, or null when it had none fresh), ``emotion`` (the fused emotion), ``probs`` (class → fused probability), ``fps`` (frames
   classified per second), ``frames`` (``captured``, ``dropped``, ``classified``, ``with_face``),
   ``audio`` (``samples``, ``overruns``, ``dropped`` samples, ``windows``, ``voiced_windows``,
   ``utterances``, ``gated_windows``), ``last_transition`` (``t``, ``from``, ``to``,
   ``confidence``; or null), ``last_reply`` (``source``, ``cause``, ``text``, ``latency_s``; or
-  null), ``uptime_s`` and ``notes`` (degraded-mode explanations, one string each);
+  null), ``uptime_s``, ``notes`` (degraded-mode explanations, one string each),
+  ``subscribers`` (the event bus's subscriber names, in call order) and ``subscriber_errors``
+  (subscriber name → events it raised on);
 - at exit only: ``exit_code`` (the process's) and ``error`` (why it failed, or null).
 
 ``redsg-edge status --json`` prints the file plus ``health`` (``"running"``, ``"stale"``,
@@ -274,8 +276,12 @@ def _modality_lines(p: dict) -> list[str]:
             line += f": {detail(p)}"
         if isinstance(evidence, Mapping) and name in evidence:
             ev = evidence[name]
-            line += (f"; evidence {ev.get('top')} ({float(ev.get('p') or 0.0):.2f})"
-                     if isinstance(ev, Mapping) else "; no evidence yet")
+            if isinstance(ev, Mapping):
+                age = ev.get("age_s")
+                line += (f"; evidence {ev.get('top')} ({float(ev.get('p') or 0.0):.2f}"
+                         + ("" if age is None else f", {float(age):.1f} s old") + ")")
+            else:
+                line += "; no fresh evidence"
         lines.append(line)
     return lines
 
@@ -284,7 +290,7 @@ def format_status(status: dict, path: Path, now_unix: float | None = None) -> st
     """The human-readable text ``redsg-edge status`` prints for a status file read from
     ``path``: health, config, uptime, one line per modality of ``modalities.MODALITIES`` (with
     its device's counters and latest evidence when the file has them), the last transition and
-    reply, workers and watchdog. ``now_unix``: seconds since the epoch (default now)."""
+    reply, failing event subscribers, workers and watchdog. ``now_unix``: seconds since the epoch (default now)."""
     health, why = assess(status, now_unix)
     p = status.get("pipeline") or {}
     lines = [f"redsg-edge {status.get('version', '?')}: {status.get('state', '?')} — {why}",
@@ -319,6 +325,10 @@ def format_status(status: dict, path: Path, now_unix: float | None = None) -> st
                          + f": {rp.get('text')!r}")
         else:
             lines.append("  last reply  none yet")
+        errors = p.get("subscriber_errors") or {}
+        if errors:
+            lines.append("  subscribers " + ", ".join(f"{k} failed on {v} event(s)"
+                                                      for k, v in sorted(errors.items())))
         for note in p.get("notes") or []:
             lines.append(f"  note        {note}")
     wd = status.get("watchdog") or {}

@@ -17,6 +17,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from ..eventlog import EventLog
+
 __all__ = ["EventLogSubscriber", "journal_subscriber", "JOURNAL_TYPES", "subscribe_all"]
 
 log = logging.getLogger("redsg_edge.service")
@@ -29,7 +31,7 @@ class EventLogSubscriber:
     """Appends transition, reply and utterance events to ``service.event_log`` (JSON lines).
 
     Each line is ``event.to_json()`` plus ``"wall_time"`` (ISO 8601 UTC, ms). The file is
-    ``pipeline.EventLog``: a record is whole or absent, and a full disk is reported by it (once
+    ``eventlog.EventLog``: a record is whole or absent, and a full disk is reported by it (once
     per outage) and never raises. :meth:`set_path` switches files on reload; ``None`` turns the
     log off. Thread-safe.
     """
@@ -38,7 +40,7 @@ class EventLogSubscriber:
     TYPES = ("transition", "reply", "utterance")
 
     def __init__(self, path: Path | None = None) -> None:
-        self._log: Any = None  # pipeline.EventLog, imported lazily (pipeline loads the models)
+        self._log: EventLog | None = None
         self._path: Path | None = None
         self._lock = threading.Lock()
         self.set_path(path)
@@ -59,7 +61,6 @@ class EventLogSubscriber:
                 old.close()
             self._path = path
             if path is not None:
-                from ..pipeline import EventLog  # the pipeline module loads the workers' code
                 try:
                     self._log = EventLog(path)
                 except OSError as exc:
