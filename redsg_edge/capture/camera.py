@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 import numpy as np
 
 from ..errors import DeviceError
+from .devices import _picamera2_cameras
 from .files import _FileReplay, _open_container, _until_damaged
 from .frames import letterbox, letterbox_geometry
 from .sources import OPEN_TIMEOUT_S, PullSource, _call_with_timeout, _fmt, _plausible_monotonic
@@ -354,20 +355,6 @@ class VideoFileCamera(_FileReplay, CameraSource):
                 return t, self._to_rgb(frame)
             return mt, self._to_rgb(frame)
         return None
-
-
-def _picamera2_cameras() -> tuple[list[dict] | None, str]:
-    """``(cameras, note)``: ``Picamera2.global_camera_info()`` as a list of dicts (libcamera's
-    "Model", "Id", ...), None when picamera2 is not importable, [] on a libcamera error; ``note``
-    says why ("" when the listing worked)."""
-    try:
-        from picamera2 import Picamera2  # type: ignore[import-not-found]
-    except ImportError as exc:
-        return None, f"picamera2 not importable ({exc})"
-    try:
-        return list(Picamera2.global_camera_info()), ""
-    except Exception as exc:  # noqa: BLE001
-        return [], f"libcamera error: {exc}"
 
 
 def open_camera(cfg: CameraConfig, realtime: bool = True,

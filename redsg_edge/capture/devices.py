@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DeviceError
-from .camera import _picamera2_cameras
 from .microphone import _import_sounddevice
 
 __all__ = ["list_devices", "format_devices"]
@@ -43,6 +42,20 @@ def _v4l2_capture(path: str) -> bool | None:
         return None
     finally:
         os.close(fd)
+
+
+def _picamera2_cameras() -> tuple[list[dict] | None, str]:
+    """``(cameras, note)``: ``Picamera2.global_camera_info()`` as a list of dicts (libcamera's
+    "Model", "Id", ...), None when picamera2 is not importable, [] on a libcamera error; ``note``
+    says why ("" when the listing worked)."""
+    try:
+        from picamera2 import Picamera2  # type: ignore[import-not-found]
+    except ImportError as exc:
+        return None, f"picamera2 not importable ({exc})"
+    try:
+        return list(Picamera2.global_camera_info()), ""
+    except Exception as exc:  # noqa: BLE001
+        return [], f"libcamera error: {exc}"
 
 
 def list_devices() -> dict[str, Any]:
