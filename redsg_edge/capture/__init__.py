@@ -14,7 +14,8 @@ clock, looped forever), so a file behaves like a camera or microphone.
 Modules:
 
 - ``rings``: :class:`FrameRing`, :class:`AudioRing`, ``SAMPLE_RATE``.
-- ``frames``: :func:`letterbox` (fit a frame to the configured size, aspect kept).
+- ``frames``: :func:`letterbox` (fit a frame to the configured size, aspect kept) and
+  :class:`FrameSchedule` (the one frame-thinning rule).
 - ``sources``: the contracts :class:`Source`, :class:`PullSource`, :class:`PushSource`.
 - ``files``: the PyAV file-replay base shared by the file camera and the file microphone.
 - ``camera``: :class:`Picamera2Camera` (Raspberry Pi, libcamera), :class:`OpenCVCamera` (V4L2
@@ -47,7 +48,7 @@ from ..errors import EX_UNAVAILABLE, DeviceError
 from .camera import (CameraSource, OpenCVCamera, Picamera2Camera, VideoFileCamera,
                      open_camera)
 from .devices import format_devices, list_devices
-from .frames import letterbox, letterbox_geometry
+from .frames import FrameSchedule, letterbox, letterbox_geometry
 from .microphone import AudioFileMic, MicSource, SounddeviceMic, open_microphone
 from .rings import SAMPLE_RATE, AudioRing, FrameRing
 from .sources import OPEN_TIMEOUT_S, PullSource, PushSource, Source
@@ -57,6 +58,6 @@ __all__ = [
     "EX_UNAVAILABLE", "SAMPLE_RATE", "OPEN_TIMEOUT_S", "DeviceError", "FrameRing", "AudioRing",
     "Source", "PullSource", "PushSource", "CameraSource", "Picamera2Camera", "OpenCVCamera",
     "VideoFileCamera", "MicSource", "SounddeviceMic", "AudioFileMic", "open_camera",
-    "open_microphone", "CaptureThread", "letterbox", "letterbox_geometry", "list_devices",
-    "format_devices",
+    "open_microphone", "CaptureThread", "FrameSchedule", "letterbox", "letterbox_geometry",
+    "list_devices", "format_devices",
 ]

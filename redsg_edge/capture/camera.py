@@ -22,7 +22,7 @@ import numpy as np
 from ..errors import DeviceError
 from .devices import _picamera2_cameras
 from .files import _FileReplay, _open_container, _until_damaged
-from .frames import letterbox, letterbox_geometry
+from .frames import FrameSchedule, letterbox, letterbox_geometry
 from .sources import OPEN_TIMEOUT_S, PullSource, _call_with_timeout, _fmt, _plausible_monotonic
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -273,7 +273,7 @@ class VideoFileCamera(_FileReplay, CameraSource):
         self.width, self.height, self.max_fps = width, height, max_fps
         self.decoded = 0  # frames decoded (including skipped ones)
         self._geom: tuple | None = None
-        self._next_keep = -1e18
+        self._schedule = FrameSchedule()
 
     def _open_container(self):
         container = _open_container(self.path, self.key, "camera")
@@ -339,15 +339,8 @@ class VideoFileCamera(_FileReplay, CameraSource):
         open."""
         for mt, frame in self._opened():
             if self.realtime:
-                if self.max_fps:
-                    if mt < self._next_keep - 1e-3:
-                        continue
-                    # Step the schedule rather than restart it from mt, so that 24 fps thinned
-                    # to 15 fps keeps about 15 frames a second, not 12.
-                    step = 1.0 / self.max_fps
-                    self._next_keep += step
-                    if self._next_keep <= mt:
-                        self._next_keep = mt + step
+                if not self._schedule.keep(mt, self.max_fps):
+                    continue
                 t = self.clock_origin + mt
                 delay = t - time.monotonic()
                 if delay > 0 and self._wake.wait(delay):
