@@ -50,7 +50,7 @@ class Broker:
     """A Mosquitto process on 127.0.0.1:``port`` with its own config and persistence folder
     under ``root``; :meth:`kill` (SIGKILL) and :meth:`start` again keep the port."""
 
-    def __init__(self, root: Path, extra: str = "") -> None:
+    def __init__(self, root: Path, extra: str = "", anonymous: bool = True) -> None:
         self.root = root
         self.port = _free_port()
         (root / "db").mkdir(parents=True, exist_ok=True)
@@ -58,7 +58,8 @@ class Broker:
         # Persistence with a save after every change: a subscriber's session (and the QoS 1
         # messages queued for it) survives a SIGKILL, as it would on a broker with a disk.
         # user: Mosquitto started by root drops to the user "mosquitto", which cannot write here.
-        self.conf.write_text(f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+        self.conf.write_text(f"listener {self.port} 127.0.0.1\n"
+                             f"allow_anonymous {'true' if anonymous else 'false'}\n"
                              f"user {getpass.getuser()}\n"
                              f"persistence true\npersistence_location {root / 'db'}/\n"
                              f"autosave_on_changes true\nautosave_interval 1\n{extra}")
@@ -483,3 +484,81 @@ def test_probe_reports_a_reachable_broker_and_a_missing_one(broker):
     broker.kill()
     ok, detail = probe_broker(_mqtt_cfg(port), timeout_s=3)
     assert not ok and detail.startswith(f"127.0.0.1:{port}: cannot connect:")
+
+
+def _tls_files(d: Path) -> dict[str, Path]:
+    """A throw-away CA and a server certificate for 127.0.0.1 made with the openssl CLI."""
+    d.mkdir(parents=True, exist_ok=True)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)  # noqa: E731
+    run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+        "-subj", "/CN=redsg-edge test CA")
+    run("req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext")
+    return {"ca": d / "ca.crt", "cert": d / "server.crt", "key": d / "server.key"}
+
+
+@needs_broker
+@pytest.mark.skipif(shutil.which("openssl") is None or shutil.which("mosquitto_passwd") is None,
+                    reason="openssl or mosquitto_passwd missing (apt-get install openssl mosquitto)")
+def test_tls_and_a_password_from_the_credential_file(tmp_path):
+    tls = _tls_files(tmp_path / "tls")
+    users = tmp_path / "users"
+    subprocess.run(["mosquitto_passwd", "-b", "-c", str(users), "kiosk", "right horse"],
+                   check=True, capture_output=True)
+    b = Broker(tmp_path / "broker", anonymous=False,
+               extra=f"cafile {tls['ca']}\ncertfile {tls['cert']}\nkeyfile {tls['key']}\n"
+                     f"password_file {users}\n")
+    b.start()
+    try:
+        pw = tmp_path / "mqtt_password"
+        pw.write_text("right horse\n")
+        cfg = _mqtt_cfg(b.port, tls=True, ca_file=str(tls["ca"]), username="kiosk",
+                        password_file=str(pw))
+        ok, detail = probe_broker(cfg, timeout_s=5)
+        assert ok and detail == f"127.0.0.1:{b.port}: connected (TLS, user kiosk)"
+        pub = MqttPublisher(cfg).attach(EventBus())
+        try:
+            assert _wait(lambda: pub.stats["connected"]), pub.stats
+        finally:
+            pub.close()
+
+        pw.write_text("wrong horse\n")
+        ok, detail = probe_broker(cfg, timeout_s=5)
+        assert not ok and "refused" in detail and "Not authorized" in detail
+        plain = _mqtt_cfg(b.port, username="kiosk", password_file=str(pw))
+        ok, detail = probe_broker(plain, timeout_s=3)
+        assert not ok  # a plain client on the TLS port gets no MQTT answer
+        other_ca = _tls_files(tmp_path / "other")["ca"]
+        ok, detail = probe_broker(_mqtt_cfg(b.port, tls=True, ca_file=str(other_ca)), 5)
+        assert not ok and "CERTIFICATE_VERIFY_FAILED" in detail
+    finally:
+        b.stop()
+
+
+@needs_broker
+def test_check_reports_the_broker(broker, tmp_path, capsys):
+    from redsg_edge.check import check_main
+
+    from .conftest import write_config
+
+    base = '[reply]\nenabled = false\n[mqtt]\nenabled = true\nhost = "127.0.0.1"\n'
+    p = write_config(tmp_path / "config.toml", base + f"port = {broker.port}\n")
+    assert check_main(p, devices=False) == 0
+    out = capsys.readouterr().out
+    assert f"✔ MQTT broker: 127.0.0.1:{broker.port}: connected" in out.splitlines()
+
+    p = write_config(tmp_path / "config.toml", base + f"port = {_free_port()}\n")
+    assert check_main(p, devices=False) == 0  # the daemon would run and retry
+    out = capsys.readouterr().out
+    assert any(x.startswith("! MQTT broker: 127.0.0.1:") and "cannot connect" in x
+               and "keeps retrying" in x for x in out.splitlines()), out
+
+    p = write_config(tmp_path / "config.toml", base + f'port = {broker.port}\n'
+                     f'username = "kiosk"\npassword_file = "{tmp_path / "nope"}"\n')
+    assert check_main(p, devices=False) == 78
+    out = capsys.readouterr().out
+    assert any(x.startswith("✘ MQTT broker: mqtt.password_file: cannot read") for x in
+               out.splitlines()), out
