@@ -169,26 +169,16 @@ def _wait(pred, timeout: float = 10.0) -> bool:
 
 def _replay_pexels(bus: EventBus, before_transition=None) -> list[dict]:
     """Replay the Pexels clip (real detector, FER, fusion) with its events on ``bus``; returns
-    the replay's records. ``before_transition(tr)`` runs before each transition is published.
+    the replay's records. ``before_transition(tr)`` runs before each transition is published
+    (the update that carries it comes first on the bus)."""
+    from redsg_edge.replay import replay
 
-    Until ``pipeline.replay`` takes ``bus=`` (issue 16), a twin ``Fusion`` fed from the replay's
-    ``on_evidence`` hook publishes the same updates and transitions (asserted equal below)."""
-    from redsg_edge.fusion import Fusion
-    from redsg_edge.pipeline import replay
-
-    cfg = make_config()
-    fusion = Fusion(cfg.fusion)
-
-    def on_evidence(t, ev):
-        upd = fusion.update(t, ev)
-        bus.publish(upd)
-        if upd.transition is not None:
-            if before_transition is not None:
+    if before_transition is not None:
+        def hook(upd):
+            if upd.transition is not None:
                 before_transition(upd.transition)
-            bus.publish(upd.transition)
-
-    recs = replay(cfg, PEXELS, use_video_audio=False, on_evidence=on_evidence)
-    return recs
+        bus.subscribe(hook, types=("update",), name="test.before_transition")
+    return replay(make_config(), PEXELS, use_video_audio=False, bus=bus)
 
 
 # ------------------------------------------------------------------------------- pure parts
