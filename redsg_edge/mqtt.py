@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -48,7 +49,8 @@ from .mqtt_payloads import (CommandError, Topics, discovery_configs, parse_comma
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MqttPublisher", "start_mqtt", "probe_broker", "read_password", "resolve_device_id"]
+__all__ = ["MqttPublisher", "start_mqtt", "route_commands", "probe_broker", "read_password",
+           "resolve_device_id"]
 
 #: Name of the systemd credential (LoadCredential=mqtt_password:/etc/redsg-edge/mqtt_password).
 CREDENTIAL_NAME = "mqtt_password"
@@ -432,6 +434,30 @@ def probe_broker(cfg: MqttConfig, timeout_s: float = 5.0,
         return False, f"{where}: broker refused the connection: {answer[0]}" + \
             (" (check mqtt.username and the password)" if cfg.username else "")
     return True, f"{where}: connected" + (f" ({how})" if how else "")
+
+
+def route_commands(*, say: Callable[[str], None], mute: Callable[[float], None],
+                   reload: Callable[[], None] | None = None) -> OnCommand:
+    """An ``on_command`` for :func:`start_mqtt` that routes validated commands: ``say`` →
+    ``say(text)``; ``mute`` → ``mute(seconds)`` (float, 0 = unmute now); ``reload`` →
+    ``reload()``, by default SIGHUP to this process, so the daemon's main thread reloads
+    config.toml exactly as for ``systemctl reload``. Each runs in paho's network thread: they
+    must only queue or set a flag."""
+    def send_sighup() -> None:
+        os.kill(os.getpid(), signal.SIGHUP)
+
+    do_reload = reload or send_sighup
+
+    def on_command(name: str, arg: str) -> None:
+        if name == "say":
+            say(arg)
+        elif name == "mute":
+            mute(60.0 * float(arg))
+        elif name == "reload":
+            do_reload()
+        else:  # parse_command lets only COMMANDS through
+            raise ValueError(f"unrouted command {name!r}")
+    return on_command
 
 
 def start_mqtt(cfg: Config, bus: Any, on_command: OnCommand | None) -> MqttPublisher | None:

@@ -27,7 +27,8 @@ from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.config import ConfigError, parse_config  # noqa: E402
 from redsg_edge.events import EventBus, Reply, Transition  # noqa: E402
 from redsg_edge.modalities import MODALITIES  # noqa: E402
-from redsg_edge.mqtt import MqttPublisher, probe_broker, read_password, start_mqtt  # noqa: E402
+from redsg_edge.mqtt import (MqttPublisher, probe_broker, read_password,  # noqa: E402
+                             route_commands, start_mqtt)
 from redsg_edge.mqtt_payloads import CommandError, parse_command  # noqa: E402
 
 from .conftest import PEXELS, REPO, make_config  # noqa: E402
@@ -196,6 +197,25 @@ def test_commands_are_validated_with_messages_that_name_the_fix():
                                  ("shutdown", b"", "say, mute, reload")]:
         with pytest.raises(CommandError, match=words):
             parse_command(name, payload)
+
+
+def test_commands_route_to_say_mute_and_the_sighup_reload():
+    got = []
+    route = route_commands(say=lambda text: got.append(("say", text)),
+                           mute=lambda s: got.append(("mute", s)))
+    hups = []
+    old = signal.signal(signal.SIGHUP, lambda *a: hups.append(1))
+    try:
+        route("say", "Hi.")
+        route("mute", "15")
+        route("mute", "0")
+        route("reload", "")
+        assert _wait(lambda: hups == [1], 2)  # the daemon's own reload path
+    finally:
+        signal.signal(signal.SIGHUP, old)
+    assert got == [("say", "Hi."), ("mute", 900.0), ("mute", 0.0)]
+    with pytest.raises(ValueError, match="unrouted"):
+        route("dance", "")
 
 
 def test_mqtt_config_is_off_by_default_and_strict():
