@@ -199,7 +199,8 @@ class MqttPublisher:
         """Stop: leave the bus, send the pending state, wait up to ``timeout_s`` seconds for
         queued events to be acknowledged (connecting first if need be), publish ``offline`` and
         disconnect (no last will then). Events still queued after ``timeout_s`` are lost and
-        counted in ``stats["events_queued"]``. Idempotent."""
+        counted in ``stats["events_queued"]``. Returns within about ``timeout_s`` + 1 s, broker
+        or not. Idempotent."""
         for unsub in self._unsubscribe:
             unsub()
         self._unsubscribe.clear()
@@ -219,7 +220,11 @@ class MqttPublisher:
             except (RuntimeError, ValueError):
                 pass
         self._client.disconnect()
-        self._client.loop_stop()
+        # paho's thread may be in a reconnect wait (1 s steps) or a TCP connect to a host that
+        # does not answer (connect_timeout, 5 s): do not let that hold up the daemon's stop.
+        stopper = threading.Thread(target=self._client.loop_stop, name="mqtt-stop", daemon=True)
+        stopper.start()
+        stopper.join(1.0)
         with self._lock:
             self._stats["connected"] = False
 

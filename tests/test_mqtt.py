@@ -249,6 +249,22 @@ def test_the_password_comes_from_the_credential_then_the_file(tmp_path):
         read_password(cfg, environ={})
 
 
+def test_close_is_bounded_and_reports_what_was_left_when_no_broker_answers():
+    port = _free_port()  # nothing listens there
+    bus = EventBus()
+    pub = MqttPublisher(_mqtt_cfg(port)).attach(bus)
+    bus.publish(_transition(0))
+    bus.publish(_transition(1))
+    assert _wait(lambda: pub.stats["last_error"] is not None, 5)
+    t0 = time.monotonic()
+    pub.close(timeout_s=0.3)
+    assert time.monotonic() - t0 < 0.3 + 1.5
+    stats = pub.stats
+    assert stats["last_error"] == f"cannot connect to 127.0.0.1:{port}"
+    assert (stats["connected"], stats["connects"], stats["events_published"],
+            stats["events_queued"], stats["events_delivered"]) == (False, 0, 2, 2, 0)
+
+
 # ------------------------------------------------------------------------------- broker
 
 
