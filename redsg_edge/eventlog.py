@@ -85,6 +85,7 @@ class EventLog:
             return True
 
     def close(self) -> None:
+        """Close the file; never raises (nothing is buffered)."""
         with self._lock:
             fd, self._fd = self._fd, None
         if fd is not None:

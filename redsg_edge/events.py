@@ -36,7 +36,8 @@ class Event(Protocol):
     type: ClassVar[str]
     t: float
 
-    def to_json(self) -> dict: ...
+    def to_json(self) -> dict:
+        """The event-log record of the event (JSON-able dict with a ``type`` key)."""
 
 
 @dataclass(frozen=True)

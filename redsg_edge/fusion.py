@@ -208,6 +208,7 @@ class FusionState:
     transitions: int
 
     def to_json(self) -> dict:
+        """The status-file form: times in seconds or None, ``probs`` {class: p} or None."""
         return {"t": self.t, "emotion": self.emotion, "since_t": self.since_t,
                 "probs": probs_to_dict(self.probs) if self.probs is not None else None,
                 "candidate": self.candidate, "candidate_since": self.candidate_since,
@@ -281,6 +282,7 @@ class Fusion:
 
     @property
     def config(self) -> FusionConfig:
+        """The ``[fusion]`` values in force."""
         return self._cfg
 
     def reconfigure(self, cfg: FusionConfig) -> None:
@@ -291,10 +293,12 @@ class Fusion:
 
     @property
     def emotion(self) -> str:
+        """The current fused emotion (a CLASSES name)."""
         return CLASSES[self._current]
 
     @property
     def state(self) -> FusionState:
+        """A snapshot of the state machine for the status file."""
         return FusionState(
             t=self._t, emotion=CLASSES[self._current], since_t=self._since,
             probs=None if self._s is None else self._s.astype(np.float32),

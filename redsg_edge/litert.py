@@ -104,6 +104,7 @@ class LiteRTClassifier:
 
     @property
     def quantized(self) -> bool:
+        """True when the model takes int8/uint8 input (inputs are quantized with its scale and zero point)."""
         return self.input_dtype in (np.int8, np.uint8)
 
     def predict(self, x: np.ndarray) -> np.ndarray:

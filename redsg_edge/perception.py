@@ -9,43 +9,18 @@ utterance the VAD just closed (for speech-to-text).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import numpy as np
 
+from .capture import FrameSchedule
 from .config import Config
 from .fusion import Evidence, face_reliability
 from .speech import SerModel, SpeechOutput, SpeechPerception
 from .vision import FaceDetector, FerModel, VisionWorker
 
-__all__ = ["Percept", "Perception", "FrameSchedule", "face_evidence", "deliver"]
-
-
-class FrameSchedule:
-    """Thin a frame stream to at most ``max_fps`` frames per second of its own time stamps.
-
-    The schedule steps by ``1 / max_fps`` instead of restarting at each kept frame, so 24 fps
-    thinned to 15 keeps about 15 frames a second, not 12; a gap (a dropped or missing frame)
-    restarts it. Pure and clock-free: the file camera (live) and :class:`Perception` (live and
-    replay) apply the same rule, so both keep the same frames of the same media.
-    """
-
-    def __init__(self) -> None:
-        self._next = -math.inf
-
-    def keep(self, t: float, max_fps: float | None) -> bool:
-        """Whether the frame at ``t`` (s) is kept; ``max_fps`` None or 0 keeps every frame."""
-        if not max_fps:
-            return True
-        if t < self._next - 1e-3:
-            return False
-        step = 1.0 / max_fps
-        self._next += step
-        if self._next <= t:
-            self._next = t + step
-        return True
+__all__ = ["Percept", "Perception", "face_evidence", "deliver"]
 
 
 @dataclass(frozen=True)
@@ -125,7 +100,7 @@ class Perception:
 
     def frame(self, t: float, rgb: np.ndarray) -> list[Percept]:
         """One video frame: ``rgb`` (H, W, 3) uint8 captured at ``t`` (s). Returns ``[]`` when
-        :class:`FrameSchedule` thins it away (``vision.max_fps``), else one percept (face
+        ``capture.FrameSchedule`` thins it away (``vision.max_fps``), else one percept (face
         evidence, or None without a face). Raises RuntimeError without a vision worker."""
         if self.vision is None:
             raise RuntimeError("Perception.frame: no vision worker (the camera is off)")

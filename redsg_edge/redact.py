@@ -42,6 +42,8 @@ class SecretFilter(logging.Filter):
     """A handler filter: the record's final message and traceback, scrubbed. Never drops one."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Replace every registered secret in the record's message and arguments by ``[redacted]``;
+        always keeps the record (returns True)."""
         if not _secrets:
             return True
         try:

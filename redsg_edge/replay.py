@@ -44,8 +44,8 @@ def _common_length(cam, mic, window_s: float, warnings: list[str] | None) -> flo
     """Where a replay of a video and a separate audio file of different lengths (declared, over
     1 s apart) stops: the end of the shorter plus one SER window, so that speech at the very
     end of the shorter still counts; inf when the lengths agree or one is unknown."""
-    v = cam._declared_s(cam._container.streams.video[0])
-    a = mic._declared_s(mic._container.streams.audio[0])
+    v = cam.declared_duration_s
+    a = mic.declared_duration_s
     end = min(v, a) + window_s
     if not (abs(v - a) > 1.0) or end >= max(v, a):  # also when a length is unknown (nan)
         return float("inf")

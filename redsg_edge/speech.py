@@ -68,6 +68,9 @@ class SerModel:
         return temperature_scale(p / p.sum(), self.temperature)
 
     def predict(self, pcm: np.ndarray) -> np.ndarray:
+        """SER on one window: ``pcm`` (window_samples,) int16 at 16 kHz; returns (7,) float32
+        probabilities summing to 1 (calibrated when ``models/ser_int8.json`` gives a temperature).
+        Raises ValueError for a window of another length."""
         if len(pcm) != self.window_samples:
             raise ValueError(f"SER window must be {self.window_samples} samples, got {len(pcm)}")
         return self._calibrated(mfcc_features(pcm))
@@ -153,6 +156,9 @@ class SpeechPerception:
         return self.t0 + pos / SAMPLE_RATE  # type: ignore[operator]
 
     def push(self, t_first: float, pcm: np.ndarray, gated: bool = False) -> list[SpeechOutput]:
+        """Add ``pcm`` ((n,) int16, 16 kHz, contiguous with the previous push; ``t_first`` the capture
+        time in s of its first sample, read on the first push only). Returns the outputs completed,
+        oldest first; ``gated`` audio is never classified (:meth:`_gated`)."""
         x = np.asarray(pcm, dtype=np.int16).reshape(-1)
         if self.t0 is None:
             self.t0 = float(t_first)

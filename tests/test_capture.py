@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from redsg_edge.capture import (EX_UNAVAILABLE, SAMPLE_RATE, AudioFileMic, AudioRing,
-                                CaptureThread, DeviceError, FrameRing, OpenCVCamera,
-                                SounddeviceMic, VideoFileCamera, _StreamResampler, format_devices,
+                                CaptureThread, DeviceError, FrameRing, MicSource, OpenCVCamera,
+                                PushSource, SounddeviceMic, VideoFileCamera, format_devices,
                                 letterbox, list_devices, open_camera, open_microphone)
+from redsg_edge.capture.microphone import _StreamResampler
 from redsg_edge.config import CameraConfig, MicrophoneConfig
 from redsg_edge.datasets import DATA_ROOT
 
@@ -497,3 +498,93 @@ def test_capture_thread_replay_sets_ended():
     assert th.ended.wait(10)
     assert ring.written == 72 and th.items == 72
     assert th.stop()
+
+
+# ------------------------------------------------------------------ source kinds and durations
+
+@needs_media
+def test_declared_duration_s_of_file_sources():
+    import soundfile as sf
+    cam, mic = VideoFileCamera(SINGLE), AudioFileMic(RAVDESS)
+    assert np.isnan(cam.declared_duration_s) and np.isnan(mic.declared_duration_s)  # not open
+    with cam, mic:
+        assert cam.declared_duration_s == pytest.approx(72 / 30)  # 72 frames at 30 fps
+        info = sf.info(str(RAVDESS))
+        assert mic.declared_duration_s == pytest.approx(info.frames / info.samplerate)
+    assert cam.declared_duration_s == pytest.approx(2.4)  # kept after close
+    # The audio track of the same video: its own length (MP3 pads), not the picture's.
+    with AudioFileMic(SINGLE) as track:
+        assert 2.4 < track.declared_duration_s < 2.5
+
+
+class _FilePushMic(MicSource, PushSource):
+    """A push source as a driver with a callback thread would be: here the callback thread
+    writes a real file's blocks into the attached ring."""
+
+    def __init__(self, path):
+        self.path, self.name = path, f"push:{path.name}"
+        self.ring, self.worker, self.closed = None, None, False
+
+    def attach(self, ring):
+        self.ring = ring
+
+    def open(self):
+        def callback_thread():
+            with AudioFileMic(self.path, 100) as src:
+                for t, block in src:
+                    self.ring.write(block, t + (block.shape[0] - 1) / SAMPLE_RATE)
+                    self.blocks += 1
+                    self.last_callback = time.monotonic()
+        self.worker = threading.Thread(target=callback_thread, daemon=True)
+
+    def start_stream(self):  # what PortAudio's stream.start() does, once attached
+        self.worker.start()
+
+    @property
+    def active(self):
+        return not self.closed
+
+    def read(self):
+        raise AssertionError("a push source is never read by the capture thread")
+
+    def close(self):
+        self.closed = True
+
+
+@needs_media
+def test_capture_thread_dispatches_on_the_declared_kind():
+    with AudioFileMic(RAVDESS, 100) as src:
+        reference = np.concatenate([b for _, b in src])
+    push = _FilePushMic(RAVDESS)
+    push.open()
+    ring = AudioRing(10)
+    th = CaptureThread(push, ring).start()
+    assert push.ring is ring  # attached by start()
+    push.start_stream()
+    push.worker.join(10)
+    deadline = time.monotonic() + 5  # the thread looks every 0.2 s
+    while th.items < push.blocks and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert th.heartbeat >= push.last_callback > 0
+    assert th.items == push.blocks == 38 and th.errors == 0
+    np.testing.assert_array_equal(ring.read_last(reference.shape[0])[0], reference)
+    assert th.stop() and push.closed
+
+    class PullWithAttach(AudioFileMic):  # an attach method does not make a pull source push
+        def attach(self, ring):
+            raise AssertionError("a pull source is never attached")
+    pull = PullWithAttach(RAVDESS, 100)
+    pull.open()
+    ring = AudioRing(10)
+    th = CaptureThread(pull, ring).start()
+    assert th.ended.wait(10) and th.items == 38 and ring.written_samples == reference.shape[0]
+    assert th.stop()
+
+    with pytest.raises(TypeError, match="neither a PullSource nor a PushSource"):
+        CaptureThread(SimpleNamespace(name="duck", attach=lambda ring: None), ring)
+
+    class NoActive(MicSource, PushSource):
+        def open(self): ...
+        def attach(self, ring): ...
+    with pytest.raises(TypeError, match="active"):
+        NoActive()
