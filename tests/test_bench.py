@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    from redsg_edge.testing.models import classifier_models
+    from .helpers.models import classifier_models
     tmp = tmp_path_factory.mktemp("bench")
     try:
         fer, ser = classifier_models(tmp / "models")
