@@ -37,10 +37,12 @@ CK_SIX = tuple(CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "
 
 
 def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of the whole file (the model identity a golden file names)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def names_sha256(names: list[str]) -> str:
+    """Hex SHA-256 of the item names joined by newlines, in order (a set's committed identity)."""
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
@@ -123,4 +125,5 @@ def with_floors(sets: dict[str, dict]) -> dict[str, dict]:
 
 
 def flips(golden: str, top1: str) -> int:
+    """Items whose top-1 digit differs between two top-1 strings, plus any length difference."""
     return sum(a != b for a, b in zip(golden, top1)) + abs(len(golden) - len(top1))
