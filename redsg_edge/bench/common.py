@@ -164,6 +164,15 @@ def affinity_cpus() -> list[int]:
         return list(range(os.cpu_count() or 1))
 
 
+def loadavg() -> list[float] | None:
+    """The 1, 5 and 15-minute load averages (runnable processes), 2 decimals; None where the
+    platform has none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
 def _cpuinfo() -> dict[str, str]:
     """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
     out: dict[str, str] = {}
@@ -242,7 +251,7 @@ def load_snapshot(sample_s: float = 1.0) -> dict[str, Any]:
         other += c
         if c >= 5:
             top.append((round(c), p.info["name"]))
-    la = [round(x, 2) for x in os.getloadavg()]
+    la = loadavg() or [0.0, 0.0, 0.0]
     ncpu = len(affinity_cpus())
     return {"loadavg": la, "other_cpu_pct": round(other, 1),
             "busiest_others": sorted(top, reverse=True)[:4],

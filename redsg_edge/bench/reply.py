@@ -20,6 +20,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import CLASSES
+from .common import affinity_cpus, loadavg
 
 __all__ = ["bench_reply", "bench_reply_main", "run_section", "format_table", "OFFLINE_TARGET_MS",
            "CHAT_MARGIN_MS"]
@@ -118,9 +119,9 @@ def bench_reply(cfg: Any, n: int = 50, ttft_s: float | None = None, *, inter_tok
     base.reply.enabled = True
     base.reply.cooldown_s = 0.0
     result: dict[str, Any] = {
-        "n": n, "sink": sink, "seed": seed, "loadavg_before": _loadavg(),
+        "n": n, "sink": sink, "seed": seed, "loadavg_before": loadavg(),
         "machine": {"python": platform.python_version(), "machine": platform.machine(),
-                    "processor": platform.processor() or None, "cpus": _cpus()},
+                    "processor": platform.processor() or None, "cpus": len(affinity_cpus())},
         "voice": voice.model_path.name, "voice_load_s": round(getattr(voice, "load_s", 0.0), 3),
         "runs": {}, "targets": {"offline_first_sample_p50_ms": OFFLINE_TARGET_MS}, "pass": {}}
     timeout = base.reply.chat.total_timeout_s + 30.0
@@ -150,27 +151,10 @@ def bench_reply(cfg: Any, n: int = 50, ttft_s: float | None = None, *, inter_tok
             result["targets"]["chat_first_sample_p50_ms"] = target
             p50 = run["first_sample_ms"]["p50"]
             result["pass"]["chat"] = p50 is not None and p50 <= target and "chat" in run["sources"]
-    result["loadavg_after"] = _loadavg()
+    result["loadavg_after"] = loadavg()
     if out is not None:
         out(format_table(result))
     return result
-
-
-def _loadavg() -> list[float] | None:  # 1, 5, 15-minute load averages
-    try:
-        import os
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _cpus() -> int | None:  # how many CPUs this process may use
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count()
 
 
 def format_table(result: dict) -> str:

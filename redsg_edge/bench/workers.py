@@ -22,7 +22,7 @@ import numpy as np
 from .common import (CLIP_NAME, HEIGHT, LOOP_FRAMES, LOOP_FRAMES_QUICK, STAGE_CALLS,
                      STAGE_CALLS_QUICK, TARGETS, WARMUP, WARMUP_QUICK, WIDTH, BenchPaths,
                      affinity_cpus, base_payload, compose_photo, decode_frames, json_stdout,
-                     load_snapshot, log_dir, own_worker, run_worker, speech_windows,
+                     load_snapshot, loadavg, log_dir, own_worker, run_worker, speech_windows,
                      summarize_ns, time_calls)
 
 def _worker_cfg(payload: dict):  # the payload's config with its resolved model paths
@@ -333,7 +333,7 @@ def worker_main(argv: list[str]) -> int:
     with json_stdout() as emit:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         res = WORKERS[a.worker](payload)
-        res["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        res["loadavg_after"] = loadavg()
         emit(res)
     return 0
 
