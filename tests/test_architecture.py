@@ -130,7 +130,7 @@ def test_daemon_imports_no_bench_test_helper_or_matplotlib(mediapipe_modules):
     # Only what our modules add beyond mediapipe's own imports counts against us.
     assert _off_path(ours - mediapipe_modules) == []
     # Bench code and test helpers: not loaded at all.
-    assert not any(m.startswith(("redsg_edge.bench", "tests")) for m in ours)
+    assert [m for m in _off_path(ours) if not m.startswith("matplotlib")] == []
 
 
 def test_off_path_check_sees_a_planted_import(mediapipe_modules):
@@ -139,3 +139,33 @@ def test_off_path_check_sees_a_planted_import(mediapipe_modules):
     planted = _modules_after("import redsg_edge.pipeline, redsg_edge.bench.report, tests.helpers")
     caught = set(_off_path(planted - mediapipe_modules))
     assert {"redsg_edge.bench.report", "tests.helpers"} <= caught
+
+
+def test_running_daemon_loads_no_bench_test_helper_or_matplotlib(mediapipe_modules):
+    # After start, not only after import: lazy imports on the live path (capture, vision,
+    # speech, the reply worker and its Piper voice) count too.
+    from .conftest import ACTOR_24, DETECTOR, FER_MODEL, PEXELS, SER_MODEL
+    utterances = sorted(ACTOR_24.glob("*.flac"))
+    if not (PEXELS.is_file() and DETECTOR.is_file() and utterances):
+        pytest.skip("../shared clip, detector or RAVDESS Actor_24 missing")
+    data = {"vision": {"detector_model": str(DETECTOR), "fer_model": str(FER_MODEL)},
+            "speech": {"ser_model": str(SER_MODEL)},
+            "camera": {"source": "file", "file": str(PEXELS)},
+            "microphone": {"source": "file", "file": str(utterances[0])},
+            "voice": {"sink": "null"}, "reply": {"chat": {"enabled": False}}}
+    ours = _modules_after(f"""
+import threading
+from redsg_edge.config import parse_config
+from redsg_edge.pipeline import Pipeline
+faces = threading.Event()
+pipe = Pipeline(parse_config({data!r}, "<test>"), reply=True,
+                on_evidence=lambda t, ev: ev is not None and ev.modality == "face" and faces.set())
+pipe.start()
+try:
+    assert faces.wait(60), "no face evidence within 60 s"
+finally:
+    pipe.stop()
+""")
+    assert {"redsg_edge.pipeline", "redsg_edge.vision", "redsg_edge.voice"} <= ours
+    assert _off_path(ours - mediapipe_modules) == []
+    assert [m for m in _off_path(ours) if not m.startswith("matplotlib")] == []
