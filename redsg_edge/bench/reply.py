@@ -45,7 +45,7 @@ def _run(cfg: Any, voice: Any, n: int, sink_kind: str, wav_dir: Path, seed: int,
          timeout_s: float, cache_templates: bool = True) -> list[dict]:
     import random
 
-    from ..fusion import TransitionEvent
+    from ..events import Transition
     from ..reply import ReplyWorker
     from ..voice import NullSink, WavSink
 
@@ -53,8 +53,8 @@ def _run(cfg: Any, voice: Any, n: int, sink_kind: str, wav_dir: Path, seed: int,
     events: list[dict] = []
     got = threading.Event()
 
-    def on_event(rec: dict) -> None:
-        events.append(rec)
+    def on_event(reply) -> None:  # events.Reply
+        events.append(reply.to_json())
         got.set()
 
     worker = ReplyWorker(cfg, voice=voice, sink=sink, on_event=on_event, rng=random.Random(seed),
@@ -68,7 +68,7 @@ def _run(cfg: Any, voice: Any, n: int, sink_kind: str, wav_dir: Path, seed: int,
             to = CLASSES[i % len(CLASSES)]
             frm = CLASSES[(i + 3) % len(CLASSES)]
             got.clear()
-            ev = TransitionEvent(time.monotonic(), frm, to, 0.7, 5.0)
+            ev = Transition(time.monotonic(), frm, to, 0.7, 5.0)
             if not worker.submit(ev):
                 raise RuntimeError(f"transition {i} was not accepted: {worker.stats}")
             if not got.wait(timeout_s):
