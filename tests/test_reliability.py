@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from redsg_edge.bench.chat_server import ChatServer
 from redsg_edge.config import Config
 from redsg_edge.reply import ReplyWorker, split_sentences
-from redsg_edge.testing import shared_voice
-from redsg_edge.testing.chat_server import ChatServer
 from redsg_edge.voice import WavSink
+
+from .helpers import shared_voice
 
 # ============================================================================ the reply path
 
@@ -366,7 +367,7 @@ def test_daemon_early_sighup_full_disk_event_log_and_clean_sigterm(tmp_path):
         pytest.skip("../shared media or detector model missing")
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
-    from redsg_edge.testing.models import classifier_models
+    from .helpers.models import classifier_models
     cfg = write_config(tmp_path / "config.toml", classifier_models(tmp_path / "models"),
                        reply=False, extra=(
                            # transitions often: each is a record for the event log
@@ -583,7 +584,7 @@ def _daemon_setup(tmp_path):
     from tests.test_service import AUDIO, DETECTOR, VIDEO, write_config
     if not (VIDEO.is_file() and AUDIO.is_file() and DETECTOR.is_file()):
         pytest.skip("../shared media or detector model missing")
-    from redsg_edge.testing.models import classifier_models
+    from .helpers.models import classifier_models
     return write_config(tmp_path / "config.toml", classifier_models(tmp_path / "models"),
                         reply=False)
 

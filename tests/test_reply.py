@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from redsg_edge.bench.chat_server import ChatServer, tokens_of, unused_port
 from redsg_edge.config import Config
 from redsg_edge.reply import (DEFAULT_TEMPLATES, LOCAL_PLACEHOLDER_KEY, HistoryEntry, ReplyWorker,
                               TemplatePicker, build_messages, clean_for_speech, is_local_url,
                               read_api_key, split_sentences)
-from redsg_edge.testing import shared_voice
-from redsg_edge.testing.chat_server import ChatServer, tokens_of, unused_port
 from redsg_edge.voice import WavSink
+
+from .helpers import shared_voice
 
 REPLY = "I can see that. It is good to see you smiling again, and I am glad to be here."
 

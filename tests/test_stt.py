@@ -24,14 +24,14 @@ import soundfile as sf
 
 from redsg_edge import CLASSES, assets
 from redsg_edge.assets import AssetError, fetch_main, fetch_models, load_manifest, verify_models
+from redsg_edge.bench.chat_server import ChatServer
 from redsg_edge.config import Config, ConfigError, parse_config
 from redsg_edge.reply import ReplyWorker, build_messages
 from redsg_edge.stt import (Transcriber, TranscriptWorker, Utterance, transcribe_file,
                             transcripts_wanted)
-from redsg_edge.testing import shared_voice
-from redsg_edge.testing.chat_server import ChatServer
 from redsg_edge.voice import WavSink
 
+from .helpers import shared_voice
 from .conftest import DATA_ROOT, MODELS, make_config, write_config
 
 ENCODER = MODELS / "moonshine-tiny-en-encoder.ort"
