@@ -9,10 +9,11 @@ One concern per module:
   what was said for it). Pure.
 - :mod:`.chat`: the API key (``read_api_key``), local endpoints (``is_local_url``,
   ``LOCAL_PLACEHOLDER_KEY``), the request headers, ``quiet_http_loggers``, the endpoint's
-  client and outage state (``ChatEndpoint``), one streamed reply (``stream_reply``) and its
+  client and outage state (``ChatEndpoint``), one streamed request (``ChatStream``) and its
   failure causes (``ChatFailure``).
-- :mod:`.speaker`: ``Speaker`` (one reply's sentences to Piper and the sink), the template
-  PCM cache and the synthesis-rate estimate.
+- :mod:`.speaker`: ``Speaker`` (one reply's sentences to Piper and the sink),
+  ``speak_chat_stream`` (a chat stream spoken sentence by sentence under its deadlines), the
+  template PCM cache and the synthesis-rate estimate.
 - :mod:`.worker`: ``ReplyWorker``, the thread that answers ``events.Transition`` with an
   ``events.Reply`` (the rules: one reply in flight, cooldown, no barge-in, the mic gate).
 

@@ -1,9 +1,9 @@
 """The chat endpoint: API key, client, one streamed request, and why it failed.
 
 Official ``openai`` SDK, ``stream=True``, ``max_retries=0``. :class:`ChatEndpoint` holds the
-client, the key and the outage state; :func:`stream_reply` asks for one short reply and hands
-each sentence to a ``speaker.Speaker`` as soon as it is complete, while later tokens
-still arrive. It gives up (a :class:`ChatFailure` naming the cause, so the worker speaks an
+client, the key and the outage state; :class:`ChatStream` runs one streamed request and queues
+its tokens (``speaker.speak_chat_stream`` speaks them sentence by sentence under its
+deadlines). A request fails (a :class:`ChatFailure` naming the cause, so the worker speaks an
 offline template instead, or ends a reply already under way as ``truncated``) when the
 endpoint is unreachable or refuses the connection (``unreachable``), times out (``timeout``),
 answers 401/403/429/5xx (``http_401``, ``http_403``, ``http_429``, ``http_5xx``), sends a
@@ -44,14 +44,12 @@ from urllib.parse import urlsplit
 from ..config import ChatConfig
 from ..redact import register as register_secret
 from ..redact import scrub
-from .speaker import Speaker
-from .text import clean_for_speech, split_sentences
 
 log = logging.getLogger(__name__)
 
 __all__ = ["LOCAL_PLACEHOLDER_KEY", "HTTP_LOGGER_PREFIXES", "read_api_key", "is_local_url",
            "max_reply_chars", "request_headers", "quiet_http_loggers", "ChatFailure",
-           "classify_failure", "ChatStream", "ChatEndpoint", "stream_reply"]
+           "classify_failure", "ChatStream", "ChatEndpoint"]
 
 #: The key sent to a local endpoint when none is configured (llama.cpp's documented example).
 LOCAL_PLACEHOLDER_KEY = "sk-no-key-required"
@@ -387,79 +385,3 @@ class ChatEndpoint:
             log.info("chat endpoint %s answering again after %d failed request(s) over %.0f s "
                      "(last cause %s)", chat.base_url, o["failures"], self._clock() - o["since"],
                      o["cause"])
-
-
-# --------------------------------------------------------------------------- one streamed reply
-
-def stream_reply(client: Any, chat: ChatConfig, messages: list[dict[str, str]], sp: Speaker, *,
-                 clock: Callable[[], float], beat: Callable[[], float],
-                 stopped: Callable[[], bool], redact: Callable[[str], str]) -> ChatFailure | None:
-    """Stream one reply from ``client`` and speak each sentence through ``sp`` as it completes.
-
-    ``clock``: seconds, monotonic; ``beat()``: the worker's heartbeat (returns ``clock()``);
-    ``stopped()``: True when the worker stops (ends as ``"stopped"``); ``redact``: applied to
-    the text before it is split and to every sentence before it is spoken. Stamps
-    ``chat_request``, ``first_token`` and ``first_sentence`` in ``sp.ts``. The first sentence
-    is cut early at a clause (60 characters instead of 120): a shorter first synthesis.
-    Returns None when the stream ended and something was spoken, else the
-    :class:`ChatFailure` (sentences spoken before it stay in ``sp.sentences``).
-    """
-    ts = sp.ts
-    t_req = ts["chat_request"] = clock()
-    cs = ChatStream(client, chat, messages, clock)
-    total_deadline = t_req + chat.total_timeout_s
-    last_token = None
-    buf = ""
-    while True:
-        if stopped():
-            cs.cancel()
-            return ChatFailure("stopped")
-        now = beat()
-        if last_token is None:
-            deadline, why = t_req + chat.first_token_timeout_s, "first_token_timeout"
-        else:
-            deadline, why = last_token + chat.first_token_timeout_s, "stall"
-        if total_deadline <= deadline:
-            deadline, why = total_deadline, "total_timeout"
-        try:  # tokens that arrived while we were synthesising count as on time
-            kind, payload, t = cs.q.get(timeout=max(0.0, min(0.25, deadline - now)))
-        except queue.Empty:
-            if clock() >= deadline:
-                cs.cancel()
-                return ChatFailure(why, f"reply not complete after {chat.total_timeout_s:g} s"
-                                   if why == "total_timeout" else
-                                   f"no token for {deadline - (last_token or t_req):.1f} s")
-            continue
-        if kind == "error":
-            return classify_failure(payload)
-        if clock() >= total_deadline:  # tokens that keep coming do not extend the reply
-            cs.cancel()
-            return ChatFailure("total_timeout", f"reply not complete after {chat.total_timeout_s:g} s")
-        if kind == "token":
-            if ts["first_token"] is None:
-                ts["first_token"] = t
-            last_token = t  # arrival time: a gap in the stream, not our synthesis time
-            buf = redact(buf + payload)
-            # the first sentence is cut earlier at a comma: a shorter first synthesis
-            soft = 60 if not sp.sentences else 120
-            done, buf = split_sentences(buf, soft_limit=soft)
-        else:  # end of stream
-            done, buf = split_sentences(buf, final=True)
-        for s in done:
-            s = redact(clean_for_speech(redact(s)))
-            if not s:
-                continue
-            # The whole reply, synthesis included, ends by total_timeout_s: a sentence whose
-            # synthesis (estimated from the recent rate) would end later is not started, as
-            # a sentence is never cut mid-way. Its audio is capped at total_timeout_s too.
-            if clock() + sp.synthesis_s(s) >= total_deadline or sp.audio_s >= chat.total_timeout_s:
-                cs.cancel()
-                return ChatFailure("total_timeout", f"reply not complete after "
-                                   f"{chat.total_timeout_s:g} s (or that much audio)")
-            if ts["first_sentence"] is None:
-                ts["first_sentence"] = clock()
-            sp.speak(s)
-            if stopped():
-                break
-        if kind == "end":
-            return None if sp.sentences else ChatFailure("empty_reply", "the stream had no text")

@@ -1,5 +1,8 @@
 """Speaking one reply: sentences to Piper, PCM to the audio sink as soon as it is made.
 
+:func:`speak_chat_stream` speaks a streamed chat reply sentence by sentence, each as soon as it
+is complete, under the reply's deadlines.
+
 :class:`Speaker` speaks the sentences of one reply in order (a pause before every sentence but
 the first), writing each chunk of Piper's output to the sink at once and stamping the reply's
 first PCM. It is given what it needs, not the worker: the synthesis function, the sink, the
@@ -15,11 +18,16 @@ No clock of its own: times come from the ``beat`` function it is given.
 
 from __future__ import annotations
 
+import queue
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["Speaker", "PcmCache", "SynthesisRate", "Synthesize"]
+from ..config import ChatConfig
+from .chat import ChatFailure, ChatStream, classify_failure
+from .text import clean_for_speech, split_sentences
+
+__all__ = ["Speaker", "PcmCache", "SynthesisRate", "Synthesize", "speak_chat_stream"]
 
 #: ``synthesize(sentence, style, pause_before=bool)`` yielding ``(pcm, sample_rate)`` chunks:
 #: ``voice.Voice.synthesize`` (pcm (N,) int16 mono).
@@ -152,3 +160,84 @@ class Speaker:
         if not use_cache and sentence:
             self.rate.update(len(sentence), self._beat() - t0)
         self.sentences.append(sentence)
+
+
+# --------------------------------------------------------------------------- a chat reply
+
+def speak_chat_stream(client: Any, chat: ChatConfig, messages: list[dict[str, str]], sp: Speaker, *,
+                 clock: Callable[[], float], beat: Callable[[], float],
+                 stopped: Callable[[], bool], redact: Callable[[str], str]) -> ChatFailure | None:
+    """Stream one reply from ``client`` (``chat.ChatStream``) and speak each sentence through
+    ``sp`` as it completes, while later tokens still arrive.
+
+    ``clock``: seconds, monotonic; ``beat()``: the worker's heartbeat (returns ``clock()``);
+    ``stopped()``: True when the worker stops (ends as ``"stopped"``); ``redact``: applied to
+    the text before it is split and to every sentence before it is spoken. Stamps
+    ``chat_request``, ``first_token`` and ``first_sentence`` in ``sp.ts``. The first sentence
+    is cut early at a clause (60 characters instead of 120): a shorter first synthesis.
+    The deadlines: ``chat.first_token_timeout_s`` to the first token and between tokens
+    (``first_token_timeout``, ``stall``) and ``chat.total_timeout_s`` for the whole reply,
+    synthesis included (``total_timeout``): a sentence whose synthesis would end later is not
+    started (a sentence is never cut mid-way), and audio stops at that many seconds.
+    Returns None when the stream ended and something was spoken, else the
+    ``chat.ChatFailure`` (sentences spoken before it stay in ``sp.sentences``).
+    """
+    ts = sp.ts
+    t_req = ts["chat_request"] = clock()
+    cs = ChatStream(client, chat, messages, clock)
+    total_deadline = t_req + chat.total_timeout_s
+    last_token = None
+    buf = ""
+    while True:
+        if stopped():
+            cs.cancel()
+            return ChatFailure("stopped")
+        now = beat()
+        if last_token is None:
+            deadline, why = t_req + chat.first_token_timeout_s, "first_token_timeout"
+        else:
+            deadline, why = last_token + chat.first_token_timeout_s, "stall"
+        if total_deadline <= deadline:
+            deadline, why = total_deadline, "total_timeout"
+        try:  # tokens that arrived while we were synthesising count as on time
+            kind, payload, t = cs.q.get(timeout=max(0.0, min(0.25, deadline - now)))
+        except queue.Empty:
+            if clock() >= deadline:
+                cs.cancel()
+                return ChatFailure(why, f"reply not complete after {chat.total_timeout_s:g} s"
+                                   if why == "total_timeout" else
+                                   f"no token for {deadline - (last_token or t_req):.1f} s")
+            continue
+        if kind == "error":
+            return classify_failure(payload)
+        if clock() >= total_deadline:  # tokens that keep coming do not extend the reply
+            cs.cancel()
+            return ChatFailure("total_timeout", f"reply not complete after {chat.total_timeout_s:g} s")
+        if kind == "token":
+            if ts["first_token"] is None:
+                ts["first_token"] = t
+            last_token = t  # arrival time: a gap in the stream, not our synthesis time
+            buf = redact(buf + payload)
+            # the first sentence is cut earlier at a comma: a shorter first synthesis
+            soft = 60 if not sp.sentences else 120
+            done, buf = split_sentences(buf, soft_limit=soft)
+        else:  # end of stream
+            done, buf = split_sentences(buf, final=True)
+        for s in done:
+            s = redact(clean_for_speech(redact(s)))
+            if not s:
+                continue
+            # The whole reply, synthesis included, ends by total_timeout_s: a sentence whose
+            # synthesis (estimated from the recent rate) would end later is not started, as
+            # a sentence is never cut mid-way. Its audio is capped at total_timeout_s too.
+            if clock() + sp.synthesis_s(s) >= total_deadline or sp.audio_s >= chat.total_timeout_s:
+                cs.cancel()
+                return ChatFailure("total_timeout", f"reply not complete after "
+                                   f"{chat.total_timeout_s:g} s (or that much audio)")
+            if ts["first_sentence"] is None:
+                ts["first_sentence"] = clock()
+            sp.speak(s)
+            if stopped():
+                break
+        if kind == "end":
+            return None if sp.sentences else ChatFailure("empty_reply", "the stream had no text")

@@ -4,7 +4,7 @@ Nothing here can stall capture, inference or the watchdog: ``submit`` never bloc
 worker's heartbeat moves while it waits for tokens, synthesises or drains the sink. Per
 accepted transition the worker
 
-1. asks the chat endpoint for a short reply (``chat.stream_reply``) and speaks each sentence as
+1. asks the chat endpoint for a short reply (``speaker.speak_chat_stream``) and speaks each sentence as
    soon as it is complete, writing PCM to the sink while later tokens still arrive; or
 2. speaks an offline template for the new emotion when chat is disabled, no key is set for a
    remote endpoint, the endpoint fails (see ``chat``) or failed less than
@@ -50,9 +50,9 @@ from .. import CLASSES
 from ..config import Config, style_for
 from ..events import Reply, Transition
 from ..worker import WorkerThread
-from .chat import ChatEndpoint, stream_reply
+from .chat import ChatEndpoint
 from .prompt import Exchange, TemplatePicker, build_messages
-from .speaker import PcmCache, Speaker, SynthesisRate
+from .speaker import PcmCache, Speaker, SynthesisRate, speak_chat_stream
 from .text import split_sentences
 
 log = logging.getLogger(__name__)
@@ -332,8 +332,8 @@ class ReplyWorker(WorkerThread):
             cause, skipped = outage_cause or "recent_failure", True
         else:
             messages = build_messages(chat.system_prompt, event, history, said)
-            failure = stream_reply(client, chat, messages, sp, clock=clock, beat=self.beat,
-                                   stopped=self._stop.is_set, redact=self._chat.redact)
+            failure = speak_chat_stream(client, chat, messages, sp, clock=clock, beat=self.beat,
+                                        stopped=self._stop.is_set, redact=self._chat.redact)
             if failure is None:
                 source = "chat"
                 self._chat.succeeded(chat)
