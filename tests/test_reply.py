@@ -506,3 +506,32 @@ def test_template_cache_makes_offline_first_audio_immediate(voice, tmp_path):
         assert_spoken(rec, sink)
     finally:
         assert w.stop(5.0)
+
+
+def test_say_speaks_the_text_into_the_sink_with_the_mic_gated(run_factory):
+    r = run_factory(make_cfg("https://api.example.invalid/v1", enabled=False))
+    t0 = time.monotonic()
+    assert r.w.say("Hello from the **kitchen**. Dinner is ready.")
+    deadline = time.monotonic() + 20
+    while r.w.stats["said"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.w.stats["said"] == 1 and not r.events  # no transition, so no Reply event
+    pcm, rate = sf.read(r.sink.paths[-1], dtype="int16")
+    assert 1.0 < len(pcm) / rate < 6.0 and np.abs(pcm).max() > 3000
+    assert r.w.mic_gated(t0 + 0.5)  # its own voice is not heard as the person's
+    with pytest.raises(ValueError, match="nothing to say"):
+        r.w.say("  ** ")
+
+
+def test_mute_drops_transitions_until_it_ends(run_factory):
+    r = run_factory(make_cfg("https://api.example.invalid/v1", enabled=False))
+    r.w.mute(60)
+    assert r.w.muted and not r.w.submit(ev("neutral", "sad"))
+    assert r.w.stats["dropped_muted"] == 1
+    r.w.mute(0)
+    assert not r.w.muted
+    rec = r.reply(ev("neutral", "sad"))
+    assert rec.source == "offline"
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            r.w.mute(bad)

@@ -53,7 +53,7 @@ from ..worker import WorkerThread
 from .chat import ChatEndpoint
 from .prompt import Exchange, TemplatePicker, build_messages
 from .speaker import PcmCache, Speaker, SynthesisRate, speak_chat_stream
-from .text import split_sentences
+from .text import clean_for_speech, split_sentences
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,17 @@ class ReplyWorker(WorkerThread):
         self.transcripts_idle: Callable[[float], bool] | None = None
         self._busy = False
         self._cooldown_until = float("-inf")
+        self._muted_until = float("-inf")
         # mic gate: speaking intervals (start, end) and the start of the current one
         self._gate: deque[tuple[float, float]] = deque(maxlen=16)
         self._speaking_since: float | None = None
         self._chat = ChatEndpoint(clock, environ)
         #: counts of ``submitted``, ``accepted``, ``dropped_busy``, ``dropped_cooldown``,
-        #: ``dropped_disabled``, ``chat``, ``offline``, ``truncated`` and ``errors``
+        #: ``dropped_disabled``, ``dropped_muted``, ``chat``, ``offline``, ``truncated``,
+        #: ``errors``, ``said`` and ``say_dropped`` (:meth:`say`)
         self.stats = {"submitted": 0, "accepted": 0, "dropped_busy": 0, "dropped_cooldown": 0,
-                      "dropped_disabled": 0, "chat": 0, "offline": 0, "truncated": 0, "errors": 0}
+                      "dropped_disabled": 0, "dropped_muted": 0, "chat": 0, "offline": 0,
+                      "truncated": 0, "errors": 0, "said": 0, "say_dropped": 0}
         self._cache_templates = cache_templates
         self._synth_rate = SynthesisRate()
         self._pcm_cache = PcmCache(self._voice.synthesize, self._CACHE_MAX)  # worker thread only
@@ -189,6 +192,8 @@ class ReplyWorker(WorkerThread):
                 reason = "dropped_disabled"
             elif self._busy:
                 reason = "dropped_busy"
+            elif now < self._muted_until:
+                reason = "dropped_muted"
             elif now < self._cooldown_until:
                 reason = "dropped_cooldown"
             else:
@@ -200,6 +205,41 @@ class ReplyWorker(WorkerThread):
         log.debug("transition %s -> %s not answered (%s)", transition.from_emotion,
                   transition.to_emotion, reason)
         return False
+
+    def mute(self, seconds: float) -> None:
+        """Answer no transition for ``seconds`` from now (0 unmutes; a reply in progress
+        finishes). Never blocks: safe from any thread (MQTT's network thread). Raises
+        ValueError for a negative or non-finite duration."""
+        seconds = float(seconds)
+        if not (seconds >= 0.0 and seconds != float("inf")):
+            raise ValueError(f"mute: seconds must be finite and >= 0, got {seconds}")
+        with self._lock:
+            self._muted_until = self._clock() + seconds if seconds > 0 else float("-inf")
+        if seconds:
+            log.info("replies muted for %.0f s", seconds)
+        else:
+            log.info("replies unmuted")
+
+    @property
+    def muted(self) -> bool:
+        """True while :meth:`mute` keeps transitions unanswered."""
+        return self._clock() < self._muted_until
+
+    def say(self, text: str) -> bool:
+        """Speak ``text`` (cleaned for speech, in the default style) on the worker thread, as a
+        reply would be, with the microphone gated; never blocks. Returns False (counted in
+        ``say_dropped``) while a reply is in flight or the worker is stopping. Raises
+        ValueError for text with nothing to say."""
+        text = clean_for_speech(str(text))
+        if not text:
+            raise ValueError("say: nothing to say (empty text)")
+        with self._lock:
+            if self._busy or self._stop.is_set():
+                self.stats["say_dropped"] += 1
+                return False
+            self._busy = True
+            self._q.put_nowait(("say", text))  # cannot be full: _busy guards it
+        return True
 
     def add_utterance(self, utterance: Any) -> None:
         """Keep a transcribed utterance (``t_start``, ``t_end`` on the transitions' clock (s),
@@ -277,7 +317,10 @@ class ReplyWorker(WorkerThread):
             if job is None:
                 break
             try:
-                self._reply(*job)
+                if job[0] == "say":
+                    self._say(job[1])
+                else:
+                    self._reply(*job)
             except Exception:  # the worker must survive anything one reply throws
                 log.exception("reply failed")
                 try:  # close a half-written utterance so the next reply starts clean
@@ -299,6 +342,28 @@ class ReplyWorker(WorkerThread):
         if self._speaking_since is not None:
             self._gate.append((self._speaking_since, max(end, self._speaking_since + audio_s)))
             self._speaking_since = None
+
+    def _say(self, text: str) -> None:
+        """Speak a :meth:`say` request (worker thread): no chat, no history, no cooldown."""
+        with self._lock:
+            style = self._cfg.voice.default_style
+        ts: dict[str, float | None] = dict.fromkeys(STAGES)
+        sp = Speaker(self._voice.synthesize, self._sink, style, ts,
+                     sample_rate=self._voice.sample_rate, beat=self.beat,
+                     stopped=self._stop.is_set, on_first_pcm=self._start_speaking,
+                     rate=self._synth_rate, cache=None)
+        for sentence in split_sentences(text, final=True)[0]:
+            sp.speak(sentence)
+        while not self._sink.drain(0.25):
+            self.beat()
+            if self._stop.is_set():
+                self._sink.close()
+                break
+        with self._lock:
+            self._end_speaking(self._clock(), sp.audio_s)
+            self._busy = False
+            self.stats["said"] += 1
+        log.info("said on request: %d sentence(s), %.1f s of audio", len(sp.sentences), sp.audio_s)
 
     def _reply(self, t_submit: float, entry: Exchange) -> None:
         clock, event = self._clock, entry.transition
