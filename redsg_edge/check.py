@@ -9,9 +9,13 @@ One line per item, ``✔`` (fine), ``✘`` (the daemon would fail or run degrade
 4. devices open as configured: camera, microphone, audio output (``devices=False`` skips them,
    for image builds and CI where no device exists);
 5. the chat endpoint: TCP reachability within ``reply.chat.connect_timeout_s`` and whether a key
-   is configured for a non-local endpoint (warnings only; the key itself is never printed).
+   is configured for a non-local endpoint (warnings only; the key itself is never printed);
+6. the MQTT broker when ``[mqtt] enabled``: one MQTT connect with the configured TLS and
+   credentials (a warning when it fails: the daemon keeps retrying; a ``fail`` of kind
+   ``config`` when the password or CA file cannot be used or paho-mqtt is missing).
 
-Exit code: 0 all well (warnings allowed); 78 bad config; 70 a model missing, corrupt or not
+Exit code: 0 all well (warnings allowed); 78 bad config (the file, or an MQTT credential
+that cannot be read); 70 a model missing, corrupt or not
 loadable; 69 a device cannot be opened. Models are reported before devices; with problems of
 both kinds 70 wins, as a model problem is never fixed by plugging something in.
 """
@@ -34,7 +38,7 @@ __all__ = ["check_main", "run_checks", "Item"]
 
 class Item:
     """One check result: ``status`` ``ok`` | ``fail`` | ``warn`` | ``skip``; ``kind`` ``config`` |
-    ``model`` | ``device`` | ``network``."""
+    ``model`` | ``device`` | ``network`` (``config``: a credential file named by the config)."""
 
     def __init__(self, kind: str, name: str, status: str, detail: str = "") -> None:
         self.kind, self.name, self.status, self.detail = kind, name, status, detail
@@ -194,6 +198,21 @@ def _chat_items(cfg: Config) -> list[Item]:
     return items
 
 
+def _mqtt_items(cfg: Config) -> list[Item]:
+    if not cfg.mqtt.enabled:
+        return [Item("network", "MQTT broker", "skip", "mqtt.enabled = false")]
+    from .mqtt import probe_broker
+
+    try:
+        ok, detail = probe_broker(cfg.mqtt, timeout_s=5.0)
+    except ConfigError as exc:
+        return [Item("config", "MQTT broker", "fail", "; ".join(exc.lines))]
+    if ok:
+        return [Item("network", "MQTT broker", "ok", detail)]
+    return [Item("network", "MQTT broker", "warn",
+                 f"{detail}; the daemon runs and keeps retrying (mqtt.host, mqtt.port)")]
+
+
 def run_checks(cfg: Config, devices: bool = True, network: bool = True) -> list[Item]:
     """All checks for a loaded config (see module doc); never raises for the project's errors."""
     items = _model_items(cfg)
@@ -203,6 +222,7 @@ def run_checks(cfg: Config, devices: bool = True, network: bool = True) -> list[
         items.append(Item("device", "devices", "skip", "not checked (--no-devices)"))
     if network:
         items += _chat_items(cfg)
+        items += _mqtt_items(cfg)
     return items
 
 
@@ -229,6 +249,8 @@ def check_main(cfg_path: Path, *, devices: bool = True, network: bool = True) ->
         return EX_SOFTWARE
     if "device" in failed:
         return EX_UNAVAILABLE
+    if "config" in failed:
+        return EX_CONFIG
     return EX_OK
 
 

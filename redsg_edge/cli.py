@@ -286,6 +286,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="few iterations (CI smoke run)")
     p.add_argument("--json-out", type=Path, help="write the results as JSON here")
     p.add_argument("--ttft", type=float, default=0.5, help="reply bench: loopback TTFT (s)")
+    for flag, metavar, help_ in (  # the bench's inputs outside the repository
+            ("--data", "DIR", "dataset folder: the Pexels clip, RAVDESS, FER2013 and CK+48 as in "
+             "../shared/data/README.md (default $REDSG_DATA, else ../shared/data next to the "
+             "repository)"),
+            ("--detector", "PATH", "BlazeFace model (default the config's "
+             "vision.detector_model, else DIR/../models/blaze_face_short_range.tflite)"),
+            ("--peer-python", "PATH", "peers bench: Python of the venv with the fer package "
+             "(default .venv-peers/bin/python, built by scripts/setup_peers.sh; without it the "
+             "section is skipped)"),
+            ("--daemon-python", "PATH", "daemon and coldstart benches: Python that runs the "
+             "daemon (default .venv-rt/bin/python when it exists, else this interpreter)")):
+        p.add_argument(flag, type=Path, metavar=metavar, help=help_)
     return ap
 
 

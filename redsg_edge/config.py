@@ -9,6 +9,7 @@ systemd unit lists it in ``RestartPreventExitStatus=`` so a broken file does not
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Literal
@@ -271,6 +272,76 @@ class ServiceConfig(StrictModel):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
 
+_TOPIC_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class MqttConfig(StrictModel):
+    """``[mqtt]``: the MQTT publisher with Home Assistant discovery (redsg_edge.mqtt)."""
+    #: Publish state, transitions and replies to an MQTT broker. Off by default.
+    enabled: bool = False
+    host: str = Field("localhost", min_length=1, max_length=253)
+    #: 1883 plain, 8883 TLS by convention.
+    port: int = Field(1883, ge=1, le=65535)
+    #: TLS to the broker; ca_file = the CA that signed the broker's certificate (PEM), None =
+    #: the system's CA store.
+    tls: bool = False
+    ca_file: LaxPath | None = None
+    #: Broker user; the password comes from $CREDENTIALS_DIRECTORY/mqtt_password (systemd
+    #: LoadCredential=) or else password_file. Never put the password here.
+    username: str | None = Field(None, min_length=1, max_length=256)
+    password_file: LaxPath | None = None
+    #: Topics are <topic_prefix>/<device_id>/...; device_id None = this machine's host name.
+    topic_prefix: str = "redsg-edge"
+    device_id: str | None = None
+    #: Home Assistant's discovery prefix; discovery = publish the retained entity configs.
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+    #: Put the spoken reply text in reply events (else only source and latency).
+    publish_reply_text: bool = False
+    #: Events (QoS 1) held while the broker is away; more are dropped and counted.
+    queue_size: int = Field(1000, ge=1, le=100_000)
+    #: State messages per second at most (state is published on change only).
+    state_max_hz: float = Field(2.0, ge=0.1, le=10.0)
+    keepalive_s: int = Field(30, ge=5, le=3600)
+    #: Reconnect backoff: the first retry after reconnect_min_s, doubling up to reconnect_max_s.
+    reconnect_min_s: int = Field(1, ge=1, le=600)
+    reconnect_max_s: int = Field(60, ge=1, le=3600)
+
+    @field_validator("topic_prefix", "discovery_prefix")
+    @classmethod
+    def _topic_prefix(cls, v: str) -> str:
+        # MQTT forbids wildcards in published topics; an empty level makes "a//b", a leading
+        # or trailing slash an empty level too.
+        levels = v.split("/")
+        if not v or any(not lv for lv in levels) or len(levels) > 4 or len(v) > 128 \
+                or any(c in v for c in "+#\x00"):
+            raise ValueError(f"{v!r} is not a topic prefix: 1 to 4 non-empty levels separated by "
+                             f"'/', no '+', '#' or leading/trailing '/', e.g. \"redsg-edge\" or "
+                             f"\"home/kiosks\"")
+        return v
+
+    @field_validator("device_id")
+    @classmethod
+    def _device_id(cls, v: str | None) -> str | None:
+        # One MQTT topic level and Home Assistant's discovery node id: [A-Za-z0-9_-] only.
+        if v is not None and not _TOPIC_ID.fullmatch(v):
+            raise ValueError(f"{v!r} is not a device id: 1 to 64 letters, digits, '_' or '-', "
+                             f"e.g. \"kitchen-1\"")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.ca_file is not None and not self.tls:
+            raise ValueError("ca_file is set but tls = false: set tls = true, or remove ca_file")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("password_file is set but username is not: set the broker user "
+                             "name, or remove password_file")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(f"reconnect_min_s ({self.reconnect_min_s}) must not exceed "
+                             f"reconnect_max_s ({self.reconnect_max_s})")
+        return self
+
+
 class Config(StrictModel):
     """The whole ``config.toml``, one attribute per section (``load_config`` builds it and raises
     ConfigError, exit 78, naming the key)."""
@@ -282,6 +353,7 @@ class Config(StrictModel):
     reply: ReplyConfig = ReplyConfig()
     voice: VoiceConfig = VoiceConfig()
     service: ServiceConfig = ServiceConfig()
+    mqtt: MqttConfig = MqttConfig()
     #: Where the file was read from (set by load_config; not a key of the file).
     source_path: LaxPath | None = Field(None, exclude=True)
 
@@ -290,7 +362,8 @@ PATH_KEYS = (("camera", "file"), ("microphone", "file"), ("vision", "detector_mo
              ("vision", "fer_model"), ("speech", "ser_model"), ("voice", "model"),
              ("speech.transcript", "encoder_model"), ("speech.transcript", "decoder_model"),
              ("speech.transcript", "tokenizer"),
-             ("voice", "wav_dir"), ("service", "status_file"), ("service", "event_log"))
+             ("voice", "wav_dir"), ("service", "status_file"), ("service", "event_log"),
+             ("mqtt", "ca_file"), ("mqtt", "password_file"))
 
 
 def _loc(loc: tuple) -> str:

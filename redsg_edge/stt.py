@@ -51,6 +51,7 @@ import numpy as np
 from .errors import ModelError
 from .events import Utterance
 from .features import frame_dbfs
+from .worker import WorkerThread
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,8 @@ class Transcriber:
                    min_level_dbfs=tc.min_level_dbfs)
 
 
-class TranscriptWorker:
-    """Speech-to-text in its own thread; ``submit`` never blocks.
+class TranscriptWorker(WorkerThread):
+    """Speech-to-text in its own thread (``worker.WorkerThread``); ``submit`` never blocks.
 
     ``transcriber``: a :class:`Transcriber` (or anything with ``transcribe(pcm) -> str``).
     ``on_transcript(Utterance)``: called from the worker thread for every non-empty transcript
@@ -211,43 +212,31 @@ class TranscriptWorker:
                  max_audio_s_per_minute: float = 30.0, queue_size: int = 4,
                  log_transcripts: bool = False,
                  clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__("stt", clock)
         self._stt = transcriber
         self._on_transcript = on_transcript
         self._gate = gate
         self.max_audio_s_per_minute = float(max_audio_s_per_minute)
         self.log_transcripts = log_transcripts
-        self._clock = clock
         self._q: deque = deque()
         self._queue_size = max(1, int(queue_size))
         self._cv = threading.Condition()
         self._busy = False
         self._spent: deque[tuple[float, float]] = deque()  # (clock time, audio seconds)
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        self._heartbeat = clock()
         self.stats = {"submitted": 0, "transcribed": 0, "empty": 0, "dropped_gated": 0,
                       "dropped_cap": 0, "dropped_full": 0, "errors": 0,
                       "audio_s": 0.0, "compute_s": 0.0}
 
     # ----------------------------------------------------------------- public API
-    def start(self) -> TranscriptWorker:
-        if self._thread is not None:
-            raise RuntimeError("already started")
-        self._thread = threading.Thread(target=self._run, name="stt", daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop after the utterance in progress; waiting ones are dropped. True when the thread
-        ended within ``timeout`` seconds."""
+        ended within ``timeout`` seconds (or never started)."""
+        return super().stop(timeout)
+
+    def _wake(self) -> None:
         with self._cv:
-            self._stop = True
             self._q.clear()
             self._cv.notify_all()
-        if self._thread is None:
-            return True
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
     def submit(self, t_start: float, t_end: float, pcm: np.ndarray,
                emotion: str | None = None) -> bool:
@@ -259,7 +248,7 @@ class TranscriptWorker:
         gated = self._gated(t_start, t_end)  # outside our lock: the gate takes the reply's
         with self._cv:
             self.stats["submitted"] += 1
-            if self._stop:
+            if self._stop.is_set():
                 return False
             if gated:
                 self.stats["dropped_gated"] += 1
@@ -287,19 +276,10 @@ class TranscriptWorker:
         with self._cv:
             while self._q or self._busy:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._stop:
+                if left <= 0 or self._stop.is_set():
                     return False
                 self._cv.wait(left)
         return True
-
-    @property
-    def heartbeat(self) -> float:
-        """``clock()`` time of the worker loop's latest sign of life (watchdog input)."""
-        return self._heartbeat
-
-    @property
-    def alive(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
 
     # ----------------------------------------------------------------- worker
     def _gated(self, t_start: float, t_end: float) -> bool:
@@ -311,14 +291,14 @@ class TranscriptWorker:
     def _run(self) -> None:
         while True:
             with self._cv:
-                while not self._q and not self._stop:
-                    self._heartbeat = self._clock()
+                while not self._q and not self._stop.is_set():
+                    self.beat()
                     self._cv.wait(0.5)
-                if self._stop:
+                if self._stop.is_set():
                     return
                 t_start, t_end, pcm, emotion = self._q.popleft()
                 self._busy = True
-            self._heartbeat = self._clock()
+            self.beat()
             try:
                 self._one(t_start, t_end, pcm, emotion)
             except Exception:  # the worker survives anything one utterance throws

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_piper:
         # The daemon has Piper loaded and has run it: onnxruntime's kernels are already in
         # memory, so they are not part of what speech-to-text adds.
-        from redsg_edge.testing import shared_voice
+        from tests.helpers import shared_voice
         voice = shared_voice()
         for _ in voice.synthesize("Hello there, I am here with you."):
             pass

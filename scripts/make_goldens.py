@@ -3,7 +3,7 @@
 
 Run it deliberately when a model changes, and commit its output in the same commit as the model
 and its card; the test fails with a pointer here while a golden file names another model's
-sha256. The method (items, windows, argmax) lives in ``redsg_edge.testing.goldens``.
+sha256. The method (items, windows, argmax) lives in ``tests.helpers.goldens``.
 
     python scripts/make_goldens.py --fer       # tests/data/fer_golden.json (FER2013 + CK+48)
     python scripts/make_goldens.py --ser       # tests/data/ser_golden.json (RAVDESS 23 + 24)
@@ -20,7 +20,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from redsg_edge.testing import goldens  # noqa: E402
+from tests.helpers import goldens  # noqa: E402
 
 
 def write(path: Path, model: Path, sets: dict, method: str) -> None:

@@ -21,16 +21,16 @@ JOBS="${JOBS:-$(nproc)}"
 export REDSG_DATA="${REDSG_DATA:-$(dirname "$REPO")/shared/data}"
 
 # module -> file to mutate, tests that own it, mutant name globs ("" = all of the file)
-declare -A FILE=([fusion]=redsg_edge/fusion.py [reply]=redsg_edge/reply.py
+declare -A FILE=([fusion]=redsg_edge/fusion.py [reply]="redsg_edge/reply/*"
                  [config]=redsg_edge/config.py [vision]=redsg_edge/vision.py)
 declare -A TESTS=([fusion]='"tests/test_fusion.py"' [config]='"tests/test_config.py"'
                   [vision]='"tests/test_vision.py"'
                   [reply]='"tests/test_reply.py", "tests/test_reply_rules.py", "-k", "split_sentences or sentence_boundaries or long_remainders or clean_for_speech or templates_never or templates_table or template_table or prompt or read_api_key or is_local_url"')
-# reply.py: its pure rules (sentence splitting, speech cleaning, templates, prompt, endpoint
-# check) against their unit tests; the worker's threads and Piper (seconds per test) are covered
+# reply/: its pure rules (sentence splitting, speech cleaning, templates, prompt, endpoint
+# check in text.py, prompt.py, chat.py) against their unit tests; the worker's threads and Piper (seconds per test) are covered
 # by the reply and daemon tests, too slow to run once per mutant.
 declare -A NAMES=(
-  [reply]="redsg_edge.reply.x__word_before* redsg_edge.reply.x__is_boundary* redsg_edge.reply.x__split_line* redsg_edge.reply.x_split_sentences* redsg_edge.reply.x_clean_for_speech* redsg_edge.reply.xǁTemplatePicker* redsg_edge.reply.x_build_messages* redsg_edge.reply.x__describe* redsg_edge.reply.x_is_local_url* redsg_edge.reply.x_read_api_key*"
+  [reply]="redsg_edge.reply.text.x__word_before* redsg_edge.reply.text.x__is_boundary* redsg_edge.reply.text.x__split_line* redsg_edge.reply.text.x_split_sentences* redsg_edge.reply.text.x_clean_for_speech* redsg_edge.reply.prompt.xǁTemplatePicker* redsg_edge.reply.prompt.x_build_messages* redsg_edge.reply.prompt.x__describe* redsg_edge.reply.chat.x_is_local_url* redsg_edge.reply.chat.x_read_api_key*"
   [vision]="redsg_edge.vision.x_crop_face* redsg_edge.vision.x_select_face* redsg_edge.vision.x_iou* redsg_edge.vision.xǁVisionWorker*"
 )
 

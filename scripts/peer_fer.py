@@ -22,9 +22,9 @@ Scores are the API's own (rounded to 2 decimals by ``detect_emotions``), in FER2
 Feeding: *crop* = the 48x48 dataset image as a 3-channel BGR array with the whole image given
 as the face rectangle (``face_rectangles=[(0, 0, 48, 48)]``), with ``offsets=(0, 0)`` and with
 the default offsets (10, 10) (which take in its grey padding). *photo* = the image that
-``redsg_edge.bench.compose_photo`` builds (face upscaled to 240 px on a 640x480 grey canvas), given
-to ``detect_emotions(photo)`` so its Haar cascade finds the face; of several boxes the largest is
-scored. The photo latency is the whole ``detect_emotions`` call.
+``redsg_edge.bench.common.compose_photo`` builds (face upscaled to 240 px on a 640x480 grey
+canvas), given to ``detect_emotions(photo)`` so its Haar cascade finds the face; of several
+boxes the largest is scored. The photo latency is the whole ``detect_emotions`` call.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     import fer as fer_pkg
     from fer.fer import FER
 
-    from redsg_edge.bench import compose_photo  # the same photos the project's side gets
+    from redsg_edge.bench.common import compose_photo  # the same photos the project's side gets
 
     faces = np.load(payload["npz"])["faces"]
     n = len(faces) if payload.get("limit") is None else min(len(faces), payload["limit"])

@@ -1,9 +1,14 @@
 """The house rules that code review alone would let slip: no import circles among our modules,
-and one mapping from an exception to an exit code."""
+one mapping from an exception to an exit code, and nothing of the benches, the test helpers or
+matplotlib on the daemon's import path."""
 
 from __future__ import annotations
 
 import ast
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,9 @@ from redsg_edge.errors import (EX_CONFIG, EX_FAILURE, EX_SOFTWARE, EX_UNAVAILABL
                                DeviceError, ModelError, VoiceError, exit_code_for)
 
 PACKAGE = Path(__file__).resolve().parent.parent / "redsg_edge"
+REPO = PACKAGE.parent
+#: Module name prefixes that must not be loaded by the daemon's own code.
+OFF_DAEMON_PATH = ("redsg_edge.bench", "tests", "matplotlib")
 
 
 def _import_graph() -> dict[str, set[str]]:
@@ -92,3 +100,72 @@ def test_errors_imports_nothing_of_ours():
 ])
 def test_exit_code_for(exc, code):
     assert exit_code_for(exc) == code
+
+
+def _modules_after(code: str) -> set[str]:
+    """``sys.modules`` of a fresh interpreter (this venv, the repository first on the path)
+    after running ``code``."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+    proc = subprocess.run([sys.executable, "-c", code + "\nimport json, sys\n"
+                           "print(json.dumps(sorted(sys.modules)))"],
+                          capture_output=True, text=True, timeout=300, cwd=str(REPO), env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def _off_path(mods: set[str]) -> list[str]:
+    return sorted(m for m in mods if any(m == p or m.startswith(p + ".") for p in OFF_DAEMON_PATH))
+
+
+@pytest.fixture(scope="module")
+def mediapipe_modules() -> set[str]:
+    """What ``import mediapipe`` loads by itself (it pulls in matplotlib and cv2)."""
+    return _modules_after("import mediapipe")
+
+
+def test_daemon_imports_no_bench_test_helper_or_matplotlib(mediapipe_modules):
+    ours = _modules_after("import redsg_edge.service, redsg_edge.pipeline, redsg_edge.cli")
+    assert {"redsg_edge.service", "redsg_edge.pipeline", "redsg_edge.cli"} <= ours
+    # Only what our modules add beyond mediapipe's own imports counts against us.
+    assert _off_path(ours - mediapipe_modules) == []
+    # Bench code and test helpers: not loaded at all.
+    assert [m for m in _off_path(ours) if not m.startswith("matplotlib")] == []
+
+
+def test_off_path_check_sees_a_planted_import(mediapipe_modules):
+    # The check above must be able to fail: a bench module or a test helper imported next to
+    # the daemon's modules is caught.
+    planted = _modules_after("import redsg_edge.pipeline, redsg_edge.bench.report, tests.helpers")
+    caught = set(_off_path(planted - mediapipe_modules))
+    assert {"redsg_edge.bench.report", "tests.helpers"} <= caught
+
+
+def test_running_daemon_loads_no_bench_test_helper_or_matplotlib(mediapipe_modules):
+    # After start, not only after import: lazy imports on the live path (capture, vision,
+    # speech, the reply worker and its Piper voice) count too.
+    from .conftest import ACTOR_24, DETECTOR, FER_MODEL, PEXELS, SER_MODEL
+    utterances = sorted(ACTOR_24.glob("*.flac"))
+    if not (PEXELS.is_file() and DETECTOR.is_file() and utterances):
+        pytest.skip("../shared clip, detector or RAVDESS Actor_24 missing")
+    data = {"vision": {"detector_model": str(DETECTOR), "fer_model": str(FER_MODEL)},
+            "speech": {"ser_model": str(SER_MODEL)},
+            "camera": {"source": "file", "file": str(PEXELS)},
+            "microphone": {"source": "file", "file": str(utterances[0])},
+            "voice": {"sink": "null"}, "reply": {"chat": {"enabled": False}}}
+    ours = _modules_after(f"""
+import threading
+from redsg_edge.config import parse_config
+from redsg_edge.pipeline import Pipeline
+faces = threading.Event()
+pipe = Pipeline(parse_config({data!r}, "<test>"), reply=True,
+                on_evidence=lambda t, ev: ev is not None and ev.modality == "face" and faces.set())
+pipe.start()
+try:
+    assert faces.wait(60), "no face evidence within 60 s"
+finally:
+    pipe.stop()
+""")
+    assert {"redsg_edge.pipeline", "redsg_edge.vision", "redsg_edge.voice"} <= ours
+    assert _off_path(ours - mediapipe_modules) == []
+    assert [m for m in _off_path(ours) if not m.startswith("matplotlib")] == []

@@ -31,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def config(tmp_path_factory) -> Path:
-    from redsg_edge.testing.models import classifier_models
+    from .helpers.models import classifier_models
     tmp = tmp_path_factory.mktemp("bench")
     try:
         fer, ser = classifier_models(tmp / "models")
@@ -47,12 +47,20 @@ def config(tmp_path_factory) -> Path:
     return path
 
 
-def run_bench(what: str, config: Path, out: Path, timeout: float = 900) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "redsg_edge", "bench", what, "--quick",
-                           "-c", str(config), "--json-out", str(out)],
+def bench_cmd(what: str, config: Path, out: Path, *extra: str, timeout: float = 900
+              ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "redsg_edge", "bench", what, "--quick",
+                           "-c", str(config), "--json-out", str(out), *extra],
                           capture_output=True, text=True, timeout=timeout, cwd=str(REPO))
+
+
+def run_bench(what: str, config: Path, out: Path, *extra: str, timeout: float = 900,
+              doc_out: dict | None = None) -> dict:
+    proc = bench_cmd(what, config, out, *extra, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
+    if doc_out is not None:
+        doc_out.update(doc)
     assert doc["quick"] is True
     assert doc["machine"]["logical_cpus"] >= 1 and doc["machine"]["python"]
     res = doc["sections"][what]
@@ -72,7 +80,15 @@ def check_summary(s: dict, n: int | None = None) -> None:
 
 
 def test_bench_stages_quick(config, tmp_path):
-    res = run_bench("stages", config, tmp_path / "stages.json")
+    # --data: a folder of our own holding (links to) only what this section reads.
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "av_clips").mkdir()
+    (data / "av_clips" / CLIP.name).symlink_to(CLIP)
+    (data / "ravdess").symlink_to(RAVDESS.parent, target_is_directory=True)
+    doc: dict = {}
+    res = run_bench("stages", config, tmp_path / "stages.json", "--data", str(data), doc_out=doc)
+    assert doc["data"] == str(data)
     assert set(res["modes"]) == {"one_core", "all_cores"}
     assert res["modes"]["one_core"]["threads"] == 1
     assert len(res["modes"]["one_core"]["cpus"]) == 1
@@ -163,3 +179,19 @@ def test_bench_peers_quick(config, tmp_path):
     for s in res["latency_all_cores"].values():
         check_summary(s)
     assert positive(res["speedup_p50"]["photo_pipeline"])
+
+
+def test_missing_inputs_name_their_flag(config, tmp_path):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    proc = bench_cmd("stages", config, tmp_path / "s.json", "--data", str(empty))
+    assert proc.returncode == 1, proc.stderr
+    assert "--data DIR" in proc.stderr and str(empty / "av_clips") in proc.stderr
+    assert "--data DIR" in json.loads((tmp_path / "s.json").read_text())["sections"]["stages"]["error"]
+
+    none = tmp_path / "none"
+    proc = bench_cmd("stages", config, tmp_path / "d.json", "--detector", str(none))
+    assert proc.returncode == 70 and "--detector" in proc.stderr and str(none) in proc.stderr
+    for what, flag in (("coldstart", "--daemon-python"), ("peers", "--peer-python")):
+        proc = bench_cmd(what, config, tmp_path / f"{what}.json", flag, str(none))
+        assert proc.returncode == 1 and flag in proc.stderr and str(none) in proc.stderr, what

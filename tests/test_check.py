@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not (VIDEO.is_file() and AUDIO.is_file() and DET
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from redsg_edge.testing.models import classifier_models
+    from .helpers.models import classifier_models
     try:
         fer, ser = classifier_models(tmp_path_factory.mktemp("stub"))
     except ImportError as exc:

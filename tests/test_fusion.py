@@ -15,7 +15,7 @@ import pytest
 
 from redsg_edge import CLASSES
 from redsg_edge.config import FusionConfig
-from redsg_edge.events import Transition as TransitionEvent
+from redsg_edge.events import Transition
 from redsg_edge.fusion import Evidence, Fusion, confidence_of
 
 
@@ -65,7 +65,7 @@ def run(config: FusionConfig, stream, fusion: Fusion | None = None):
     return f, updates, transitions
 
 
-def assert_transitions(got: list[TransitionEvent], expected: list[tuple]) -> None:
+def assert_transitions(got: list[Transition], expected: list[tuple]) -> None:
     assert [(e.from_emotion, e.to_emotion) for e in got] == [(a, b) for a, b, _, _ in expected]
     for e, (_, _, lo, hi) in zip(got, expected):
         assert lo - 1e-6 <= e.t <= hi + 1e-6, (e, lo, hi)

@@ -2,7 +2,7 @@
 
 tests/data/{fer,ser}_golden.json hold, per fixed held-out set, the identity of the item list
 (sha256 of the names), the labels, the model's top-1 per item and a floor a few points under the
-measured accuracy (``redsg_edge.testing.goldens`` computes both sides; scripts/make_goldens.py
+measured accuracy (``tests/helpers/goldens.py`` computes both sides; scripts/make_goldens.py
 writes the files). A swapped pair of classes, a preprocessing change (a blurred crop) or a
 feature bug (time-reversed audio) fails these; a model change fails them until the goldens are
 regenerated deliberately, in the same commit as the model and its card.
@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from redsg_edge.datasets import DATA_ROOT
-from redsg_edge.testing import goldens
 
 from .conftest import FER_MODEL, SER_MODEL
+from .helpers import goldens
 
 DATA = Path(__file__).resolve().parent / "data"
 

@@ -167,7 +167,7 @@ def test_uninstall_of_nothing_is_fine(tmp_path):
 @pytest.mark.slow
 @needs_mirror
 def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_factory):
-    from redsg_edge.testing.models import classifier_models
+    from .helpers.models import classifier_models
     try:
         fer, ser = classifier_models(tmp_path_factory.mktemp("m"))
     except ImportError as exc:

@@ -11,28 +11,20 @@ import os
 import random
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from redsg_edge.bench.chat_server import ChatServer
 from redsg_edge.config import Config
+from redsg_edge.events import Reply, Transition
 from redsg_edge.reply import ReplyWorker, split_sentences
-from redsg_edge.testing import shared_voice
-from redsg_edge.testing.chat_server import ChatServer
 from redsg_edge.voice import WavSink
 
+from .helpers import shared_voice
+
 # ============================================================================ the reply path
-
-
-@dataclass(frozen=True)
-class Ev:  # duck-typed TransitionEvent
-    t: float
-    from_emotion: str = "neutral"
-    to_emotion: str = "happy"
-    confidence: float = 0.8
-    previous_duration_s: float = 12.0
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +48,7 @@ class Worker:
 
     def __init__(self, cfg: Config, voice, tmp_path: Path, environ: dict | None = None,
                  warm: bool = False) -> None:
-        self.events: list[dict] = []
+        self.events: list[Reply] = []
         self.done = threading.Event()
         self.sink = WavSink(tmp_path / "wav")
         self.w = ReplyWorker(cfg, voice=voice, sink=self.sink, on_event=self._on,
@@ -70,7 +62,7 @@ class Worker:
         self._watch = threading.Thread(target=self._watchdog, daemon=True)
         self._watch.start()
 
-    def _on(self, rec: dict) -> None:
+    def _on(self, rec: Reply) -> None:
         self.events.append(rec)
         self.done.set()
 
@@ -79,10 +71,10 @@ class Worker:
             self.max_stale = max(self.max_stale, time.monotonic() - self.w.heartbeat)
             time.sleep(0.05)
 
-    def reply(self, timeout: float = 60.0) -> tuple[dict, float]:
+    def reply(self, timeout: float = 60.0) -> tuple[Reply, float]:
         t0 = time.monotonic()
         self.max_stale = 0.0
-        assert self.w.submit(Ev(t0))
+        assert self.w.submit(Transition(t0, "neutral", "happy", 0.8, 12.0))
         assert self.done.wait(timeout), "no reply"
         return self.events[-1], time.monotonic() - t0
 
@@ -111,9 +103,9 @@ def test_endless_stream_ends_by_total_timeout(worker, inter_token_s):
     with ChatServer(reply="Well", mode="endless", inter_token_s=inter_token_s) as srv:
         w = worker(chat_cfg(srv.base_url, total_timeout_s=total), warm=True)
         rec, wall = w.reply()
-    assert rec["cause"] == "total_timeout", rec
+    assert rec.cause == "total_timeout", rec
     assert wall <= total + 1.0, (f"reply took {wall:.2f} s against total_timeout_s = {total}", rec)
-    assert rec["audio_s"] <= total + 15.0  # at most one sentence past the cap
+    assert rec.audio_s <= total + 15.0  # at most one sentence past the cap
     wav_bytes = sum(p.stat().st_size for p in w.sink.paths)
     assert wav_bytes < 2_000_000, wav_bytes
 
@@ -124,14 +116,14 @@ def test_one_huge_token_neither_stalls_the_worker_nor_floods_it(worker):
     with ChatServer(reply="Hello there. " + huge + " Bye.") as srv:
         w = worker(chat_cfg(srv.base_url, total_timeout_s=4.0), warm=True)
         rec, wall = w.reply()
-    assert rec["cause"] in ("oversized_stream", "total_timeout"), rec
-    assert rec["truncated"] and rec["text"].startswith("Hello there.")
+    assert rec.cause in ("oversized_stream", "total_timeout"), rec
+    assert rec.truncated and rec.text.startswith("Hello there.")
     assert wall <= 4.0 + 1.0
     # The longest gap is one 200-character sentence's synthesis (2-3 s here, up to ~8 s when
     # the 2-core box is busy); the splitter alone used to take 57 s. Below the daemon's
     # heartbeat_timeout_s (10 s), the daemon does not report the worker as STALLED.
     assert w.max_stale < Config().service.heartbeat_timeout_s, f"{w.max_stale:.2f} s stale"
-    assert len(rec["text"]) <= 2048  # max(2048, 16 * max_tokens) characters are read at most
+    assert len(rec.text) <= 2048  # max(2048, 16 * max_tokens) characters are read at most
 
 
 @pytest.mark.parametrize("text", [
@@ -163,9 +155,9 @@ def test_key_echoed_in_reply_is_never_spoken_logged_or_stored(worker, caplog, tm
     with ChatServer(reply=reply, api_key=SECRET) as srv:
         w = worker(chat_cfg(srv.base_url, total_timeout_s=30.0), environ={"OPENAI_API_KEY": SECRET})
         rec, _ = w.reply()
-    assert rec["source"] == "chat" and rec["cause"] is None, rec
-    assert SECRET not in rec["text"] and "redacted" in rec["text"]
-    assert SECRET not in json.dumps(rec)
+    assert rec.source == "chat" and rec.cause is None, rec
+    assert SECRET not in rec.text and "redacted" in rec.text
+    assert SECRET not in json.dumps(rec.to_json())
     assert not any(SECRET in r.getMessage() for r in caplog.records)
 
 
@@ -174,7 +166,7 @@ def test_no_sdk_platform_headers_leave_the_device(worker):
         w = worker(chat_cfg(srv.base_url))
         rec, _ = w.reply()
         headers = srv.requests[-1]["headers"]
-    assert rec["source"] == "chat"
+    assert rec.source == "chat"
     leaked = sorted(h for h in headers if h.startswith("x-stainless") or h.startswith("openai-"))
     assert not leaked, leaked
     assert headers["user-agent"].startswith("redsg-edge/")
@@ -366,7 +358,7 @@ def test_daemon_early_sighup_full_disk_event_log_and_clean_sigterm(tmp_path):
         pytest.skip("../shared media or detector model missing")
     if not Path("/dev/full").exists():
         pytest.skip("no /dev/full")
-    from redsg_edge.testing.models import classifier_models
+    from .helpers.models import classifier_models
     cfg = write_config(tmp_path / "config.toml", classifier_models(tmp_path / "models"),
                        reply=False, extra=(
                            # transitions often: each is a record for the event log
@@ -583,7 +575,7 @@ def _daemon_setup(tmp_path):
     from tests.test_service import AUDIO, DETECTOR, VIDEO, write_config
     if not (VIDEO.is_file() and AUDIO.is_file() and DETECTOR.is_file()):
         pytest.skip("../shared media or detector model missing")
-    from redsg_edge.testing.models import classifier_models
+    from .helpers.models import classifier_models
     return write_config(tmp_path / "config.toml", classifier_models(tmp_path / "models"),
                         reply=False)
 
@@ -652,7 +644,7 @@ def test_every_log_handler_scrubs_the_key_whatever_logger_or_traceback(voice, tm
         try:
             raise RuntimeError(f"HTTP 401: Incorrect API key provided: {key}")
         except RuntimeError:
-            logging.getLogger("redsg_edge.reply").exception("reply failed")
+            logging.getLogger("redsg_edge.reply.worker").exception("reply failed")
     finally:
         for h in root.handlers[:]:
             root.removeHandler(h)

@@ -7,35 +7,27 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+import json
 
 import numpy as np
 import pytest
 import soundfile as sf
 
+from redsg_edge.bench.chat_server import ChatServer, tokens_of, unused_port
 from redsg_edge.config import Config
-from redsg_edge.reply import (DEFAULT_TEMPLATES, LOCAL_PLACEHOLDER_KEY, HistoryEntry, ReplyWorker,
-                              TemplatePicker, build_messages, clean_for_speech, is_local_url,
-                              read_api_key, split_sentences)
-from redsg_edge.testing import shared_voice
-from redsg_edge.testing.chat_server import ChatServer, tokens_of, unused_port
+from redsg_edge.events import Reply, Transition
+from redsg_edge.reply import (DEFAULT_TEMPLATES, LOCAL_PLACEHOLDER_KEY, STAGES, Exchange,
+                              ReplyWorker, TemplatePicker, build_messages, clean_for_speech,
+                              is_local_url, read_api_key, split_sentences)
 from redsg_edge.voice import WavSink
+
+from .helpers import shared_voice
 
 REPLY = "I can see that. It is good to see you smiling again, and I am glad to be here."
 
 
-@dataclass(frozen=True)
-class Ev:  # duck-typed TransitionEvent (fusion.py's has the same attributes)
-    t: float
-    from_emotion: str
-    to_emotion: str
-    confidence: float = 0.8
-    previous_duration_s: float = 12.0
-    evidence: dict = field(default_factory=dict)
-
-
-def ev(frm="neutral", to="happy", **kw) -> Ev:
-    return Ev(time.monotonic(), frm, to, **kw)
+def ev(frm="neutral", to="happy", confidence=0.8, previous_duration_s=12.0) -> Transition:
+    return Transition(time.monotonic(), frm, to, confidence, previous_duration_s)
 
 
 # ------------------------------------------------------------------ split_sentences
@@ -129,9 +121,10 @@ def test_templates_table_and_fallback(table, emotion, allowed):
 # ------------------------------------------------------------------ prompt, key, endpoint
 
 def test_prompt_carries_only_transitions_and_replies():
-    e = Ev(100.0, "neutral", "sad", 0.72, 34.0, {"face": {"probs": {"sad": 0.123456}, "age_s": 0.1}})
-    hist = [HistoryEntry(40.0, "happy", "neutral", 0.6, 10.0, "All calm. That's nice.", True),
-            HistoryEntry(70.0, "neutral", "angry", 0.5, 30.0, None, False)]
+    e = Transition(100.0, "neutral", "sad", 0.72, 34.0,
+                   {"face": {"probs": {"sad": 0.123456}, "age_s": 0.1}})
+    hist = [Exchange(Transition(40.0, "happy", "neutral", 0.6, 10.0), "All calm. That's nice.", True),
+            Exchange(Transition(70.0, "neutral", "angry", 0.5, 30.0, {"voice": {"probs": {}}}))]
     msgs = build_messages("SYS", e, hist)
     assert [m["role"] for m in msgs] == ["system", "user"]
     user = msgs[1]["content"]
@@ -188,7 +181,7 @@ class Run:
     """A started worker writing WAVs to a temp dir, collecting its events."""
 
     def __init__(self, cfg, voice, tmp_path, environ=None):
-        self.events: list[dict] = []
+        self.events: list[Reply] = []
         self.cond = threading.Condition()
         self.sink = WavSink(tmp_path / "wav")
         self.w = ReplyWorker(cfg, voice=voice, sink=self.sink, on_event=self._on, rng=random.Random(1),
@@ -196,11 +189,12 @@ class Run:
         self.w.start(warm=False)
 
     def _on(self, rec):
+        assert isinstance(rec, Reply), rec  # the typed event, not a dict
         with self.cond:
             self.events.append(rec)
             self.cond.notify_all()
 
-    def reply(self, e=None, timeout=20.0) -> dict:
+    def reply(self, e=None, timeout=20.0) -> Reply:
         n = len(self.events)
         assert self.w.submit(e or ev())
         with self.cond:
@@ -224,18 +218,18 @@ def run_factory(voice, tmp_path):
         r.close()
 
 
-def assert_spoken(rec: dict, sink: WavSink) -> np.ndarray:
+def assert_spoken(rec: Reply, sink: WavSink) -> np.ndarray:
     """The reply became real, non-silent speech in a WAV of plausible duration."""
     path = sink.paths[-1]
     pcm, rate = sf.read(path, dtype="int16")
     assert rate == 22050
     dur = len(pcm) / rate
-    assert dur == pytest.approx(rec["audio_s"], abs=0.01)
-    n_chars = len(rec["text"])
-    assert 0.02 * n_chars < dur < 0.15 * n_chars + 1.0, (dur, rec["text"])
+    assert dur == pytest.approx(rec.audio_s, abs=0.01)
+    n_chars = len(rec.text)
+    assert 0.02 * n_chars < dur < 0.15 * n_chars + 1.0, (dur, rec.text)
     assert np.abs(pcm).max() > 3000
     assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 300
-    ts = rec["timestamps"]
+    ts = rec.timestamps
     assert ts["submitted"] <= ts["first_sentence"] <= ts["first_pcm"] <= ts["first_sample"] <= ts["done"]
     return pcm
 
@@ -249,9 +243,9 @@ def test_streamed_chat_reply_is_spoken_sentence_by_sentence(run_factory):
     with ChatServer(reply=REPLY, ttft_s=0.3, inter_token_s=0.12) as srv:
         r = run_factory(make_cfg(srv.base_url))
         rec = r.reply(ev("neutral", "happy"))
-        assert (rec["source"], rec["cause"], rec["truncated"]) == ("chat", None, False)
-        assert rec["text"] == REPLY and rec["sentences"] == 2
-        ts = rec["timestamps"]
+        assert (rec.source, rec.cause, rec.truncated) == ("chat", None, False)
+        assert rec.text == REPLY and rec.sentences == 2
+        ts = rec.timestamps
         assert ts["first_token"] - ts["chat_request"] >= 0.29
         # the first sentence went to Piper, and speech started, while the stream was still
         # arriving (~2 s of tokens after the first)
@@ -263,6 +257,34 @@ def test_streamed_chat_reply_is_spoken_sentence_by_sentence(run_factory):
         assert req["body"]["stream"] is True and req["body"]["max_tokens"] == 60
         assert req["authorization"] == f"Bearer {LOCAL_PLACEHOLDER_KEY}"  # loopback, no key set
         assert_alive(r)
+
+
+def test_reply_record_is_the_documented_event_log_line(run_factory):
+    """``Reply.to_json()`` is the ``{"type": "reply", ...}`` line docs/architecture.md documents:
+    its keys in order, the transition it answers, stage stamps and latencies, JSON-able."""
+    with ChatServer(reply=REPLY) as srv:
+        r = run_factory(make_cfg(srv.base_url))
+        e = ev("sad", "happy")
+        rec = r.reply(e)
+    assert rec.transition is e and rec.t == e.t and rec.type == "reply"
+    j = json.loads(json.dumps(rec.to_json()))
+    assert list(j) == ["type", "t", "from", "to", "source", "cause", "skipped", "truncated",
+                       "text", "sentences", "audio_s", "timestamps", "latency_s"]
+    assert (j["type"], j["t"], j["from"], j["to"]) == ("reply", e.t, "sad", "happy")
+    assert (j["source"], j["cause"], j["skipped"], j["truncated"]) == ("chat", None, False, False)
+    assert (j["text"], j["sentences"]) == (REPLY, 2)
+    assert j["audio_s"] == round(rec.audio_s, 3) > 1.0
+    assert list(j["timestamps"]) == list(STAGES) and j["timestamps"]["transition"] == e.t
+    assert list(j["latency_s"]) == list(STAGES[2:])
+    assert j["latency_s"]["done"] == round(j["timestamps"]["done"] - j["timestamps"]["submitted"], 4)
+    assert rec.first_audio_s == j["latency_s"]["first_sample"] is not None
+
+
+def test_submit_takes_a_transition_only(run_factory):
+    r = run_factory(make_cfg("https://api.example.invalid/v1"))
+    with pytest.raises(TypeError, match="events.Transition"):
+        r.w.submit({"t": 1.0, "from": "neutral", "to": "happy"})
+    assert r.w.stats["submitted"] == 0
 
 
 FAILURES = [  # (server settings, chat settings, expected cause)
@@ -283,10 +305,10 @@ def test_chat_failure_falls_back_to_offline_speech(run_factory, server, chat, ca
     with ChatServer(**{"reply": REPLY, **server}) as srv:
         r = run_factory(make_cfg(srv.base_url, **chat))
         rec = r.reply(ev("neutral", "sad"))
-        assert (rec["source"], rec["cause"]) == ("offline", cause)
-        assert rec["text"] in DEFAULT_TEMPLATES["sad"]
+        assert (rec.source, rec.cause) == ("offline", cause)
+        assert rec.text in DEFAULT_TEMPLATES["sad"]
         assert_spoken(rec, r.sink)
-        ts = rec["timestamps"]
+        ts = rec.timestamps
         # the fallback is not late: deadline + one synthesis at most
         limit = {"first_token_timeout": 0.5, "stall": 1.0, "total_timeout": 1.0}.get(cause, 0.0)
         assert ts["first_pcm"] - ts["chat_request"] < limit + 2.5
@@ -294,7 +316,7 @@ def test_chat_failure_falls_back_to_offline_speech(run_factory, server, chat, ca
         # the same worker recovers as soon as the endpoint does
         srv.mode, srv.ttft_s, srv.inter_token_s, srv.reply = "normal", 0.0, 0.0, REPLY
         rec2 = r.reply(ev("sad", "happy"))
-        assert rec2["source"] == "chat" and rec2["text"] == REPLY
+        assert rec2.source == "chat" and rec2.text == REPLY
         assert_spoken(rec2, r.sink)
         assert len(r.sink.paths) == 2
 
@@ -302,8 +324,8 @@ def test_chat_failure_falls_back_to_offline_speech(run_factory, server, chat, ca
 def test_connection_refused_falls_back(run_factory):
     r = run_factory(make_cfg(f"http://127.0.0.1:{unused_port()}/v1"))
     rec = r.reply(ev("happy", "fear"))
-    assert (rec["source"], rec["cause"]) == ("offline", "unreachable")
-    assert rec["timestamps"]["first_pcm"] - rec["timestamps"]["chat_request"] < 2.5
+    assert (rec.source, rec.cause) == ("offline", "unreachable")
+    assert rec.timestamps["first_pcm"] - rec.timestamps["chat_request"] < 2.5
     assert_spoken(rec, r.sink)
     assert_alive(r)
 
@@ -311,8 +333,8 @@ def test_connection_refused_falls_back(run_factory):
 def test_no_key_for_remote_endpoint_never_contacts_it(run_factory):
     r = run_factory(make_cfg("https://api.example.invalid/v1"), environ={})
     rec = r.reply(ev("neutral", "angry"))
-    assert (rec["source"], rec["cause"]) == ("offline", "no_api_key")
-    assert rec["timestamps"]["chat_request"] is None
+    assert (rec.source, rec.cause) == ("offline", "no_api_key")
+    assert rec.timestamps["chat_request"] is None
     assert_spoken(rec, r.sink)
     assert_alive(r)
 
@@ -321,8 +343,8 @@ def test_stall_after_first_sentence_keeps_what_was_said(run_factory):
     with ChatServer(reply=REPLY, mode="stall", fail_after=6) as srv:  # "I can see that. It is"
         r = run_factory(make_cfg(srv.base_url))
         rec = r.reply()
-        assert (rec["source"], rec["cause"], rec["truncated"]) == ("chat", "stall", True)
-        assert rec["text"] == "I can see that."  # the unfinished "It is" is not spoken
+        assert (rec.source, rec.cause, rec.truncated) == ("chat", "stall", True)
+        assert rec.text == "I can see that."  # the unfinished "It is" is not spoken
         assert_spoken(rec, r.sink)
 
 
@@ -331,17 +353,17 @@ def test_429_retry_after_is_honoured_then_recovery_is_logged(run_factory, caplog
     with ChatServer(reply=REPLY, mode="429", retry_after=4) as srv:
         r = run_factory(make_cfg(srv.base_url))
         first = r.reply()
-        assert first["cause"] == "http_429"
-        retry_at = first["timestamps"]["chat_request"] + 4
+        assert first.cause == "http_429"
+        retry_at = first.timestamps["chat_request"] + 4
         rec = r.reply()  # within Retry-After: offline without asking the server
-        assert rec["timestamps"]["submitted"] < retry_at
-        assert (rec["source"], rec["cause"], rec["skipped"]) == ("offline", "http_429", True)
+        assert rec.timestamps["submitted"] < retry_at
+        assert (rec.source, rec.cause, rec.skipped) == ("offline", "http_429", True)
         assert len(srv.requests) == 1
         srv.mode = "normal"
         time.sleep(max(0.0, retry_at + 0.5 - time.monotonic()))  # + time to get the 429
-        assert r.reply()["source"] == "chat"
+        assert r.reply().source == "chat"
         assert len(srv.requests) == 2
-    msgs = [rec.getMessage() for rec in caplog.records if rec.name == "redsg_edge.reply"]
+    msgs = [rec.getMessage() for rec in caplog.records if rec.name.startswith("redsg_edge.reply")]
     assert sum("answering again" in m for m in msgs) == 1
 
 
@@ -350,31 +372,33 @@ def test_outage_is_logged_once_not_per_call(run_factory, caplog):
     port = unused_port()
     r = run_factory(make_cfg(f"http://127.0.0.1:{port}/v1"))
     for _ in range(3):
-        assert r.reply()["cause"] == "unreachable"
-    warnings = [x for x in caplog.records if x.name == "redsg_edge.reply" and x.levelno >= logging.WARNING]
+        assert r.reply().cause == "unreachable"
+    warnings = [x for x in caplog.records
+                if x.name.startswith("redsg_edge.reply") and x.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "unreachable" in warnings[0].getMessage()
     with ChatServer(reply=REPLY) as srv:  # the endpoint comes back (on a new port: reload)
         cfg = make_cfg(srv.base_url)
         r.w.reload(cfg)
-        assert r.reply()["source"] == "chat"
+        assert r.reply().source == "chat"
 
 
 def test_api_key_never_logged(run_factory, caplog, tmp_path):
     caplog.set_level(logging.DEBUG)  # every logger, SDK and HTTP client included
     secret = "sk-test-S3CRET-abcdef0123456789"
     with ChatServer(reply=REPLY, api_key="sk-the-right-one") as srv:
-        r = run_factory(make_cfg(srv.base_url), environ={"OPENAI_API_KEY": secret})
+        environ = {"OPENAI_API_KEY": secret}
+        r = run_factory(make_cfg(srv.base_url), environ=environ)
         rec = r.reply()
-        assert rec["cause"] == "http_401"
+        assert rec.cause == "http_401"
         assert srv.requests[-1]["authorization"] == f"Bearer {secret}"  # it was really used ...
         assert any("[redacted]" in x.getMessage() for x in caplog.records)  # ... echoed, redacted
         # the credential file wins over the environment
         cred = tmp_path / "cred"
         cred.mkdir()
         (cred / "openai_api_key").write_text("sk-the-right-one\n")
-        r.w._environ = {"OPENAI_API_KEY": secret, "CREDENTIALS_DIRECTORY": str(cred)}
+        environ["CREDENTIALS_DIRECTORY"] = str(cred)  # read again at reload
         r.w.reload(make_cfg(srv.base_url))
-        assert r.reply()["source"] == "chat"
+        assert r.reply().source == "chat"
     for x in caplog.records:
         assert secret not in x.getMessage()
         assert "sk-the-right-one" not in x.getMessage()
@@ -394,13 +418,13 @@ def test_emotion_change_while_speaking_is_not_answered(run_factory):
         with r.cond:
             assert r.cond.wait_for(lambda: len(r.events) == 1, 20)
         first = r.events[0]
-        assert (first["to"], first["source"], first["truncated"]) == ("sad", "chat", False)
-        assert first["text"] == REPLY                    # finished, not cut off
+        assert (first.transition.to_emotion, first.source, first.truncated) == ("sad", "chat", False)
+        assert first.text == REPLY                    # finished, not cut off
         assert not r.w.submit(ev("angry", "fear"))     # cooldown: dropped
         assert r.w.stats["dropped_busy"] == 1 and r.w.stats["dropped_cooldown"] == 1
         time.sleep(1.05)
         rec = r.reply(ev("fear", "happy"))
-        assert rec["to"] == "happy" and len(r.events) == 2 and len(r.sink.paths) == 2
+        assert rec.transition.to_emotion == "happy" and len(r.events) == 2 and len(r.sink.paths) == 2
         prompt = srv.requests[-1]["body"]["messages"][1]["content"]
         assert "neutral -> sad" in prompt and REPLY in prompt
         assert "sad -> angry" in prompt and "angry -> fear" in prompt and "did not reply" in prompt
@@ -420,10 +444,10 @@ def test_mic_is_gated_while_speaking_plus_tail(run_factory):
         with r.cond:
             assert r.cond.wait_for(lambda: r.events, 20)
         rec = r.events[0]
-        start = rec["timestamps"]["first_pcm"]
-        end = max(rec["timestamps"]["done"], start + rec["audio_s"])
+        start = rec.timestamps["first_pcm"]
+        end = max(rec.timestamps["done"], start + rec.audio_s)
         assert not r.w.mic_gated(start - 0.01)
-        assert r.w.mic_gated(start + rec["audio_s"] - 0.05)   # audio still "playing"
+        assert r.w.mic_gated(start + rec.audio_s - 0.05)   # audio still "playing"
         assert r.w.mic_gated(end + 0.25)                        # tail 0.3 s
         assert not r.w.mic_gated(end + 0.35)
 
@@ -431,12 +455,12 @@ def test_mic_is_gated_while_speaking_plus_tail(run_factory):
 def test_reload_applies_templates_and_chat_switch(run_factory):
     with ChatServer(reply=REPLY) as srv:
         r = run_factory(make_cfg(srv.base_url))
-        assert r.reply()["source"] == "chat"
+        assert r.reply().source == "chat"
         cfg = make_cfg(srv.base_url, enabled=False)
         cfg.reply.templates = {"happy": ["Custom hello. Nice."]}
         r.w.reload(cfg)
         rec = r.reply(ev("neutral", "happy"))
-        assert (rec["source"], rec["cause"], rec["text"]) == ("offline", "chat_disabled", "Custom hello. Nice.")
+        assert (rec.source, rec.cause, rec.text) == ("offline", "chat_disabled", "Custom hello. Nice.")
         assert_spoken(rec, r.sink)
         assert len(srv.requests) == 1
 
@@ -446,7 +470,7 @@ def test_real_fusion_transition_event_is_accepted(run_factory):
     e = events.Transition(time.monotonic(), "neutral", "surprise", 0.9, 3.0, {})
     r = run_factory(make_cfg("https://api.example.invalid/v1"))
     rec = r.reply(e)
-    assert rec["to"] == "surprise" and rec["text"] in DEFAULT_TEMPLATES["surprise"]
+    assert rec.transition.to_emotion == "surprise" and rec.text in DEFAULT_TEMPLATES["surprise"]
 
 
 def test_stop_is_prompt_even_mid_stream(run_factory):
@@ -478,7 +502,36 @@ def test_template_cache_makes_offline_first_audio_immediate(voice, tmp_path):
         while not events and time.monotonic() - t0 < 80:
             time.sleep(0.02)
         rec = events[0]
-        assert rec["latency_s"]["first_pcm"] < 0.1  # no synthesis before the first sample
+        assert rec.latency_s["first_pcm"] < 0.1  # no synthesis before the first sample
         assert_spoken(rec, sink)
     finally:
         assert w.stop(5.0)
+
+
+def test_say_speaks_the_text_into_the_sink_with_the_mic_gated(run_factory):
+    r = run_factory(make_cfg("https://api.example.invalid/v1", enabled=False))
+    t0 = time.monotonic()
+    assert r.w.say("Hello from the **kitchen**. Dinner is ready.")
+    deadline = time.monotonic() + 20
+    while r.w.stats["said"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert r.w.stats["said"] == 1 and not r.events  # no transition, so no Reply event
+    pcm, rate = sf.read(r.sink.paths[-1], dtype="int16")
+    assert 1.0 < len(pcm) / rate < 6.0 and np.abs(pcm).max() > 3000
+    assert r.w.mic_gated(t0 + 0.5)  # its own voice is not heard as the person's
+    with pytest.raises(ValueError, match="nothing to say"):
+        r.w.say("  ** ")
+
+
+def test_mute_drops_transitions_until_it_ends(run_factory):
+    r = run_factory(make_cfg("https://api.example.invalid/v1", enabled=False))
+    r.w.mute(60)
+    assert r.w.muted and not r.w.submit(ev("neutral", "sad"))
+    assert r.w.stats["dropped_muted"] == 1
+    r.w.mute(0)
+    assert not r.w.muted
+    rec = r.reply(ev("neutral", "sad"))
+    assert rec.source == "offline"
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            r.w.mute(bad)

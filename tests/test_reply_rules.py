@@ -1,16 +1,15 @@
 """The reply path's pure rules, case by case: sentence splitting, speech cleaning, templates,
 the prompt, the API key and the local-endpoint test. Written against the mutants that
-scripts/mutation.sh found alive in reply.py (docs/testing.md); tests/test_reply.py has the
-tables and the worker."""
+scripts/mutation.sh found alive in the reply package (docs/testing.md); tests/test_reply.py has
+the tables and the worker."""
 
 from __future__ import annotations
-
-from types import SimpleNamespace
 
 import pytest
 
 from redsg_edge.config import Config
-from redsg_edge.reply import (DEFAULT_TEMPLATES, HistoryEntry, TemplatePicker, build_messages,
+from redsg_edge.events import Transition
+from redsg_edge.reply import (DEFAULT_TEMPLATES, Exchange, TemplatePicker, build_messages,
                               clean_for_speech, is_local_url, read_api_key, split_sentences)
 
 
@@ -64,10 +63,9 @@ def test_template_table_ignores_blank_entries_and_unknown_emotions_get_neutral()
 
 
 def test_prompt_exact_text():
-    e = SimpleNamespace(t=100.0, from_emotion="neutral", to_emotion="sad", confidence=0.72,
-                        previous_duration_s=34.0)
-    hist = [HistoryEntry(100.0, "happy", "neutral", 0.6, 10.0, "All calm.", True),
-            HistoryEntry(101.0, "neutral", "angry", 0.5, 30.0, None, False)]
+    e = Transition(100.0, "neutral", "sad", 0.72, 34.0)
+    hist = [Exchange(Transition(100.0, "happy", "neutral", 0.6, 10.0), "All calm.", True),
+            Exchange(Transition(101.0, "neutral", "angry", 0.5, 30.0), None, False)]
     assert build_messages("SYS", e, hist) == [
         {"role": "system", "content": "SYS"},
         {"role": "user", "content":

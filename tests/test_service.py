@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from redsg_edge.testing.notify import NotifyListener
+from redsg_edge.bench.notify import NotifyListener
 from redsg_edge.service import (EventLogSubscriber, Notifier, assess, journal_fields,
                                 make_journal_handler, status_line, status_main, status_path,
                                 watchdog_interval)
@@ -49,7 +49,7 @@ def daemon_cmd(cfg: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    from redsg_edge.testing.models import classifier_models
+    from .helpers.models import classifier_models
     try:
         return classifier_models(tmp_path_factory.mktemp("models"))
     except ImportError as exc:

@@ -24,14 +24,15 @@ import soundfile as sf
 
 from redsg_edge import CLASSES, assets
 from redsg_edge.assets import AssetError, fetch_main, fetch_models, load_manifest, verify_models
+from redsg_edge.bench.chat_server import ChatServer
 from redsg_edge.config import Config, ConfigError, parse_config
+from redsg_edge.events import Reply, Transition
 from redsg_edge.reply import ReplyWorker, build_messages
 from redsg_edge.stt import (Transcriber, TranscriptWorker, Utterance, transcribe_file,
                             transcripts_wanted)
-from redsg_edge.testing import shared_voice
-from redsg_edge.testing.chat_server import ChatServer
 from redsg_edge.voice import WavSink
 
+from .helpers import shared_voice
 from .conftest import DATA_ROOT, MODELS, make_config, write_config
 
 ENCODER = MODELS / "moonshine-tiny-en-encoder.ort"
@@ -233,16 +234,14 @@ def test_transcripts_reach_the_log_only_when_the_key_says_so(stt, caplog, log_tr
 # ------------------------------------------------------------------------------ into the reply
 
 def test_prompt_carries_the_utterances_with_emotion_and_age():
-    class Ev:
-        t, from_emotion, to_emotion, confidence, previous_duration_s = (
-            100.0, "neutral", "sad", 0.8, 30)
+    now = Transition(100.0, "neutral", "sad", 0.8, 30)
     said = [Utterance(90.0, 92.0, "I didn't get the job.", "sad"), Utterance(97.0, 99.0, "Oh well.")]
-    user = build_messages("sys", Ev(), (), said)[1]["content"]
+    user = build_messages("sys", now, (), said)[1]["content"]
     assert '- 8 s ago (sad): "I didn\'t get the job."' in user
     assert '- 1 s ago: "Oh well."' in user
     assert user.endswith("Now: neutral -> sad (confidence 0.80; neutral had lasted 30 s). "
                          "Reply to this change and to what they said.")
-    assert "said" not in build_messages("sys", Ev())[1]["content"]
+    assert "said" not in build_messages("sys", now)[1]["content"]
 
 
 @pytest.fixture(scope="module")
@@ -263,6 +262,7 @@ def test_a_transition_with_a_transcript_reaches_the_chat_server(stt, voice, tmp_
         events, cond = [], threading.Condition()
 
         def on_event(rec):
+            assert isinstance(rec, Reply)
             with cond:
                 events.append(rec)
                 cond.notify_all()
@@ -278,17 +278,15 @@ def test_a_transition_with_a_transcript_reaches_the_chat_server(stt, voice, tmp_
             assert tw.submit(t0 - 4.0, t0 - 0.3, pcm_of(SAD_KIDS), "sad")
             assert tw.wait_idle(20.0)
 
-            class Ev:
-                t, from_emotion, to_emotion, confidence, previous_duration_s = t0, "neutral", "sad", 0.9, 20
-            assert rw.submit(Ev())
+            assert rw.submit(Transition(t0, "neutral", "sad", 0.9, 20))
             with cond:
                 assert cond.wait_for(lambda: events, 30.0), "no reply"
-            assert (events[0]["source"], events[0]["text"]) == ("chat", reply), (events[0]["cause"], srv.requests)
+            assert (events[0].source, events[0].text) == ("chat", reply), (events[0].cause, srv.requests)
             user = srv.requests[-1]["body"]["messages"][1]["content"]
             m = re.search(r'- 0 s ago \(sad\): "([^"]+)"', user)
             assert m and words(m.group(1)) == KIDS, user
             # after the reply the device's own voice is gated out of the transcripts
-            spoken = events[0]["timestamps"]
+            spoken = events[0].timestamps
             assert not tw.submit(spoken["first_sample"], spoken["done"], pcm_of(ANGRY_DOGS))
             assert tw.stats["dropped_gated"] == 1
 
@@ -298,8 +296,7 @@ def test_a_transition_with_a_transcript_reaches_the_chat_server(stt, voice, tmp_
             off.reply.cooldown_s = 0.0
             rw.reload(off)
             rw.add_utterance(Utterance(t0, t0 + 1, "Dogs are sitting by the door.", "angry"))
-            Ev.t = time.monotonic()
-            assert rw.submit(Ev())
+            assert rw.submit(Transition(time.monotonic(), "neutral", "sad", 0.9, 20))
             with cond:
                 assert cond.wait_for(lambda: len(events) > 1, 30.0), "no second reply"
             body = json.dumps(srv.requests[-1]["body"]).lower()
@@ -481,10 +478,7 @@ def test_the_daemon_loop_puts_what_was_said_into_the_chat_prompt(tmp_path):
             assert all("transcript" not in r for r in said)  # log_transcripts is off by default
             n = len(srv.requests)
 
-            class Ev:
-                t, from_emotion, to_emotion, confidence, previous_duration_s = (
-                    time.monotonic(), "neutral", "sad", 0.8, 5.0)
-            assert pipe.reply.submit(Ev())
+            assert pipe.reply.submit(Transition(time.monotonic(), "neutral", "sad", 0.8, 5.0))
             while time.monotonic() < deadline + 20 and len(srv.requests) == n:
                 time.sleep(0.1)
         finally:

@@ -13,9 +13,10 @@ import soundfile as sf
 from redsg_edge.cli import say_main
 from redsg_edge.config import Config, StyleConfig, VoiceConfig
 from redsg_edge.errors import EX_SOFTWARE
-from redsg_edge.testing import shared_voice
 from redsg_edge.voice import (NullSink, SounddeviceSink, Voice, VoiceError, WavSink,
                               default_voice_paths, make_sink)
+
+from .helpers import shared_voice
 
 TEXT = "I am here with you."
 

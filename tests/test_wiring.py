@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from redsg_edge.testing.chat_server import ChatServer
-from redsg_edge.testing.notify import NotifyListener
+from redsg_edge.bench.chat_server import ChatServer
+from redsg_edge.bench.notify import NotifyListener
 
 from .conftest import DETECTOR, FER_MODEL, PEXELS, SER_MODEL
 

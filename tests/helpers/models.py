@@ -38,7 +38,7 @@ def classifier_models(dest: Path, window_s: float = 2.5, prefer_trained: bool = 
         return TRAINED
     import importlib.util
 
-    from ..features import SAMPLE_RATE, num_frames
+    from redsg_edge.features import SAMPLE_RATE, num_frames
 
     if importlib.util.find_spec("tensorflow") is None:
         raise ImportError("models/fer_int8.tflite or models/ser_int8.tflite is missing and "

@@ -1,4 +1,4 @@
-"""``redsg-edge bench reply``: latency of the reply path, transition -> first audio.
+"""The ``reply`` section: latency of the reply path, transition -> first audio.
 
 Runs ``n`` synthetic transitions one after another through the real ``ReplyWorker`` (real Piper
 voice, real sink, cooldown 0), first with offline templates, then (when ``ttft_s`` is given)
@@ -14,15 +14,16 @@ import platform
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from . import CLASSES
+from .. import CLASSES
+from .common import affinity_cpus, loadavg
 
-__all__ = ["bench_reply", "bench_reply_main", "OFFLINE_TARGET_MS", "CHAT_MARGIN_MS"]
+__all__ = ["bench_reply", "bench_reply_main", "run_section", "format_table", "OFFLINE_TARGET_MS",
+           "CHAT_MARGIN_MS"]
 
 OFFLINE_TARGET_MS = 300.0
 CHAT_MARGIN_MS = 250.0
@@ -31,17 +32,7 @@ BENCH_REPLY = ("It's good to see you smiling. I'm glad to be here with you, and 
                "of your day stays this bright.")
 
 
-@dataclass(frozen=True)
-class _Event:  # duck-typed TransitionEvent
-    t: float
-    from_emotion: str
-    to_emotion: str
-    confidence: float
-    previous_duration_s: float
-    evidence: dict = field(default_factory=dict)
-
-
-def _pct(values: list[float]) -> dict[str, float | None]:
+def _pct(values: list[float]) -> dict[str, float | None]:  # seconds in, ms summary out
     if not values:
         return {"n": 0, "p50": None, "p95": None, "mean": None, "max": None}
     a = np.asarray(values, dtype=np.float64) * 1000.0
@@ -54,15 +45,16 @@ def _run(cfg: Any, voice: Any, n: int, sink_kind: str, wav_dir: Path, seed: int,
          timeout_s: float, cache_templates: bool = True) -> list[dict]:
     import random
 
-    from .reply import ReplyWorker
-    from .voice import NullSink, WavSink
+    from ..events import Transition
+    from ..reply import ReplyWorker
+    from ..voice import NullSink, WavSink
 
     sink = WavSink(wav_dir) if sink_kind == "wav" else NullSink()
     events: list[dict] = []
     got = threading.Event()
 
-    def on_event(rec: dict) -> None:
-        events.append(rec)
+    def on_event(reply) -> None:  # events.Reply
+        events.append(reply.to_json())
         got.set()
 
     worker = ReplyWorker(cfg, voice=voice, sink=sink, on_event=on_event, rng=random.Random(seed),
@@ -76,7 +68,7 @@ def _run(cfg: Any, voice: Any, n: int, sink_kind: str, wav_dir: Path, seed: int,
             to = CLASSES[i % len(CLASSES)]
             frm = CLASSES[(i + 3) % len(CLASSES)]
             got.clear()
-            ev = _Event(time.monotonic(), frm, to, 0.7, 5.0)
+            ev = Transition(time.monotonic(), frm, to, 0.7, 5.0)
             if not worker.submit(ev):
                 raise RuntimeError(f"transition {i} was not accepted: {worker.stats}")
             if not got.wait(timeout_s):
@@ -86,7 +78,7 @@ def _run(cfg: Any, voice: Any, n: int, sink_kind: str, wav_dir: Path, seed: int,
     return events
 
 
-def _summary(events: list[dict]) -> dict:
+def _summary(events: list[dict]) -> dict:  # reply records → per-stage ms summaries
     def lat(stage: str) -> list[float]:
         return [e["timestamps"][stage] - e["timestamps"]["transition"] for e in events
                 if e["timestamps"][stage] is not None]
@@ -118,8 +110,8 @@ def bench_reply(cfg: Any, n: int = 50, ttft_s: float | None = None, *, inter_tok
     {...}, "offline_cold": {...}, "chat": {...}}, "targets": {...}, "pass": {...}}``, each run with per-stage
     ``{"n", "p50", "p95", "mean", "max"}`` in milliseconds from the transition.
     """
-    from .testing.chat_server import ChatServer
-    from .voice import Voice
+    from ..voice import Voice
+    from .chat_server import ChatServer
 
     if voice is None:
         voice = Voice.from_config(cfg.voice)
@@ -127,9 +119,9 @@ def bench_reply(cfg: Any, n: int = 50, ttft_s: float | None = None, *, inter_tok
     base.reply.enabled = True
     base.reply.cooldown_s = 0.0
     result: dict[str, Any] = {
-        "n": n, "sink": sink, "seed": seed, "loadavg_before": _loadavg(),
+        "n": n, "sink": sink, "seed": seed, "loadavg_before": loadavg(),
         "machine": {"python": platform.python_version(), "machine": platform.machine(),
-                    "processor": platform.processor() or None, "cpus": _cpus()},
+                    "processor": platform.processor() or None, "cpus": len(affinity_cpus())},
         "voice": voice.model_path.name, "voice_load_s": round(getattr(voice, "load_s", 0.0), 3),
         "runs": {}, "targets": {"offline_first_sample_p50_ms": OFFLINE_TARGET_MS}, "pass": {}}
     timeout = base.reply.chat.total_timeout_s + 30.0
@@ -159,31 +151,15 @@ def bench_reply(cfg: Any, n: int = 50, ttft_s: float | None = None, *, inter_tok
             result["targets"]["chat_first_sample_p50_ms"] = target
             p50 = run["first_sample_ms"]["p50"]
             result["pass"]["chat"] = p50 is not None and p50 <= target and "chat" in run["sources"]
-    result["loadavg_after"] = _loadavg()
+    result["loadavg_after"] = loadavg()
     if out is not None:
         out(format_table(result))
     return result
 
 
-def _loadavg() -> list[float] | None:
-    try:
-        import os
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
-def _cpus() -> int | None:
-    import os
-
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count()
-
-
 def format_table(result: dict) -> str:
-    """The human-readable table ``bench_reply`` prints."""
+    """The human-readable table ``bench_reply`` prints: per run and stage, p50/p95/max in ms
+    from the transition, and PASS/FAIL against the first-sample target."""
     lines = [f"reply latency, {result['n']} transitions, voice {result['voice']}, sink {result['sink']} "
              f"(ms from transition); load average {result.get('loadavg_before')} -> "
              f"{result.get('loadavg_after')} on {result['machine']['cpus']} CPUs",
@@ -205,18 +181,27 @@ def bench_reply_main(cfg: Any, n: int = 50, ttft_s: float | None = 0.5,
                      out_json: str | Path | None = None) -> int:
     """``redsg-edge bench reply``: run ``bench_reply``; write the dict to ``out_json`` if given.
     Returns 0 when the offline and chat targets are met (``offline_cold`` is reported, not
-    judged), 1 when not, ``EX_CONFIG`` when the voice cannot load."""
+    judged), 1 when not, the error's exit code (``errors.exit_code_for``: 70 for the voice
+    model, 69 for the audio output) when the voice cannot be used."""
     import sys
 
-    from .config import EX_CONFIG
-    from .voice import VoiceError
+    from ..errors import VoiceError, exit_code_for
 
     try:
         result = bench_reply(cfg, n=n, ttft_s=ttft_s)
     except VoiceError as exc:
         print(f"bench reply: {exc}", file=sys.stderr)
-        return EX_CONFIG
+        return exit_code_for(exc)
     if out_json:
         Path(out_json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     # offline_cold is a diagnostic (the cache switched off), not a target of the product
     return 0 if result["pass"].get("offline") and result["pass"].get("chat", True) else 1
+
+
+def run_section(cfg: Any, quick: bool, ttft_s: float, out_dir: Path) -> tuple[int, dict | None]:
+    """``redsg-edge bench reply`` as a section of ``main``: 5 transitions when ``quick`` else 50,
+    chat with ``ttft_s`` seconds to first token; the JSON goes to ``out_dir/reply[-quick].json``.
+    Returns (``bench_reply_main``'s exit code, the result dict or None when none was written)."""
+    path = out_dir / ("reply-quick.json" if quick else "reply.json")
+    code = bench_reply_main(cfg, n=5 if quick else 50, ttft_s=ttft_s, out_json=path)
+    return code, (json.loads(path.read_text()) if path.is_file() else None)

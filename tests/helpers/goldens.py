@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import CLASSES
+from redsg_edge import CLASSES
 
 #: Floors: measured accuracy minus this many points; flips allowed: this fraction of the items.
 FLOOR_MARGIN = {"fer2013_private_test": 0.02, "ck48": 0.025, "ravdess_actors_23_24": 0.035}
@@ -37,10 +37,12 @@ CK_SIX = tuple(CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "
 
 
 def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of the whole file (the model identity a golden file names)."""
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def names_sha256(names: list[str]) -> str:
+    """Hex SHA-256 of the item names joined by newlines, in order (a set's committed identity)."""
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
 
 
@@ -55,8 +57,8 @@ def fer_sets(model: Path, preprocess=None) -> dict[str, dict]:
     """FER golden sets (see module doc). ``preprocess(crop) -> crop`` is applied before the model
     (for checking that a corrupted input fails the floors). Raises FileNotFoundError for a
     missing zip, ModelError for a bad model."""
-    from ..datasets import load_ck48, load_fer2013
-    from ..vision import FerModel
+    from redsg_edge.datasets import load_ck48, load_fer2013
+    from redsg_edge.vision import FerModel
 
     fer = FerModel(model)
     prep = preprocess or (lambda im: im)
@@ -73,8 +75,8 @@ def fer_sets(model: Path, preprocess=None) -> dict[str, dict]:
 def ser_utterance_probs(ser, pcm: np.ndarray, hop_s: float | None = None) -> np.ndarray:
     """(7,) mean of the window probabilities of one utterance (int16 PCM at 16 kHz); hop_s
     defaults to the config's ``speech.hop_s``."""
-    from ..config import SpeechConfig
-    from ..features import SAMPLE_RATE, ser_windows
+    from redsg_edge.config import SpeechConfig
+    from redsg_edge.features import SAMPLE_RATE, ser_windows
 
     hop_s = SpeechConfig().hop_s if hop_s is None else hop_s
     hop = int(round(hop_s * SAMPLE_RATE))
@@ -95,9 +97,9 @@ def ser_set(model: Path, window_s: float | None = None, transform=None) -> dict[
     corruption checks)."""
     import soundfile as sf
 
-    from ..config import SpeechConfig
-    from ..datasets import load_ravdess_index
-    from ..speech import SerModel
+    from redsg_edge.config import SpeechConfig
+    from redsg_edge.datasets import load_ravdess_index
+    from redsg_edge.speech import SerModel
 
     ser = SerModel(model, SpeechConfig().window_s if window_s is None else window_s)
     files = [f for f in load_ravdess_index() if f.actor in SER_ACTORS]
@@ -123,4 +125,5 @@ def with_floors(sets: dict[str, dict]) -> dict[str, dict]:
 
 
 def flips(golden: str, top1: str) -> int:
+    """Items whose top-1 digit differs between two top-1 strings, plus any length difference."""
     return sum(a != b for a, b in zip(golden, top1)) + abs(len(golden) - len(top1))

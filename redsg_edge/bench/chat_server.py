@@ -190,7 +190,11 @@ class _Server(ThreadingHTTPServer):
 
 
 class ChatServer:
-    """The loopback server; ``start()``/``stop()`` or use as a context manager."""
+    """The loopback server; ``start()``/``stop()`` or use as a context manager.
+
+    Constructor arguments set the attributes the module doc describes (times in seconds);
+    ``model`` is the name ``GET /v1/models`` lists.
+    """
 
     def __init__(self, reply: str = DEFAULT_REPLY, mode: str = "normal", ttft_s: float = 0.0,
                  inter_token_s: float = 0.0, fail_after: int = 0, stall_s: float = 30.0,
@@ -208,12 +212,14 @@ class ChatServer:
         self._thread: threading.Thread | None = None
 
     def next_id(self) -> int:
+        """1, 2, 3, ...: the number of the next completion (its ``id`` suffix), thread-safe."""
         with self.lock:
             self._ids += 1
             return self._ids
 
     @property
     def port(self) -> int:
+        """The TCP port it listens on (chosen by the OS at ``start``)."""
         assert self._httpd is not None, "not started"
         return self._httpd.server_address[1]
 
@@ -223,6 +229,7 @@ class ChatServer:
         return f"http://127.0.0.1:{self.port}/v1"
 
     def start(self) -> "ChatServer":
+        """Bind 127.0.0.1 on a free port and serve from a daemon thread; returns self."""
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
@@ -231,6 +238,7 @@ class ChatServer:
         return self
 
     def stop(self) -> None:
+        """Release stalled streams, stop serving and close the socket (idempotent)."""
         self.stopping.set()  # releases stalled streams
         if self._httpd is not None:
             self._httpd.shutdown()
