@@ -71,7 +71,7 @@ def output_problem(path: Path, option: str) -> str | None:
 
 @_guarded
 def cmd_replay(args) -> int:
-    from .pipeline import replay
+    from .replay import replay
     # Checked before any work: a bad --plot used to fail after the whole replay.
     for path, option in ((args.out, "--out"), (args.plot, "--plot")):
         why = output_problem(path, option) if path is not None else None

@@ -26,8 +26,8 @@ each utterance it closes with ``submit(t_start, t_end, pcm, emotion)``; results 
                               max_audio_s_per_minute=tc.max_audio_s_per_minute,
                               log_transcripts=tc.log_transcripts).start()
     tw.submit(t_start, t_end, pcm, emotion)  # per utterance the VAD closes; never blocks
-    # on_utterance(u): reply_worker.add_utterance(u), and with an event log
-    # event_log.write(utterance_record(u, tc.log_transcripts))
+    # on_utterance(u): reply_worker.add_utterance(u) and bus.publish(u) (events.Utterance;
+    # its to_json() carries the words only when log_transcripts)
 
 ``t_start``/``t_end`` must be on the clock that transitions (``event.t``) and the mic gate use.
 
@@ -44,17 +44,17 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import ModelError
+from .events import Utterance
 from .features import frame_dbfs
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SAMPLE_RATE", "Utterance", "utterance_record", "transcripts_wanted", "Transcriber",
+__all__ = ["SAMPLE_RATE", "Utterance", "transcripts_wanted", "Transcriber",
            "TranscriptWorker",
            "peak_dbfs", "transcribe_file", "WithTranscripts"]
 
@@ -67,20 +67,6 @@ MIN_AUDIO_S, MAX_AUDIO_S = 0.1, 64.0
 TOKENS_PER_S = 6.5
 
 
-@dataclass(frozen=True)
-class Utterance:
-    """One transcribed utterance. ``t_start``/``t_end``: seconds on the caller's clock (capture
-    time live, media time in replay); ``text``: the transcript ("" is never delivered);
-    ``emotion``: the SER label the caller gave (or None); ``audio_s`` and ``compute_s``: seconds
-    of audio and of transcription."""
-    t_start: float
-    t_end: float
-    text: str
-    emotion: str | None = None
-    audio_s: float = 0.0
-    compute_s: float = 0.0
-
-
 def transcripts_wanted(cfg) -> bool:
     """Whether the daemon should load speech-to-text at all for ``cfg`` (a ``Config``): it is
     enabled and something uses its words: the chat prompt (``reply.enabled`` and
@@ -88,17 +74,6 @@ def transcripts_wanted(cfg) -> bool:
     (``log_transcripts``). Otherwise ~130 MB of model stay out of memory."""
     tc = cfg.speech.transcript
     return tc.enabled and ((cfg.reply.enabled and cfg.reply.chat.enabled) or tc.log_transcripts)
-
-
-def utterance_record(u: Utterance, log_transcripts: bool) -> dict:
-    """The event-log record of an utterance: ``{"type": "utterance", "t_start", "t_end",
-    "emotion", "audio_s", "words"}`` and ``"transcript"`` only when ``log_transcripts``
-    (``speech.transcript.log_transcripts``); without it no word is written anywhere."""
-    rec = {"type": "utterance", "t_start": round(u.t_start, 3), "t_end": round(u.t_end, 3),
-           "emotion": u.emotion, "audio_s": u.audio_s, "words": len(u.text.split())}
-    if log_transcripts:
-        rec["transcript"] = u.text
-    return rec
 
 
 def peak_dbfs(pcm: np.ndarray) -> float:
@@ -374,7 +349,8 @@ class TranscriptWorker:
         else:
             log.debug("transcribed %.1f s of audio, %d words, in %.0f ms", audio_s,
                       len(text.split()), compute_s * 1e3)
-        u = Utterance(t_start, t_end, text, emotion, round(audio_s, 3), round(compute_s, 4))
+        u = Utterance(t_start, t_end, text, emotion, round(audio_s, 3), round(compute_s, 4),
+                      keep_text=self.log_transcripts)
         try:
             self._on_transcript(u)
         except Exception:

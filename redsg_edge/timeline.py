@@ -1,4 +1,4 @@
-"""Emotion timeline plots of replay output (face, voice and fused probabilities, transitions).
+"""Emotion timeline plots of replay output (per-modality and fused probabilities, transitions).
 
 Reads the replay JSON-lines records of docs/architecture.md (``update`` and ``transition``; other
 types are ignored) and draws them with matplotlib's object API on the Agg canvas (no pyplot, no
@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASSES
+from .modalities import MODALITIES
 
 #: One colour per class, the same in every panel and strip.
 CLASS_COLORS: dict[str, str] = {
@@ -66,13 +67,24 @@ def _spans(ax, spans: list[tuple[float, float, str]], label_text: bool) -> None:
 
 def plot_timeline(events: list[dict], path: str | os.PathLike, title: str | None = None,
                   truth: list[dict] | None = None) -> Path:
-    """Draw face, voice and fused probabilities over time (three stacked panels sharing the time
-    axis, seconds), the fused emotion as a colour strip, transitions as labelled vertical lines,
-    and, when ``truth`` is given (a list of ``{"start": s, "end": s, "label": name}``), a
-    ground-truth strip. Writes a PNG to ``path`` (parent folders created) and returns the path.
+    """Write :func:`timeline_figure` of ``events`` as a PNG to ``path`` (parent folders
+    created) and return the path. Raises ValueError when ``events`` holds no ``update``
+    record."""
+    fig = timeline_figure(events, title, truth)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
 
-    Raises ValueError when ``events`` holds no ``update`` record.
-    """
+
+def timeline_figure(events: list[dict], title: str | None = None,
+                    truth: list[dict] | None = None):
+    """A Matplotlib ``Figure``: one panel of probabilities over time per modality of
+    ``modalities.MODALITIES`` (face, voice, ...) and one for the fused vector (stacked, sharing
+    the time axis, seconds), the fused emotion as a colour strip, transitions as labelled
+    vertical lines, and, when ``truth`` is given (a list of ``{"start": s, "end": s, "label":
+    name}``), a ground-truth strip. Raises ValueError when ``events`` holds no ``update``
+    record."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
@@ -86,11 +98,12 @@ def plot_timeline(events: list[dict], path: str | os.PathLike, title: str | None
         t_end = max(t_end, max(float(s["end"]) for s in truth))
 
     strips = 2 if truth else 1
-    fig = Figure(figsize=(12, 7.5 + 0.5 * strips), dpi=100, layout="constrained")
-    axes = fig.subplots(3 + strips, 1, sharex=True,
-                        gridspec_kw={"height_ratios": [3, 3, 3] + [0.45] * strips})
-    for ax, key, name in zip(axes[:3], ("face", "voice", "fused"),
-                             ("face (FER)", "voice (SER)", "fused (smoothed)")):
+    panels = [(m.name, m.label) for m in MODALITIES.values()] + [("fused", "fused (smoothed)")]
+    n = len(panels)
+    fig = Figure(figsize=(12, 2.5 * n + 0.5 * strips), dpi=100, layout="constrained")
+    axes = fig.subplots(n + strips, 1, sharex=True,
+                        gridspec_kw={"height_ratios": [3] * n + [0.45] * strips})
+    for ax, (key, name) in zip(axes[:n], panels):
         m = _matrix(updates, key)
         for j, c in enumerate(CLASSES):
             ax.plot(t, m[:, j], color=CLASS_COLORS[c], lw=1.2, drawstyle="steps-post")
@@ -101,11 +114,11 @@ def plot_timeline(events: list[dict], path: str | os.PathLike, title: str | None
         ax.text(0.995, 0.95, f"{coverage:.0%} of updates", transform=ax.transAxes,
                 ha="right", va="top", fontsize=8, color="0.3",
                 bbox={"facecolor": "white", "alpha": 0.8, "lw": 0})
-    for ax in axes[:3]:
+    for ax in axes[:n]:
         for tr in transitions:
             ax.axvline(tr["t"], color="black", lw=0.9, ls="--", alpha=0.8)
     for tr in transitions:
-        axes[2].annotate(f"{tr.get('from', '?')}→{tr.get('to', '?')}", (tr["t"], 1.0),
+        axes[n - 1].annotate(f"{tr.get('from', '?')}→{tr.get('to', '?')}", (tr["t"], 1.0),
                          xytext=(2, -2), textcoords="offset points", fontsize=8, rotation=90,
                          va="top", ha="left")
 
@@ -116,11 +129,12 @@ def plot_timeline(events: list[dict], path: str | os.PathLike, title: str | None
         if i == len(updates) or updates[i]["emotion"] != updates[start]["emotion"]:
             fused_spans.append((bounds[start], bounds[i], updates[start]["emotion"]))
             start = i
-    _spans(axes[3], fused_spans, label_text=True)
-    axes[3].set_ylabel("emotion", rotation=0, ha="right", va="center")
+    _spans(axes[n], fused_spans, label_text=True)
+    axes[n].set_ylabel("emotion", rotation=0, ha="right", va="center")
     if truth:
-        _spans(axes[4], [(float(s["start"]), float(s["end"]), s["label"]) for s in truth], True)
-        axes[4].set_ylabel("truth", rotation=0, ha="right", va="center")
+        _spans(axes[n + 1], [(float(s["start"]), float(s["end"]), s["label"]) for s in truth],
+               True)
+        axes[n + 1].set_ylabel("truth", rotation=0, ha="right", va="center")
     axes[-1].set_xlabel("time (s)")
     axes[-1].set_xlim(min(float(t[0]), 0.0), t_end)
     handles = [Line2D([], [], color=CLASS_COLORS[c], lw=3, label=c) for c in CLASSES]
@@ -129,10 +143,7 @@ def plot_timeline(events: list[dict], path: str | os.PathLike, title: str | None
                frameon=False)
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    return fig
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 """Replay composed scenarios through the daemon and score the fused emotion against ground truth.
 
 For each ``NAME.json`` in ``--scenarios`` (written by ``scripts/make_scenario.py``), runs
-``redsg_edge.pipeline.replay(cfg, NAME.mp4, audio=NAME.wav, out=OUT/NAME.jsonl)`` (or, with
+``redsg_edge.replay.replay(cfg, NAME.mp4, audio=NAME.wav, out=OUT/NAME.jsonl)`` (or, with
 ``--events-dir``, reads existing ``NAME.jsonl`` replay output), draws ``OUT/NAME.png`` (timeline
 with the ground-truth strip) and reports, per scenario and over all of them:
 
@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from redsg_edge import CLASSES  # noqa: E402
+from redsg_edge.modalities import MODALITIES  # noqa: E402
 
 INITIAL = "neutral"  # Fusion's initial emotion (redsg_edge.fusion.Fusion default)
 
@@ -95,7 +96,7 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
         raise ValueError("no update records inside the ground-truth time span")
     t_start = max(float(updates[0]["t"]), segs[0]["start"])
 
-    keys = ("fused", "face", "voice")
+    keys = ("fused", *MODALITIES)
     correct = dict.fromkeys(keys, 0.0)
     present = dict.fromkeys(keys, 0.0)
     total = 0.0
@@ -104,8 +105,8 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
         b = float(updates[i + 1]["t"]) if i + 1 < len(updates) else t_end
         if b <= a:
             continue
-        labels = {"fused": u.get("emotion"), "face": _argmax_label(u.get("face")),
-                  "voice": _argmax_label(u.get("voice"))}
+        labels = {"fused": u.get("emotion"),
+                  **{m: _argmax_label(u.get(m)) for m in MODALITIES}}
         for s in segs:  # split the interval at ground-truth boundaries
             overlap = min(b, s["end"]) - max(a, s["start"])
             if overlap <= 0:
@@ -135,16 +136,16 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
     def ratio(x: float, y: float) -> float | None:
         return x / y if y > 0 else None
 
+    per_modality = {}
+    for m in MODALITIES:
+        per_modality[f"{m}_accuracy"] = ratio(correct[m], total)
+        per_modality[f"{m}_coverage"] = ratio(present[m], total)
+        per_modality[f"{m}_accuracy_present"] = ratio(correct[m], present[m])
     return {
         "duration_s": total,
         "updates": len(updates),
         "fused_accuracy": ratio(correct["fused"], total),
-        "face_accuracy": ratio(correct["face"], total),
-        "voice_accuracy": ratio(correct["voice"], total),
-        "face_coverage": ratio(present["face"], total),
-        "voice_coverage": ratio(present["voice"], total),
-        "face_accuracy_present": ratio(correct["face"], present["face"]),
-        "voice_accuracy_present": ratio(correct["voice"], present["voice"]),
+        **per_modality,
         "changes": len(changes),
         "matched": len(latencies),
         "missed": len(changes) - len(latencies),
@@ -162,9 +163,9 @@ def summarize(scores: list[dict]) -> dict:
     changes, spurious transitions per minute over all scored time, and the issue-3 checks."""
     total = sum(s["duration_s"] for s in scores)
     out: dict = {"scenarios": len(scores), "duration_s": total}
-    for k in ("fused", "face", "voice"):
+    for k in ("fused", *MODALITIES):
         out[f"{k}_accuracy"] = sum(s["_correct"][k] for s in scores) / total if total else None
-    for k in ("face", "voice"):
+    for k in MODALITIES:
         out[f"{k}_coverage"] = sum(s["_present"][k] for s in scores) / total if total else None
     lat = [x for s in scores for x in s["latencies_s"]]
     out["changes"] = sum(s["changes"] for s in scores)
@@ -193,7 +194,7 @@ def summarize_kinds(scores: list[dict]) -> dict:
         k = summarize([s for s in scores if s["kind"] == kind])
         fa = k["fused_accuracy"]
         k["checks"]["fused_ge_each_modality"] = fa is not None and all(
-            k[f"{m}_accuracy"] is None or fa >= k[f"{m}_accuracy"] for m in ("face", "voice"))
+            k[f"{m}_accuracy"] is None or fa >= k[f"{m}_accuracy"] for m in MODALITIES)
         out[kind] = k
     return out
 
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = replay = None
     if args.events_dir is None:
         from redsg_edge.config import ConfigError, load_config
-        from redsg_edge.pipeline import replay
+        from redsg_edge.replay import replay
         try:
             cfg = load_config(args.config)
         except ConfigError as exc:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tune the fusion parameters on development scenarios (never on the reported set).
 
-The models run once per scenario (``pipeline.replay`` with ``on_evidence``); the pure ``Fusion``
+The models run once per scenario (``replay.replay`` with ``on_evidence``); the pure ``Fusion``
 object then re-runs over the cached evidence for every point of a small grid, scored with
 ``eval_scenarios.score_scenario``. Prints the grid points that meet the issue's limits (latency
 p50 ≤ 1.5 s; spurious transitions ≤ ``--max-spurious`` per minute) by fused accuracy, then the
@@ -31,7 +31,7 @@ from redsg_edge.calibration import sidecar_path  # noqa: E402
 from redsg_edge.config import load_config  # noqa: E402
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.fusion import Evidence, Fusion  # noqa: E402
-from redsg_edge.pipeline import replay  # noqa: E402
+from redsg_edge.replay import replay  # noqa: E402
 
 # The neighbourhood of the shipped defaults (a random search over all FusionConfig keys, then a
 # coordinate search, led here: light smoothing, a high enter threshold and a short refractory;
@@ -43,7 +43,7 @@ GRID = {"min_dwell_s": [0.2, 0.4, 0.6], "enter_threshold": [0.55, 0.6, 0.65],
 
 
 def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
-    """[(t, Evidence | None)] the models give on one scenario (``pipeline.replay`` with
+    """[(t, Evidence | None)] the models give on one scenario (``replay.replay`` with
     ``on_evidence``), cached under ``cache`` by scenario and the FER/SER/detector file hashes."""
     # The version string changes whenever the evidence the code produces changes (v2: Silero
     # VAD utterances, evidence reliability), so a cache from older code is never reused.

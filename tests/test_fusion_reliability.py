@@ -10,7 +10,7 @@ import pytest
 from redsg_edge import CLASSES
 from redsg_edge.config import FusionConfig
 from redsg_edge.fusion import Evidence, Fusion, confidence_of, face_reliability
-from redsg_edge.pipeline import face_evidence
+from redsg_edge.perception import face_evidence
 from redsg_edge.vision import Face, FaceResult
 
 from .conftest import make_config

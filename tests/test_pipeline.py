@@ -11,7 +11,7 @@ import time
 import numpy as np
 
 from redsg_edge import CLASSES
-from redsg_edge.pipeline import replay
+from redsg_edge.replay import replay
 
 from .conftest import ACTOR_24, PEXELS, REPO, SINGLE_FACE, make_config, write_config
 

@@ -23,7 +23,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis import strategies as st
 
 from redsg_edge.config import Config, ConfigError, load_config, parse_config
-from redsg_edge.pipeline import EventLog
+from redsg_edge.eventlog import EventLog
 from redsg_edge.reply import split_sentences
 
 # Hypothesis keeps its example database and a cache of source constants in .hypothesis/ of

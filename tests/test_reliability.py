@@ -199,7 +199,7 @@ def test_http_client_loggers_are_quiet_whatever_their_names(worker, caplog):
 FULL_DISK_SCRIPT = r"""
 import json, logging, os, sys
 from pathlib import Path
-from redsg_edge.pipeline import EventLog
+from redsg_edge.eventlog import EventLog
 
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s", stream=sys.stdout)
 d = Path(sys.argv[1])

@@ -27,7 +27,7 @@ from redsg_edge.assets import AssetError, fetch_main, fetch_models, load_manifes
 from redsg_edge.config import Config, ConfigError, parse_config
 from redsg_edge.reply import ReplyWorker, build_messages
 from redsg_edge.stt import (Transcriber, TranscriptWorker, Utterance, transcribe_file,
-                            transcripts_wanted, utterance_record)
+                            transcripts_wanted)
 from redsg_edge.testing import shared_voice
 from redsg_edge.testing.chat_server import ChatServer
 from redsg_edge.voice import WavSink
@@ -222,7 +222,7 @@ def test_transcripts_reach_the_log_only_when_the_key_says_so(stt, caplog, log_tr
     assert words(got.items[0].text) == KIDS
     logged = words(caplog.text)
     assert ("talking" in logged and "door" in logged) is log_transcripts
-    rec = utterance_record(got.items[0], log_transcripts)  # what the event log gets
+    rec = got.items[0].to_json()  # what the event log gets
     assert (rec["type"], rec["emotion"], rec["words"]) == ("utterance", "sad", 6)
     assert ("door" in json.dumps(rec).lower()) is log_transcripts
     if not log_transcripts:
@@ -466,7 +466,9 @@ def test_the_daemon_loop_puts_what_was_said_into_the_chat_prompt(tmp_path):
         cfg.reply.chat.first_token_timeout_s = 5.0
         cfg.voice.sink = "null"
         records: list[dict] = []
-        pipe = Pipeline(cfg, on_record=records.append)
+        pipe = Pipeline(cfg)
+        pipe.bus.subscribe(lambda e: records.append(e.to_json()),
+                           types=("transition", "reply", "utterance"))
         assert pipe.transcripts is not None and pipe.reply.transcripts_idle is not None
         pipe.start()
         try:
@@ -501,7 +503,7 @@ def test_replay_transcribe_writes_utterance_records(tmp_path, capsys):
     recs = [json.loads(line) for line in out.read_text().splitlines()]
     said = [r for r in recs if r["type"] == "utterance"]
     assert [words(r["transcript"]) for r in said] == [KIDS, DOGS], said
-    assert all(r["t_start"] < r["t_end"] and r["label"] in CLASSES for r in said)
+    assert all(r["t_start"] < r["t_end"] and r["emotion"] in CLASSES for r in said)
     assert said[0]["t_end"] < said[1]["t_start"]
     # without the flag, no words are written
     assert main(["replay", "--audio", str(two), "--out", str(out), "-c", str(cfg)]) == 0

@@ -247,7 +247,8 @@ def test_model_for_another_window_is_refused():
 def test_replay_and_the_live_loop_give_identical_speech_evidence(tmp_path):
     """The daemon's loop, fed by a paced file microphone, and replay of the same file must hand
     fusion the same voice evidence at the same media times."""
-    from redsg_edge.pipeline import Pipeline, replay
+    from redsg_edge.pipeline import Pipeline
+    from redsg_edge.replay import replay
 
     media = tmp_path / "two.wav"
     pcm = np.concatenate([pcm_of(SAD), pcm_of(ANGRY)])

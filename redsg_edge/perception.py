@@ -1,0 +1,165 @@
+"""Perception: one frame or one audio block in, fusion inputs out. No threads, no clock.
+
+The live loop (``pipeline.Pipeline``) and ``replay.replay`` call the very same
+:class:`Perception` object with capture (live) or media (replay) times, so both turn the same
+media into the same evidence (tests/test_pipeline.py checks it). What comes out is a list of
+:class:`Percept`: each is one fusion update, ``(t, evidence or None)``, and for the voice the
+utterance the VAD just closed (for speech-to-text).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .config import Config
+from .fusion import Evidence, face_reliability
+from .speech import SerModel, SpeechOutput, SpeechPerception
+from .vision import FaceDetector, FerModel, VisionWorker
+
+__all__ = ["Percept", "Perception", "FrameSchedule", "face_evidence", "deliver"]
+
+
+class FrameSchedule:
+    """Thin a frame stream to at most ``max_fps`` frames per second of its own time stamps.
+
+    The schedule steps by ``1 / max_fps`` instead of restarting at each kept frame, so 24 fps
+    thinned to 15 keeps about 15 frames a second, not 12; a gap (a dropped or missing frame)
+    restarts it. Pure and clock-free: the file camera (live) and :class:`Perception` (live and
+    replay) apply the same rule, so both keep the same frames of the same media.
+    """
+
+    def __init__(self) -> None:
+        self._next = -math.inf
+
+    def keep(self, t: float, max_fps: float | None) -> bool:
+        """Whether the frame at ``t`` (s) is kept; ``max_fps`` None or 0 keeps every frame."""
+        if not max_fps:
+            return True
+        if t < self._next - 1e-3:
+            return False
+        step = 1.0 / max_fps
+        self._next += step
+        if self._next <= t:
+            self._next = t + step
+        return True
+
+
+@dataclass(frozen=True)
+class Percept:
+    """One fusion input: ``t`` (s) the update time; ``evidence`` the new evidence, or None for
+    a tick (time passes, nothing new: no face, or a speech tick without SER); ``utterance`` the
+    closed utterance (its ``audio``, ``start_s``, ``end_s``, ``probs``) when this percept ends
+    one, else None."""
+
+    t: float
+    evidence: Evidence | None
+    utterance: SpeechOutput | None = None
+
+
+def face_evidence(t: float, result, cfg: Config) -> Evidence | None:
+    """The one way a frame's FER result becomes fusion evidence: None without a face; the
+    face's reliability from its height (``fusion.face_full_size_px``)."""
+    if result is None:
+        return None
+    return Evidence("face", t, result.probs,
+                    face_reliability(result.face.box[3], cfg.fusion.face_full_size_px))
+
+
+def _speech_percepts(outputs: Iterable[SpeechOutput]) -> list[Percept]:
+    out = []
+    for o in outputs:
+        t, ev = o.fusion_input()
+        out.append(Percept(t, ev, o if o.kind == "utterance" else None))
+    return out
+
+
+def deliver(percepts: Iterable[Percept], fuse: Callable[[float, Evidence | None], None],
+            on_utterance: Callable[[SpeechOutput], None] | None = None) -> None:
+    """Hand each percept to ``fuse(t, evidence)``, and each closed utterance to
+    ``on_utterance`` just before its update: a transition the utterance fires can then wait
+    for its words."""
+    for p in percepts:
+        if p.utterance is not None and on_utterance is not None:
+            on_utterance(p.utterance)
+        fuse(p.t, p.evidence)
+
+
+class Perception:
+    """The perception step of every loop.
+
+    ``cfg`` the whole Config (reads ``vision.max_fps`` and ``fusion.face_full_size_px`` at each
+    call, so a reload applies); ``vision`` a :class:`VisionWorker` or None (no camera);
+    ``speech`` a :class:`SpeechPerception` or None (no microphone). Use :meth:`load` to build
+    both from the config. Not thread-safe per modality: one thread feeds frames, one feeds
+    audio (they share no state).
+    """
+
+    def __init__(self, cfg: Config, vision: VisionWorker | None,
+                 speech: SpeechPerception | None) -> None:
+        self.cfg = cfg
+        self.vision = vision
+        self.speech = speech
+        self._schedule = FrameSchedule()
+        #: frames classified (after the max_fps limit) and skipped by it
+        self.frames = 0
+        self.skipped_frames = 0
+
+    @classmethod
+    def load(cls, cfg: Config, face: bool, voice: bool, video_mode: bool = True) -> "Perception":
+        """Load the models each active modality needs (face: detector + FER; voice: VAD + SER).
+        Raises ModelError naming a missing or broken model file."""
+        vision = speech = None
+        if face:
+            vision = VisionWorker(FaceDetector(cfg.vision.detector_model,
+                                               cfg.vision.min_detection_confidence,
+                                               video=video_mode),
+                                  FerModel(cfg.vision.fer_model))
+        if voice:
+            speech = SpeechPerception(SerModel(cfg.speech.ser_model, cfg.speech.window_s),
+                                      cfg.speech)
+        return cls(cfg, vision, speech)
+
+    def frame(self, t: float, rgb: np.ndarray) -> list[Percept]:
+        """One video frame: ``rgb`` (H, W, 3) uint8 captured at ``t`` (s). Returns ``[]`` when
+        :class:`FrameSchedule` thins it away (``vision.max_fps``), else one percept (face
+        evidence, or None without a face). Raises RuntimeError without a vision worker."""
+        if self.vision is None:
+            raise RuntimeError("Perception.frame: no vision worker (the camera is off)")
+        if not self._schedule.keep(t, self.cfg.vision.max_fps):
+            self.skipped_frames += 1
+            return []
+        self.frames += 1
+        result, _faces = self.vision.process(t, rgb)
+        return [Percept(t, face_evidence(t, result, self.cfg))]
+
+    def audio(self, t_first: float, pcm: np.ndarray, gated: bool = False) -> list[Percept]:
+        """One audio block: ``pcm`` (n,) int16 at 16 kHz, contiguous with the previous block,
+        its first sample captured at ``t_first`` (s). ``gated``: the device's own voice is
+        playing, never classified. Returns the percepts it completed, oldest first. Raises
+        RuntimeError without a speech step."""
+        if self.speech is None:
+            raise RuntimeError("Perception.audio: no speech step (the microphone is off)")
+        return _speech_percepts(self.speech.push(t_first, pcm, gated))
+
+    def finish(self) -> list[Percept]:
+        """End of a recording: the utterance in progress is classified (a live stream never
+        ends). ``[]`` without a speech step."""
+        return _speech_percepts(self.speech.finish()) if self.speech is not None else []
+
+    def reconfigure(self, cfg: Config, speech_keys: Iterable[str] = ()) -> None:
+        """Apply a reloaded config; ``speech_keys`` the ``[speech]`` keys the speech step takes
+        live (``pipeline.LIVE_KEYS``)."""
+        self.cfg = cfg
+        keys = list(speech_keys)
+        if self.speech is not None and keys:
+            self.speech.reconfigure(self.speech.cfg.model_copy(
+                update={k: getattr(cfg.speech, k) for k in keys}))
+
+    def close(self) -> None:
+        """Release the detector's native resources (idempotent)."""
+        if self.vision is not None:
+            self.vision.close()
