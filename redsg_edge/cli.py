@@ -94,8 +94,6 @@ def cmd_replay(args) -> int:
     server = None
     if args.serve is not None:
         server = _serve_replay(cfg, args.serve)
-        if server is None:
-            return 1
         kwargs["bus"] = server.bus
     t0 = time.perf_counter()
     try:
@@ -124,9 +122,9 @@ def cmd_replay(args) -> int:
         summary["warnings"] = warnings
     print(json.dumps(summary, indent=1), flush=True)
     if server is not None:
-        print(f"replay done; the page stays at {server.url} until Ctrl-C", file=sys.stderr,
-              flush=True)
-        try:
+        try:  # a Ctrl-C from here on ends a finished replay: not an interruption
+            print(f"replay done; the page stays at {server.url} until Ctrl-C", file=sys.stderr,
+                  flush=True)
             threading.Event().wait()
         except KeyboardInterrupt:
             pass
@@ -139,17 +137,10 @@ def cmd_replay(args) -> int:
 def _serve_replay(cfg, port: int):
     """``replay --serve``: the tuning page on a fresh bus, paced to real time (web.Pacer), and
     wait for the first page before the replay starts, so the run is seen from its start.
-    Returns the started server, or None (message printed) when ``replay`` has no bus yet."""
-    import inspect
-
+    Returns the started server (its ``bus`` goes to ``replay``)."""
     from .events import EventBus
-    from .pipeline import replay
     from .web import Pacer, TuningServer
 
-    if "bus" not in inspect.signature(replay).parameters:
-        print("redsg-edge replay: error: --serve needs the pipeline's event bus "
-              "(pipeline.replay(..., bus=)), which this build lacks", file=sys.stderr)
-        return None
     bus = EventBus()
     pacer = Pacer()
     bus.subscribe(pacer, types=("update",), name="real-time pacing")  # first: paces the rest

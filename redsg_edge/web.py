@@ -372,19 +372,21 @@ class Pacer:
         self.origin: tuple[float, float] | None = None  # (event t, monotonic)
         self.lag_s = 0.0
         self.updates = 0
-        self.face_updates = 0
-        self.last_t = 0.0
+        #: frames classified: face evidence with a capture time not seen before
+        self.frames = 0
+        self._face_t: float | None = None
 
     def __call__(self, event) -> None:
-        """Sleep until ``event.t`` is due; count updates."""
+        """Sleep until ``event.t`` is due; count updates and classified frames."""
         now = time.monotonic()
         if self.origin is None:
             self.origin = (event.t, now)
         due = self.origin[1] + (event.t - self.origin[0]) / self.speed
         self.updates += 1
-        self.last_t = event.t
-        if FACE.name in getattr(event, "evidence", {}):
-            self.face_updates += 1
+        face = getattr(event, "evidence", {}).get(FACE.name)
+        if face is not None and face.t != self._face_t:
+            self.frames += 1
+            self._face_t = face.t
         if due > now:
             time.sleep(due - now)
             self.lag_s = 0.0
@@ -392,10 +394,10 @@ class Pacer:
             self.lag_s = now - due
 
     def status(self) -> dict:
-        """A ``status_summary`` input for a replay: classified frames per second of wall time
-        (updates with face evidence), ``lag_s``; drops do not exist in a replay (None)."""
+        """A ``status_summary`` input for a replay: frames classified (with a face) per second
+        of wall time, ``lag_s``; drops do not exist in a replay (None)."""
         if self.origin is None:
             return {"fps": None, "lag_s": None}
         wall = max(1e-6, time.monotonic() - self.origin[1])
-        return {"fps": round(self.face_updates / wall, 1), "lag_s": round(self.lag_s, 2),
+        return {"fps": round(self.frames / wall, 1), "lag_s": round(self.lag_s, 2),
                 "uptime_s": round(wall, 1)}

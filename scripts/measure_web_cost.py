@@ -12,9 +12,8 @@ the medians and their difference are printed (and written as JSON).
 
 Load: by default the real ``fusion.Fusion`` fed scripted face evidence at ``--rate-hz`` (the
 live fusion runs at 15-40 Hz) and voice evidence every 0.5 s, its updates and transitions
-published as the pipeline does. With ``--replay VIDEO``, ``pipeline.replay(..., bus=)`` of
-the clip paced to real time by ``web.Pacer`` (needs the pipeline's event bus; heavier and
-noisier: the models run too).
+published as the pipeline does. With ``--replay VIDEO``, ``replay.replay(..., bus=)`` of
+the clip paced to real time by ``web.Pacer`` (heavier and noisier: the models run too).
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ def child(web: bool, seconds: float, rate_hz: float, replay_video: str | None) -
     time.sleep(0.5)  # the server thread settles in select()
     wall0, cpu0 = time.monotonic(), time.process_time()
     if replay_video:
-        from redsg_edge.pipeline import replay
+        from redsg_edge.replay import replay
         pacer = Pacer()
         bus.subscribe(pacer, types=("update",), name="pacing")
         replay(cfg, Path(replay_video), bus=bus)

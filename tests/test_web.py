@@ -5,7 +5,6 @@ page's DOM; plus the pure parts (down-sampling, status figures) and the config s
 from __future__ import annotations
 
 import http.client
-import inspect
 import json
 import os
 import shutil
@@ -303,19 +302,12 @@ def test_page_in_chromium_lists_a_registered_modality(browser):
             srv.close()
 
 
-def _replay_takes_a_bus() -> bool:
-    from redsg_edge.pipeline import replay
-    return "bus" in inspect.signature(replay).parameters
-
-
 @needs_chromium
 @pytest.mark.skipif(not PEXELS.exists(), reason=f"{PEXELS} missing (../shared/data)")
 def test_replay_serve_shows_the_pexels_clip_in_chromium(browser, tmp_path):
     """``redsg-edge replay --serve 0`` of the Pexels clip, watched in Chromium: the page moves
     in real time and lists the replay's transitions; the screenshot is docs/tuning_page.png
     (written there when REDSG_WRITE_DOCS=1)."""
-    if not _replay_takes_a_bus():
-        pytest.skip("pipeline.replay has no bus= yet (the lead's 'pipeline: event bus' commit)")
     from redsg_edge.config import load_config
     cfg_path = tmp_path / "config.toml"
     cfg_path.write_text(
