@@ -1,11 +1,12 @@
 """The live tuning page: a small HTTP + WebSocket server inside the daemon (issue 19).
 
-``GET /`` serves one static page (``redsg_edge/web/tuning.html``: plain JavaScript and canvas,
+``GET /`` serves one static page (``redsg_edge/web_static/tuning.html``: plain JavaScript and canvas,
 no framework); ``GET /ws`` upgrades to a WebSocket that pushes JSON messages:
 
 - ``{"type": "hello", "modalities": [{"name", "label", "colour"}...], "classes": [...],
-  "class_colours": {class: "#rrggbb"}, "fusion": {...}, "history": [...], "max_rate_hz"}`` once, on connect; ``history`` holds the
-  recent transitions and replies (records as below) so a page opened late still lists them;
+  "class_colours": {class: "#rrggbb"}, "fusion": {...}, "history": [...], "max_rate_hz"}``
+  once, on connect; ``history`` holds the recent transitions and replies (records as below) so
+  a page opened late still lists them;
 - ``{"type": "update", "t", <modality>: {class: p} | null ..., "fused": {...}, "emotion"}``:
   ``fusion.FusedUpdate.to_json()``, down-sampled to at most ``max_rate_hz`` per second of event
   time ``t``;

@@ -23,7 +23,7 @@ from redsg_edge.config import ConfigError, parse_config
 from redsg_edge.events import EventBus
 from redsg_edge.fusion import Evidence, Fusion
 from redsg_edge.modalities import MODALITIES, Modality, registered
-from redsg_edge.web import TuningServer, UpdateThrottle, start_web, status_summary
+from redsg_edge.web import Pacer, TuningServer, UpdateThrottle, start_web, status_summary
 
 from .conftest import PEXELS, REPO, make_config
 
@@ -122,6 +122,25 @@ def test_no_page_connected_costs_one_check_per_update():
     finally:
         srv.close()
     assert bus.subscribers == []  # close() unsubscribed
+
+
+def test_pacer_holds_a_fast_publisher_to_real_time_and_counts_new_frames():
+    cfg = make_config()
+    bus = EventBus()
+    pacer = Pacer()
+    bus.subscribe(pacer, types=("update",))
+    t0 = time.monotonic()
+    scripted_run(bus, cfg, 1.0, rate_hz=20.0, realtime=False)  # as fast as the CPU allows
+    elapsed = time.monotonic() - t0
+    assert 0.9 <= elapsed < 2.0, elapsed  # the last update is due at 0.95 s
+    assert pacer.updates == 20 and pacer.frames == 20  # one new face evidence per update
+    assert pacer.status()["fps"] > 0 and pacer.lag_s < 0.2
+
+
+def test_replay_serve_rejects_a_port_out_of_range(capsys):
+    from redsg_edge.cli import main
+    assert main(["replay", str(PEXELS), "--serve", "70000"]) == 2
+    assert "--serve 70000: a port is 0..65535" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------ HTTP
