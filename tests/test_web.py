@@ -254,8 +254,9 @@ def page_points(driver) -> int:
 
 
 def check_page_moves(driver, screenshot: Path) -> None:
-    """The DOM assertions shared by the synthetic run and the replay: the timeline grows, each
-    source has a canvas with points, the fusion values and status figures are shown."""
+    """The DOM assertions shared by the synthetic run and the replay: the timeline's point count
+    grows between two reads 1 s apart, each source (modalities, fused) has a canvas, the fused
+    one with points, the connection is open; then a screenshot to ``screenshot``."""
     first = wait_for(lambda: page_points(driver) > 3 and page_points(driver), what="updates")
     time.sleep(1.0)
     second = page_points(driver)
@@ -300,7 +301,7 @@ def test_page_in_chromium_shows_the_live_run(server, browser, tmp_path):
         browser.refresh()
         rows = wait_for(lambda: browser.find_elements("css selector", "#event-rows tr.transition"),
                         what="history rows")
-        assert [r.text.split("\n")[0] for r in rows] != [] and len(rows) == 2
+        assert ["happy → sad" in rows[0].text, "neutral → happy" in rows[1].text] == [True, True]
     finally:
         stop.set()
         feeder.join()
