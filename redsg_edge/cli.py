@@ -11,6 +11,8 @@ import json
 import logging
 import os
 import sys
+import threading
+import time
 from pathlib import Path
 
 from . import __version__
@@ -82,16 +84,31 @@ def cmd_replay(args) -> int:
     cfg = _load(args.config)
     if args.max_fps:
         cfg.vision.max_fps = args.max_fps
-    import time
-    t0 = time.perf_counter()
+    if args.serve is not None and not (args.serve == -1 or 0 <= args.serve <= 65535):
+        print(f"redsg-edge replay: error: --serve {args.serve}: a port is 0..65535 (0: any "
+              "free port)", file=sys.stderr)
+        return 2
     warnings: list[str] = []
     transcriber = None
     if args.transcribe:
         from .stt import Transcriber
         transcriber = Transcriber.from_config(cfg.speech.transcript)
-    records = replay(cfg, args.video, args.audio, args.out, args.plot,
-                     use_video_audio=not args.no_video_audio, progress=sys.stderr.isatty(),
-                     append=args.append, warnings=warnings, transcriber=transcriber)
+    kwargs = {}
+    server = None
+    if args.serve is not None:
+        server = _serve_replay(cfg, args.serve)
+        kwargs["bus"] = server.bus
+    t0 = time.perf_counter()
+    try:
+        records = replay(cfg, args.video, args.audio, args.out, args.plot,
+                         use_video_audio=not args.no_video_audio,
+                         progress=sys.stderr.isatty() and server is None,
+                         append=args.append, warnings=warnings, transcriber=transcriber,
+                         **kwargs)
+    except BaseException:
+        if server is not None:
+            server.close()
+        raise
     wall = time.perf_counter() - t0
     updates = [r for r in records if r["type"] == "update"]
     trans = [r for r in records if r["type"] == "transition"]
@@ -106,9 +123,43 @@ def cmd_replay(args) -> int:
         summary["plot"] = str(args.plot)
     if warnings:
         summary["warnings"] = warnings
-    print(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1), flush=True)
+    if server is not None:
+        try:  # a Ctrl-C from here on ends a finished replay: not an interruption
+            print(f"replay done; the page stays at {server.url} until Ctrl-C", file=sys.stderr,
+                  flush=True)
+            threading.Event().wait()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            server.close()
     # A damaged input still gives what it has (above), but a script must be able to tell.
     return 1 if any("damaged" in w or "could not be written" in w for w in warnings) else 0
+
+
+def _serve_replay(cfg, port: int):
+    """``replay --serve``: the tuning page on a fresh bus, paced to real time (web.Pacer), and
+    wait for the first page before the replay starts, so the run is seen from its start.
+    Returns the started server (its ``bus`` goes to ``replay``)."""
+    from .events import EventBus
+    from .web import Pacer, TuningServer
+
+    bus = EventBus()
+    pacer = Pacer()
+    bus.subscribe(pacer, types=("update",), name="real-time pacing")  # first: paces the rest
+    server = TuningServer(bus, pacer.status, lambda: cfg.fusion, cfg.web.host,
+                          cfg.web.port if port < 0 else port, max_rate_hz=cfg.web.max_rate_hz,
+                          snapshot_s=cfg.web.snapshot_s).start()
+    print(f"replay --serve: open {server.url} (over SSH: ssh -L {server.port}:127.0.0.1:"
+          f"{server.port} USER@DEVICE, then http://localhost:{server.port}/); the replay starts "
+          "when a page connects", file=sys.stderr, flush=True)
+    try:
+        while server.clients == 0:
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        server.close()
+        raise
+    return server
 
 
 @_guarded
@@ -252,6 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--append", action="store_true", help="add to an existing --out file")
     p.add_argument("--plot", type=Path, help="draw the emotion timeline to this PNG")
     p.add_argument("--max-fps", type=float, help="override vision.max_fps")
+    p.add_argument("--serve", type=int, nargs="?", const=-1, metavar="PORT",
+                   help="show the run on the live tuning page at [web] host, port (or PORT), "
+                        "paced in real time; starts when a page connects, serves until Ctrl-C")
     p.add_argument("--transcribe", action="store_true",
                    help="add an utterance record (start, end, SER label, transcript) per "
                         "utterance to the output (needs the speech-to-text models)")

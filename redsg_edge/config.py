@@ -341,6 +341,34 @@ class MqttConfig(StrictModel):
                              f"reconnect_max_s ({self.reconnect_max_s})")
         return self
 
+class WebConfig(StrictModel):
+    """``[web]``: the live tuning page (redsg_edge.web), off by default."""
+    #: Serve the page (read-only: probabilities, transitions, replies, fps, drops, [fusion]).
+    enabled: bool = False
+    #: Address to listen on: an IP address of this machine or "localhost". 127.0.0.1 keeps it
+    #: on the device; reach it with ssh -L 8787:127.0.0.1:8787 pi@device.
+    host: str = "127.0.0.1"
+    #: TCP port; 0 takes any free port (the log names it).
+    port: int = Field(8787, ge=0, le=65535)
+    #: Fused updates sent to the page per second at most (the fusion runs at 15-40 Hz).
+    max_rate_hz: float = Field(5.0, gt=0, le=30.0)
+    #: Seconds between status snapshots (fps, drops, latency, [fusion]) to a connected page.
+    snapshot_s: float = Field(1.0, ge=0.2, le=60.0)
+
+    @field_validator("host")
+    @classmethod
+    def _address(cls, v: str) -> str:
+        import ipaddress
+        if v == "localhost":
+            return v
+        try:
+            ipaddress.ip_address(v)
+        except ValueError:
+            raise ValueError(f"{v!r} is not an IP address; use 127.0.0.1 (this machine only, "
+                             "reach it through an SSH tunnel), ::1, 0.0.0.0 or an address of "
+                             "this machine") from None
+        return v
+
 
 class Config(StrictModel):
     """The whole ``config.toml``, one attribute per section (``load_config`` builds it and raises
@@ -354,6 +382,7 @@ class Config(StrictModel):
     voice: VoiceConfig = VoiceConfig()
     service: ServiceConfig = ServiceConfig()
     mqtt: MqttConfig = MqttConfig()
+    web: WebConfig = WebConfig()
     #: Where the file was read from (set by load_config; not a key of the file).
     source_path: LaxPath | None = Field(None, exclude=True)
 

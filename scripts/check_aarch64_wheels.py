@@ -4,7 +4,7 @@
     python scripts/check_aarch64_wheels.py [--python 3.10 --python 3.11] [--json-out FILE]
 
 For each target Python (3.10: JetPack 6 on Jetson; 3.11: Raspberry Pi OS Bookworm), runs pip's
-resolver on pyproject.toml's ``[project].dependencies`` (plus the headless OpenCV build that
+resolver on pyproject.toml's ``[project].dependencies`` and its ``web`` extra (plus the headless OpenCV build that
 scripts/setup_venv.sh swaps in for MediaPipe's GUI one) as it would run on ``aarch64``:
 
     pip install --dry-run --ignore-installed --only-binary=:all: --target TMP \
@@ -53,6 +53,8 @@ PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17
 SDIST_PURE_PYTHON = {"python-speech-features", "python_speech_features"}
 #: What scripts/setup_venv.sh installs in place of MediaPipe's opencv-contrib-python.
 EXTRA = ["opencv-python-headless==4.11.0.86"]
+#: Extras that scripts/install.sh installs on the device besides ``systemd`` (built from source).
+DEVICE_EXTRAS = ("web",)
 
 
 def target_env(python: str) -> dict[str, str]:
@@ -65,7 +67,9 @@ def target_env(python: str) -> dict[str, str]:
 
 def requirements(python: str) -> tuple[list[str], list[str]]:
     """(for the wheel resolver, sdist-only pure-Python ones) for target ``python``."""
-    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    deps = project["dependencies"] + [
+        d for extra in DEVICE_EXTRAS for d in project["optional-dependencies"][extra]]
     wheels, sdists = [], []
     for line in deps + EXTRA:
         req = Requirement(line)

@@ -8,7 +8,7 @@
 #   sudo scripts/install.sh --uninstall [--purge]
 #
 # Layout (paths below ROOT, default /):
-#   /opt/redsg-edge/venv        the virtualenv (the package with its `systemd` and `mqtt` extras)
+#   /opt/redsg-edge/venv        the virtualenv (the package with its `systemd`, `mqtt` and `web` extras)
 #   /opt/redsg-edge/models      models, read-only to the service; config.toml points here
 #   /etc/redsg-edge/config.toml written only when absent (yours is never overwritten)
 #   /etc/systemd/system/redsg-edge.service
@@ -143,14 +143,14 @@ if [[ ! -x $VENV/bin/python ]]; then
 else
     say "reusing $VENV"
 fi
-say "installing redsg-edge[systemd,mqtt] from $SRC"
+say "installing redsg-edge[systemd,mqtt,web] from $SRC"
 # A copy of the source tree, so a build/ or .egg-info never lands in the checkout.
 build=$(mktemp -d)
 trap 'rm -rf "$build"' EXIT
 tar -C "$SRC" --exclude=./.venv --exclude='./.venv-*' --exclude=./.git --exclude=./runs \
     --exclude=./models --exclude='*.egg-info' --exclude=./build -cf - . | tar -C "$build" -xf -
 # mqtt: paho-mqtt (pure Python, ~0.2 MB), so that [mqtt] enabled = true needs no other install.
-"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$build[systemd,mqtt]"
+"$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$build[systemd,mqtt,web]"
 "$VENV/bin/python" -c 'import redsg_edge, systemd.daemon' \
     || die "the package or systemd-python did not install into $VENV"
 # `redsg-edge status` etc. on the PATH of SSH users

