@@ -54,6 +54,7 @@ from .journal import setup_logging
 from .notify import Notifier, monotonic_usec, watchdog_interval
 from .signals import SignalWaiter
 from .status import status_document, status_line, status_path, write_json_atomic
+from .publishers import Publishers
 from .subscribers import EventLogSubscriber, subscribe_all
 
 __all__ = ["run_service", "exit_process", "STOP_TIMEOUT_S"]
@@ -79,6 +80,7 @@ def _load(path: Path) -> tuple[Config, str | None]:
 class _LoadResult:
     def __init__(self) -> None:
         self.pipeline: Any = None
+        self.publishers: Publishers | None = None
         self.error: BaseException | None = None
         self.done = threading.Event()
 
@@ -121,6 +123,7 @@ class _Service:
         self.cfg_digest: str | None = None  # sha256 of the file text in use (a bad reload keeps it)
         self.restart_pending: list[str] = []  # changed keys that only a restart applies
         self.pipeline: Any = None
+        self.publishers: Publishers | None = None  # MQTT and the tuning page, when enabled
         self.state = "starting"
         self._phases: list[str] = ["starting"]  # every phase so far, in order; see `phase`
         self.status_file: Path | None = None
@@ -154,6 +157,8 @@ class _Service:
             status_interval_s=self.cfg.service.status_interval_s if self.cfg else 2.0,
             watchdog_s=self.watchdog_s, last_ping=self.last_ping, stale=self.stale,
             pipeline=pipe, heartbeats=beats, now=now)
+        if self.publishers is not None:
+            data["publishers"] = self.publishers.stats()
         data.update(extra)
         try:
             write_json_atomic(self.status_file, data)
@@ -223,6 +228,11 @@ class _Service:
             pipeline = Pipeline(self.cfg, reply=self.reply, progress=self._phases.append)
             # Before start(): no transition or reply can be published unseen.
             subscribe_all(pipeline.bus, self.event_log)
+            try:
+                res.publishers = Publishers.start(self.cfg, pipeline, lambda: self.cfg)
+            except BaseException:
+                pipeline.stop(STOP_TIMEOUT_S)
+                raise
             res.pipeline = pipeline
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             res.error = exc
@@ -252,7 +262,7 @@ class _Service:
                     self.notify(f"STATUS=failed: {str(res.error)[:200]}")
                     self._finish(code, str(res.error))
                     return code
-                self.pipeline = res.pipeline
+                self.pipeline, self.publishers = res.pipeline, res.publishers
                 for note in self.pipeline.notes:
                     log.warning("%s", note)
                 self.phase = "waiting for the first frame and audio block"
@@ -271,7 +281,7 @@ class _Service:
                 log.error("cannot start: %s (%s)", what, self.phase)
                 self.notify(f"STATUS=failed: {what}")
                 if self.pipeline is not None:
-                    self.pipeline.stop(STOP_TIMEOUT_S)
+                    self._stop_pipeline()
                 self._finish(EX_UNAVAILABLE, what)
                 return EX_UNAVAILABLE
             if now >= next_tick or sent < len(self._phases):
@@ -297,7 +307,7 @@ class _Service:
                     self.state = "stopping"
                     self.notify("STOPPING=1", "STATUS=stopping")
                     if self.pipeline is not None:
-                        self.pipeline.stop(STOP_TIMEOUT_S)
+                        self._stop_pipeline()
                     self._finish(EX_OK)
                     return EX_OK  # a loader still running is a daemon thread: it dies with us
                 if sig == signal.SIGUSR1:
@@ -410,6 +420,13 @@ class _Service:
                         extra={"redsg_event": "stack_dump",
                                "fields": {"DUMP_THREAD": names.get(ident, "?")}})
 
+    def _stop_pipeline(self) -> None:
+        """Stop the pipeline, then the publishers (they send what the pipeline's last events
+        queued, and MQTT says ``offline``)."""
+        self.pipeline.stop(STOP_TIMEOUT_S)
+        if self.publishers is not None:
+            self.publishers.close(timeout_s=0.5)
+
     def _stop(self, why: str) -> int:
         t0 = time.monotonic()
         self.state = self.phase = "stopping"
@@ -417,7 +434,7 @@ class _Service:
         log.info("%s: stopping", why)
         self._write_status()
         self._hang_release.set()
-        self.pipeline.stop(STOP_TIMEOUT_S)
+        self._stop_pipeline()
         log.info("stopped in %.2f s", time.monotonic() - t0)
         self._finish(EX_OK)
         return EX_OK
