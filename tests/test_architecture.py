@@ -1,6 +1,7 @@
 """The house rules that code review alone would let slip: no import circles among our modules,
-one mapping from an exception to an exit code, and nothing of the benches, the test helpers or
-matplotlib on the daemon's import path."""
+one mapping from an exception to an exit code, nothing of the benches, the test helpers or
+matplotlib on the daemon's import path, no module over 600 lines, and a docstring on every public
+definition."""
 
 from __future__ import annotations
 
@@ -169,3 +170,44 @@ finally:
     assert {"redsg_edge.pipeline", "redsg_edge.vision", "redsg_edge.voice"} <= ours
     assert _off_path(ours - mediapipe_modules) == []
     assert [m for m in _off_path(ours) if not m.startswith("matplotlib")] == []
+
+
+MAX_MODULE_LINES = 600  # issue 16: no module over about 600 lines
+
+
+def test_no_module_is_over_600_lines():
+    long = {str(p.relative_to(REPO)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES}
+    assert not long, f"split these modules (lines): {long}"
+
+
+def _undocumented(source: str) -> list[str]:
+    """Public classes, functions and methods of ``source`` without a docstring (a property
+    setter documents itself through its getter)."""
+    missing = []
+
+    def walk(node: ast.AST, prefix: str) -> None:
+        for n in ast.iter_child_nodes(node):
+            if not isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                continue
+            if n.name.startswith("_"):
+                continue
+            setter = any(isinstance(d, ast.Attribute) and d.attr == "setter"
+                         for d in n.decorator_list)
+            if not setter and not ast.get_docstring(n):
+                missing.append(f"{n.lineno}: {prefix}{n.name}")
+            if isinstance(n, ast.ClassDef):
+                walk(n, f"{prefix}{n.name}.")
+    walk(ast.parse(source), "")
+    return missing
+
+
+def test_undocumented_finds_a_planted_public_function():
+    assert _undocumented("def f():\n    pass\n\ndef _g():\n    pass\n") == ["1: f"]
+    assert _undocumented('class A:\n    """A."""\n    def m(self):\n        pass\n') == ["3: A.m"]
+
+
+def test_every_public_definition_has_a_docstring():
+    missing = {str(p.relative_to(REPO)): m for p in sorted(PACKAGE.rglob("*.py"))
+               if (m := _undocumented(p.read_text(encoding="utf-8")))}
+    assert not missing, f"public definitions without a docstring: {missing}"
