@@ -379,6 +379,8 @@ class WithTranscripts:
         self._an, self._stt = analyzer, transcriber
 
     def file(self, path: Path, annotate: Path | None = None) -> dict:
+        """The wrapped analyzer's result for ``path``, with each utterance's ``transcript``
+        added for recordings (what ``analyze --transcribe`` prints)."""
         r = self._an.file(path, annotate)
         if r.get("kind") == "audio":
             pcm = _read_pcm(path)
@@ -389,4 +391,5 @@ class WithTranscripts:
         return r
 
     def close(self) -> None:
+        """Close the wrapped analyzer (idempotent)."""
         self._an.close()

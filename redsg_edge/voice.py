@@ -210,6 +210,7 @@ class NullSink:
         self._open = False
 
     def write(self, pcm: np.ndarray, rate: int) -> None:
+        """Count ``pcm`` ((n,) int16 at ``rate`` Hz) as played; nothing is kept."""
         if not self._open:
             self._open, self.first_sample_t = True, None
         if self.first_sample_t is None and len(pcm):
@@ -217,12 +218,14 @@ class NullSink:
         self.samples += len(pcm)
 
     def drain(self, timeout: float | None = None) -> bool:
+        """Close the utterance at once; always True."""
         if self._open:
             self._open = False
             self.utterances += 1
         return True
 
     def close(self) -> None:
+        """Nothing to release."""
         self._open = False
 
 
@@ -247,6 +250,8 @@ class WavSink:
         self.first_sample_t: float | None = None
 
     def write(self, pcm: np.ndarray, rate: int) -> None:
+        """Append ``pcm`` ((n,) int16 at ``rate`` Hz) to the current utterance's WAV (opened on the
+        first write after a drain). Raises OSError when the file cannot be written."""
         import soundfile as sf
 
         if self._file is None:
@@ -265,6 +270,7 @@ class WavSink:
             self.first_sample_t = self._clock()
 
     def drain(self, timeout: float | None = None) -> bool:
+        """Close the current WAV (its path is appended to ``paths``); always True."""
         if self._file is not None:
             self._file.close()
             self.paths.append(self._path)  # type: ignore[arg-type]
@@ -272,6 +278,7 @@ class WavSink:
         return True
 
     def close(self) -> None:
+        """Close the current WAV, if any."""
         self.drain()
 
 
@@ -335,6 +342,7 @@ class SounddeviceSink:
             return []
 
     def write(self, pcm: np.ndarray, rate: int) -> None:
+        """Queue ``pcm`` ((n,) int16 at ``rate`` Hz) for playback; never waits for the device."""
         if self._closed:
             raise RuntimeError("sink closed")
         pcm = np.asarray(pcm, dtype=np.int16).reshape(-1)
@@ -381,6 +389,7 @@ class SounddeviceSink:
                             self._idle.set()
 
     def drain(self, timeout: float | None = None) -> bool:
+        """Wait up to ``timeout`` s until the queued audio has played; True when it has."""
         with self._lock:
             if not self._idle.is_set() and not self._drain_queued:
                 self._q.put(self._DRAIN)
@@ -388,6 +397,7 @@ class SounddeviceSink:
         return self._idle.wait(timeout)
 
     def close(self) -> None:
+        """Stop playback at once (queued audio is dropped) and close the output stream."""
         if self._closed:
             return
         self._closed = True
