@@ -177,17 +177,22 @@ class FusedUpdate:
     evidence: dict[str, UsedEvidence]
     transition: Transition | None = None
 
+    def model_output(self, modality: str) -> np.ndarray | None:
+        """(7,) float32: what ``modality``'s model said in this update (before any fusion-side
+        discount), or None when it had no fresh evidence."""
+        used = self.evidence.get(modality)
+        if used is None:
+            return None
+        return used.probs if used.model_probs is None else used.model_probs
+
     def to_json(self) -> dict:
         """The replay record ``{"type": "update", "t", <modality>..., "fused", "emotion"}``: for
         each modality of ``modalities.MODALITIES`` (``face``, ``voice``, ...) ``{name: p}`` of its
         fresh model output, or None."""
-        rec = {"type": "update", "t": round(self.t, 4)}
+        rec: dict = {"type": "update", "t": round(self.t, 4)}
         for m in MODALITIES:
-            used = self.evidence.get(m)
-            if used is None:
-                rec[m] = None
-            else:
-                rec[m] = probs_to_dict(used.probs if used.model_probs is None else used.model_probs)
+            probs = self.model_output(m)
+            rec[m] = None if probs is None else probs_to_dict(probs)
         rec["fused"] = probs_to_dict(self.probs)
         rec["emotion"] = self.emotion
         return rec

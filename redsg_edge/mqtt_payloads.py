@@ -158,11 +158,8 @@ def state_payload(update: Any, ts: float) -> dict:
     """
     mods: dict[str, Any] = {}
     for name in MODALITIES:
-        used = update.evidence.get(name)
-        if used is None:
-            mods[name] = None
-        else:
-            mods[name] = _top(used.probs if used.model_probs is None else used.model_probs)
+        probs = update.model_output(name)
+        mods[name] = None if probs is None else _top(probs)
     conf = float(update.probs[CLASSES.index(update.emotion)])
     return {"t": round(float(update.t), 3), "ts": round(ts, 3), "emotion": update.emotion,
             "confidence": round(conf, 3), "person_present": person_present(update.evidence),

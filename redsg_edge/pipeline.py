@@ -361,9 +361,9 @@ class Pipeline:
 
 
 def _top(upd: FusedUpdate | None, modality: str) -> dict | None:
-    used = upd.evidence.get(modality) if upd is not None else None
-    if used is None:
+    probs = upd.model_output(modality) if upd is not None else None
+    if probs is None:
         return None
-    probs = used.probs if used.model_probs is None else used.model_probs
     i = int(np.argmax(probs))
-    return {"top": CLASSES[i], "p": round(float(probs[i]), 4), "age_s": round(used.age_s, 3)}
+    return {"top": CLASSES[i], "p": round(float(probs[i]), 4),
+            "age_s": round(upd.evidence[modality].age_s, 3)}

@@ -11,25 +11,14 @@ import signal
 import time
 import urllib.request
 
-import pytest
 
 from redsg_edge.bench.chat_server import ChatServer
 
-from .test_mqtt import MOSQUITTO, Broker, Listener, _free_port
+from .test_mqtt import Listener, _free_port, broker  # noqa: F401 - broker is a fixture
 from .test_wiring import Daemon, _ready, config_text
 from .conftest import PEXELS
 
 BASE = "redsg-edge/kitchen-1"
-
-
-@pytest.fixture
-def broker(tmp_path):
-    if MOSQUITTO is None:
-        pytest.skip("mosquitto not installed (apt-get install mosquitto)")
-    b = Broker(tmp_path / "broker")
-    b.start()
-    yield b
-    b.stop()
 
 
 def test_the_daemon_publishes_to_mqtt_serves_the_page_and_speaks_a_say_command(tmp_path, broker):
