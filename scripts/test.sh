@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install redsg-edge with its test, systemd and mqtt extras into .venv and run the test suite on
+# Install redsg-edge with its test, systemd, mqtt and web extras into .venv and run the test suite on
 # the real models and media (../shared/data, or $REDSG_DATA). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
