@@ -44,6 +44,10 @@ def _guarded(fn):
 
 @_guarded
 def cmd_run(args) -> int:
+    from .memory import tune_heap
+    # Before any worker thread exists (arenas are per thread): keeps the speech models'
+    # activations out of glibc's heaps (redsg_edge.memory; ~-100 MB high-water mark here).
+    tune_heap()
     from .service import exit_process, run_service
     # Ends the process itself (os._exit after a clean stop): interpreter teardown of MediaPipe,
     # onnxruntime and LiteRT takes 2-6 s, past the 3 s a SIGTERM should take.
