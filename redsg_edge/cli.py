@@ -46,7 +46,8 @@ def _guarded(fn):
 def cmd_run(args) -> int:
     from .memory import tune_heap
     # Before any worker thread exists (arenas are per thread): keeps the speech models'
-    # activations out of glibc's heaps (redsg_edge.memory; ~-100 MB high-water mark here).
+    # activations out of glibc's heaps (redsg_edge.memory; `bench daemon` peak RSS
+    # 510-512 -> 482-491 MB).
     tune_heap()
     from .service import exit_process, run_service
     # Ends the process itself (os._exit after a clean stop): interpreter teardown of MediaPipe,

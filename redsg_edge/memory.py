@@ -7,19 +7,25 @@ Three controls, each measured on this machine (x86-64, glibc 2.36, onnxruntime 1
   never emptied, resident memory keeps the high-water mark of the longest sentence (234 -> 717
   MB over sentences of 15 to 90 words). With the arena on and its shrinkage after every
   ``run`` (``memory.enable_memory_arena_shrinkage``), a run reuses its own buffers and hands
-  them back at the end: Piper's high-water mark over a 7 s sentence 316-328 -> 241-243 MB at
-  the same CPU time (real-time factor 0.107-0.112 against 0.110-0.112); Moonshine's 3 s
-  utterance 82-84 ms of CPU against 87-92 ms.
+  them back at the end. With the fixed threshold below, against no arena and glibc's defaults:
+  Piper's high-water mark over a 7 s sentence 241-243 against 316-328 MB at the same CPU time
+  (real-time factor 0.107-0.112 against 0.110-0.112); Moonshine's 3 s utterance 82-84 against
+  87-92 ms of CPU, and a 10 s one +18 against +82 MB of high-water mark. (No arena with the
+  fixed threshold alone costs Piper 30 % more CPU: every large tensor is then a fresh mapping.)
 - **A fixed glibc mmap threshold** (``tune_heap``). glibc serves a block of
   ``M_MMAP_THRESHOLD`` bytes or more with its own ``mmap`` and unmaps it on ``free``, but the
   threshold is dynamic: each such block freed raises it to that block's size (up to 32 MiB),
   after which the arena's chunks and the largest activations land in the heaps and stay there.
-  Fixing it (which also stops the dynamic adjustment) at 1 MiB sends them back at once;
+  Fixing it (which also stops the dynamic adjustment) at 1 MiB sends them back at once when
+  the heap has no free room for them (glibc serves a request from free heap space first);
   ``M_TRIM_THRESHOLD`` goes up to 64 MiB at the same time so the heaps are not shrunk and
   re-faulted after every free (``release_free_memory`` trims after each reply and utterance).
   ``M_ARENA_MAX`` caps glibc's malloc arenas at 2 (default: 8 per core, each keeping its own
   free pages; the daemon has about 20 threads).
 - **``malloc_trim(0)``** after each reply and transcribed utterance (``release_free_memory``).
+
+All three in the daemon (``redsg-edge bench daemon``, 600 s, speech-to-text on): peak RSS
+482-491 MB against 510-512 MB with the last one alone (docs/benchmarks.md).
 
 ``tune_heap`` leaves a setting alone when the environment already sets it
 (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_ARENA_MAX`` or
@@ -39,7 +45,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-__all__ = ["tune_heap", "release_free_memory", "shrink_run_options", "ShrinkingSession", "MMAP_THRESHOLD", "TRIM_THRESHOLD", "ARENA_MAX", "SHRINK_KEY"]
+__all__ = ["tune_heap", "release_free_memory", "shrink_run_options", "ShrinkingSession",
+           "MMAP_THRESHOLD", "TRIM_THRESHOLD", "ARENA_MAX", "SHRINK_KEY"]
 
 #: Bytes from which a malloc gets its own mapping, returned to the OS at ``free``.
 MMAP_THRESHOLD = 1024 * 1024
