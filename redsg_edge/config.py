@@ -247,8 +247,9 @@ class VoiceConfig(StrictModel):
     wav_dir: LaxPath = Path("replies")
     #: The microphone is ignored while speaking and for this many seconds after.
     mic_gate_tail_s: float = Field(0.5, ge=0.0, le=10.0)
-    #: onnxruntime's CPU memory arena for the voice: faster synthesis, but the arena keeps its
-    #: high-water mark, which grows with the longest sentence spoken.
+    #: Keep onnxruntime's CPU memory arena of the voice between sentences. Off (default), it is
+    #: emptied after each sentence; kept, it holds the high-water mark of the longest sentence
+    #: spoken (redsg_edge.memory).
     memory_arena: bool = False
     #: Speaking style per emotion the reply answers; missing emotions use default_style.
     default_style: StyleConfig = StyleConfig()

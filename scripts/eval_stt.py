@@ -10,7 +10,8 @@
   (with one intra-op thread the work runs on it): on a machine shared with other jobs the CPU
   time is what an idle core would take. This is the time from the utterance's end to its
   transcript when the worker is idle. Real-time factor over the 120 files.
-- Memory: resident set size (psutil) after loading and running the Piper voice (the daemon
+- Memory (with the daemon's glibc heap settings, ``redsg_edge.memory.tune_heap``, unless
+  ``--glibc-defaults``): resident set size (psutil) after loading and running the Piper voice (the daemon
   has it, and with it onnxruntime's kernels; ``--no-piper``: after importing onnxruntime and
   tokenizers only), after loading the model, and the peak while transcribing everything: the
   difference is what speech-to-text adds to the daemon.
@@ -59,7 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-piper", action="store_true",
                     help="baseline without the Piper voice loaded and run first")
     ap.add_argument("--json", type=Path, help="write the figures here")
+    ap.add_argument("--glibc-defaults", action="store_true",
+                    help="leave glibc's malloc settings as they are (default: the daemon's, "
+                         "redsg_edge.memory.tune_heap)")
     args = ap.parse_args(argv)
+    if not args.glibc_defaults:
+        from redsg_edge.memory import tune_heap
+        tune_heap()  # as `redsg-edge run` does before anything is loaded
     if args.pin:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[-1]})
 
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     import tokenizers  # noqa: F401
 
     from redsg_edge.stt import Transcriber
-    from redsg_edge.voice import release_free_memory
+    from redsg_edge.memory import release_free_memory
 
     if not args.no_piper:
         # The daemon has Piper loaded and has run it: onnxruntime's kernels are already in

@@ -88,6 +88,19 @@ def test_ravdess_speech_is_transcribed_to_its_sentence(stt, path, sentence):
     assert words(stt.transcribe(pcm_of(path))) == sentence
 
 
+def test_sessions_use_an_arena_emptied_after_every_run(stt):
+    from redsg_edge.memory import SHRINK_KEY
+    # The arena makes a run reuse its own buffers; emptying it after each run keeps resident
+    # memory from holding the longest utterance's high-water mark (redsg_edge.memory).
+    for sess in (stt._enc, stt._dec):
+        assert sess.get_session_options().enable_cpu_mem_arena is True
+    assert stt._run_options.get_run_config_entry(SHRINK_KEY) == "cpu:0"
+    # the same words, run after run, through emptied arenas
+    pcm = pcm_of(SAD_KIDS)
+    first = stt.tokens(pcm)
+    assert first and stt.tokens(pcm) == first == stt.tokens(pcm)
+
+
 def test_silence_quiet_noise_and_a_click_give_no_transcript(stt):
     rng = np.random.default_rng(0)
     assert stt.transcribe(np.zeros(3 * 16000, np.int16)) == ""

@@ -443,5 +443,5 @@ class ReplyWorker(WorkerThread):
                 self._on_event(reply)
             except Exception:
                 log.exception("on_event callback failed")
-        from ..voice import release_free_memory
+        from ..memory import release_free_memory
         release_free_memory()  # what synthesis freed goes back to the OS, not to a high-water mark
