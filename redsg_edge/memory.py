@@ -139,6 +139,8 @@ class ShrinkingSession:
         self.run_options = run_options
 
     def run(self, output_names, input_feed, run_options=None):
+        """``InferenceSession.run`` (output names, ``{input name: array}``) with this wrapper's
+        ``run_options`` unless others are given; returns the list of output arrays."""
         return self.session.run(output_names, input_feed, run_options or self.run_options)
 
     def __getattr__(self, name: str) -> Any:
