@@ -58,6 +58,7 @@ from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.datasets import (DATA_ROOT, assert_not_validation,  # noqa: E402
                                  load_ravdess_index, load_urdu)
 from redsg_edge.features import SAMPLE_RATE  # noqa: E402
+from ser_functionals import lean_smile, level_normalised  # noqa: E402
 from train_ser import FOLDS, FOUR, group_of, read_pcm, speech_span  # noqa: E402
 
 PAD_S = 0.25
@@ -128,22 +129,6 @@ def _moonshine(path: Path):
     return f
 
 
-LEVEL_DBFS = -20.0
-
-
-def loud_rms(x: np.ndarray) -> float:
-    """RMS of the loud 25 ms frames (95th percentile of frame RMS), as features._floor_rms."""
-    n = max(1, len(x) // 400)
-    fr = np.resize(x, n * 400).reshape(n, 400).astype(np.float64)
-    return float(np.percentile(np.sqrt(np.mean(fr ** 2, axis=1)), 95)) + 1e-9
-
-
-def level_normalised(fx):
-    """Per-utterance level normalisation: the loud frames at LEVEL_DBFS. The runtime can do this
-    on each utterance; the features then cannot depend on the microphone gain."""
-    return lambda x: fx(x * np.float32(10 ** (LEVEL_DBFS / 20) / loud_rms(x)))
-
-
 def extractor(name: str, args):
     if name.endswith("@lvl"):
         return level_normalised(extractor(name[:-4], args))
@@ -151,6 +136,8 @@ def extractor(name: str, args):
         return _opensmile("eGeMAPSv02")
     if name == "compare":
         return _opensmile("ComParE_2016")
+    if name.endswith("_lean"):
+        return lean_smile(name[:-5])
     if name == "mfcc_stats":
         return _mfcc_stats
     if name == "mfcc_meanstd":
@@ -303,6 +290,61 @@ def speaker_bootstrap(p: np.ndarray, y: np.ndarray, spk: np.ndarray, seed: int,
     return [float(np.percentile(acc, 2.5)), float(np.percentile(acc, 97.5))]
 
 
+CLIP_Z = 8.0  # normalised features are clipped here before the int8 model (outliers set its scale)
+
+
+def keras_from_sklearn(model, ref_n):
+    """The fitted LogisticRegression or MLPClassifier as a Keras model on normalised features,
+    the final scaler folded into the first layer: input (D,) float32 → (7,) probabilities."""
+    import keras
+    from keras import layers
+    if hasattr(model, "coefs_"):
+        Ws, bs, act = model.coefs_, model.intercepts_, model.activation
+    else:
+        Ws, bs, act = [model.coef_.T], [model.intercept_], None
+    W0 = Ws[0] / ref_n[1][:, None]
+    b0 = bs[0] - (ref_n[0] / ref_n[1]) @ Ws[0]
+    Ws, bs = [W0, *Ws[1:]], [b0, *bs[1:]]
+    inp = keras.Input((W0.shape[0],), name="features")
+    x = inp
+    for i, (W, b) in enumerate(zip(Ws, bs)):
+        last = i == len(Ws) - 1
+        d = layers.Dense(W.shape[1], activation="softmax" if last else act)
+        x = d(x)
+        d.set_weights([W.astype(np.float32), b.astype(np.float32)])
+    return keras.Model(inp, x)
+
+
+def int8_check(model, ref_n, Ztr, Zr, yr, Zu, uy, dest: Path) -> dict:
+    """Export the classifier to int8 TFLite (scripts/tflite_export.py) and score int8 and float
+    (both on features clipped to ±CLIP_Z) on the fold's RAVDESS actors and on URDU. Needs
+    tensorflow (the [train] extra)."""
+    from redsg_edge.litert import LiteRTClassifier
+    from tflite_export import export_int8
+    km = keras_from_sklearn(model, ref_n)
+    rep = np.clip(Ztr[np.random.default_rng(0).choice(len(Ztr), min(400, len(Ztr)), replace=False)],
+                  -CLIP_Z, CLIP_Z).astype(np.float32)
+    size = export_int8(km, rep, dest)
+    clf = LiteRTClassifier(dest, (Ztr.shape[1],), len(CLASSES))
+    out = {"bytes": size, "path": str(dest)}
+    for kind, f in (("float", lambda Z: km.predict(Z, verbose=0)),
+                    ("int8", lambda Z: np.stack([clf.predict(z) for z in Z]))):
+        pr = f(np.clip(Zr, -CLIP_Z, CLIP_Z).astype(np.float32))
+        pu = f(np.clip(Zu, -CLIP_Z, CLIP_Z).astype(np.float32))
+        out[kind] = {"ravdess_acc": float((pr.argmax(1) == yr).mean()),
+                     "urdu_acc4": urdu_scores(pu, uy)["acc4"]}
+    import time as _t
+    z = np.clip(Zu[:1], -CLIP_Z, CLIP_Z).astype(np.float32)[0]
+    ts = []
+    for _ in range(200):
+        t = _t.perf_counter()
+        clf.predict(z)
+        ts.append(_t.perf_counter() - t)
+    out["interpreter_ms_p50"] = float(np.median(ts) * 1000)
+    print(f"  int8 export {dest.name}: {size} bytes, " + json.dumps(out), flush=True)
+    return out
+
+
 def evaluate(feat: str, norm: str, clf: str, data: dict, args) -> dict:
     tr_norm, te_norm = norm.split(":")
     X, y, actor = data["X"], data["y"], data["actor"]
@@ -324,7 +366,8 @@ def evaluate(feat: str, norm: str, clf: str, data: dict, args) -> dict:
         def probs(T, g):
             Z = normalise(te_norm, T, g, ref, args)
             return model.predict_proba((Z - ref_n[0]) / ref_n[1])
-        pr = probs(X[~tr], actor[~tr])
+        Xte = data["Xtest"] if data.get("Xtest") is not None else X
+        pr = probs(Xte[~tr], actor[~tr])
         pu = probs(U, uspk)
         res["folds"][k] = {"ravdess_acc": float((pr.argmax(1) == y[~tr]).mean()),
                            "urdu": urdu_scores(pu, uy)}
@@ -332,6 +375,11 @@ def evaluate(feat: str, norm: str, clf: str, data: dict, args) -> dict:
             pq = probs(data["Uquiet"], uspk)
             res["urdu_quiet"] = urdu_scores(pq, uy)
             res["urdu_quiet"]["changed"] = int((pq[:, FOUR].argmax(1) != pu[:, FOUR].argmax(1)).sum())
+        if k == VAL_FOLD and args.export_int8:
+            Zr = normalise(te_norm, Xte[~tr], actor[~tr], ref, args)
+            Zu = normalise(te_norm, U, uspk, ref, args)
+            res["int8"] = int8_check(model, ref_n, Ztr, Zr, y[~tr], Zu, uy,
+                                     args.export_int8 / f"{feat}_{norm.replace(':', '-')}_{clf}.tflite")
         if k == VAL_FOLD:
             res["urdu_ci95"] = speaker_bootstrap(pu, uy, uspk, args.seed)
             if te_norm == "running":  # how long the running statistics take to settle
@@ -404,6 +452,9 @@ def main() -> int:
                     help="comma-separated TRAIN:TEST normalisations (see above)")
     ap.add_argument("--folds", default="0,1,2,3,4,5",
                     help="RAVDESS folds to train/test (0..5; 2 = actors 9-12)")
+    ap.add_argument("--ravdess-test", choices=["cut", "whole"], default="cut",
+                    help="test RAVDESS actors on VAD-like cuts (default, as trained) or on whole "
+                         "recordings (the CNN card's protocol)")
     ap.add_argument("--aug", type=int, default=0, help="augmented copies per training recording")
     ap.add_argument("--prior", type=float, default=10.0,
                     help="pseudo-utterances of training statistics the running norm starts from")
@@ -414,6 +465,9 @@ def main() -> int:
                     default=ROOT / "models" / "moonshine-tiny-en-encoder.ort")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/ser_repr"), help="feature cache")
     ap.add_argument("--json", type=Path, help="write all results here (default: CACHE/results.json)")
+    ap.add_argument("--export-int8", type=Path, metavar="DIR",
+                    help="also export each variant's fold 9-12 model to int8 TFLite in DIR and "
+                         "score it (needs tensorflow, the [train] extra)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the shipped model's URDU row")
     args = ap.parse_args()
     try:
@@ -438,6 +492,10 @@ def main() -> int:
             memo["rav"] = ravdess_audio(recs)
         return memo["rav"]
 
+    def rav_whole():
+        assert_not_validation([r.path for r in recs])
+        return [read_pcm(r.path) for r in recs]
+
     def urdu():
         if "urdu" not in memo:
             memo["urdu"] = [read_pcm(p) for p in upaths]
@@ -459,6 +517,8 @@ def main() -> int:
         data = {"X": cached_features(feat, "ravdess", rav, args), "y": y, "actor": actor,
                 "U": cached_features(feat, "urdu", urdu, args), "uy": uy, "uspk": uspk,
                 "Uquiet": cached_features(feat, "urdu_m20dB", urdu_quiet, args)}
+        if args.ravdess_test == "whole":
+            data["Xtest"] = cached_features(feat, "ravdess_whole", rav_whole, args)
         if args.aug:
             data["A"] = cached_features(feat, f"ravdess_aug{args.aug}_s{args.seed}", aug, args)
             src = args.cache / f"augsrc{args.aug}_s{args.seed}.npy"
@@ -468,7 +528,7 @@ def main() -> int:
         for clf in args.classifiers.split(","):
             for norm in args.norms.split(","):
                 r = evaluate(feat, norm, clf, data, args)
-                r["aug"] = args.aug
+                r["aug"], r["ravdess_test"] = args.aug, args.ravdess_test
                 results.append(r)
                 print(f"{feat:13s} {norm:16s} {clf:4s} RAVDESS {100 * r['ravdess_mean']:.1f} % "
                       f"(9-12: {100 * r['ravdess_val']:.1f} %)  URDU {100 * r['urdu']['acc4']:.1f} % "
