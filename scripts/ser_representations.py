@@ -190,6 +190,37 @@ def augmented(recs, audio: list[np.ndarray], k: int, seed: int) -> tuple[list[np
     return out, np.array(src)
 
 
+def analyze_cuts(paths: list[Path], args) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The utterances ``redsg-edge analyze`` cuts from each file: the daemon's speech path
+    (``speech.SpeechPerception``: Silero VAD, segmenter, padding; config.toml's [speech]) with
+    the shipped SER, keeping each utterance's audio (padding included). Returns (clips, owning
+    file index (C,), duration weight (C,)); cached in ``args.cache``."""
+    f = args.cache / "urdu_analyze_cuts.npz"
+    if f.is_file():
+        z = np.load(f)
+        return np.split(z["pcm"], np.cumsum(z["lengths"])[:-1]), z["owner"], z["dur"]
+    import soundfile as sf
+    from tqdm import tqdm
+    from redsg_edge.config import load_config
+    from redsg_edge.speech import SerModel, SpeechPerception
+    from redsg_edge.vad import SileroVad
+    cfg = load_config(ROOT / "config.toml")
+    ser, vad = SerModel(ROOT / "models" / "ser_int8.tflite", cfg.speech.window_s), SileroVad()
+    clips, owner, dur = [], [], []
+    for i, p in enumerate(tqdm(paths, desc="URDU through the analyze path", unit="file")):
+        pcm, _ = sf.read(p, dtype="int16")
+        step = SpeechPerception(ser, cfg.speech, vad)
+        outs = [o for b in range(0, len(pcm), 16_000) for o in step.push(b / 16_000, pcm[b:b + 16_000])]
+        for o in outs + step.finish():
+            if o.kind == "utterance":
+                clips.append(o.audio.astype(np.float32) / 32768)
+                owner.append(i)
+                dur.append(o.end_s - o.start_s)
+    args.cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, pcm=np.concatenate(clips), lengths=[len(c) for c in clips], owner=owner, dur=dur)
+    return clips, np.array(owner), np.array(dur)
+
+
 def cached_features(name: str, corpus: str, clips_fn, args) -> np.ndarray:
     """(N, D) float32 features of a corpus, computed once and kept in ``args.cache``; ``a+b``
     is the concatenation of feature sets a and b."""
@@ -368,7 +399,15 @@ def evaluate(feat: str, norm: str, clf: str, data: dict, args) -> dict:
             return model.predict_proba((Z - ref_n[0]) / ref_n[1])
         Xte = data["Xtest"] if data.get("Xtest") is not None else X
         pr = probs(Xte[~tr], actor[~tr])
-        pu = probs(U, uspk)
+        if data.get("Ucut") is not None:  # utterances of the analyze path → file probabilities
+            pc = probs(data["Ucut"], uspk[data["Uowner"]])
+            pu = np.full((len(U), len(CLASSES)), 1.0 / len(CLASSES))  # no utterance: no label
+            for i in np.unique(data["Uowner"]):
+                m = data["Uowner"] == i
+                pu[i] = np.average(pc[m], axis=0, weights=data["Udur"][m])
+            res["urdu_unlabelled"] = int(len(U) - len(np.unique(data["Uowner"])))
+        else:
+            pu = probs(U, uspk)
         res["folds"][k] = {"ravdess_acc": float((pr.argmax(1) == y[~tr]).mean()),
                            "urdu": urdu_scores(pu, uy)}
         if k == VAL_FOLD and data.get("Uquiet") is not None:
@@ -455,6 +494,11 @@ def main() -> int:
     ap.add_argument("--ravdess-test", choices=["cut", "whole"], default="cut",
                     help="test RAVDESS actors on VAD-like cuts (default, as trained) or on whole "
                          "recordings (the CNN card's protocol)")
+    ap.add_argument("--urdu-path", choices=["whole", "analyze"], default="whole",
+                    help="URDU as whole files (default) or as the utterances `redsg-edge analyze` "
+                         "cuts (daemon VAD path; file = duration-weighted mean of its utterances)")
+    ap.add_argument("--train-whole", action="store_true",
+                    help="train on the whole recordings too (with their ~1 s silences), beside the cuts")
     ap.add_argument("--aug", type=int, default=0, help="augmented copies per training recording")
     ap.add_argument("--prior", type=float, default=10.0,
                     help="pseudo-utterances of training statistics the running norm starts from")
@@ -517,18 +561,29 @@ def main() -> int:
         data = {"X": cached_features(feat, "ravdess", rav, args), "y": y, "actor": actor,
                 "U": cached_features(feat, "urdu", urdu, args), "uy": uy, "uspk": uspk,
                 "Uquiet": cached_features(feat, "urdu_m20dB", urdu_quiet, args)}
-        if args.ravdess_test == "whole":
-            data["Xtest"] = cached_features(feat, "ravdess_whole", rav_whole, args)
+        if args.urdu_path == "analyze":
+            cuts = memo.setdefault("cuts", analyze_cuts(upaths, args))
+            data["Ucut"] = cached_features(feat, "urdu_analyze", lambda: cuts[0], args)
+            data["Uowner"], data["Udur"] = cuts[1], cuts[2]
+            data["Uquiet"] = None
+        if args.ravdess_test == "whole" or args.train_whole:
+            whole = cached_features(feat, "ravdess_whole", rav_whole, args)
+            if args.ravdess_test == "whole":
+                data["Xtest"] = whole
         if args.aug:
             data["A"] = cached_features(feat, f"ravdess_aug{args.aug}_s{args.seed}", aug, args)
             src = args.cache / f"augsrc{args.aug}_s{args.seed}.npy"
             if not src.is_file():
                 np.save(src, memo["aug"][1] if "aug" in memo else augmented(recs, rav(), args.aug, args.seed)[1])
             data["Asrc"] = np.load(src)
+        if args.train_whole:  # the whole recordings as more training rows, beside the cuts
+            data["A"] = np.concatenate([data["A"], whole]) if "A" in data else whole
+            data["Asrc"] = np.concatenate([data.get("Asrc", np.zeros(0, int)), np.arange(len(recs))])
         for clf in args.classifiers.split(","):
             for norm in args.norms.split(","):
                 r = evaluate(feat, norm, clf, data, args)
-                r["aug"], r["ravdess_test"] = args.aug, args.ravdess_test
+                r["aug"], r["ravdess_test"], r["train_whole"] = args.aug, args.ravdess_test, args.train_whole
+                r["urdu_path"] = args.urdu_path
                 results.append(r)
                 print(f"{feat:13s} {norm:16s} {clf:4s} RAVDESS {100 * r['ravdess_mean']:.1f} % "
                       f"(9-12: {100 * r['ravdess_val']:.1f} %)  URDU {100 * r['urdu']['acc4']:.1f} % "
