@@ -34,10 +34,15 @@ SNR, gain −25..+12 dB. URDU is never trained on (``datasets.assert_not_validat
 Reported per variant: RAVDESS utterance accuracy of each fold model on its held-out actors (mean
 over ``--folds``; fold index 2 = actors 9–12, the card's validation fold), URDU 4-class accuracy
 (argmax over angry/happy/neutral/sad of the 7-class output) and UAR of the actors-9–12 fold model
-(the model the card's "choices" table used), its per-class recall, and the URDU accuracy averaged
-over the fold models. Features are cached under ``--cache`` (default /tmp/ser_repr).
+(the model the card's "choices" table used), its per-class recall, a 95 % interval that resamples
+URDU *speakers* (most speak one emotion only), the URDU accuracy averaged over the fold models,
+and that model on the URDU files at −20 dB. ``--urdu-path analyze`` takes URDU through the
+daemon's VAD path (the utterances ``redsg-edge analyze`` cuts); ``--ravdess-test whole`` tests
+on whole recordings (the CNN card's protocol); ``--export-int8 DIR`` exports each fold-9–12
+classifier to int8 TFLite and scores it (needs tensorflow). Features are cached under
+``--cache`` (default /tmp/ser_repr); the shipped CNN's URDU row is added unless ``--no-baseline``.
 
-    python scripts/ser_representations.py                      # the whole table
+    python scripts/ser_representations.py                      # the main table
     python scripts/ser_representations.py --features egemaps --classifiers lr --norms global:global
 """
 
