@@ -68,7 +68,9 @@ from train_ser import FOLDS, FOUR, group_of, read_pcm, speech_span  # noqa: E402
 
 PAD_S = 0.25
 VAL_FOLD = 2  # actors 9–12: the card's validation fold
-DEFAULT_NORMS = ["global:global", "global:running", "actor:running", "actor:speaker"]
+DEFAULT_NORMS = ["global:global", "global:running", "actor:running", "actor:corpus", "actor:speaker"]
+DEFAULT_FEATURES = ("egemaps,egemaps@lvl,mfcc_stats,mfcc_meanstd,mfcc_meanstd@lvl,compare@lvl,"
+                    "moonshine@lvl,compare@lvl+moonshine@lvl")
 
 
 # --- features -------------------------------------------------------------------------------------
@@ -488,7 +490,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__.split("\n\n", 1)[1])
-    ap.add_argument("--features", default="egemaps,compare,mfcc_stats,mfcc_meanstd,moonshine",
+    ap.add_argument("--features", default=DEFAULT_FEATURES,
                     help=f"comma-separated feature sets ({', '.join(FEATURES)}; NAME@lvl: on "
                          "level-normalised audio; A+B: concatenated)")
     ap.add_argument("--classifiers", default="lr,mlp", help="comma-separated: lr (C 0.1), lrC (e.g. lr0.01), mlp")
