@@ -227,7 +227,7 @@ def bench_coldstart(cfg, models: dict[str, Path], paths: BenchPaths, quick: bool
     ok = [r["ready_s"] for r in runs if r["ready_s"] is not None]
     res["runs"] = runs
     res["ready_s_median"] = round(float(np.median(ok)), 3) if ok else None
-    res["measured_to"] = "READY=1 on NOTIFY_SOCKET (service.py)"
+    res["measured_to"] = "READY=1 on NOTIFY_SOCKET (service/daemon.py)"
     med = res["ready_s_median"]
     res["targets"] = {"coldstart_s": {"value": med, "limit": TARGETS["coldstart_s"],
                                       "met": med is not None and med <= TARGETS["coldstart_s"]}}
