@@ -133,6 +133,11 @@ def load_ravdess_index(root: str | os.PathLike | None = None) -> list[RavdessFil
     return out
 
 
+#: URDU's four classes as indices into CLASSES; a 7-class output is scored on URDU by the argmax
+#: over these.
+URDU_CLASSES = [CLASSES.index(c) for c in ("angry", "happy", "neutral", "sad")]
+
+
 def load_urdu(root: str | os.PathLike | None = None) -> tuple[list[Path], np.ndarray]:
     """URDU (Latif et al. 2018: 400 natural Urdu talk-show utterances, 29 speakers; 4 classes):
     the cross-corpus **validation** set of SER. Validate and report on it, never train on it

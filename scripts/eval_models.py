@@ -36,14 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.calibration import expected_calibration_error, temperature_scale  # noqa: E402
-from redsg_edge.datasets import (DATA_ROOT, load_ck48, load_fer2013,  # noqa: E402
-                                 load_ravdess_index, load_urdu)
+from redsg_edge.datasets import (DATA_ROOT, URDU_CLASSES as FOUR, load_ck48,  # noqa: E402
+                                 load_fer2013, load_ravdess_index, load_urdu)
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows  # noqa: E402
 from redsg_edge.litert import LiteRTClassifier  # noqa: E402
 from redsg_edge.vision import FerModel  # noqa: E402
 from ser_augment import add_noise, apply_gain, white_noise  # noqa: E402
 
-FOUR = [CLASSES.index(c) for c in ("angry", "happy", "neutral", "sad")]  # URDU's classes
 SIX = [CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "sad", "surprise")]
 HELD_OUT = (23, 24)
 
@@ -133,8 +132,15 @@ def _ser_dataset(data: Path):
 
 
 def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
-    """SER figures through ``features.ser_windows`` on whole files (utterance = mean of windows)."""
-    meta = json.loads(path.with_suffix(".json").read_text())
+    """SER figures through ``features.ser_windows`` on whole files (utterance = mean of windows).
+    A model without its sidecar ``.json`` (a fold model) is read with the shipped window and hop
+    and temperature 1."""
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        sidecar = Path(__file__).resolve().parent.parent / "models" / "ser_int8.json"
+        meta = {**json.loads(sidecar.read_text()), "temperature": 1.0}
+    else:
+        meta = json.loads(sidecar.read_text())
     win, hop = int(meta["window_s"] * SAMPLE_RATE), int(meta["hop_s"] * SAMPLE_RATE)
     t = float(meta["temperature"])
     clf = LiteRTClassifier(path, (num_frames(win), 20), len(CLASSES), 1)
@@ -204,6 +210,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DATA_ROOT,
                     help="data root holding ravdess/ and urdu/ (FER sets: REDSG_DATA)")
     ap.add_argument("--only", choices=("fer", "ser"), help="evaluate one model")
+    ap.add_argument("--ser-model", type=Path,
+                    help="SER .tflite to validate (default MODELS/ser_int8.tflite; e.g. a fold "
+                         "model of scripts/train_ser.py, which never reads the URDU set itself)")
     ap.add_argument("--calls", type=int, default=1000, help="latency calls per model")
     ap.add_argument("--no-plots", action="store_true")
     ap.add_argument("--json", type=Path, help="write the figures here")
@@ -217,7 +226,8 @@ def main() -> int:
                  ("FER int8", "latency p50 ms (1 thread)", f["latency_one_thread"]["p50_ms"]),
                  ("FER int8", "size bytes", f["bytes"]), ("FER int8", "sha256", f["sha256"])]
     if args.only != "fer":
-        res["ser"] = s = eval_ser(args.models / "ser_int8.tflite", args.calls, not args.no_plots, args.data)
+        res["ser"] = s = eval_ser(args.ser_model or args.models / "ser_int8.tflite", args.calls,
+                                  not args.no_plots, args.data)
         rows += [("SER int8", "held-out 23+24 utterance acc (120)", s["utt_acc"]),
                  ("SER int8", "held-out 23+24 utterance UAR (120)", s["utt_uar"])]
         rows += [("SER int8", f"held-out 23+24 non-calm acc (104), {k}", v["acc_104_noncalm"])

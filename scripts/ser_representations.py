@@ -60,11 +60,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from redsg_edge import CLASSES  # noqa: E402
-from redsg_edge.datasets import (DATA_ROOT, assert_not_validation,  # noqa: E402
-                                 load_ravdess_index, load_urdu)
+from redsg_edge.datasets import (DATA_ROOT, URDU_CLASSES as FOUR,  # noqa: E402
+                                 assert_not_validation, load_ravdess_index, load_urdu)
 from redsg_edge.features import SAMPLE_RATE  # noqa: E402
 from ser_functionals import lean_smile, level_normalised  # noqa: E402
-from train_ser import FOLDS, FOUR, group_of, read_pcm, speech_span  # noqa: E402
+from train_ser import FOLDS, group_of, read_pcm, speech_span  # noqa: E402
 
 PAD_S = 0.25
 VAL_FOLD = 2  # actors 9–12: the card's validation fold

@@ -17,22 +17,25 @@ Babble and room tone for a recording come only from recordings of its own group 
 cross-validation fold, with the held-out actors 23 and 24 a group of their own), so no test
 speaker's voice is ever mixed into a training sample.
 
-Protocol (speaker-independent; the URDU corpus is validation only and never trained on):
+Protocol (speaker-independent):
 1. The shipped model: actors 1–22; test speakers Actor_23 and Actor_24, evaluated once.
 2. 6-fold cross-validation by actor (folds of 4 consecutive actors, 2 male + 2 female): each fold
    is exported to int8 and evaluated as int8 on whole recordings (``ser_windows`` over the file).
    Reported: mean utterance accuracy and UAR over folds.
-3. URDU (``../shared/data/urdu``, 400 natural Urdu utterances, 4 classes): argmax over angry,
-   happy, neutral, sad of the 7-class output, for every model.
-4. Temperature scaling: one temperature T fitted on the pooled out-of-fold int8 windows of the 6
+3. Temperature scaling: one temperature T fitted on the pooled out-of-fold int8 windows of the 6
    folds (held out for each fold's model, trained like the shipped one) the way the runtime
    applies it (softmax(log p / T) on each window, then the mean over the utterance), written
    with the window settings to ``models/ser_int8.json``.
 
 Network: a 1-D CNN over time, ``--blocks`` conv blocks of ``--width`` x (1, 2, 3, 4) channels
 (shipped: 3 blocks of 32/64/96, 34 k parameters). ``--variant``, ``--floor-db`` and ``--mixup``
-are the experiments the model card's "choices" table compares (fold 9–12 and URDU as
-validation); ``--variant`` models compute other features than the runtime and must not ship.
+are the experiments the model card's "choices" table compares (fold 9–12 as validation);
+``--variant`` models compute other features than the runtime and must not ship.
+
+This script reads RAVDESS only; ``datasets.assert_not_validation`` makes it refuse any file of
+the cross-corpus validation set before reading a sample. Cross-corpus validation is a separate
+step that never feeds training: ``scripts/eval_models.py --only ser --ser-model
+runs/ser/fold2_int8.tflite``.
 
 Needs the ``[train]`` extra (tensorflow-cpu, librosa, pyroomacoustics).
 
@@ -56,7 +59,7 @@ from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge import features  # noqa: E402
 from redsg_edge.calibration import expected_calibration_error, temperature_scale  # noqa: E402
 from redsg_edge.datasets import (DATA_ROOT, assert_not_validation,  # noqa: E402
-                                 load_ravdess_index, load_urdu)
+                                 load_ravdess_index)
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows  # noqa: E402
 from ser_augment import Augmenter, room_impulse_responses  # noqa: E402
 from tflite_export import export_int8  # noqa: E402
@@ -66,7 +69,6 @@ HOP_S = 0.5
 WIN, HOP = int(WINDOW_S * SAMPLE_RATE), int(HOP_S * SAMPLE_RATE)
 TEST_ACTORS = (23, 24)
 FOLDS = [tuple(range(1 + 4 * k, 5 + 4 * k)) for k in range(6)]
-FOUR = [CLASSES.index(c) for c in ("angry", "happy", "neutral", "sad")]
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -114,7 +116,7 @@ def build_crops(files, copies: int, seed: int, cache: Path):
     """Augmented VAD-like crops, cached as int16. Returns (audio list of (M,) float32, file index
     (C,), copy index (C,)); copy 0 of each recording is clean (a crop, not augmented)."""
     from tqdm import tqdm
-    assert_not_validation([r.path for r in files])  # URDU is validation only
+    assert_not_validation([r.path for r in files])  # validation data is never trained on
     f = cache / f"ser_crops_c{copies}_s{seed}.npz"
     if f.is_file():
         z = np.load(f)
@@ -281,26 +283,12 @@ def utterance_mean(pw: np.ndarray, who: np.ndarray, t: float = 1.0) -> np.ndarra
     return p / p.sum(1, keepdims=True)
 
 
-def utterance_probs(predict, audio: list[np.ndarray]) -> np.ndarray:
-    """(U, 7): the mean window probabilities of each utterance, windows from ``ser_windows``."""
-    return utterance_mean(*window_probs(predict, audio))
-
-
 def scores(p: np.ndarray, y: np.ndarray) -> dict:
     """Accuracy, UAR (mean per-class recall) and per-class recall of utterance probabilities."""
     pred = p.argmax(1)
     rec = {CLASSES[c]: float((pred[y == c] == c).mean()) for c in range(len(CLASSES)) if (y == c).any()}
     return {"acc": float((pred == y).mean()), "uar": float(np.mean(list(rec.values()))),
             "recall": rec, "n": int(len(y))}
-
-
-def urdu_scores(p: np.ndarray, y: np.ndarray) -> dict:
-    """4-class URDU accuracy: argmax over angry/happy/neutral/sad of the 7-class output."""
-    pred = np.array(FOUR)[p[:, FOUR].argmax(1)]
-    rec = {CLASSES[c]: float((pred[y == c] == c).mean()) for c in FOUR}
-    return {"acc4": float((pred == y).mean()), "uar4": float(np.mean(list(rec.values()))),
-            "recall": rec, "n": int(len(y)), "pred7": {CLASSES[c]: int((p.argmax(1) == c).sum())
-                                                      for c in range(len(CLASSES))}}
 
 
 def int8_predict(path: Path):
@@ -354,7 +342,6 @@ def write_sidecar(model: Path, t: float) -> Path:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=DATA_ROOT / "ravdess", help="RAVDESS folder")
-    ap.add_argument("--urdu", type=Path, default=DATA_ROOT / "urdu", help="URDU folder (validation)")
     ap.add_argument("--out", type=Path, default=Path("runs/ser"))
     ap.add_argument("--cache", type=Path, default=Path(".cache"))
     ap.add_argument("--epochs", type=int, default=25)
@@ -387,8 +374,6 @@ def main() -> int:
     print(f"{len(files)} files → {len(audio)} crops → {len(X)} windows of {X.shape[1]}x{X.shape[2]}",
           flush=True)
     whole = [read_pcm(r.path) for r in files]
-    upaths, uy = load_urdu(args.urdu)
-    urdu = [read_pcm(p) for p in upaths]
     rep = np.random.default_rng(0)
 
     def run(name: str, test_actors: tuple[int, ...], seed: int, dest: Path) -> dict:
@@ -404,14 +389,12 @@ def main() -> int:
         for kind, pred in (("float", lambda Z: model.predict(Z, batch_size=256, verbose=0)),
                            ("int8", int8_predict(dest))):
             probs[kind] = pw, who = window_probs(pred, [whole[i] for i in te])
-            pt = utterance_mean(pw, who)
-            pu = utterance_probs(pred, urdu)
-            res[kind] = {"ravdess": scores(pt, label[te]), "urdu": urdu_scores(pu, uy)}
+            res[kind] = {"ravdess": scores(utterance_mean(pw, who), label[te])}
         np.savez(args.out / f"{name}_probs.npz", int8=utterance_mean(*probs["int8"]),
                  float=utterance_mean(*probs["float"]), int8_windows=probs["int8"][0],
                  who=probs["int8"][1], y=label[te], files=te)
         (args.out / f"{name}.json").write_text(json.dumps(res, indent=1))
-        print(name, json.dumps({k: (v["ravdess"]["acc"], v["urdu"]["acc4"]) for k, v in res.items()
+        print(name, json.dumps({k: v["ravdess"]["acc"] for k, v in res.items()
                                 if isinstance(v, dict)}), f"{res['train_time_s']} s", flush=True)
         return res
 
@@ -427,7 +410,6 @@ def main() -> int:
         summary = {"folds": done}
         for kind in ("float", "int8"):
             summary[kind] = {m: float(np.mean([c[kind]["ravdess"][m] for c in cv])) for m in ("acc", "uar")}
-            summary[kind]["urdu_acc4"] = float(np.mean([c[kind]["urdu"]["acc4"] for c in cv]))
         oof = [window_oof(args.out, k, whole, label) for k in done]
         pw = np.concatenate([o[0] for o in oof])
         who = np.concatenate([o[1] + sum(len(p[2]) for p in oof[:i]) for i, o in enumerate(oof)])

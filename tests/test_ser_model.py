@@ -16,7 +16,8 @@ import pytest
 import soundfile as sf
 
 from redsg_edge import CLASSES
-from redsg_edge.datasets import DATA_ROOT, assert_not_validation, load_ravdess_index, load_urdu
+from redsg_edge.datasets import (DATA_ROOT, URDU_CLASSES as FOUR, assert_not_validation,
+                                 load_ravdess_index, load_urdu)
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows
 from redsg_edge.litert import LiteRTClassifier
 
@@ -116,7 +117,6 @@ def test_features_do_not_depend_on_the_level(speech):
 
 # --- accuracy floors on real data -------------------------------------------------------------
 
-FOUR = [CLASSES.index(c) for c in ("angry", "happy", "neutral", "sad")]
 
 
 def _utterance_probs(clf, x: np.ndarray) -> np.ndarray:
