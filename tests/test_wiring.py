@@ -267,14 +267,21 @@ def test_ready_waits_for_the_late_first_frame(face_daemon):
     ready_waited_for_media(face_daemon)
 
 
+def assert_degraded(d: Daemon, face: str, voice: str, missing: str, file: str) -> dict:
+    """READY=1 and the status file say which modality runs; the notes name the missing device
+    and its file. Returns the status."""
+    ready_msg = next(m for t, m in d.listener.snapshot() if "READY=1" in m.split("\n"))
+    assert f"face {face}, voice {voice}" in ready_msg
+    st = d.status()
+    assert st["pipeline"]["modalities"] == {"face": face, "voice": voice}
+    notes = " ".join(st["pipeline"]["notes"])
+    assert f"{missing} unavailable" in notes and file in notes
+    return st
+
+
 def test_degraded_face_only_runs_and_says_so(face_daemon):
     d = face_daemon
-    ready_msg = next(m for t, m in d.listener.snapshot() if "READY=1" in m.split("\n"))
-    assert "face on, voice off" in ready_msg
-    st = d.status()
-    assert st["pipeline"]["modalities"] == {"face": "on", "voice": "off"}
-    notes = " ".join(st["pipeline"]["notes"])
-    assert "microphone unavailable" in notes and "no-mic.wav" in notes
+    st = assert_degraded(d, "on", "off", "microphone", "no-mic.wav")
     before = st["pipeline"]["frames"]["with_face"]
     deadline = time.monotonic() + 10
     while d.status()["pipeline"]["frames"]["with_face"] <= before:  # it runs on the face
@@ -330,13 +337,7 @@ def test_ready_waits_for_the_late_first_audio_block(voice_daemon):
 
 
 def test_degraded_voice_only_runs_and_says_so(voice_daemon):
-    d = voice_daemon
-    ready_msg = next(m for t, m in d.listener.snapshot() if "READY=1" in m.split("\n"))
-    assert "face off, voice on" in ready_msg
-    st = d.status()
-    assert st["pipeline"]["modalities"] == {"face": "off", "voice": "on"}
-    notes = " ".join(st["pipeline"]["notes"])
-    assert "camera unavailable" in notes and "no-camera.mp4" in notes
+    assert_degraded(voice_daemon, "off", "on", "camera", "no-camera.mp4")
 
 
 def test_no_voice_evidence_while_the_device_speaks(voice_daemon, voice_chat):
