@@ -20,6 +20,8 @@ from redsg_edge.capture.microphone import _StreamResampler
 from redsg_edge.config import CameraConfig, MicrophoneConfig
 from redsg_edge.datasets import DATA_ROOT
 
+from .helpers import video_only_copy
+
 CLIPS = DATA_ROOT / "av_clips"
 PEXELS = CLIPS / "pyfeat_WolfgangLanger_Pexels.mp4"  # 472 frames, 23.976 fps, silent AAC 48 kHz
 SINGLE = CLIPS / "pyfeat_single_face.mp4"  # 72 frames, 30 fps, 640x360, mp3 44.1 kHz stereo
@@ -186,14 +188,7 @@ def test_stream_resampler_48k_stereo_blocks():
 
 @needs_media
 def test_video_without_audio_track(tmp_path):
-    import av
-    silent = tmp_path / "video_only.mp4"
-    with av.open(str(SINGLE)) as src, av.open(str(silent), "w") as dst:
-        out = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = out
-                dst.mux(packet)
+    silent = video_only_copy(SINGLE, tmp_path / "video_only.mp4")
     with pytest.raises(DeviceError) as err:
         open_microphone(MicrophoneConfig(source="video"),
                         CameraConfig(source="file", file=silent), realtime=False)

@@ -22,7 +22,7 @@ from redsg_edge.events import Reply, Transition
 from redsg_edge.reply import ReplyWorker, split_sentences
 from redsg_edge.voice import WavSink
 
-from .helpers import shared_voice
+from .helpers import shared_voice, video_only_copy
 
 # ============================================================================ the reply path
 
@@ -469,19 +469,12 @@ def test_analyze_damaged_and_wrong_inputs_say_what_is_wrong(tmp_path):
     """Weaknesses: a FLAC with damaged frames read to 1.3 of its 4.4 s without a word; an mp4
     without audio and a text file told to set microphone.source; a newline in a file name
     split the output; an empty folder printed nothing and exited 0."""
-    import av
     raw = bytearray(UTTERANCE.read_bytes())
     start = int(len(raw) * 0.15)
     raw[start:] = np.random.default_rng(0).integers(0, 256, len(raw) - start, np.uint8).tobytes()
     damaged = tmp_path / "damaged.flac"
     damaged.write_bytes(bytes(raw))
-    silent = tmp_path / "silent.mp4"
-    with av.open(str(SINGLE_FACE)) as src, av.open(str(silent), "w") as dst:
-        vs = dst.add_stream_from_template(src.streams.video[0])
-        for pkt in src.demux(src.streams.video[0]):
-            if pkt.dts is not None:
-                pkt.stream = vs
-                dst.mux(pkt)
+    silent = video_only_copy(SINGLE_FACE, tmp_path / "silent.mp4")
     text = tmp_path / "notes.txt"
     text.write_text("hello\n")
     odd = tmp_path / "two\nlines.flac"

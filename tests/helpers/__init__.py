@@ -19,3 +19,17 @@ def shared_voice():
     voice = Voice()
     voice.warm()
     return voice
+
+
+def video_only_copy(src, dest):
+    """Write ``dest``: the video track of media file ``src`` remuxed without re-encoding and
+    without its audio (a camera file with no sound track). Returns ``dest``."""
+    import av
+
+    with av.open(str(src)) as inp, av.open(str(dest), "w") as out:
+        vs = out.add_stream_from_template(inp.streams.video[0])
+        for pkt in inp.demux(inp.streams.video[0]):
+            if pkt.dts is not None:  # the demuxer's final flush packet carries no data
+                pkt.stream = vs
+                out.mux(pkt)
+    return dest
