@@ -9,6 +9,8 @@ utterance the VAD just closed (for speech-to-text).
 
 from __future__ import annotations
 
+import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -16,11 +18,12 @@ import numpy as np
 
 from .capture import FrameSchedule
 from .config import Config
-from .fusion import Evidence, face_reliability
+from .events import EventBus
+from .fusion import Evidence, FusedUpdate, Fusion, face_reliability
 from .speech import SerModel, SpeechOutput, SpeechPerception
 from .vision import FaceDetector, FerModel, VisionWorker
 
-__all__ = ["Percept", "Perception", "face_evidence", "deliver"]
+__all__ = ["Percept", "Perception", "face_evidence", "deliver", "fuse_and_publish"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,23 @@ def deliver(percepts: Iterable[Percept], fuse: Callable[[float, Evidence | None]
         if p.utterance is not None and on_utterance is not None:
             on_utterance(p.utterance)
         fuse(p.t, p.evidence)
+
+
+def fuse_and_publish(fusion: Fusion, bus: EventBus, t: float, ev: Evidence | None,
+                     on_evidence: Callable[[float, Evidence | None], None] | None = None,
+                     lock: threading.Lock | None = None) -> FusedUpdate:
+    """One fusion update at ``t`` (s) with ``ev`` (or None), the same live and in replay:
+    ``on_evidence`` sees the input, ``fusion.update`` runs (under ``lock`` when given: live,
+    two threads feed one fusion), then the update and any transition are published on ``bus``
+    (outside the lock: subscribers never hold up the other thread's update)."""
+    if on_evidence is not None:
+        on_evidence(t, ev)
+    with lock if lock is not None else nullcontext():
+        upd = fusion.update(t, ev)
+    bus.publish(upd)
+    if upd.transition is not None:
+        bus.publish(upd.transition)
+    return upd
 
 
 class Perception:

@@ -25,7 +25,7 @@ from .events import EventBus, Utterance
 from .features import SAMPLE_RATE
 from .fusion import Evidence, FusedUpdate, Fusion
 from .modalities import MODALITIES
-from .perception import Perception, deliver
+from .perception import Perception, deliver, fuse_and_publish
 from .speech import SpeechOutput
 from .vad import CHUNK
 
@@ -314,14 +314,8 @@ class Pipeline:
         """One fusion update at ``t`` (s) with ``ev`` (or None): what every perception output
         goes through, public so that another evidence producer (a registered modality) can
         feed the same fusion. Publishes the update and any transition on :attr:`bus`."""
-        if self.on_evidence is not None:
-            self.on_evidence(t, ev)
-        with self._fusion_lock:
-            upd = self.fusion.update(t, ev)
-            self.last_update = upd
-        self.bus.publish(upd)
-        if upd.transition is not None:
-            self.bus.publish(upd.transition)
+        upd = fuse_and_publish(self.fusion, self.bus, t, ev, self.on_evidence, self._fusion_lock)
+        self.last_update = upd
         return upd
 
     def _vision_loop(self) -> None:

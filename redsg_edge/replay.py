@@ -18,13 +18,12 @@ from .config import Config
 from .eventlog import EventLog
 from .events import EventBus, Utterance
 from .fusion import Evidence, Fusion
-from .perception import Perception, deliver
+from .perception import Perception, deliver, fuse_and_publish
 from .speech import SpeechOutput
 
 log = logging.getLogger("redsg_edge.replay")
 
 __all__ = ["replay"]
-
 
 
 def _merge(frames: Iterator, blocks: Iterator) -> Iterator[tuple[str, float, np.ndarray]]:
@@ -115,12 +114,7 @@ def replay(cfg: Config, video: Path | None, audio: Path | None = None, out: Path
     unsubscribe = bus.subscribe(record, name="replay records")
 
     def fuse(t: float, ev: Evidence | None) -> None:
-        if on_evidence is not None:
-            on_evidence(t, ev)
-        upd = fusion.update(t, ev)
-        bus.publish(upd)
-        if upd.transition is not None:
-            bus.publish(upd.transition)
+        fuse_and_publish(fusion, bus, t, ev, on_evidence)
 
     def said(out: SpeechOutput) -> None:
         if transcriber is None:
