@@ -99,9 +99,6 @@ class Perception:
         self.vision = vision
         self.speech = speech
         self._schedule = FrameSchedule()
-        #: frames classified (after the max_fps limit) and skipped by it
-        self.frames = 0
-        self.skipped_frames = 0
 
     @classmethod
     def load(cls, cfg: Config, face: bool, voice: bool, video_mode: bool = True) -> "Perception":
@@ -125,9 +122,7 @@ class Perception:
         if self.vision is None:
             raise RuntimeError("Perception.frame: no vision worker (the camera is off)")
         if not self._schedule.keep(t, self.cfg.vision.max_fps):
-            self.skipped_frames += 1
             return []
-        self.frames += 1
         result, _faces = self.vision.process(t, rgb)
         return [Percept(t, face_evidence(t, result, self.cfg))]
 
