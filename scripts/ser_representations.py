@@ -145,6 +145,9 @@ def extractor(name: str, args):
         return _opensmile("ComParE_2016")
     if name.endswith("_lean"):
         return lean_smile(name[:-5])
+    if name == "utt":
+        from redsg_edge.functionals import utterance_functionals
+        return utterance_functionals
     if name == "mfcc_stats":
         return _mfcc_stats
     if name == "mfcc_meanstd":
@@ -155,7 +158,7 @@ def extractor(name: str, args):
                      "each also NAME@lvl: on level-normalised audio)")
 
 
-FEATURES = ["egemaps", "compare", "mfcc_stats", "mfcc_meanstd", "moonshine"]
+FEATURES = ["utt", "egemaps", "compare", "mfcc_stats", "mfcc_meanstd", "moonshine"]
 
 
 # --- audio ----------------------------------------------------------------------------------------

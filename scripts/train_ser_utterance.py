@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""Train the utterance SER (``models/ser_utt_int8.tflite``): functionals + logistic regression.
+
+The model labels each utterance when it ends (``speech.UtteranceSer``): the utterance's
+functionals (``redsg_edge.functionals``, 1,138 values, level-normalised), z-scored with running
+statistics of the utterances the device has heard (started at this training set's mean and
+standard deviation, weighted as ``PRIOR`` utterances), clipped to ±``CLIP_Z``, then a
+7-class logistic regression (C 0.01, balanced class weights) exported as full-integer int8 TFLite.
+The choice (features, running normalisation, C) was made on the speaker-independent RAVDESS
+folds and on URDU as cross-corpus validation (models/README.md, "Representation experiments").
+
+RAVDESS only (``datasets.assert_not_validation`` guards URDU). Protocol, speaker-independent:
+
+1. 5-fold cross-validation over actors 1–22 (folds of 4 consecutive actors, the last 21–22):
+   out-of-fold probabilities of the int8 fold models give the fold accuracies and UAR, and the
+   calibration temperature (fitted on them, ``calibration.fit_temperature``) with the expected
+   calibration error before and after.
+2. The shipped model: actors 1–22; actors 23 and 24 tested once, float and int8.
+
+Recordings are cut to their speech (frames within 35 dB of the loudest) with 0.25 s of padding,
+as the VAD cuts utterances. Test utterances are normalised as the runtime does (running
+statistics from the prior, in a fixed random order). URDU is scored by
+``scripts/eval_models.py --only ser`` (through ``redsg-edge analyze``), never here.
+
+    python scripts/train_ser_utterance.py                 # writes models/ser_utt_int8.{tflite,json}
+    python scripts/train_ser_utterance.py --out /tmp/m    # elsewhere
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+from redsg_edge import CLASSES  # noqa: E402
+from redsg_edge.calibration import (expected_calibration_error, fit_temperature,  # noqa: E402
+                                    temperature_scale)
+from redsg_edge.datasets import DATA_ROOT, load_ravdess_index  # noqa: E402
+from redsg_edge.functionals import DIM, FEATURES_VERSION, utterance_functionals  # noqa: E402
+from redsg_edge.utterance_ser import CLIP_Z, PRIOR, FeatureNorm  # noqa: E402
+from train_ser import FOLDS, TEST_ACTORS  # noqa: E402
+
+C = 0.01
+CV_FOLDS = [tuple(a for a in f if a not in TEST_ACTORS) for f in FOLDS]
+
+
+def features(recs, cache: Path) -> np.ndarray:
+    """(N, DIM) functionals of the speech cuts, cached by feature version."""
+    from tqdm import tqdm
+    from ser_representations import ravdess_audio
+    f = cache / f"ravdess_{FEATURES_VERSION}.npy"
+    if f.is_file():
+        X = np.load(f)
+        if X.shape == (len(recs), DIM):
+            return X
+    X = np.stack([utterance_functionals(x) for x in
+                  tqdm(ravdess_audio(recs), desc="functionals", unit="utt", mininterval=2)])
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(f, X)
+    return X
+
+
+def fit(X: np.ndarray, y: np.ndarray):
+    """(model, mean, std): the logistic regression on the training set's z-scores."""
+    from sklearn.linear_model import LogisticRegression
+    mean, std = X.mean(0), X.std(0) + 1e-6
+    z = np.clip((X - mean) / std, -CLIP_Z, CLIP_Z)
+    return LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit(z, y), mean, std
+
+
+def keras_model(lr):
+    """The logistic regression as a Keras softmax layer: (DIM,) float32 z → (7,) probabilities."""
+    import keras
+    inp = keras.Input((DIM,), name="features")
+    d = keras.layers.Dense(len(CLASSES), activation="softmax")
+    out = d(inp)
+    d.set_weights([lr.coef_.T.astype(np.float32), lr.intercept_.astype(np.float32)])
+    return keras.Model(inp, out)
+
+
+def running_z(X: np.ndarray, mean: np.ndarray, std: np.ndarray, seed: int) -> np.ndarray:
+    """The runtime's normalisation of a test stream in a random order (``FeatureNorm``)."""
+    norm = FeatureNorm.from_prior(mean, std, PRIOR)
+    out = np.empty_like(X, dtype=np.float32)
+    for i in np.random.default_rng(seed).permutation(len(X)):
+        out[i] = np.clip(norm.normalise(X[i]), -CLIP_Z, CLIP_Z)
+    return out
+
+
+def int8(lr, Ztr: np.ndarray, dest: Path):
+    """Export and load the int8 model; returns (LiteRTClassifier, bytes)."""
+    from redsg_edge.litert import LiteRTClassifier
+    from tflite_export import export_int8
+    rep = Ztr[np.random.default_rng(0).choice(len(Ztr), min(500, len(Ztr)), replace=False)]
+    size = export_int8(keras_model(lr), rep.astype(np.float32), dest)
+    return LiteRTClassifier(dest, (DIM,), len(CLASSES)), size
+
+
+def scores(p: np.ndarray, y: np.ndarray) -> dict:
+    pred = p.argmax(1)
+    rec = {CLASSES[c]: float((pred[y == c] == c).mean()) for c in range(len(CLASSES)) if (y == c).any()}
+    return {"accuracy": float((pred == y).mean()), "uar": float(np.mean(list(rec.values()))),
+            "recall": rec, "n": int(len(y))}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=DATA_ROOT / "ravdess", help="RAVDESS folder")
+    ap.add_argument("--out", type=Path, default=ROOT / "models", help="where the model goes")
+    ap.add_argument("--cache", type=Path, default=Path("/tmp/ser_utt"), help="feature cache")
+    ap.add_argument("--seed", type=int, default=1234, help="order of the test streams")
+    args = ap.parse_args()
+    t0 = time.time()
+    recs = load_ravdess_index(args.data)
+    X = features(recs, args.cache)
+    y = np.array([r.label for r in recs])
+    actor = np.array([r.actor for r in recs])
+    dev = ~np.isin(actor, TEST_ACTORS)
+
+    oof = np.zeros((len(X), len(CLASSES)), np.float32)
+    folds = []
+    for k, fold in enumerate(CV_FOLDS):
+        tr, te = dev & ~np.isin(actor, fold), np.isin(actor, fold)
+        lr, mean, std = fit(X[tr], y[tr])
+        clf, _ = int8(lr, np.clip((X[tr] - mean) / std, -CLIP_Z, CLIP_Z), args.cache / f"fold{k}.tflite")
+        Z = running_z(X[te], mean, std, args.seed)
+        oof[te] = np.stack([clf.predict(z) for z in Z])
+        folds.append({"actors": list(fold), **scores(oof[te], y[te])})
+        print(f"fold {k} actors {fold}: int8 accuracy {100 * folds[-1]['accuracy']:.1f} %, "
+              f"UAR {100 * folds[-1]['uar']:.1f} %  [{time.time() - t0:.0f} s]", flush=True)
+    T = fit_temperature(oof[dev], y[dev])
+    ece = (expected_calibration_error(oof[dev], y[dev]),
+           expected_calibration_error(temperature_scale(oof[dev], T), y[dev]))
+
+    lr, mean, std = fit(X[dev], y[dev])
+    dest = args.out / "ser_utt_int8.tflite"
+    clf, size = int8(lr, np.clip((X[dev] - mean) / std, -CLIP_Z, CLIP_Z), dest)
+    test = np.isin(actor, TEST_ACTORS)
+    Zt = running_z(X[test], mean, std, args.seed)
+    p_float = lr.predict_proba(Zt)
+    p_int8 = temperature_scale(np.stack([clf.predict(z) for z in Zt]), T)
+    card = {
+        "kind": "utterance functionals + logistic regression (speech.UtteranceSer)",
+        "features": FEATURES_VERSION, "dim": DIM, "classes": list(CLASSES),
+        "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
+        "prior_utterances": PRIOR, "clip_z": CLIP_Z, "temperature": round(T, 3),
+        "temperature_fitted_on": "pooled out-of-fold int8 utterances of the 5 actor folds "
+                                 "over actors 1-22 (scripts/train_ser_utterance.py)",
+        "trained_on": "RAVDESS speech, actors 1-22 (1,320 recordings, cut to their speech)",
+        "regularisation_C": C,
+        "cv": {"folds": folds,
+               "mean_accuracy": float(np.mean([f["accuracy"] for f in folds])),
+               "mean_uar": float(np.mean([f["uar"] for f in folds])),
+               "ece_before": ece[0], "ece_after": ece[1]},
+        "test_actors_23_24": {"float": scores(p_float, y[test]), "int8": scores(p_int8, y[test])},
+        "bytes": size,
+    }
+    (args.out / "ser_utt_int8.json").write_text(json.dumps(card, indent=1) + "\n")
+    cv = card["cv"]
+    print(f"CV mean int8 accuracy {100 * cv['mean_accuracy']:.1f} %, UAR {100 * cv['mean_uar']:.1f} %; "
+          f"T {T:.3f}, ECE {ece[0]:.3f} -> {ece[1]:.3f}")
+    print(f"actors 23+24: float {100 * card['test_actors_23_24']['float']['accuracy']:.1f} %, "
+          f"int8 {100 * card['test_actors_23_24']['int8']['accuracy']:.1f} %; {size} bytes -> {dest}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
