@@ -87,7 +87,9 @@ class Analyzer:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._det = self._fer = self._ser = self._vad = None
+        self._det = self._fer = self._ser = self._vad = self._utt = None
+        #: The utterance SER's voice normalisation, shared by every file of this run.
+        self.norm = None
 
     def image(self, path: Path, annotate: Path | None = None) -> dict:
         """FER for every face in one photo (see :func:`read_image`); boxes in the file's own
@@ -111,22 +113,26 @@ class Analyzer:
         return {"path": str(path), "kind": "image", "label": main["label"] if main else None,
                 "probs": main["probs"] if main else None, "faces": out}
 
-    def audio(self, path: Path) -> dict:
-        """Utterances and the whole-file result, through the daemon's own speech path
-        (``speech.SpeechPerception``). Raises ValueError for unreadable audio.
-
-        ``utterances``: [{start_s, end_s, label, probs}] (seconds from the file's start); the
-        file's ``probs`` are the utterances' probabilities averaged with their durations as
-        weights; ``label`` None only when the file holds no speech.
-        """
-        from .capture import AudioFileMic, DeviceError
-        from .speech import SerModel, SpeechPerception
+    def _speech(self):
+        from .speech import SerModel
+        from .utterance_ser import UtteranceSer
         from .vad import SileroVad
-
         if self._ser is None:
-            self._ser = SerModel(self.cfg.speech.ser_model, self.cfg.speech.window_s)
+            sp = self.cfg.speech
+            self._ser = SerModel(sp.ser_model, sp.window_s)
             self._vad = SileroVad()
-        step = SpeechPerception(self._ser, self.cfg.speech, self._vad)  # resets the VAD
+            self._utt = UtteranceSer(sp.utterance_model) if sp.utterance_model else None
+            self.norm = self._utt.new_norm() if self._utt is not None else None
+
+    def _listen(self, path: Path):
+        """The daemon's speech path over one recording: (outputs, t0, samples, mic warning).
+        Raises ValueError for audio FFmpeg cannot decode."""
+        from .capture import AudioFileMic, DeviceError
+        from .speech import SpeechPerception
+
+        self._speech()
+        step = SpeechPerception(self._ser, self.cfg.speech, self._vad,  # resets the VAD
+                                utterance_model=self._utt, norm=self.norm)
         outs, t0, n = [], None, 0
         try:
             mic = AudioFileMic(path, 1000, realtime=False, key="analyze PATH")
@@ -147,14 +153,49 @@ class Analyzer:
             why = why.split("cannot be decoded: ", 1)[-1].split(" (analyze PATH", 1)[0]
             raise ValueError(f"{path}: neither a photo nor a recording FFmpeg can decode "
                              f"({why})") from None
-        outs += step.finish()
+        return outs + step.finish(), t0, n, mic.warning
+
+    def calibrate(self, paths: list[Path], progress: bool = False) -> int:
+        """Listen to every recording among ``paths`` once, so that the utterance SER's running
+        voice normalisation (``utterance_ser.FeatureNorm``) holds the statistics of them all,
+        then freeze it: each file is then labelled with the same statistics, whatever the order
+        of the files (unsupervised adaptation to the batch's microphone, room and speakers; no
+        labels are read). Unreadable files are skipped here and reported by :meth:`file`.
+        Returns the utterances heard; 0 without an utterance SER."""
+        audio = [p for p in paths if p.is_file() and p.suffix.lower() not in IMAGE_EXT]
+        if not audio:
+            return 0
+        self._speech()
+        if self.norm is None:
+            return 0
+        from tqdm import tqdm
+        heard = 0
+        for p in tqdm(audio, desc="calibrating the voice normalisation", unit="file",
+                      disable=not progress, mininterval=1, leave=False):
+            try:
+                heard += sum(o.kind == "utterance" for o in self._listen(p)[0])
+            except ValueError:
+                continue
+        self.norm.frozen = True
+        return heard
+
+    def audio(self, path: Path) -> dict:
+        """Utterances and the whole-file result, through the daemon's own speech path
+        (``speech.SpeechPerception``). Raises ValueError for unreadable audio.
+
+        ``utterances``: [{start_s, end_s, label, probs}] (seconds from the file's start); the
+        file's ``probs`` are the utterances' probabilities averaged with their durations as
+        weights; ``label`` None only when the file holds no speech. Without :meth:`calibrate`
+        the voice normalisation keeps learning from file to file.
+        """
+        outs, t0, n, warning = self._listen(path)
         utts = [o for o in outs if o.kind == "utterance"]
         whole = None
         if utts:
             w = np.array([o.end_s - o.start_s for o in utts])
             whole = np.average(np.stack([o.probs for o in utts]), axis=0, weights=w)
         t0 = t0 or 0.0
-        extra = {"warning": mic.warning} if mic.warning else {}
+        extra = {"warning": warning} if warning else {}
         return {"path": str(path), "kind": "audio", "duration_s": round(n / 16000, 3),
                 **extra,
                 "label": CLASSES[int(whole.argmax())] if whole is not None else None,

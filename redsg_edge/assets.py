@@ -342,7 +342,8 @@ def verify_models(cfg: Config, warnings: list[str] | None = None) -> list[str]:
         if size != a.size or digest != a.sha256:
             problems.append(f"{a.key}: {path} does not match {manifest}: sha256 {digest}, "
                             f"expected {a.sha256}; fetch it again")
-    for key in ("vision.detector_model", "vision.fer_model", "speech.ser_model"):
+    for key in ("vision.detector_model", "vision.fer_model", "speech.ser_model",
+                "speech.utterance_model"):
         path = _configured(cfg, key)
         if path is None or path in checked:
             continue

@@ -109,6 +109,10 @@ def _model_items(cfg: Config) -> list[Item]:
         from .speech import SerModel
         items.append(_classifier_item("SER", cfg.speech.ser_model,
                                       lambda: SerModel(cfg.speech.ser_model, cfg.speech.window_s)))
+        if cfg.speech.utterance_model is not None:
+            from .utterance_ser import UtteranceSer
+            items.append(_classifier_item("utterance SER", cfg.speech.utterance_model,
+                                          lambda: UtteranceSer(cfg.speech.utterance_model)))
     else:
         items.append(Item("model", "speech model", "skip", 'microphone.source = "none"'))
     if cfg.reply.enabled:

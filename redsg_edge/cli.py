@@ -178,8 +178,11 @@ def cmd_analyze(args) -> int:
         from .stt import Transcriber, WithTranscripts
         an = WithTranscripts(an, Transcriber.from_config(cfg.speech.transcript))
     failed = 0
+    paths = list(expand(args.paths))
     try:
-        for path in expand(args.paths):
+        if args.calibrate:
+            an.calibrate(paths, progress=sys.stderr.isatty())
+        for path in paths:
             try:
                 r = an.file(path, args.annotate)
             except ValueError as exc:
@@ -321,6 +324,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotate", type=Path, metavar="DIR", help="write images with boxes+labels")
     p.add_argument("--transcribe", action="store_true",
                    help="add each audio file's transcript (on-device speech-to-text)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_false",
+                   help="label each recording as heard, in order, instead of first listening to "
+                        "all of them to adapt the voice normalisation to their microphone and "
+                        "speakers (the default; no labels are used)")
 
     add("check", cmd_check, "validate config, models and devices; exit 0 when all is well")
     p = add("devices", cmd_devices, "list cameras and audio devices", config=False)

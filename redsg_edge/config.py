@@ -112,6 +112,15 @@ class SpeechConfig(StrictModel):
     """``[speech]``: the SER model, its window and hop (s), the VAD segmenter and speech-to-text."""
     transcript: TranscriptConfig = TranscriptConfig()
     ser_model: LaxPath = Path("models/ser_int8.tflite")
+    #: The utterance SER (functionals + running normalisation) that labels each utterance when
+    #: it ends; "" labels utterances with ser_model's windows instead.
+    utterance_model: LaxPath | None = Path("models/ser_utt_int8.tflite")
+    #: An utterance's probabilities: the utterance SER's and the window SER's pooled as
+    #: p_utt^w * p_win^(1 - w); 1 = the utterance SER alone.
+    utterance_weight: float = Field(0.5, ge=0.0, le=1.0)
+    #: Where the daemon keeps the utterance SER's running voice normalisation across restarts
+    #: (.npz); "" keeps it in memory only.
+    norm_state: LaxPath | None = None
     #: Window length fed to SER, seconds; must match the model's training window.
     window_s: float = Field(2.5, ge=1.0, le=5.0)
     #: Seconds between successive SER windows within an utterance, between rolling windows while
@@ -128,6 +137,14 @@ class SpeechConfig(StrictModel):
     padding_s: float = Field(0.2, ge=0.0, le=5.0)
     #: Longer speech is cut into utterances of this length, seconds.
     max_utterance_s: float = Field(10.0, ge=1.0, le=60.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_paths_are_off(cls, data):
+        if isinstance(data, dict):
+            data = {k: (None if k in ("utterance_model", "norm_state") and v == "" else v)
+                    for k, v in data.items()}
+        return data
 
     @model_validator(mode="before")
     @classmethod
@@ -389,7 +406,8 @@ class Config(StrictModel):
 
 
 PATH_KEYS = (("camera", "file"), ("microphone", "file"), ("vision", "detector_model"),
-             ("vision", "fer_model"), ("speech", "ser_model"), ("voice", "model"),
+             ("vision", "fer_model"), ("speech", "ser_model"), ("speech", "utterance_model"),
+             ("speech", "norm_state"), ("voice", "model"),
              ("speech.transcript", "encoder_model"), ("speech.transcript", "decoder_model"),
              ("speech.transcript", "tokenizer"),
              ("voice", "wav_dir"), ("service", "status_file"), ("service", "event_log"),

@@ -9,6 +9,7 @@ utterance the VAD just closed (for speech-to-text).
 
 from __future__ import annotations
 
+import logging
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -21,9 +22,28 @@ from .config import Config
 from .events import EventBus
 from .fusion import Evidence, FusedUpdate, Fusion, face_reliability
 from .speech import SerModel, SpeechOutput, SpeechPerception
+from .utterance_ser import FeatureNorm, UtteranceSer
 from .vision import FaceDetector, FerModel, VisionWorker
 
-__all__ = ["Percept", "Perception", "face_evidence", "deliver", "fuse_and_publish"]
+__all__ = ["Percept", "Perception", "face_evidence", "deliver", "fuse_and_publish", "load_norm"]
+
+log = logging.getLogger(__name__)
+
+
+def load_norm(path, model: UtteranceSer) -> FeatureNorm:
+    """The running voice normalisation saved at ``path`` (``speech.norm_state``), or a fresh one
+    at the model's training statistics when there is none yet or it cannot be used (logged:
+    a stale or broken file never stops the daemon)."""
+    from pathlib import Path
+    if not Path(path).exists():
+        return model.new_norm()
+    try:
+        norm = FeatureNorm.load(path)
+    except ValueError as exc:
+        log.warning("speech.norm_state: %s; starting from the training statistics", exc)
+        return model.new_norm()
+    log.info("speech.norm_state: voice normalisation of %.0f utterances from %s", norm.count, path)
+    return norm
 
 
 @dataclass(frozen=True)
@@ -111,9 +131,26 @@ class Perception:
                                                video=video_mode),
                                   FerModel(cfg.vision.fer_model))
         if voice:
+            utt = cfg.speech.utterance_model
             speech = SpeechPerception(SerModel(cfg.speech.ser_model, cfg.speech.window_s),
-                                      cfg.speech)
+                                      cfg.speech, utterance_model=UtteranceSer(utt) if utt else None)
+            if speech.utterance_model is not None and cfg.speech.norm_state is not None:
+                speech.norm = load_norm(cfg.speech.norm_state, speech.utterance_model)
         return cls(cfg, vision, speech)
+
+    def save_norm(self) -> None:
+        """Write the utterance SER's running normalisation to ``speech.norm_state`` (when both
+        are configured). An OSError is logged, not raised: the statistics are rebuilt by
+        listening."""
+        sp = self.speech
+        path = self.cfg.speech.norm_state
+        if sp is None or sp.norm is None or path is None:
+            return
+        try:
+            sp.norm.save(path)
+        except OSError as exc:
+            log.warning("speech.norm_state: cannot write %s (%s); the voice normalisation "
+                        "starts afresh at the next start", path, exc)
 
     def frame(self, t: float, rgb: np.ndarray) -> list[Percept]:
         """One video frame: ``rgb`` (H, W, 3) uint8 captured at ``t`` (s). Returns ``[]`` when

@@ -148,6 +148,9 @@ class Pipeline:
         self.bus.publish(u)
 
     def _on_utterance(self, out: SpeechOutput) -> None:
+        sp = self.perception.speech
+        if sp is not None and sp.utterances % NORM_SAVE_EVERY == 0:
+            self.perception.save_norm()  # a power cut loses at most this many utterances
         if self.transcripts is not None:
             emotion = CLASSES[int(np.argmax(out.probs))] if out.probs is not None else None
             self.transcripts.submit(out.start_s, out.end_s, out.audio, emotion)
@@ -295,6 +298,7 @@ class Pipeline:
             self.transcripts.stop(max(0.1, deadline - time.monotonic()))
         if self.reply is not None:
             self.reply.stop(max(0.1, deadline - time.monotonic()))
+        self.perception.save_norm()
         self.perception.close()
 
     def reconfigure(self, cfg: Config) -> list[str]:
@@ -352,6 +356,10 @@ class Pipeline:
             if gated:
                 self.gated_windows += 1
             deliver(self.perception.audio(t_first, pcm, gated), self.observe, self._on_utterance)
+
+
+#: Utterances between saves of the running voice normalisation (``speech.norm_state``).
+NORM_SAVE_EVERY = 20
 
 
 def _top(upd: FusedUpdate | None, modality: str) -> dict | None:

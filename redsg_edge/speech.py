@@ -6,8 +6,10 @@ records come out. Inside, the trained VAD (``vad.SileroVad``) gives a speech pro
 32 ms chunk, the :class:`~redsg_edge.vad.Segmenter` cuts utterances, and the SER model labels
 
 - each utterance when it ends (from ``speech.min_utterance_s`` of speech, padded by
-  ``speech.padding_s`` at both ends): the mean of its windows' probabilities, with the windows
-  of ``features.ser_windows``, the function training uses;
+  ``speech.padding_s`` at both ends): with the utterance SER (``utterance_ser.UtteranceSer``,
+  ``speech.utterance_model``) from the utterance's functionals, normalised by the running
+  statistics of the voices heard (:attr:`SpeechPerception.norm`); without it, the mean of the
+  window SER's probabilities over the windows of ``features.ser_windows``;
 - while an utterance goes on, from half a window of speech on, the newest ``window_s`` of audio
   (never reaching back into the previous utterance) every ``hop_s`` ("rolling").
 
@@ -30,6 +32,7 @@ from .features import SAMPLE_RATE, mfcc_features, ser_windows
 from .fusion import Evidence
 from .calibration import load_temperature, temperature_scale
 from .litert import LiteRTClassifier, ModelError
+from .utterance_ser import FeatureNorm, UtteranceSer
 from .vad import CHUNK, NEG_OFFSET, Segmenter, SileroVad, Utterance, chunks_for
 
 
@@ -82,6 +85,13 @@ class SerModel:
         return (p / p.sum()).astype(np.float32)
 
 
+def _log_pool(p: np.ndarray, q: np.ndarray, w: float) -> np.ndarray:
+    """Weighted geometric pooling of two (7,) distributions, ``p^w q^(1-w)`` renormalised."""
+    z = w * np.log(np.maximum(p, 1e-6)) + (1 - w) * np.log(np.maximum(q, 1e-6))
+    e = np.exp(z - z.max())
+    return (e / e.sum()).astype(np.float32)
+
+
 @dataclass(frozen=True, eq=False)
 class SpeechOutput:
     """One output of :class:`SpeechPerception`.
@@ -116,7 +126,10 @@ class SpeechOutput:
 class SpeechPerception:
     """Audio blocks in, speech evidence out: VAD → utterances → SER (see the module docstring).
 
-    model: the SER; cfg: the [speech] section; vad: a fresh :class:`SileroVad` by default.
+    model: the window SER (rolling windows; utterances too without ``utterance_model``);
+    cfg: the [speech] section; vad: a fresh :class:`SileroVad` by default; utterance_model: the
+    utterance SER or None; norm: its running normalisation (``utterance_model.new_norm()`` by
+    default), kept in :attr:`norm` (a caller may share one between steps, save or freeze it).
     ``push(t_first, pcm, gated=False)``: pcm (n,) int16, contiguous with the previous push;
     ``t_first`` = capture time (s) of its first sample, read on the first push only. ``gated``
     audio (the device's own voice) is never classified (:meth:`_gated`). Returns the
@@ -126,8 +139,12 @@ class SpeechPerception:
     ``utterances``, ``rolling``, ``gated_samples``.
     """
 
-    def __init__(self, model: SerModel, cfg: SpeechConfig, vad: SileroVad | None = None) -> None:
+    def __init__(self, model: SerModel, cfg: SpeechConfig, vad: SileroVad | None = None,
+                 utterance_model: UtteranceSer | None = None,
+                 norm: FeatureNorm | None = None) -> None:
         self.model = model
+        self.utterance_model = utterance_model
+        self.norm = norm if norm is not None or utterance_model is None else utterance_model.new_norm()
         self.vad = vad or SileroVad()
         self.vad.reset()
         self.seg = Segmenter(cfg.vad_threshold, 1, 1, 1)
@@ -245,8 +262,13 @@ class SpeechPerception:
         # An utterance shorter than one window is classified with the audio before it (never
         # from the previous utterance) rather than zero-padded: the SER was trained on whole
         # RAVDESS files, all ≥ 2.9 s with their quiet lead-in, and never saw digital silence.
+        um = self.utterance_model
         ctx = max(min(a, b - self.model.window_samples), prev)
-        probs = self.model.predict_utterance(self._audio(ctx, b), self.hop)
+        w = self.cfg.utterance_weight if um is not None and b - a >= um.min_samples() else 0.0
+        probs = self.model.predict_utterance(self._audio(ctx, b), self.hop) if w < 1 else None
+        if w > 0:
+            pu = um.predict(self._audio(a, b), self.norm)
+            probs = pu if probs is None else _log_pool(pu, probs, w)
         self._prev_end = b
         self.utterances += 1
         return SpeechOutput(self._time(end), probs, "utterance", self._time(a), self._time(b),

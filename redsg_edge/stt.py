@@ -392,6 +392,10 @@ class WithTranscripts:
                 u["transcript"] = _transcribe_long(self._stt, pcm[a:b])
         return r
 
+    def calibrate(self, paths: list[Path], progress: bool = False) -> int:
+        """The wrapped analyzer's :meth:`~redsg_edge.analyze.Analyzer.calibrate`."""
+        return self._an.calibrate(paths, progress)
+
     def close(self) -> None:
         """Close the wrapped analyzer (idempotent)."""
         self._an.close()

@@ -78,7 +78,7 @@ def analyze(paths: list[Path], config: Path | None) -> dict[str, dict]:
     """``redsg-edge analyze --json`` on ``paths`` in one process → {path: record}."""
     cmd = [sys.executable, "-m", "redsg_edge", "analyze", "--json", *map(str, paths)]
     if config is not None:
-        cmd[3:3] = ["--config", str(config)]
+        cmd[4:4] = ["--config", str(config)]
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
     recs = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]

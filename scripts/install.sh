@@ -163,7 +163,7 @@ mkdir -p "$MODELS"
 fetch=("$VENV/bin/python" -m redsg_edge.assets --dest "$MODELS")
 [[ -n $MIRROR ]] && fetch+=(--mirror "$MIRROR")
 "${fetch[@]}" || die "fetching the third-party models failed (no network? use --mirror DIR)"
-for m in fer_int8.tflite ser_int8.tflite; do
+for m in fer_int8.tflite ser_int8.tflite ser_utt_int8.tflite; do
     [[ -f $MODELS_SRC/$m ]] || die "$MODELS_SRC/$m is missing: train or download it (models/README.md), or pass --models DIR"
     if ! cmp -s "$MODELS_SRC/$m" "$MODELS/$m"; then
         install -m 0644 "$MODELS_SRC/$m" "$MODELS/$m.new"
@@ -183,7 +183,7 @@ if [[ -f $MODELS_SRC/SHA256SUMS ]]; then
         || die "our models do not match $MODELS_SRC/SHA256SUMS"
 else
     # Pin what was installed, so `redsg-edge check` notices later corruption (SD cards).
-    (cd "$MODELS" && sha256sum fer_int8.tflite ser_int8.tflite > SHA256SUMS)
+    (cd "$MODELS" && sha256sum fer_int8.tflite ser_int8.tflite ser_utt_int8.tflite > SHA256SUMS)
 fi
 
 # ------------------------------------------------------------------------------- config
@@ -196,6 +196,8 @@ else
     sed -e "s#^detector_model = \"models/#detector_model = \"$PREFIX/models/#" \
         -e "s#^fer_model = \"models/#fer_model = \"$PREFIX/models/#" \
         -e "s#^ser_model = \"models/#ser_model = \"$PREFIX/models/#" \
+        -e "s#^utterance_model = \"models/#utterance_model = \"$PREFIX/models/#" \
+        -e 's#^norm_state = ""#norm_state = "/var/lib/redsg-edge/voice_norm.npz"#' \
         -e "s#^\(encoder_model\|decoder_model\|tokenizer\) = \"models/#\1 = \"$PREFIX/models/#" \
         -e 's#^wav_dir = "replies"#wav_dir = "/var/lib/redsg-edge/replies"#' \
         "$SRC/config.toml" > "$ETC/config.toml.new"

@@ -48,6 +48,7 @@ from redsg_edge.utterance_ser import CLIP_Z, PRIOR, FeatureNorm  # noqa: E402
 from train_ser import FOLDS, TEST_ACTORS  # noqa: E402
 
 C = 0.01
+AUG = 0
 CV_FOLDS = [tuple(a for a in f if a not in TEST_ACTORS) for f in FOLDS]
 
 
@@ -65,6 +66,24 @@ def features(recs, cache: Path) -> np.ndarray:
     cache.mkdir(parents=True, exist_ok=True)
     np.save(f, X)
     return X
+
+
+def augmented_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(K*N, DIM) functionals of K augmented copies of each speech cut (``ser_augment``: speed,
+    band-limiting, noise at 0–20 dB SNR from white, pink, babble of the same actor group or room
+    tone, gain; no pitch shift or reverberation) and (K*N,) the index of each copy's recording."""
+    from tqdm import tqdm
+    from ser_representations import augmented, ravdess_audio
+    f = cache / f"ravdess_aug{k}_s{seed}_{FEATURES_VERSION}.npz"
+    if f.is_file():
+        z = np.load(f)
+        return z["X"], z["src"]
+    clips, src = augmented(recs, ravdess_audio(recs), k, seed)
+    X = np.stack([utterance_functionals(x) for x in
+                  tqdm(clips, desc=f"functionals x{k}", unit="utt", mininterval=2)])
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, X=X, src=src)
+    return X, src
 
 
 def fit(X: np.ndarray, y: np.ndarray):
@@ -116,7 +135,9 @@ def main() -> int:
     ap.add_argument("--data", type=Path, default=DATA_ROOT / "ravdess", help="RAVDESS folder")
     ap.add_argument("--out", type=Path, default=ROOT / "models", help="where the model goes")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/ser_utt"), help="feature cache")
-    ap.add_argument("--seed", type=int, default=1234, help="order of the test streams")
+    ap.add_argument("--seed", type=int, default=1234, help="augmentation and test stream order")
+    ap.add_argument("--aug", type=int, default=AUG, metavar="K",
+                    help=f"augmented copies per training recording (default {AUG})")
     args = ap.parse_args()
     t0 = time.time()
     recs = load_ravdess_index(args.data)
@@ -124,13 +145,24 @@ def main() -> int:
     y = np.array([r.label for r in recs])
     actor = np.array([r.actor for r in recs])
     dev = ~np.isin(actor, TEST_ACTORS)
+    dev_idx = np.flatnonzero(dev)
+    if args.aug:
+        A, src = augmented_features([recs[i] for i in dev_idx], args.aug, args.seed, args.cache)
+        src = dev_idx[src]
+    else:
+        A, src = np.zeros((0, DIM), np.float32), np.zeros(0, int)
+
+    def rows(mask):  # the recordings in mask and their augmented copies
+        keep = mask[src]
+        return np.concatenate([X[mask], A[keep]]), np.concatenate([y[mask], y[src][keep]])
 
     oof = np.zeros((len(X), len(CLASSES)), np.float32)
     folds = []
     for k, fold in enumerate(CV_FOLDS):
         tr, te = dev & ~np.isin(actor, fold), np.isin(actor, fold)
-        lr, mean, std = fit(X[tr], y[tr])
-        clf, _ = int8(lr, np.clip((X[tr] - mean) / std, -CLIP_Z, CLIP_Z), args.cache / f"fold{k}.tflite")
+        Xtr, ytr = rows(tr)
+        lr, mean, std = fit(Xtr, ytr)
+        clf, _ = int8(lr, np.clip((Xtr - mean) / std, -CLIP_Z, CLIP_Z), args.cache / f"fold{k}.tflite")
         Z = running_z(X[te], mean, std, args.seed)
         oof[te] = np.stack([clf.predict(z) for z in Z])
         folds.append({"actors": list(fold), **scores(oof[te], y[te])})
@@ -140,9 +172,10 @@ def main() -> int:
     ece = (expected_calibration_error(oof[dev], y[dev]),
            expected_calibration_error(temperature_scale(oof[dev], T), y[dev]))
 
-    lr, mean, std = fit(X[dev], y[dev])
+    Xtr, ytr = rows(dev)
+    lr, mean, std = fit(Xtr, ytr)
     dest = args.out / "ser_utt_int8.tflite"
-    clf, size = int8(lr, np.clip((X[dev] - mean) / std, -CLIP_Z, CLIP_Z), dest)
+    clf, size = int8(lr, np.clip((Xtr - mean) / std, -CLIP_Z, CLIP_Z), dest)
     test = np.isin(actor, TEST_ACTORS)
     Zt = running_z(X[test], mean, std, args.seed)
     p_float = lr.predict_proba(Zt)
@@ -155,7 +188,7 @@ def main() -> int:
         "temperature_fitted_on": "pooled out-of-fold int8 utterances of the 5 actor folds "
                                  "over actors 1-22 (scripts/train_ser_utterance.py)",
         "trained_on": "RAVDESS speech, actors 1-22 (1,320 recordings, cut to their speech)",
-        "regularisation_C": C,
+        "regularisation_C": C, "augmented_copies": args.aug,
         "cv": {"folds": folds,
                "mean_accuracy": float(np.mean([f["accuracy"] for f in folds])),
                "mean_uar": float(np.mean([f["uar"] for f in folds])),

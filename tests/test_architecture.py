@@ -145,12 +145,12 @@ def test_off_path_check_sees_a_planted_import(mediapipe_modules):
 def test_running_daemon_loads_no_bench_test_helper_or_matplotlib(mediapipe_modules):
     # After start, not only after import: lazy imports on the live path (capture, vision,
     # speech, the reply worker and its Piper voice) count too.
-    from .conftest import ACTOR_24, DETECTOR, FER_MODEL, PEXELS, SER_MODEL
+    from .conftest import ACTOR_24, DETECTOR, FER_MODEL, PEXELS, SER_MODEL, UTT_MODEL
     utterances = sorted(ACTOR_24.glob("*.flac"))
     if not (PEXELS.is_file() and DETECTOR.is_file() and utterances):
         pytest.skip("../shared clip, detector or RAVDESS Actor_24 missing")
     data = {"vision": {"detector_model": str(DETECTOR), "fer_model": str(FER_MODEL)},
-            "speech": {"ser_model": str(SER_MODEL)},
+            "speech": {"ser_model": str(SER_MODEL), "utterance_model": str(UTT_MODEL)},
             "camera": {"source": "file", "file": str(PEXELS)},
             "microphone": {"source": "file", "file": str(utterances[0])},
             "voice": {"sink": "null"}, "reply": {"chat": {"enabled": False}}}

@@ -41,6 +41,7 @@ def _cfg(tmp_path: Path, models: Path, camera: Path = VIDEO, extra: str = "") ->
                  f'[vision]\ndetector_model = "{models / DETECTOR.name}"\n'
                  f'fer_model = "{models / "fer_int8.tflite"}"\n'
                  f'[speech]\nser_model = "{models / "ser_int8.tflite"}"\n'
+                 f'utterance_model = "{models / "ser_utt_int8.tflite"}"\n'
                  f'[reply]\nenabled = false\n' + extra)
     return p
 

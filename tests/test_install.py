@@ -94,7 +94,8 @@ def _config(tmp_path: Path, models: Path) -> Path:
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[vision]\ndetector_model = "{models / DETECTOR}"\n'
                    f'fer_model = "{models / "fer_int8.tflite"}"\n'
-                   f'[speech]\nser_model = "{models / "ser_int8.tflite"}"\n')
+                   f'[speech]\nser_model = "{models / "ser_int8.tflite"}"\n'
+                   f'utterance_model = "{models / "ser_utt_int8.tflite"}"\n')
     return cfg
 
 

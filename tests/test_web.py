@@ -334,6 +334,7 @@ def test_replay_serve_shows_the_pexels_clip_in_chromium(browser, tmp_path):
         f'[vision]\ndetector_model = "{make_config().vision.detector_model}"\n'
         f'fer_model = "{REPO / "models" / "fer_int8.tflite"}"\n'
         f'[speech]\nser_model = "{REPO / "models" / "ser_int8.tflite"}"\n'
+        f'utterance_model = "{REPO / "models" / "ser_utt_int8.tflite"}"\n'
         '[speech.transcript]\nenabled = false\n')
     load_config(cfg_path)  # a bad test config fails here, not as a hang
     env = dict(os.environ, PYTHONPATH=str(REPO))

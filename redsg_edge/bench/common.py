@@ -289,6 +289,8 @@ def resolve_models(cfg, paths: BenchPaths) -> dict[str, Path]:
         if not det.is_file() and paths.shared_detector.is_file():
             det = paths.shared_detector
     out = {"detector": det, "fer": Path(cfg.vision.fer_model), "ser": Path(cfg.speech.ser_model)}
+    if cfg.speech.utterance_model is not None:
+        out["utterance ser"] = Path(cfg.speech.utterance_model)
     for k, p in out.items():
         if not p.is_file():
             raise ModelError(f"{p}: {k} model not found (train it, or run `redsg-edge "
