@@ -30,6 +30,8 @@ def models(tmp_path_factory):
     shutil.copy(DETECTOR, d / DETECTOR.name)
     shutil.copy(fer, d / "fer_int8.tflite")
     shutil.copy(ser, d / "ser_int8.tflite")
+    for name in ("ser_utt_int8.tflite", "ser_utt_int8.json"):
+        shutil.copy(REPO / "models" / name, d / name)
     shutil.copy(REPO / "models" / "manifest.toml", d / "manifest.toml")
     return d
 

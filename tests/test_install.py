@@ -103,7 +103,8 @@ def _config(tmp_path: Path, models: Path) -> Path:
 def test_verify_models_presence_and_hashes(tmp_path):
     models = tmp_path / "models"
     fetch_models(models, MIRROR, names={DETECTOR})
-    for name, data in (("fer_int8.tflite", b"fer"), ("ser_int8.tflite", b"ser")):
+    for name, data in (("fer_int8.tflite", b"fer"), ("ser_int8.tflite", b"ser"),
+                       ("ser_utt_int8.tflite", b"utt")):
         (models / name).write_bytes(data)
     cfg = load_config(_config(tmp_path, models))
     assert verify_models(cfg) == []
@@ -177,6 +178,8 @@ def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_
     own.mkdir()
     shutil.copy(fer, own / "fer_int8.tflite")
     shutil.copy(ser, own / "ser_int8.tflite")
+    for name in ("ser_utt_int8.tflite", "ser_utt_int8.json"):
+        shutil.copy(REPO / "models" / name, own / name)
     root = tmp_path / "root"
     mirror = tmp_path / "mirror"  # the shared face detector and the speech-to-text files
     mirror.mkdir()
@@ -203,6 +206,9 @@ def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_
     text = cfg.read_text()
     assert 'detector_model = "/opt/redsg-edge/models/blaze_face_short_range.tflite"' in text
     assert 'fer_model = "/opt/redsg-edge/models/fer_int8.tflite"' in text
+    assert 'utterance_model = "/opt/redsg-edge/models/ser_utt_int8.tflite"' in text
+    assert 'norm_state = "/var/lib/redsg-edge/voice_norm.npz"' in text
+    assert (models / "ser_utt_int8.json").is_file()
     assert 'encoder_model = "/opt/redsg-edge/models/moonshine-tiny-en-encoder.ort"' in text
     assert sha256_file(models / STT_FILES[1].name) == sha256_file(STT_FILES[1])
     assert unit.read_text() == (REPO / "systemd/redsg-edge.service").read_text()

@@ -31,6 +31,8 @@ def _worker_cfg(payload: dict):  # the payload's config with its resolved model 
     cfg.vision.detector_model = Path(payload["models"]["detector"])
     cfg.vision.fer_model = Path(payload["models"]["fer"])
     cfg.speech.ser_model = Path(payload["models"]["ser"])
+    utt = payload["models"].get("utterance ser")
+    cfg.speech.utterance_model = Path(utt) if utt else None
     return cfg
 
 
@@ -105,6 +107,12 @@ def worker_stages(p: dict) -> dict:
         lambda i: voice_probs.append(ser.clf.predict(feats[i % len(feats)])), n, warm))
     res["stages"]["speech_window"] = summarize_ns(time_calls(
         lambda i: ser.predict(wins[i % len(wins)]), n, warm))
+    if cfg.speech.utterance_model is not None:  # at each utterance's end, 2.5 s utterances
+        from ..utterance_ser import UtteranceSer
+        utt = UtteranceSer(cfg.speech.utterance_model, num_threads=threads)
+        norm = utt.new_norm()
+        res["stages"]["utterance_ser_2_5s"] = summarize_ns(time_calls(
+            lambda i: utt.predict(wins[i % len(wins)], norm), max(3, n // 10), min(warm, 5)))
     # The VAD runs on every 32 ms chunk of audio, speech or not: consecutive chunks of the
     # utterances (the network is recurrent, so in stream order).
     from ..vad import CHUNK, SileroVad
