@@ -13,6 +13,7 @@ import logging
 import threading
 from contextlib import nullcontext
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
@@ -34,7 +35,6 @@ def load_norm(path, model: UtteranceSer) -> FeatureNorm:
     """The running voice normalisation saved at ``path`` (``speech.norm_state``), or a fresh one
     at the model's training statistics when there is none yet or it cannot be used (logged:
     a stale or broken file never stops the daemon)."""
-    from pathlib import Path
     if not Path(path).exists():
         return model.new_norm()
     try:

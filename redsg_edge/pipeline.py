@@ -35,7 +35,7 @@ log = logging.getLogger("redsg_edge.pipeline")
 LIVE_KEYS = ("fusion", "reply", "voice.default_style", "voice.style", "voice.mic_gate_tail_s",
              "speech.vad_threshold", "speech.min_utterance_s", "speech.hangover_s",
              "speech.padding_s", "speech.max_utterance_s", "speech.hop_s",
-             "vision.max_fps", "service.status_interval_s", "service.heartbeat_timeout_s",
+             "speech.utterance_weight", "vision.max_fps", "service.status_interval_s", "service.heartbeat_timeout_s",
              "service.log_level", "service.event_log")
 
 

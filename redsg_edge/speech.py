@@ -6,10 +6,11 @@ records come out. Inside, the trained VAD (``vad.SileroVad``) gives a speech pro
 32 ms chunk, the :class:`~redsg_edge.vad.Segmenter` cuts utterances, and the SER model labels
 
 - each utterance when it ends (from ``speech.min_utterance_s`` of speech, padded by
-  ``speech.padding_s`` at both ends): with the utterance SER (``utterance_ser.UtteranceSer``,
-  ``speech.utterance_model``) from the utterance's functionals, normalised by the running
-  statistics of the voices heard (:attr:`SpeechPerception.norm`); without it, the mean of the
-  window SER's probabilities over the windows of ``features.ser_windows``;
+  ``speech.padding_s`` at both ends): the mean of the window SER's probabilities over the
+  windows of ``features.ser_windows`` (the function training uses), pooled as
+  ``p_utt^w · p_windows^(1 − w)`` (w = ``speech.utterance_weight``) with the utterance SER
+  (``utterance_ser.UtteranceSer``, ``speech.utterance_model``): the utterance's functionals,
+  normalised by the running statistics of the voices heard (:attr:`SpeechPerception.norm`);
 - while an utterance goes on, from half a window of speech on, the newest ``window_s`` of audio
   (never reaching back into the previous utterance) every ``hop_s`` ("rolling").
 
