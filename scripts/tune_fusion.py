@@ -47,8 +47,11 @@ def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
     ``on_evidence``), cached under ``cache`` by scenario and the FER/SER/detector file hashes."""
     # The version string changes whenever the evidence the code produces changes (v2: Silero
     # VAD utterances, evidence reliability), so a cache from older code is never reused.
-    key = hashlib.sha256(b"evidence-v2" + meta.read_bytes())
-    for model in (cfg.vision.fer_model, cfg.speech.ser_model, cfg.vision.detector_model):
+    # (v3: the utterance SER pooled in at each utterance's end, with its weight.)
+    key = hashlib.sha256(b"evidence-v3" + meta.read_bytes()
+                         + str(cfg.speech.utterance_weight).encode())
+    models = [cfg.vision.fer_model, cfg.speech.ser_model, cfg.vision.detector_model]
+    for model in models + ([cfg.speech.utterance_model] if cfg.speech.utterance_model else []):
         key.update(Path(model).read_bytes())
         side = sidecar_path(model)  # the model's calibration changes its evidence too
         key.update(side.read_bytes() if side.is_file() else b"")
