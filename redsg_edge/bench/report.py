@@ -36,6 +36,7 @@ STAGE_LABELS = {"face_detection": "face detection 640x480", "crop_preprocess": "
                 "mfcc": "MFCC 2.5 s window", "ser": "SER int8", "speech_window":
                 "= window: MFCC+SER", "vad_chunk": "VAD (Silero) per 32 ms",
                 "stt_utterance_3s": "speech-to-text, 3 s utterance",
+                "utterance_ser_2_5s": "utterance SER, 2.5 s utterance",
                 "fusion_update": "fusion update"}
 
 
@@ -46,6 +47,8 @@ def format_stages(res: dict) -> str:
              f"{'stage':<28} {'1 core p50':>10} {'p95':>8}   {'all cores p50':>13} {'p95':>8}"]
     one, allc = res["modes"]["one_core"]["stages"], res["modes"]["all_cores"]["stages"]
     for k, label in STAGE_LABELS.items():
+        if k not in one:  # a stage of a part the config turns off
+            continue
         lines.append(f"{label:<28} {_f(one[k]['p50_ms'], 3):>10} {_f(one[k]['p95_ms'], 3):>8}   "
                      f"{_f(allc[k]['p50_ms'], 3):>13} {_f(allc[k]['p95_ms'], 3):>8}")
     lines.append(f"face found in {res['modes']['one_core']['detection_rate']:.1%} of clip frames")
