@@ -11,7 +11,7 @@ folds and on URDU as cross-corpus validation (models/README.md, "Representation 
 
 RAVDESS only (``datasets.assert_not_validation`` guards URDU). Protocol, speaker-independent:
 
-1. 5-fold cross-validation over actors 1–22 (folds of 4 consecutive actors, the last 21–22):
+1. 6-fold cross-validation over actors 1–22 (folds of 4 consecutive actors, the last 21–22):
    out-of-fold probabilities of the int8 fold models give the fold accuracies and UAR, and the
    calibration temperature (fitted on them, ``calibration.fit_temperature``) with the expected
    calibration error before and after.
