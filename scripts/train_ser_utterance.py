@@ -7,9 +7,10 @@ statistics of the utterances the device has heard (started at this training set'
 standard deviation, weighted as ``PRIOR`` utterances), clipped to ±``CLIP_Z``, then a
 7-class logistic regression (C 0.01, balanced class weights) exported as full-integer int8 TFLite.
 The choice (features, running normalisation, C) was made on the speaker-independent RAVDESS
-folds and on URDU as cross-corpus validation (models/README.md, "Representation experiments").
+folds and on the cross-corpus validation set (models/README.md, "Representation experiments").
 
-RAVDESS only (``datasets.assert_not_validation`` guards URDU). Protocol, speaker-independent:
+Reads RAVDESS only; ``datasets.assert_not_validation`` refuses any file of the validation set
+before a sample is read. Protocol, speaker-independent:
 
 1. 6-fold cross-validation over actors 1–22 (folds of 4 consecutive actors, the last 21–22):
    out-of-fold probabilities of the int8 fold models give the fold accuracies and UAR, and the
@@ -19,8 +20,8 @@ RAVDESS only (``datasets.assert_not_validation`` guards URDU). Protocol, speaker
 
 Recordings are cut to their speech (frames within 35 dB of the loudest) with 0.25 s of padding,
 as the VAD cuts utterances. Test utterances are normalised as the runtime does (running
-statistics from the prior, in a fixed random order). URDU is scored by
-``scripts/eval_models.py --only ser`` (through ``redsg-edge analyze``), never here.
+statistics from the prior, in a fixed random order). The cross-corpus figures come from
+``redsg-edge analyze`` (``scripts/eval_voice.py``, ``tests/test_utterance_ser.py``), never here.
 
     python scripts/train_ser_utterance.py                 # writes models/ser_utt_int8.{tflite,json}
     python scripts/train_ser_utterance.py --out /tmp/m    # elsewhere
