@@ -57,12 +57,17 @@ def _one_blas_thread():
     return _BLAS.limit(limits=1, user_api="blas")
 
 
-def _floor_rms(x: np.ndarray) -> float:
+def loud_rms(x: np.ndarray) -> float:
+    """RMS of the loud part of ``x`` ((N,) float, N ≥ 400): the 95th percentile of its 25 ms
+    (400-sample) frame RMS, in x's own units; a trailing part frame is left out."""
     n = len(x) // 400
-    if NOISE_FLOOR_DB is None or n == 0:
+    return float(np.percentile(np.sqrt(np.mean(x[: n * 400].reshape(n, 400) ** 2, axis=1)), 95))
+
+
+def _floor_rms(x: np.ndarray) -> float:
+    if NOISE_FLOOR_DB is None or len(x) < 400:
         return _ABS_FLOOR
-    loud = float(np.percentile(np.sqrt(np.mean(x[: n * 400].reshape(n, 400) ** 2, axis=1)), 95))
-    return max(loud * 10 ** (NOISE_FLOOR_DB / 20), _ABS_FLOOR)
+    return max(loud_rms(x) * 10 ** (NOISE_FLOOR_DB / 20), _ABS_FLOOR)
 
 
 def mfcc_features(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:

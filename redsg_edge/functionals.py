@@ -26,9 +26,12 @@ returns (``DIM``,) float32, finite. Raises ValueError for shorter audio.
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
 
-SAMPLE_RATE = 16_000
+from .features import SAMPLE_RATE, loud_rms
+
 FRAME = 400          # 25 ms
 HOP = 160            # 10 ms
 NFFT = 512
@@ -46,9 +49,7 @@ def level_normalise(x: np.ndarray) -> np.ndarray:
     """x (n,) float in [-1, 1] scaled so that the 95th percentile of its 25 ms frame RMS is at
     ``LEVEL_DBFS``; digital silence is returned unchanged. Returns float64."""
     x = np.asarray(x, np.float64)
-    n = max(1, len(x) // FRAME)
-    fr = np.resize(x, n * FRAME).reshape(n, FRAME)
-    loud = float(np.percentile(np.sqrt(np.mean(fr ** 2, axis=1)), 95))
+    loud = loud_rms(x) if len(x) >= FRAME else float(np.sqrt(np.mean(x ** 2)))
     if loud <= 1e-7:
         return x
     return x * (10 ** (LEVEL_DBFS / 20) / loud)
@@ -60,22 +61,18 @@ def _frames(x: np.ndarray) -> np.ndarray:
     return x[idx]
 
 
-def _mel_matrix() -> np.ndarray:
+@cache
+def _filters() -> tuple[np.ndarray, np.ndarray]:
+    """(mel (26, 257), DCT rows for MFCC 1–12 (12, 26)), built once."""
     from python_speech_features.base import get_filterbanks
-    return get_filterbanks(N_MEL, NFFT, SAMPLE_RATE, 0, SAMPLE_RATE // 2)  # (26, 257)
-
-
-_MEL: np.ndarray | None = None
-_DCT: np.ndarray | None = None
+    from scipy.fft import dct
+    return (get_filterbanks(N_MEL, NFFT, SAMPLE_RATE, 0, SAMPLE_RATE // 2),
+            dct(np.eye(N_MEL), type=2, norm="ortho", axis=0)[1:13])
 
 
 def _lld(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns (lld (T, L) float64 for all frames, voice (T, 2) [harmonicity, F0 st], voiced (T,))."""
-    global _MEL, _DCT
-    if _MEL is None:
-        from scipy.fft import dct
-        _MEL = _mel_matrix()
-        _DCT = dct(np.eye(N_MEL), type=2, norm="ortho", axis=0)[1:13]  # MFCC 1–12
+    mel, dct_rows = _filters()
     dither = np.random.default_rng(len(x)).standard_normal(len(x)) * 1e-5
     fr = _frames(x + dither)
     fr = fr - fr.mean(1, keepdims=True)
@@ -95,8 +92,8 @@ def _lld(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     sq = np.sqrt(spec)
     flux = np.r_[0.0, np.sqrt(np.sum(np.diff(sq / sq.sum(1, keepdims=True), axis=0) ** 2, 1))]
     zcr = np.mean(np.abs(np.diff(np.sign(fr), axis=1)) > 0, 1)
-    logmel = np.log(spec @ _MEL.T + 1e-10)
-    mfcc = logmel @ _DCT.T
+    logmel = np.log(spec @ mel.T + 1e-10)
+    mfcc = logmel @ dct_rows.T
     mel_rel = logmel - logmel.mean(1, keepdims=True)
     # normalised autocorrelation of the frame (windowed, so the lag bias is the window's own)
     ac = np.fft.irfft(np.abs(np.fft.rfft(win, 2 * NFFT)) ** 2, 2 * NFFT)[:, :FRAME]
@@ -133,6 +130,11 @@ def _stats(f: np.ndarray) -> np.ndarray:
                            p90 - p10, slope])
 
 
+def _rows(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The rows of ``a`` under ``mask``, or all of them when fewer than 3 are."""
+    return a[mask] if mask.sum() >= 3 else a
+
+
 def utterance_functionals(x: np.ndarray) -> np.ndarray:
     """The functionals of one utterance (see the module docstring): x (n,) int16 or float in
     [-1, 1] at 16 kHz, n ≥ MIN_SAMPLES; returns (DIM,) float32. Raises ValueError when shorter."""
@@ -144,12 +146,12 @@ def utterance_functionals(x: np.ndarray) -> np.ndarray:
                          "the functionals need (65 ms)")
     lld, voice, voiced = _lld(level_normalise(x))
     active = lld[:, 0] > lld[:, 0].max() - 50
-    v = voice[voiced] if voiced.sum() >= 3 else voice
-    lv = lld[voiced] if voiced.sum() >= 3 else lld
-    unv = active & ~voiced
-    lu = lld[unv] if unv.sum() >= 3 else lld
-    out = np.concatenate([_stats(lld[active]), _stats(_delta(lld)[active]), _stats(v),
-                          _stats(_delta(voice)[voiced] if voiced.sum() >= 3 else voice),
+    few = voiced.sum() < 3  # too few voiced frames: their statistics fall back to all frames
+    lv, lu = _rows(lld, voiced), _rows(lld, active & ~voiced)
+    out = np.concatenate([_stats(lld[active]), _stats(_delta(lld)[active]),
+                          _stats(_rows(voice, voiced)),
+                          # (feature set 1 falls back to voice itself, not its delta)
+                          _stats(voice if few else _delta(voice)[voiced]),
                           lv.mean(0), lv.std(0), lu.mean(0), lu.std(0),
                           [voiced.mean(), active.mean()]])
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)

@@ -31,6 +31,9 @@ from .vad import CHUNK
 
 log = logging.getLogger("redsg_edge.pipeline")
 
+#: Utterances between saves of the running voice normalisation (``speech.norm_state``).
+NORM_SAVE_EVERY = 20
+
 #: Config keys a reload (SIGHUP) can apply to a running pipeline; others need a restart.
 LIVE_KEYS = ("fusion", "reply", "voice.default_style", "voice.style", "voice.mic_gate_tail_s",
              "speech.vad_threshold", "speech.min_utterance_s", "speech.hangover_s",
@@ -356,10 +359,6 @@ class Pipeline:
             if gated:
                 self.gated_windows += 1
             deliver(self.perception.audio(t_first, pcm, gated), self.observe, self._on_utterance)
-
-
-#: Utterances between saves of the running voice normalisation (``speech.norm_state``).
-NORM_SAVE_EVERY = 20
 
 
 def _top(upd: FusedUpdate | None, modality: str) -> dict | None:

@@ -265,7 +265,7 @@ class SpeechPerception:
         # RAVDESS files, all ≥ 2.9 s with their quiet lead-in, and never saw digital silence.
         um = self.utterance_model
         ctx = max(min(a, b - self.model.window_samples), prev)
-        w = self.cfg.utterance_weight if um is not None and b - a >= um.min_samples() else 0.0
+        w = self.cfg.utterance_weight if um is not None and b - a >= um.min_samples else 0.0
         probs = self.model.predict_utterance(self._audio(ctx, b), self.hop) if w < 1 else None
         if w > 0:
             pu = um.predict(self._audio(a, b), self.norm)

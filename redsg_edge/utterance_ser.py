@@ -57,10 +57,6 @@ class FeatureNorm:
         std = np.asarray(std, np.float64)
         return cls(mean, std ** 2 * prior, prior)
 
-    def copy(self) -> "FeatureNorm":
-        """An independent copy (same statistics, not frozen)."""
-        return FeatureNorm(self.mean, self.m2, self.count)
-
     def update(self, v: np.ndarray) -> None:
         """Fold one vector (DIM,) into the statistics (a frozen norm ignores it)."""
         if self.frozen:
@@ -110,6 +106,9 @@ class UtteranceSer:
     sidecar is missing or made for another feature set; ValueError for too short audio.
     """
 
+    #: Shortest audio the functionals take, samples.
+    min_samples = MIN_SAMPLES
+
     def __init__(self, path: str | os.PathLike, num_threads: int = 1) -> None:
         self.clf = LiteRTClassifier(path, (DIM,), len(CLASSES), num_threads)
         self.path = self.clf.path
@@ -132,11 +131,6 @@ class UtteranceSer:
     def new_norm(self) -> FeatureNorm:
         """A fresh running normalisation at the training statistics."""
         return FeatureNorm.from_prior(self.mean, self.std, self.prior)
-
-    @staticmethod
-    def min_samples() -> int:
-        """Shortest audio the functionals take, samples."""
-        return MIN_SAMPLES
 
     def predict(self, pcm: np.ndarray, norm: FeatureNorm, learn: bool = True) -> np.ndarray:
         """One utterance's probabilities (see the class docstring); ``norm`` learns from it

@@ -4,8 +4,8 @@
 wheel's ctypes layer alone (``opensmile/core/lib.py`` and ``libSMILEapi``, which the wheel carries
 for x86-64 and ``manylinux_2_17_aarch64``), without ``import opensmile`` and its pandas,
 pyarrow and audinterface (+125 MB resident). ``level_normalised`` scales an utterance so that
-its loud frames sit at ``LEVEL_DBFS`` first, so that the features do not depend on the
-microphone gain. Used by ``scripts/ser_representations.py``; numpy only at import time.
+its loud frames sit at −20 dBFS first (``redsg_edge.functionals.level_normalise``), so that the
+features do not depend on the microphone gain. Used by ``scripts/ser_representations.py``.
 """
 
 from __future__ import annotations
@@ -14,21 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-SAMPLE_RATE = 16_000
-LEVEL_DBFS = -20.0
-
-
-def loud_rms(x: np.ndarray) -> float:
-    """RMS of the loud 25 ms frames (95th percentile of frame RMS), as features._floor_rms."""
-    n = max(1, len(x) // 400)
-    fr = np.resize(x, n * 400).reshape(n, 400).astype(np.float64)
-    return float(np.percentile(np.sqrt(np.mean(fr ** 2, axis=1)), 95)) + 1e-9
+from redsg_edge.functionals import SAMPLE_RATE, level_normalise
 
 
 def level_normalised(fx):
-    """Per-utterance level normalisation: the loud frames at LEVEL_DBFS. The runtime can do this
-    on each utterance; the features then cannot depend on the microphone gain."""
-    return lambda x: fx(x * np.float32(10 ** (LEVEL_DBFS / 20) / loud_rms(x)))
+    """``fx`` on the utterance with its loud frames at −20 dBFS (the runtime's
+    ``functionals.level_normalise``): the features then cannot depend on the microphone gain."""
+    return lambda x: fx(level_normalise(x).astype(np.float32))
 
 
 SMILE_CONFIGS = {"compare": "compare/ComParE_2016.conf", "egemaps": "egemaps/v02/eGeMAPSv02.conf"}

@@ -88,11 +88,11 @@ def augmented_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray
 
 
 def fit(X: np.ndarray, y: np.ndarray):
-    """(model, mean, std): the logistic regression on the training set's z-scores."""
+    """(model, mean, std, z): the logistic regression on the training set's clipped z-scores z."""
     from sklearn.linear_model import LogisticRegression
     mean, std = X.mean(0), X.std(0) + 1e-6
     z = np.clip((X - mean) / std, -CLIP_Z, CLIP_Z)
-    return LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit(z, y), mean, std
+    return LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit(z, y), mean, std, z
 
 
 def keras_model(lr):
@@ -162,8 +162,8 @@ def main() -> int:
     for k, fold in enumerate(CV_FOLDS):
         tr, te = dev & ~np.isin(actor, fold), np.isin(actor, fold)
         Xtr, ytr = rows(tr)
-        lr, mean, std = fit(Xtr, ytr)
-        clf, _ = int8(lr, np.clip((Xtr - mean) / std, -CLIP_Z, CLIP_Z), args.cache / f"fold{k}.tflite")
+        lr, mean, std, Ztr = fit(Xtr, ytr)
+        clf, _ = int8(lr, Ztr, args.cache / f"fold{k}.tflite")
         Z = running_z(X[te], mean, std, args.seed)
         oof[te] = np.stack([clf.predict(z) for z in Z])
         folds.append({"actors": list(fold), **scores(oof[te], y[te])})
@@ -174,9 +174,9 @@ def main() -> int:
            expected_calibration_error(temperature_scale(oof[dev], T), y[dev]))
 
     Xtr, ytr = rows(dev)
-    lr, mean, std = fit(Xtr, ytr)
+    lr, mean, std, Ztr = fit(Xtr, ytr)
     dest = args.out / "ser_utt_int8.tflite"
-    clf, size = int8(lr, np.clip((Xtr - mean) / std, -CLIP_Z, CLIP_Z), dest)
+    clf, size = int8(lr, Ztr, dest)
     test = np.isin(actor, TEST_ACTORS)
     Zt = running_z(X[test], mean, std, args.seed)
     p_float = lr.predict_proba(Zt)
@@ -186,7 +186,7 @@ def main() -> int:
         "features": FEATURES_VERSION, "dim": DIM, "classes": list(CLASSES),
         "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
         "prior_utterances": PRIOR, "clip_z": CLIP_Z, "temperature": round(T, 3),
-        "temperature_fitted_on": "pooled out-of-fold int8 utterances of the 5 actor folds "
+        "temperature_fitted_on": "pooled out-of-fold int8 utterances of the 6 actor folds "
                                  "over actors 1-22 (scripts/train_ser_utterance.py)",
         "trained_on": "RAVDESS speech, actors 1-22 (1,320 recordings, cut to their speech)",
         "regularisation_C": C, "augmented_copies": args.aug,
