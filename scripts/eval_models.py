@@ -14,11 +14,17 @@ accuracy, argmax over angry/happy/neutral/sad of the 7-class output. Expected ca
 (15 bins) before and after the card's temperature. The cross-validation figures come from
 training (``scripts/train_ser.py`` writes ``runs/ser/cv.json``): they need the fold models.
 
+Utterance SER (``ser_utt_int8.tflite``): the same held-out files, conditions and URDU set, one
+label per whole file from its functionals, each set z-scored with its own statistics as
+``analyze`` does after its calibration pass (``eval_ser_utterance``); the cross-validation
+figures are read from its sidecar, which training wrote. What ``analyze`` reports for a file,
+the two SER models pooled, is measured by ``scripts/eval_voice.py``.
+
 Latency: p50/p95 of one interpreter call (one thread) over ``--calls`` calls, and for SER also
 features + call for one 2.5 s window. Writes confusion matrices as PNG next to the models and
 prints a table; ``--json`` writes all figures.
 
-    python scripts/eval_models.py [--only ser] [--models models] [--calls 1000] [--json runs/eval.json]
+    python scripts/eval_models.py [--only fer|ser|ser_utt] [--models models] [--calls 1000] [--json runs/eval.json]
 """
 
 from __future__ import annotations
@@ -204,12 +210,79 @@ def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
                 lambda w: clf.predict(ser_windows(w, win, hop)[0]), window, calls)}
 
 
+def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
+    """The utterance SER alone on whole files, each set normalised as ``analyze`` does it: the
+    running statistics learn every file of the set first (its calibration pass), then label
+    them frozen. Held-out actors 23 + 24 as recorded, at −20 dB, +10 dB (clipped) and in white
+    noise at 10 dB SNR (each condition its own batch); URDU 4-class. ECE before and after the
+    sidecar's temperature. The cross-validation figures are the sidecar's (training's)."""
+    from redsg_edge.functionals import utterance_functionals
+    from redsg_edge.utterance_ser import UtteranceSer
+
+    model = UtteranceSer(path)
+
+    def batch(pcms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 7) probabilities before and after the temperature, with batch statistics."""
+        feats = [utterance_functionals(x) for x in pcms]
+        norm = model.new_norm()
+        for f in feats:
+            norm.update(f)
+        norm.frozen = True
+        raw = np.stack([model.clf.predict(np.clip(norm.normalise(f), -model.clip, model.clip))
+                        for f in feats])
+        raw = np.clip(raw, 1e-6, None)
+        raw /= raw.sum(1, keepdims=True)
+        return raw, temperature_scale(raw, model.temperature)
+
+    def pcm16(x: np.ndarray) -> np.ndarray:
+        return np.round(np.clip(x, -1, 1) * 32767).astype(np.int16)
+
+    held, urdu = _ser_dataset(data)
+    y = np.array([h[1] for h in held])
+    noncalm = np.array([e != "calm" for _, _, e in held])
+    rng = np.random.default_rng(0)
+    conditions = {"original": lambda x: x, "gain_-20dB": lambda x: apply_gain(x, -20.0),
+                  "gain_+10dB_clipped": lambda x: apply_gain(x, 10.0),
+                  "white_noise_10dB_snr": lambda x: add_noise(x, white_noise(len(x), rng), 10.0)}
+    robust, p = {}, None
+    for name, f in conditions.items():
+        q, qt = batch([pcm16(f(x)) for x, _, _ in held])
+        if p is None:
+            p, pt = q, qt
+        robust[name] = {"acc_104_noncalm": round(float((q.argmax(1) == y)[noncalm].mean()), 4),
+                        "acc_120": round(float((q.argmax(1) == y).mean()), 4)}
+    pred = p.argmax(1)
+    uy = np.array([u[1] for u in urdu])
+    up, upt = batch([pcm16(x) for x, _, _ in urdu])
+    u4 = np.array(FOUR)[up[:, FOUR].argmax(1)]
+    u4y = np.array([FOUR.index(c) for c in uy])
+    four = lambda q: q[:, FOUR] / q[:, FOUR].sum(1, keepdims=True)  # noqa: E731
+    uar = lambda y, p: round(float(np.mean(list(recall(y, p).values()))), 4)  # noqa: E731
+    meta = json.loads(path.with_suffix(".json").read_text())
+    utt = pcm16(held[0][0])
+    norm = model.new_norm()
+    return {"model": str(path), **file_facts(path), "test_actors": list(HELD_OUT),
+            "temperature": model.temperature, "cv_mean_acc": round(meta["cv"]["mean_accuracy"], 4),
+            "cv_mean_uar": round(meta["cv"]["mean_uar"], 4),
+            "utt_acc": round(float((pred == y).mean()), 4), "utt_uar": uar(y, pred),
+            "utt_recall": recall(y, pred), "robustness": robust,
+            "ece_heldout_before": round(expected_calibration_error(p, y), 4),
+            "ece_heldout_after": round(expected_calibration_error(pt, y), 4),
+            "urdu_acc4": round(float((u4 == uy).mean()), 4), "urdu_uar4": uar(uy, u4),
+            "urdu_recall4": recall(uy, u4),
+            "ece_urdu4_before": round(expected_calibration_error(four(up), u4y), 4),
+            "ece_urdu4_after": round(expected_calibration_error(four(upt), u4y), 4),
+            "latency_one_thread_utterance": latency(
+                lambda x: model.predict(x, norm, learn=False), utt, max(calls // 10, 20)),
+            "utterance_s": round(len(utt) / SAMPLE_RATE, 2)}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", type=Path, default=Path(__file__).resolve().parent.parent / "models")
     ap.add_argument("--data", type=Path, default=DATA_ROOT,
                     help="data root holding ravdess/ and urdu/ (FER sets: REDSG_DATA)")
-    ap.add_argument("--only", choices=("fer", "ser"), help="evaluate one model")
+    ap.add_argument("--only", choices=("fer", "ser", "ser_utt"), help="evaluate one model")
     ap.add_argument("--ser-model", type=Path,
                     help="SER .tflite to validate (default MODELS/ser_int8.tflite; e.g. a fold "
                          "model of scripts/train_ser.py, which never reads the URDU set itself)")
@@ -218,14 +291,32 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the figures here")
     args = ap.parse_args()
     res, rows = {}, []
-    if args.only != "ser":
+    if args.only in (None, "fer"):
         res["fer"] = f = eval_fer(args.models / "fer_int8.tflite", args.calls, not args.no_plots)
         rows += [("FER int8", "FER2013 PrivateTest acc", f["privatetest_acc"]),
                  ("FER int8", "CK+48 acc (6 classes)", f["ck48_acc_6way"]),
                  ("FER int8", "CK+48 acc (7-way argmax)", f["ck48_acc_7way"]),
                  ("FER int8", "latency p50 ms (1 thread)", f["latency_one_thread"]["p50_ms"]),
                  ("FER int8", "size bytes", f["bytes"]), ("FER int8", "sha256", f["sha256"])]
-    if args.only != "fer":
+    if args.only in (None, "ser_utt"):
+        res["ser_utt"] = u = eval_ser_utterance(args.models / "ser_utt_int8.tflite", args.calls,
+                                                args.data)
+        rows += [("SER utt", "CV mean acc / UAR (6 folds, from the sidecar)",
+                  f"{u['cv_mean_acc']} / {u['cv_mean_uar']}"),
+                 ("SER utt", "held-out 23+24 utterance acc (120)", u["utt_acc"]),
+                 ("SER utt", "held-out 23+24 utterance UAR (120)", u["utt_uar"])]
+        rows += [("SER utt", f"held-out 23+24 non-calm acc (104), {k}", v["acc_104_noncalm"])
+                 for k, v in u["robustness"].items()]
+        rows += [("SER utt", "URDU 4-class acc (400)", u["urdu_acc4"]),
+                 ("SER utt", "URDU 4-class UAR", u["urdu_uar4"]),
+                 ("SER utt", f"ECE held-out before / after T = {u['temperature']}",
+                  f"{u['ece_heldout_before']} / {u['ece_heldout_after']}"),
+                 ("SER utt", "ECE URDU 4-class before / after",
+                  f"{u['ece_urdu4_before']} / {u['ece_urdu4_after']}"),
+                 ("SER utt", f"features + model p50 ms ({u['utterance_s']} s utterance)",
+                  u["latency_one_thread_utterance"]["p50_ms"]),
+                 ("SER utt", "size bytes", u["bytes"]), ("SER utt", "sha256", u["sha256"])]
+    if args.only in (None, "ser"):
         res["ser"] = s = eval_ser(args.ser_model or args.models / "ser_int8.tflite", args.calls,
                                   not args.no_plots, args.data)
         rows += [("SER int8", "held-out 23+24 utterance acc (120)", s["utt_acc"]),

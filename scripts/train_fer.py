@@ -57,7 +57,7 @@ def cached_split(split: str, data: Path, cache: Path) -> tuple[np.ndarray, np.nd
     return x, y
 
 
-def build_models(seed: int, width: int = 48):
+def build_models(seed: int, width: int = 48, jitter: float = 1.0):
     import keras
     from keras import layers
 
@@ -94,9 +94,9 @@ def build_models(seed: int, width: int = 48):
         layers.RandomFlip("horizontal", seed=seed),
         # Rotation ±11°: the run-time crop is eye-levelled, so larger angles only teach poses the
         # model never sees (±18° left a 0.6 M-parameter net under-fitting: train 56 % < val 58 %).
-        layers.RandomRotation(0.03, fill_mode="nearest", seed=seed + 1),
-        layers.RandomZoom((-0.1, 0.1), fill_mode="nearest", seed=seed + 2),
-        layers.RandomTranslation(0.08, 0.08, fill_mode="nearest", seed=seed + 3),
+        layers.RandomRotation(0.03 * jitter, fill_mode="nearest", seed=seed + 1),
+        layers.RandomZoom((-0.1 * jitter, 0.1 * jitter), fill_mode="nearest", seed=seed + 2),
+        layers.RandomTranslation(0.08 * jitter, 0.08 * jitter, fill_mode="nearest", seed=seed + 3),
         layers.RandomContrast(0.25, value_range=(0, 255), seed=seed + 4),
         layers.RandomBrightness(0.2, value_range=(0, 255), seed=seed + 5),
     ], name="camera_augment")
@@ -197,6 +197,10 @@ def main() -> int:
     ap.add_argument("--init", type=Path, default=None,
                     help="start from this saved core model (.keras, or an int8 .tflite export) "
                          "instead of random weights: a second cosine cycle (warm restart)")
+    ap.add_argument("--augment", choices=["camera", "heavy"], default="camera",
+                    help="camera: flip, rotation, zoom, shift, contrast, brightness, blur (the first "
+                         "two cycles); heavy: that with 1.5x the geometric jitter, plus gamma, low "
+                         "resolution, sensor noise, JPEG and occlusion (scripts/fer_augment.py)")
     ap.add_argument("--no-jit", action="store_true", help="disable XLA (about 20%% slower on CPU)")
     ap.add_argument("--export-only", action="store_true", help="skip training; export best.keras")
     ap.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="MODEL",
@@ -226,7 +230,7 @@ def main() -> int:
         recover_from_int8(path, member, x_tr[sample])
         return member
 
-    core, train_model = build_models(args.seed, args.width)
+    core, train_model = build_models(args.seed, args.width, 1.5 if args.augment == "heavy" else 1.0)
     if args.init is not None:
         core.set_weights(load_core(args.init).get_weights())
         print(f"initialised from {args.init}", flush=True)
@@ -245,8 +249,16 @@ def main() -> int:
               .shuffle(len(x_tr), seed=args.seed, reshuffle_each_iteration=True)
               .batch(args.batch)
               .enumerate()
-              .map(lambda i, b: (random_blur(b[0], seed + tf.stack([i, i])), b[1]))
-              .prefetch(2))
+              .map(lambda i, b: (random_blur(b[0], seed + tf.stack([i, i])), b[1])))
+        if args.augment == "heavy":
+            from fer_augment import Augmenter
+            augmenter, rng = Augmenter(), np.random.default_rng(args.seed)
+
+            def heavy(x, y):
+                x = tf.numpy_function(lambda b: augmenter(b, rng), [x], tf.float32)
+                return tf.ensure_shape(x, [None, 48, 48, 1]), y
+            ds = ds.map(heavy)
+        ds = ds.prefetch(2)
         val = (x_va[..., None].astype(np.float32), keras.utils.to_categorical(y_va, len(CLASSES)))
 
         class SaveCore(keras.callbacks.Callback):
