@@ -84,7 +84,9 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
     ``[{"start": s, "end": s, "label": name}]``. Returns a JSON-serialisable dict: scored
     ``duration_s``; ``fused_accuracy``, ``face_accuracy``, ``voice_accuracy`` (0..1, null time
     counts as wrong), ``face_coverage``, ``voice_coverage``, ``face_accuracy_present``,
-    ``voice_accuracy_present``; ``changes``, ``matched``, ``missed``, ``latencies_s`` (one per
+    ``voice_accuracy_present``; ``face_accuracy_held``, ``voice_accuracy_held`` (each
+    modality's latest label held until its next one: what a fusion that followed that modality
+    alone could reach); ``changes``, ``matched``, ``missed``, ``latencies_s`` (one per
     matched change), ``transitions``, ``spurious``, ``spurious_per_min``. Raises ValueError when
     there is no update record inside the ground-truth span or the truth is malformed.
     """
@@ -99,6 +101,8 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
     keys = ("fused", *MODALITIES)
     correct = dict.fromkeys(keys, 0.0)
     present = dict.fromkeys(keys, 0.0)
+    held: dict[str, str | None] = dict.fromkeys(MODALITIES)
+    correct_held = dict.fromkeys(MODALITIES, 0.0)
     total = 0.0
     for i, u in enumerate(updates):
         a = max(float(u["t"]), t_start)
@@ -107,6 +111,7 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
             continue
         labels = {"fused": u.get("emotion"),
                   **{m: _argmax_label(u.get(m)) for m in MODALITIES}}
+        held.update({m: labels[m] for m in MODALITIES if labels[m] is not None})
         for s in segs:  # split the interval at ground-truth boundaries
             overlap = min(b, s["end"]) - max(a, s["start"])
             if overlap <= 0:
@@ -116,6 +121,8 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
                 if labels[k] is not None:
                     present[k] += overlap
                     correct[k] += overlap * (labels[k] == s["label"])
+            for m in MODALITIES:
+                correct_held[m] += overlap * (held[m] == s["label"])
 
     changes = truth_changes(segs, initial)
     transitions = sorted((r for r in records if r.get("type") == "transition"
@@ -141,6 +148,7 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
         per_modality[f"{m}_accuracy"] = ratio(correct[m], total)
         per_modality[f"{m}_coverage"] = ratio(present[m], total)
         per_modality[f"{m}_accuracy_present"] = ratio(correct[m], present[m])
+        per_modality[f"{m}_accuracy_held"] = ratio(correct_held[m], total)
     return {
         "duration_s": total,
         "updates": len(updates),
@@ -154,7 +162,7 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
         "spurious": spurious,
         "spurious_per_min": ratio(spurious, total / 60.0),
         # kept for summarize(): time-weighted sums
-        "_correct": correct, "_present": present,
+        "_correct": correct, "_present": present, "_held": correct_held,
     }
 
 
@@ -167,6 +175,7 @@ def summarize(scores: list[dict]) -> dict:
         out[f"{k}_accuracy"] = sum(s["_correct"][k] for s in scores) / total if total else None
     for k in MODALITIES:
         out[f"{k}_coverage"] = sum(s["_present"][k] for s in scores) / total if total else None
+        out[f"{k}_accuracy_held"] = sum(s["_held"][k] for s in scores) / total if total else None
     lat = [x for s in scores for x in s["latencies_s"]]
     out["changes"] = sum(s["changes"] for s in scores)
     out["matched"] = len(lat)

@@ -62,6 +62,11 @@ def test_score_hand_made():
     # voice: present 9 s, wrong at 14
     assert s["voice_accuracy"] == pytest.approx(8 / 30)
     assert s["voice_accuracy_present"] == pytest.approx(8 / 9)
+    # held until the next label: the face's 3 s gap keeps neutral (right); the voice is
+    # missing for 2 s, keeps neutral into happy for 2 s and "sad" (14) through happy for 6 s
+    assert s["face_accuracy_held"] == pytest.approx(29 / 30)
+    assert s["voice_accuracy_held"] == pytest.approx(20 / 30)
+    assert ev.summarize([s, s])["voice_accuracy_held"] == pytest.approx(20 / 30)
     assert (s["changes"], s["matched"], s["missed"]) == (2, 2, 0)
     assert s["latencies_s"] == pytest.approx([1.0, 3.0])
     assert (s["transitions"], s["spurious"]) == (4, 2)
