@@ -97,6 +97,36 @@ def latency(fn, x, calls: int) -> dict[str, float]:
             "p95_ms": round(float(np.percentile(ts, 95)), 3), "calls": calls}
 
 
+def uar(y: np.ndarray, pred: np.ndarray) -> float:
+    return round(float(np.mean(list(recall(y, pred).values()))), 4)
+
+
+def pcm16(x: np.ndarray) -> np.ndarray:
+    """float audio in [-1, 1] → int16, as a microphone delivers it."""
+    return np.round(np.clip(x, -1, 1) * 32767).astype(np.int16)
+
+
+def conditions(rng: np.random.Generator) -> dict:
+    """The voice issue's levels and noise: name → transform of float audio."""
+    return {"original": lambda x: x, "gain_-20dB": lambda x: apply_gain(x, -20.0),
+            "gain_+10dB_clipped": lambda x: apply_gain(x, 10.0),
+            "white_noise_10dB_snr": lambda x: add_noise(x, white_noise(len(x), rng), 10.0)}
+
+
+def ser_rows(tag: str, s: dict) -> list[tuple]:
+    """The table rows both SER models share: held-out, its levels and noise, URDU, ECE."""
+    rows = [(tag, "held-out 23+24 utterance acc (120)", s["utt_acc"]),
+            (tag, "held-out 23+24 utterance UAR (120)", s["utt_uar"])]
+    rows += [(tag, f"held-out 23+24 non-calm acc (104), {k}", v["acc_104_noncalm"])
+             for k, v in s["robustness"].items()]
+    return rows + [(tag, "URDU 4-class acc (400)", s["urdu_acc4"]),
+                   (tag, "URDU 4-class UAR", s["urdu_uar4"]),
+                   (tag, f"ECE held-out before / after T = {s['temperature']}",
+                    f"{s['ece_heldout_before']} / {s['ece_heldout_after']}"),
+                   (tag, "ECE URDU 4-class before / after",
+                    f"{s['ece_urdu4_before']} / {s['ece_urdu4_after']}")]
+
+
 def file_facts(path: Path) -> dict:
     return {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
@@ -168,23 +198,15 @@ def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
         m = temperature_scale(pw, t).mean(0)
         return m / m.sum()
 
-    def pcm16(x: np.ndarray) -> np.ndarray:
-        return np.round(np.clip(x, -1, 1) * 32767).astype(np.int16)
-
     held, urdu = _ser_dataset(data)
     y = np.array([h[1] for h in held])
     pw = [windows(pcm16(x)) for x, _, _ in held]
     p = np.stack([w.mean(0) for w in pw])
     pt = np.stack([utt_t(w) for w in pw])
     pred = p.argmax(1)
-    uar = lambda y, p: round(float(np.mean(list(recall(y, p).values()))), 4)  # noqa: E731
     noncalm = np.array([e != "calm" for _, _, e in held])
-    rng = np.random.default_rng(0)
-    conditions = {"original": lambda x: x, "gain_-20dB": lambda x: apply_gain(x, -20.0),
-                  "gain_+10dB_clipped": lambda x: apply_gain(x, 10.0),
-                  "white_noise_10dB_snr": lambda x: add_noise(x, white_noise(len(x), rng), 10.0)}
     robust = {}
-    for name, f in conditions.items():
+    for name, f in conditions(np.random.default_rng(0)).items():
         q = p if name == "original" else np.stack([utt(pcm16(f(x))) for x, _, _ in held])
         robust[name] = {"acc_104_noncalm": round(float((q.argmax(1) == y)[noncalm].mean()), 4),
                         "acc_120": round(float((q.argmax(1) == y).mean()), 4)}
@@ -241,18 +263,11 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
         raw /= raw.sum(1, keepdims=True)
         return raw, temperature_scale(raw, model.temperature)
 
-    def pcm16(x: np.ndarray) -> np.ndarray:
-        return np.round(np.clip(x, -1, 1) * 32767).astype(np.int16)
-
     held, urdu = _ser_dataset(data)
     y = np.array([h[1] for h in held])
     noncalm = np.array([e != "calm" for _, _, e in held])
-    rng = np.random.default_rng(0)
-    conditions = {"original": lambda x: x, "gain_-20dB": lambda x: apply_gain(x, -20.0),
-                  "gain_+10dB_clipped": lambda x: apply_gain(x, 10.0),
-                  "white_noise_10dB_snr": lambda x: add_noise(x, white_noise(len(x), rng), 10.0)}
     robust, p = {}, None
-    for name, f in conditions.items():
+    for name, f in conditions(np.random.default_rng(0)).items():
         q, qt = batch([pcm16(f(x)) for x, _, _ in held])
         if p is None:
             p, pt = q, qt
@@ -264,7 +279,6 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
     u4 = np.array(FOUR)[up[:, FOUR].argmax(1)]
     u4y = np.array([FOUR.index(c) for c in uy])
     four = lambda q: q[:, FOUR] / q[:, FOUR].sum(1, keepdims=True)  # noqa: E731
-    uar = lambda y, p: round(float(np.mean(list(recall(y, p).values()))), 4)  # noqa: E731
     meta = json.loads(path.with_suffix(".json").read_text())
     utt = pcm16(held[0][0])
     norm = model.new_norm()
@@ -311,34 +325,16 @@ def main() -> int:
         res["ser_utt"] = u = eval_ser_utterance(args.models / "ser_utt_int8.tflite", args.calls,
                                                 args.data)
         rows += [("SER utt", "CV mean acc / UAR (6 folds, from the sidecar)",
-                  f"{u['cv_mean_acc']} / {u['cv_mean_uar']}"),
-                 ("SER utt", "held-out 23+24 utterance acc (120)", u["utt_acc"]),
-                 ("SER utt", "held-out 23+24 utterance UAR (120)", u["utt_uar"])]
-        rows += [("SER utt", f"held-out 23+24 non-calm acc (104), {k}", v["acc_104_noncalm"])
-                 for k, v in u["robustness"].items()]
-        rows += [("SER utt", "URDU 4-class acc (400)", u["urdu_acc4"]),
-                 ("SER utt", "URDU 4-class UAR", u["urdu_uar4"]),
-                 ("SER utt", f"ECE held-out before / after T = {u['temperature']}",
-                  f"{u['ece_heldout_before']} / {u['ece_heldout_after']}"),
-                 ("SER utt", "ECE URDU 4-class before / after",
-                  f"{u['ece_urdu4_before']} / {u['ece_urdu4_after']}"),
-                 ("SER utt", f"features + model p50 ms ({u['utterance_s']} s utterance)",
+                  f"{u['cv_mean_acc']} / {u['cv_mean_uar']}")]
+        rows += ser_rows("SER utt", u)
+        rows += [("SER utt", f"features + model p50 ms ({u['utterance_s']} s utterance)",
                   u["latency_one_thread_utterance"]["p50_ms"]),
                  ("SER utt", "size bytes", u["bytes"]), ("SER utt", "sha256", u["sha256"])]
     if args.only in (None, "ser"):
         res["ser"] = s = eval_ser(args.ser_model or args.models / "ser_int8.tflite", args.calls,
                                   not args.no_plots, args.data)
-        rows += [("SER int8", "held-out 23+24 utterance acc (120)", s["utt_acc"]),
-                 ("SER int8", "held-out 23+24 utterance UAR (120)", s["utt_uar"])]
-        rows += [("SER int8", f"held-out 23+24 non-calm acc (104), {k}", v["acc_104_noncalm"])
-                 for k, v in s["robustness"].items()]
-        rows += [("SER int8", "URDU 4-class acc (400)", s["urdu_acc4"]),
-                 ("SER int8", "URDU 4-class UAR", s["urdu_uar4"]),
-                 ("SER int8", f"ECE held-out before / after T = {s['temperature']}",
-                  f"{s['ece_heldout_before']} / {s['ece_heldout_after']}"),
-                 ("SER int8", "ECE URDU 4-class before / after",
-                  f"{s['ece_urdu4_before']} / {s['ece_urdu4_after']}"),
-                 ("SER int8", "SER latency p50 ms (1 thread)", s["latency_one_thread_ser"]["p50_ms"]),
+        rows += ser_rows("SER int8", s)
+        rows += [("SER int8", "SER latency p50 ms (1 thread)", s["latency_one_thread_ser"]["p50_ms"]),
                  ("SER int8", "features + SER p50 ms per window (1 thread)",
                   s["latency_one_thread_features_plus_ser"]["p50_ms"]),
                  ("SER int8", "size bytes", s["bytes"]), ("SER int8", "sha256", s["sha256"])]
