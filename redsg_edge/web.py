@@ -62,6 +62,10 @@ PAGE = ("redsg_edge", "web_static/tuning.html")
 HISTORY = 50
 #: Messages queued per client at most; a client that falls further behind loses the oldest.
 CLIENT_QUEUE = 256
+#: Seconds a page has to answer the WebSocket closing handshake (RFC 6455 §7.1.1) when the
+#: server stops. websockets waits 10 s by default, and ``close`` waits for every page, so one
+#: stalled browser over a slow SSH tunnel would hold a SIGTERM past systemd's stop budget (3 s).
+CLOSE_TIMEOUT_S = 1.0
 
 
 class UpdateThrottle:
@@ -305,6 +309,7 @@ class TuningServer:
             self._server = serve(self._handler, self.host, self.port,
                                  process_request=self._process_request,
                                  server_header="redsg-edge", max_size=4096,
+                                 close_timeout=CLOSE_TIMEOUT_S,
                                  logger=logging.getLogger("redsg_edge.web.ws"))
         except OSError as exc:
             raise DeviceError(f"tuning page: cannot listen on {self.host}:{self.port} "

@@ -220,6 +220,34 @@ def test_a_port_in_use_is_a_clear_device_error(server):
         TuningServer(bus, dict, lambda: cfg.fusion, "127.0.0.1", srv.port).start()
 
 
+def test_a_page_that_never_answers_the_close_does_not_hold_the_stop(server):
+    """A browser that stalls (a frozen tab, a dead SSH tunnel) never answers the closing
+    handshake: ``close`` gives up on it after CLOSE_TIMEOUT_S, not websockets' 10 s."""
+    import base64
+    import socket
+
+    srv, _bus, _cfg = server
+    sock = socket.create_connection(("127.0.0.1", srv.port), timeout=5)
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall((f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{srv.port}\r\nUpgrade: websocket\r\n"
+                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                  "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    assert sock.recv(4096).startswith(b"HTTP/1.1 101")
+    deadline = time.monotonic() + 5
+    while srv.clients == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert srv.clients == 1
+    try:
+        t0 = time.monotonic()
+        srv.close()  # the raw socket reads nothing and sends no close frame back
+        took = time.monotonic() - t0
+    finally:
+        sock.close()
+    assert srv.clients == 0
+    # systemd's stop budget is 3 s; websockets' default close timeout alone would take 10 s
+    assert took < 3.0, took
+
+
 # ------------------------------------------------------------------ Chromium
 
 @pytest.fixture
