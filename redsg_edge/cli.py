@@ -104,17 +104,35 @@ def cmd_replay(args) -> int:
         server = _serve_replay(cfg, args.serve)
         kwargs["bus"] = server.bus
     t0 = time.perf_counter()
+    finished = False
+    # The page's connection threads are not daemon threads: whatever ends this command (an
+    # error, a Ctrl-C at any moment) must close the server, or the process never exits.
     try:
         records = replay(cfg, args.video, args.audio, args.out, args.plot,
                          use_video_audio=not args.no_video_audio,
                          progress=sys.stderr.isatty() and server is None,
                          append=args.append, warnings=warnings, transcriber=transcriber,
                          **kwargs)
-    except BaseException:
+        print(json.dumps(_replay_summary(args, records, time.perf_counter() - t0, warnings),
+                         indent=1), flush=True)
+        finished = True  # a Ctrl-C from here on ends a finished replay: not an interruption
+        if server is not None:
+            print(f"replay done; the page stays at {server.url} until Ctrl-C", file=sys.stderr,
+                  flush=True)
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        if not finished:
+            raise
+    finally:
         if server is not None:
             server.close()
-        raise
-    wall = time.perf_counter() - t0
+    # A damaged input still gives what it has (above), but a script must be able to tell.
+    return 1 if any("damaged" in w or "could not be written" in w for w in warnings) else 0
+
+
+def _replay_summary(args, records: list[dict], wall: float, warnings: list[str]) -> dict:
+    """The JSON ``replay`` prints when done: media and wall seconds, speed, updates and the
+    transitions, and where the outputs went."""
     updates = [r for r in records if r["type"] == "update"]
     trans = [r for r in records if r["type"] == "transition"]
     media = max((r["t"] for r in updates), default=0.0)
@@ -128,18 +146,7 @@ def cmd_replay(args) -> int:
         summary["plot"] = str(args.plot)
     if warnings:
         summary["warnings"] = warnings
-    print(json.dumps(summary, indent=1), flush=True)
-    if server is not None:
-        try:  # a Ctrl-C from here on ends a finished replay: not an interruption
-            print(f"replay done; the page stays at {server.url} until Ctrl-C", file=sys.stderr,
-                  flush=True)
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            pass
-        finally:
-            server.close()
-    # A damaged input still gives what it has (above), but a script must be able to tell.
-    return 1 if any("damaged" in w or "could not be written" in w for w in warnings) else 0
+    return summary
 
 
 def _serve_replay(cfg, port: int):

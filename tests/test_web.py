@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+from collections import deque
 import shutil
 import signal
 import subprocess
@@ -365,10 +366,12 @@ def test_replay_serve_shows_the_pexels_clip_in_chromium(browser, tmp_path):
         f'utterance_model = "{REPO / "models" / "ser_utt_int8.tflite"}"\n'
         '[speech.transcript]\nenabled = false\n')
     load_config(cfg_path)  # a bad test config fails here, not as a hang
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # faulthandler: a SIGABRT makes a stuck process print every thread's stack (below)
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1")
     proc = subprocess.Popen([sys.executable, "-m", "redsg_edge", "replay", str(PEXELS),
                              "--serve", "0", "-c", str(cfg_path)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    tail: deque[str] = deque(maxlen=80)  # stderr after the URL, drained; its end kept
     try:
         url = None
         for line in proc.stderr:
@@ -376,7 +379,7 @@ def test_replay_serve_shows_the_pexels_clip_in_chromium(browser, tmp_path):
                 url = line.split("open ", 1)[1].split(" ", 1)[0]
                 break
         assert url, f"no URL printed (exit {proc.poll()})"
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
+        threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True).start()
         browser.get(url)
         shot = tmp_path / "tuning_page.png"
         time.sleep(8.0)  # past the first transitions (6.3 s, README) after the models load
@@ -396,9 +399,14 @@ def test_replay_serve_shows_the_pexels_clip_in_chromium(browser, tmp_path):
         try:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0
+            proc.send_signal(signal.SIGABRT)
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            time.sleep(0.5)  # the drain thread reads the stacks
+    assert proc.returncode == 0, "replay --serve did not end on SIGINT:\n" + "".join(tail)
 
 
 def _read_json(stream) -> str:
