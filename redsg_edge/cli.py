@@ -105,17 +105,18 @@ def cmd_replay(args) -> int:
         kwargs["bus"] = server.bus
     t0 = time.perf_counter()
     finished = False
-    # The page's connection threads are not daemon threads: whatever ends this command (an
-    # error, a Ctrl-C at any moment) must close the server, or the process never exits.
+    # Whatever ends this command (an error, a Ctrl-C at any moment, even while the summary's
+    # last newline is being written) must close the server: a process that exits with it
+    # still serving can hang in interpreter shutdown.
     try:
         records = replay(cfg, args.video, args.audio, args.out, args.plot,
                          use_video_audio=not args.no_video_audio,
                          progress=sys.stderr.isatty() and server is None,
                          append=args.append, warnings=warnings, transcriber=transcriber,
                          **kwargs)
+        finished = True  # a Ctrl-C from here on ends a finished replay: not an interruption
         print(json.dumps(_replay_summary(args, records, time.perf_counter() - t0, warnings),
                          indent=1), flush=True)
-        finished = True  # a Ctrl-C from here on ends a finished replay: not an interruption
         if server is not None:
             print(f"replay done; the page stays at {server.url} until Ctrl-C", file=sys.stderr,
                   flush=True)
