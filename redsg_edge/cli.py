@@ -10,8 +10,8 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -120,7 +120,7 @@ def cmd_replay(args) -> int:
         if server is not None:
             print(f"replay done; the page stays at {server.url} until Ctrl-C", file=sys.stderr,
                   flush=True)
-            threading.Event().wait()
+            _wait_for_stop()
     except KeyboardInterrupt:
         if not finished:
             raise
@@ -129,6 +129,21 @@ def cmd_replay(args) -> int:
             server.close()
     # A damaged input still gives what it has (above), but a script must be able to tell.
     return 1 if any("damaged" in w or "could not be written" in w for w in warnings) else 0
+
+
+def _wait_for_stop() -> None:
+    """Sleep until SIGINT or SIGTERM. Handlers are installed here rather than trusting
+    KeyboardInterrupt: a process started in the background by a non-interactive shell (a CI
+    job, ``cmd &`` in a script) inherits SIGINT ignored, and Python then never raises it."""
+    from .service.signals import SignalWaiter
+
+    waiter = SignalWaiter()
+    waiter.install()
+    try:
+        while not {signal.SIGINT, signal.SIGTERM} & set(waiter.wait(3600.0)):
+            pass
+    finally:
+        waiter.restore()
 
 
 def _replay_summary(args, records: list[dict], wall: float, warnings: list[str]) -> dict:
@@ -383,7 +398,6 @@ def main(argv: list[str] | None = None) -> int:
         # SIGHUP's default action ends the process. The daemon's own handler comes only after
         # the imports (pydantic, numpy: a second or more on a small board); until then a reload
         # request is ignored, which loses nothing: the config is read after that anyway.
-        import signal
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
