@@ -105,9 +105,8 @@ def cmd_replay(args) -> int:
         kwargs["bus"] = server.bus
     t0 = time.perf_counter()
     finished = False
-    # Whatever ends this command (an error, a Ctrl-C at any moment, even while the summary's
-    # last newline is being written) must close the server: a process that exits with it
-    # still serving can hang in interpreter shutdown.
+    # The server is closed whatever ends the command; a Ctrl-C once the replay is done (even
+    # during the summary's print) is the normal end of ``--serve``, not an interruption.
     try:
         records = replay(cfg, args.video, args.audio, args.out, args.plot,
                          use_video_audio=not args.no_video_audio,
@@ -132,15 +131,16 @@ def cmd_replay(args) -> int:
 
 
 def _wait_for_stop() -> None:
-    """Sleep until SIGINT or SIGTERM. Handlers are installed here rather than trusting
-    KeyboardInterrupt: a process started in the background by a non-interactive shell (a CI
-    job, ``cmd &`` in a script) inherits SIGINT ignored, and Python then never raises it."""
+    """Sleep until SIGINT, SIGTERM or SIGHUP (the SSH session closed). Handlers are installed
+    here rather than trusting KeyboardInterrupt: a process started in the background by a
+    non-interactive shell (a CI job, ``cmd &`` in a script) inherits SIGINT ignored, and Python
+    then never raises it."""
     from .service.signals import SignalWaiter
 
     waiter = SignalWaiter()
     waiter.install()
     try:
-        while not {signal.SIGINT, signal.SIGTERM} & set(waiter.wait(3600.0)):
+        while not {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} & set(waiter.wait(3600.0)):
             pass
     finally:
         waiter.restore()

@@ -135,8 +135,14 @@ class UtteranceSer:
     def predict(self, pcm: np.ndarray, norm: FeatureNorm, learn: bool = True) -> np.ndarray:
         """One utterance's probabilities (see the class docstring); ``norm`` learns from it
         unless ``learn`` is False or it is frozen."""
-        z = norm.normalise(utterance_functionals(pcm), learn)
+        return temperature_scale(self.raw_probs(utterance_functionals(pcm), norm, learn),
+                                 self.temperature)
+
+    def raw_probs(self, feats: np.ndarray, norm: FeatureNorm, learn: bool = True) -> np.ndarray:
+        """The model's own probabilities for functionals ``feats`` (DIM,), before the
+        temperature: (7,) float summing to 1 (uniform if the int8 output is all zero)."""
+        z = norm.normalise(feats, learn)
         p = np.clip(self.clf.predict(np.clip(z, -self.clip, self.clip)), 0.0, None)
         if p.sum() <= 0:
             return np.full(len(CLASSES), 1 / len(CLASSES), np.float32)
-        return temperature_scale(p / p.sum(), self.temperature)
+        return p / p.sum()

@@ -46,7 +46,7 @@ def webrtc_flags(x: np.ndarray, mode: int) -> np.ndarray:
 
 class OnnxSilero:
     """Silero VAD as ONNX (inputs ``input`` (1, 576) float32 = 64 context + 512 new samples,
-    ``h``/``c`` (1, 1, 128) LSTM state) with the interface of ``SileroVad`` used here."""
+    ``h``/``c`` (1, 1, 128) LSTM state) with ``SileroVad``'s ``reset`` and ``chunk_prob``."""
 
     CONTEXT = 64
 
@@ -69,15 +69,12 @@ class OnnxSilero:
         self._ctx = chunk[-self.CONTEXT:]
         return float(np.asarray(p).reshape(-1)[0])
 
-    def probs(self, pcm: np.ndarray) -> np.ndarray:
-        n = len(pcm) // CHUNK
-        return np.array([self.chunk_prob(pcm[i * CHUNK:(i + 1) * CHUNK]) for i in range(n)],
-                        dtype=np.float32)
-
 
 def silero_probs(vad, x: np.ndarray) -> np.ndarray:
+    """Speech probability of each whole chunk of ``x`` as one fresh stream (either VAD)."""
     vad.reset()
-    return vad.probs(x)
+    return np.array([vad.chunk_prob(x[i * CHUNK:(i + 1) * CHUNK]) for i in range(len(x) // CHUNK)],
+                    dtype=np.float32)
 
 
 def chunk_cost_ms(vad, x: np.ndarray) -> float:

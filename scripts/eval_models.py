@@ -257,10 +257,7 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
         for f in feats:
             norm.update(f)
         norm.frozen = True
-        raw = np.stack([model.clf.predict(np.clip(norm.normalise(f), -model.clip, model.clip))
-                        for f in feats])
-        raw = np.clip(raw, 1e-6, None)
-        raw /= raw.sum(1, keepdims=True)
+        raw = np.stack([model.raw_probs(f, norm) for f in feats])
         return raw, temperature_scale(raw, model.temperature)
 
     held, urdu = _ser_dataset(data)
