@@ -120,7 +120,7 @@ class Analyzer:
         if self._ser is None:
             sp = self.cfg.speech
             self._ser = SerModel(sp.ser_model, sp.window_s)
-            self._vad = SileroVad()
+            self._vad = SileroVad(sp.vad_model)
             self._utt = UtteranceSer(sp.utterance_model) if sp.utterance_model else None
             self.norm = self._utt.new_norm() if self._utt is not None else None
 

@@ -113,6 +113,13 @@ def _model_items(cfg: Config) -> list[Item]:
             from .utterance_ser import UtteranceSer
             items.append(_classifier_item("utterance SER", cfg.speech.utterance_model,
                                           lambda: UtteranceSer(cfg.speech.utterance_model)))
+        from .vad import SileroVad
+        try:
+            _, s = _timed(lambda: SileroVad(cfg.speech.vad_model))
+            items.append(Item("model", "speech VAD loads", "ok",
+                              f"{cfg.speech.vad_model} ({s:.2f} s)"))
+        except ModelError as exc:
+            items.append(Item("model", "speech VAD loads", "fail", str(exc)))
     else:
         items.append(Item("model", "speech model", "skip", 'microphone.source = "none"'))
     if cfg.reply.enabled:

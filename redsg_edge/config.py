@@ -126,6 +126,8 @@ class SpeechConfig(StrictModel):
     #: Seconds between successive SER windows within an utterance, between rolling windows while
     #: speech goes on, and between the speech path's fusion ticks.
     hop_s: float = Field(0.5, ge=0.1, le=5.0)
+    #: Silero VAD 6.2 as ONNX (``redsg-edge fetch-models`` puts it there).
+    vad_model: LaxPath = Path("models/silero_vad_16k_op15.onnx")
     #: Silero VAD speech probability at which speech starts (it continues down to 0.15 less).
     vad_threshold: float = Field(0.5, ge=0.05, le=0.95)
     #: Shortest speech (first to last voiced 32 ms chunk) classified as an utterance, seconds.
@@ -407,7 +409,7 @@ class Config(StrictModel):
 
 PATH_KEYS = (("camera", "file"), ("microphone", "file"), ("vision", "detector_model"),
              ("vision", "fer_model"), ("speech", "ser_model"), ("speech", "utterance_model"),
-             ("speech", "norm_state"), ("voice", "model"),
+             ("speech", "vad_model"), ("speech", "norm_state"), ("voice", "model"),
              ("speech.transcript", "encoder_model"), ("speech.transcript", "decoder_model"),
              ("speech.transcript", "tokenizer"),
              ("voice", "wav_dir"), ("service", "status_file"), ("service", "event_log"),

@@ -128,7 +128,7 @@ class SpeechPerception:
     """Audio blocks in, speech evidence out: VAD → utterances → SER (see the module docstring).
 
     model: the window SER (rolling windows; utterances too without ``utterance_model``);
-    cfg: the [speech] section; vad: a fresh :class:`SileroVad` by default; utterance_model: the
+    cfg: the [speech] section; vad: a fresh :class:`SileroVad` of ``cfg.vad_model`` by default; utterance_model: the
     utterance SER or None; norm: its running normalisation (``utterance_model.new_norm()`` by
     default), kept in :attr:`norm` (a caller may share one between steps, save or freeze it).
     ``push(t_first, pcm, gated=False)``: pcm (n,) int16, contiguous with the previous push;
@@ -146,7 +146,7 @@ class SpeechPerception:
         self.model = model
         self.utterance_model = utterance_model
         self.norm = norm if norm is not None or utterance_model is None else utterance_model.new_norm()
-        self.vad = vad or SileroVad()
+        self.vad = vad or SileroVad(cfg.vad_model)
         self.vad.reset()
         self.seg = Segmenter(cfg.vad_threshold, 1, 1, 1)
         self.reconfigure(cfg)

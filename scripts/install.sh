@@ -197,6 +197,7 @@ else
         -e "s#^fer_model = \"models/#fer_model = \"$PREFIX/models/#" \
         -e "s#^ser_model = \"models/#ser_model = \"$PREFIX/models/#" \
         -e "s#^utterance_model = \"models/#utterance_model = \"$PREFIX/models/#" \
+        -e "s#^vad_model = \"models/#vad_model = \"$PREFIX/models/#" \
         -e 's#^norm_state = ""#norm_state = "/var/lib/redsg-edge/voice_norm.npz"#' \
         -e "s#^\(encoder_model\|decoder_model\|tokenizer\) = \"models/#\1 = \"$PREFIX/models/#" \
         -e 's#^wav_dir = "replies"#wav_dir = "/var/lib/redsg-edge/replies"#' \

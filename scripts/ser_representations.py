@@ -215,7 +215,7 @@ def analyze_cuts(paths: list[Path], args) -> tuple[list[np.ndarray], np.ndarray,
     from redsg_edge.speech import SerModel, SpeechPerception
     from redsg_edge.vad import SileroVad
     cfg = load_config(ROOT / "config.toml")
-    ser, vad = SerModel(ROOT / "models" / "ser_int8.tflite", cfg.speech.window_s), SileroVad()
+    ser, vad = SerModel(ROOT / "models" / "ser_int8.tflite", cfg.speech.window_s), SileroVad(cfg.speech.vad_model)
     clips, owner, dur = [], [], []
     for i, p in enumerate(tqdm(paths, desc="URDU through the analyze path", unit="file")):
         pcm, _ = sf.read(p, dtype="int16")

@@ -50,7 +50,8 @@ def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
     # (v3: the utterance SER pooled in at each utterance's end, with its weight.)
     key = hashlib.sha256(b"evidence-v3" + meta.read_bytes()
                          + str(cfg.speech.utterance_weight).encode())
-    models = [cfg.vision.fer_model, cfg.speech.ser_model, cfg.vision.detector_model]
+    models = [cfg.vision.fer_model, cfg.speech.ser_model, cfg.vision.detector_model,
+              cfg.speech.vad_model]
     for model in models + ([cfg.speech.utterance_model] if cfg.speech.utterance_model else []):
         key.update(Path(model).read_bytes())
         side = sidecar_path(model)  # the model's calibration changes its evidence too

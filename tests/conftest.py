@@ -15,6 +15,7 @@ MODELS = REPO / "models"
 FER_MODEL = MODELS / "fer_int8.tflite"
 SER_MODEL = MODELS / "ser_int8.tflite"
 UTT_MODEL = MODELS / "ser_utt_int8.tflite"
+VAD_MODEL = MODELS / "silero_vad_16k_op15.onnx"
 DETECTOR = DATA_ROOT.parent / "models" / "blaze_face_short_range.tflite"
 CLIPS = DATA_ROOT / "av_clips"
 PEXELS = CLIPS / "pyfeat_WolfgangLanger_Pexels.mp4"
@@ -26,7 +27,8 @@ ACTOR_24 = DATA_ROOT / "ravdess" / "Actor_24"
 def make_config(**sections) -> Config:
     """A Config with the real models and detector, plus per-section overrides (dicts)."""
     data = {"vision": {"detector_model": str(DETECTOR), "fer_model": str(FER_MODEL)},
-            "speech": {"ser_model": str(SER_MODEL), "utterance_model": str(UTT_MODEL)},
+            "speech": {"ser_model": str(SER_MODEL), "utterance_model": str(UTT_MODEL),
+                       "vad_model": str(VAD_MODEL)},
             "voice": {"sink": "null"}, "reply": {"chat": {"enabled": False}}}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
@@ -41,7 +43,8 @@ def cfg() -> Config:
 def write_config(path: Path, text: str = "") -> Path:
     """A config.toml using the real models, with ``text`` appended (extra sections)."""
     path.write_text(f'[vision]\ndetector_model = "{DETECTOR}"\nfer_model = "{FER_MODEL}"\n'
-                    f'[speech]\nser_model = "{SER_MODEL}"\nutterance_model = "{UTT_MODEL}"\n' + text)
+                    f'[speech]\nser_model = "{SER_MODEL}"\nutterance_model = "{UTT_MODEL}"\n'
+                    f'vad_model = "{VAD_MODEL}"\n' + text)
     return path
 
 

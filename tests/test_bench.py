@@ -40,7 +40,8 @@ def config(tmp_path_factory) -> Path:
     path = tmp / "config.toml"
     stt = Path(__file__).resolve().parent.parent / "models"
     path.write_text(f'[vision]\ndetector_model = "{DETECTOR}"\nfer_model = "{fer}"\n'
-                    f'[speech]\nser_model = "{ser}"\nutterance_model = "{stt / "ser_utt_int8.tflite"}"\n[voice]\nsink = "null"\n'
+                    f'[speech]\nser_model = "{ser}"\nutterance_model = "{stt / "ser_utt_int8.tflite"}"\n'
+                    f'vad_model = "{stt / "silero_vad_16k_op15.onnx"}"\n[voice]\nsink = "null"\n'
                     f'[speech.transcript]\nencoder_model = "{stt / "moonshine-tiny-en-encoder.ort"}"\n'
                     f'decoder_model = "{stt / "moonshine-tiny-en-decoder.ort"}"\n'
                     f'tokenizer = "{stt / "moonshine-tokenizer.json"}"\n')

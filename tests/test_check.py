@@ -30,7 +30,7 @@ def models(tmp_path_factory):
     shutil.copy(DETECTOR, d / DETECTOR.name)
     shutil.copy(fer, d / "fer_int8.tflite")
     shutil.copy(ser, d / "ser_int8.tflite")
-    for name in ("ser_utt_int8.tflite", "ser_utt_int8.json"):
+    for name in ("ser_utt_int8.tflite", "ser_utt_int8.json", "silero_vad_16k_op15.onnx"):
         shutil.copy(REPO / "models" / name, d / name)
     shutil.copy(REPO / "models" / "manifest.toml", d / "manifest.toml")
     return d
@@ -44,6 +44,7 @@ def _cfg(tmp_path: Path, models: Path, camera: Path = VIDEO, extra: str = "") ->
                  f'fer_model = "{models / "fer_int8.tflite"}"\n'
                  f'[speech]\nser_model = "{models / "ser_int8.tflite"}"\n'
                  f'utterance_model = "{models / "ser_utt_int8.tflite"}"\n'
+                 f'vad_model = "{models / "silero_vad_16k_op15.onnx"}"\n'
                  f'[reply]\nenabled = false\n' + extra)
     return p
 

@@ -26,6 +26,8 @@ DETECTOR = "blaze_face_short_range.tflite"
 #: Speech-to-text files as `redsg-edge fetch-models` leaves them in the repository's models/.
 STT_FILES = [REPO / "models" / n for n in ("moonshine-tiny-en-encoder.ort",
                                            "moonshine-tiny-en-decoder.ort", "moonshine-tokenizer.json")]
+#: The Silero VAD, also extracted from a wheel by `redsg-edge fetch-models`.
+VAD_FILE = REPO / "models" / "silero_vad_16k_op15.onnx"
 
 needs_mirror = pytest.mark.skipif(not (MIRROR / DETECTOR).is_file(),
                                   reason="../shared/models mirror missing")
@@ -103,6 +105,7 @@ def _config(tmp_path: Path, models: Path) -> Path:
 def test_verify_models_presence_and_hashes(tmp_path):
     models = tmp_path / "models"
     fetch_models(models, MIRROR, names={DETECTOR})
+    shutil.copy(VAD_FILE, models / VAD_FILE.name)
     for name, data in (("fer_int8.tflite", b"fer"), ("ser_int8.tflite", b"ser"),
                        ("ser_utt_int8.tflite", b"utt")):
         (models / name).write_bytes(data)
@@ -183,7 +186,7 @@ def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_
     root = tmp_path / "root"
     mirror = tmp_path / "mirror"  # the shared face detector and the speech-to-text files
     mirror.mkdir()
-    for src in [MIRROR / DETECTOR, *STT_FILES]:
+    for src in [MIRROR / DETECTOR, *STT_FILES, VAD_FILE]:
         if not src.is_file():
             pytest.skip(f"{src} missing: run `redsg-edge fetch-models`")
         (mirror / src.name).symlink_to(src)
@@ -207,6 +210,8 @@ def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_
     assert 'detector_model = "/opt/redsg-edge/models/blaze_face_short_range.tflite"' in text
     assert 'fer_model = "/opt/redsg-edge/models/fer_int8.tflite"' in text
     assert 'utterance_model = "/opt/redsg-edge/models/ser_utt_int8.tflite"' in text
+    assert 'vad_model = "/opt/redsg-edge/models/silero_vad_16k_op15.onnx"' in text
+    assert sha256_file(models / VAD_FILE.name) == sha256_file(VAD_FILE)
     assert 'norm_state = "/var/lib/redsg-edge/voice_norm.npz"' in text
     assert (models / "ser_utt_int8.json").is_file()
     assert 'encoder_model = "/opt/redsg-edge/models/moonshine-tiny-en-encoder.ort"' in text

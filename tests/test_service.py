@@ -35,6 +35,7 @@ VIDEO = SHARED / "data" / "av_clips" / "pyfeat_single_face.mp4"
 AUDIO = SHARED / "data" / "ravdess" / "Actor_24" / "03-01-05-01-01-01-24.flac"
 DETECTOR = SHARED / "models" / "blaze_face_short_range.tflite"
 UTT_MODEL = REPO / "models" / "ser_utt_int8.tflite"
+VAD_MODEL = REPO / "models" / "silero_vad_16k_op15.onnx"
 START_TIMEOUT = 180.0  # model and voice loading on a busy 2-core box takes 20-40 s
 
 needs_media = pytest.mark.skipif(not (VIDEO.is_file() and AUDIO.is_file() and DETECTOR.is_file()),
@@ -76,6 +77,7 @@ fer_model = "{fer}"
 [speech]
 ser_model = "{ser}"
 utterance_model = "{UTT_MODEL}"
+vad_model = "{VAD_MODEL}"
 
 [reply]
 enabled = {str(reply).lower()}

@@ -17,7 +17,7 @@ from redsg_edge.calibration import load_temperature, temperature_scale
 from redsg_edge.speech import SerModel, SpeechPerception
 from redsg_edge.vad import CHUNK, Segmenter, SileroVad, Utterance
 
-from .conftest import ACTOR_24, FER_MODEL, SER_MODEL, SINGLE_FACE, make_config
+from .conftest import ACTOR_24, FER_MODEL, SER_MODEL, VAD_MODEL, SINGLE_FACE, make_config
 
 SAD = ACTOR_24 / "03-01-04-02-01-01-24.flac"    # sad, strong
 ANGRY = ACTOR_24 / "03-01-05-02-01-01-24.flac"  # angry, strong
@@ -40,7 +40,7 @@ def room_noise() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def vad():
-    return SileroVad()
+    return SileroVad(VAD_MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -364,6 +364,7 @@ def test_replay_serve_shows_the_pexels_clip_in_chromium(browser, tmp_path):
         f'fer_model = "{REPO / "models" / "fer_int8.tflite"}"\n'
         f'[speech]\nser_model = "{REPO / "models" / "ser_int8.tflite"}"\n'
         f'utterance_model = "{REPO / "models" / "ser_utt_int8.tflite"}"\n'
+        f'vad_model = "{REPO / "models" / "silero_vad_16k_op15.onnx"}"\n'
         '[speech.transcript]\nenabled = false\n')
     load_config(cfg_path)  # a bad test config fails here, not as a hang
     # faulthandler: a SIGABRT makes a stuck process print every thread's stack (below)

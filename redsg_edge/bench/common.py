@@ -288,7 +288,8 @@ def resolve_models(cfg, paths: BenchPaths) -> dict[str, Path]:
         det = Path(cfg.vision.detector_model)
         if not det.is_file() and paths.shared_detector.is_file():
             det = paths.shared_detector
-    out = {"detector": det, "fer": Path(cfg.vision.fer_model), "ser": Path(cfg.speech.ser_model)}
+    out = {"detector": det, "fer": Path(cfg.vision.fer_model), "ser": Path(cfg.speech.ser_model),
+           "vad": Path(cfg.speech.vad_model)}
     if cfg.speech.utterance_model is not None:
         out["utterance ser"] = Path(cfg.speech.utterance_model)
     for k, p in out.items():

@@ -139,6 +139,7 @@ def daemon_config(tmp: Path, cfg, models: dict[str, Path], paths: BenchPaths) ->
                    "max_fps": 15.0},
         "speech": {"ser_model": models["ser"], "window_s": cfg.speech.window_s,
                    "utterance_model": models.get("utterance ser", ""),
+                   "vad_model": models["vad"],
                    "utterance_weight": cfg.speech.utterance_weight},
         "speech.transcript": {"log_transcripts": stt_fetched(cfg), "encoder_model": tc.encoder_model,
                               "decoder_model": tc.decoder_model, "tokenizer": tc.tokenizer},

@@ -31,6 +31,7 @@ def _worker_cfg(payload: dict):  # the payload's config with its resolved model 
     cfg.vision.detector_model = Path(payload["models"]["detector"])
     cfg.vision.fer_model = Path(payload["models"]["fer"])
     cfg.speech.ser_model = Path(payload["models"]["ser"])
+    cfg.speech.vad_model = Path(payload["models"]["vad"])
     utt = payload["models"].get("utterance ser")
     cfg.speech.utterance_model = Path(utt) if utt else None
     return cfg
@@ -116,7 +117,7 @@ def worker_stages(p: dict) -> dict:
     # The VAD runs on every 32 ms chunk of audio, speech or not: consecutive chunks of the
     # utterances (the network is recurrent, so in stream order).
     from ..vad import CHUNK, SileroVad
-    vad = SileroVad()
+    vad = SileroVad(cfg.speech.vad_model)
     stream = np.concatenate(wins[::5] or wins)
     chunks = [stream[k * CHUNK:(k + 1) * CHUNK] for k in range(len(stream) // CHUNK)]
     res["stages"]["vad_chunk"] = summarize_ns(time_calls(
