@@ -127,10 +127,11 @@ def main() -> int:
     rows.sort(key=lambda r: -r[0])
     for obj, params, s, kinds in rows[:args.top]:
         per_kind = " ".join(f"{k}={v['fused_accuracy']:.3f}/{v['face_accuracy']:.3f}/"
-                            f"{v['voice_accuracy']:.3f}" for k, v in kinds.items())
+                            f"{v['voice_accuracy']:.3f}/{v['spurious_per_min']:.2f}"
+                            for k, v in kinds.items())
         print(f"{obj:.3f} {params} fused {s['fused_accuracy']:.3f} face {s['face_accuracy']:.3f} "
               f"voice {s['voice_accuracy']:.3f} p50 {s.get('latency_p50_s')} "
-              f"spurious/min {s['spurious_per_min']:.2f} [kind fused/face/voice: {per_kind}]")
+              f"spurious/min {s['spurious_per_min']:.2f} [kind fused/face/voice/spurious: {per_kind}]")
     return 0
 
 

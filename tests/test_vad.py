@@ -79,6 +79,33 @@ def test_vad_chunk_size_is_checked(vad):
         vad.chunk_prob(np.zeros(480, np.int16))
 
 
+def test_vad_model_problems_name_the_file_and_the_fix(tmp_path):
+    from redsg_edge.voice import default_voice_paths
+    missing = tmp_path / "silero_vad_16k_op15.onnx"
+    with pytest.raises(ModelError, match=f"{missing} does not exist.*fetch-models") as e:
+        SileroVad(missing)
+    assert e.value.exit_code == 70
+    missing.write_bytes(b"not an onnx file")
+    with pytest.raises(ModelError, match=f"{missing} does not load.*fetch-models"):
+        SileroVad(missing)
+    piper_voice, _ = default_voice_paths()  # a real ONNX model, but not a VAD
+    with pytest.raises(ModelError,
+                       match=r"has inputs \['input', 'input_lengths', 'scales'\], not Silero"):
+        SileroVad(piper_voice)
+
+
+def test_vad_reset_makes_a_stream_independent_of_what_came_before(vad):
+    speech, other = pcm_of(SAD), pcm_of(ANGRY)
+    vad.reset()
+    fresh = vad.probs(speech)
+    vad.probs(other)  # another stream's state and context, then a reset
+    vad.reset()
+    assert np.array_equal(vad.probs(speech), fresh)
+    # without the reset the recurrent state carries over: the first chunks differ
+    vad.probs(other)
+    assert not np.array_equal(vad.probs(speech)[:4], fresh[:4])
+
+
 # ------------------------------------------------------------------------------ the segmenter
 
 # threshold 0.5 (continue at >= 0.35), min 2 chunks, hangover 2 chunks, max 8 chunks
