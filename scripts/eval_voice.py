@@ -17,8 +17,11 @@ a label (a file without one counts as a miss in the accuracy), accuracy = label 
 RAVDESS emotion (calm → neutral, fearful → fear, surprised → surprise), and how many labels
 differ from the original condition's. Prints a table; ``--json PATH`` writes every figure.
 
+``--urdu`` adds the cross-corpus figure of issue 15: URDU's 400 files as recorded through the
+same ``analyze`` call, scored on its four classes (``--conditions "" --urdu`` runs only that).
+
     python scripts/eval_voice.py [--config config.toml] [--conditions original,minus20db,...]
-        [--json runs/eval_voice.json] [--tmp /tmp]
+        [--urdu] [--json runs/eval_voice.json] [--tmp /tmp]
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from redsg_edge import CLASSES  # noqa: E402
-from redsg_edge.datasets import load_ravdess_index  # noqa: E402
+from redsg_edge.datasets import URDU_CLASSES, load_ravdess_index, load_urdu  # noqa: E402
 from redsg_edge.features import frame_dbfs  # noqa: E402
 
 HELD_OUT = (23, 24)
@@ -112,12 +115,36 @@ def run_condition(files: list, condition: str, config: Path | None, tmp: Path) -
             "rows": rows}
 
 
+def run_urdu(config: Path | None) -> dict:
+    """URDU (cross-corpus validation, never trained on) through ``analyze`` as recorded: a file's
+    label is the argmax over URDU's four classes of its 7-class probabilities; a file without
+    probabilities counts as a miss. Returns files, labelled, accuracy and per-class recall (%)."""
+    paths, labels = load_urdu()
+    recs = analyze(paths, config)
+    four = [CLASSES[i] for i in URDU_CLASSES]
+    hits = dict.fromkeys(four, 0)
+    totals = dict.fromkeys(four, 0)
+    labelled = 0
+    for p, y in zip(paths, labels):
+        probs = recs[str(p)].get("probs")
+        truth = CLASSES[int(y)]
+        totals[truth] += 1
+        if probs:
+            labelled += 1
+            hits[truth] += max(four, key=lambda c: probs.get(c, -1.0)) == truth
+    n = len(paths)
+    return {"files": n, "labelled": labelled, "accuracy_pct": round(100 * sum(hits.values()) / n, 2),
+            "recall_pct": {c: round(100 * hits[c] / totals[c], 1) for c in four if totals[c]}}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", type=Path, default=None, help="config.toml (default: built-in)")
     ap.add_argument("--conditions", default=",".join(CONDITIONS))
     ap.add_argument("--json", type=Path, default=None, help="write all figures here")
     ap.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()))
+    ap.add_argument("--urdu", action="store_true",
+                    help="also URDU's 400 files as recorded, 4 classes (cross-corpus validation)")
     args = ap.parse_args(argv)
     conds = [c for c in args.conditions.split(",") if c]
     bad = [c for c in conds if c not in CONDITIONS]
@@ -127,17 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="redsg-eval-voice-", dir=args.tmp) as tmp:
         results = [run_condition(files, c, args.config, Path(tmp)) for c in conds]
     base = {r["file"]: r["label"] for r in results[0]["rows"]} if results else {}
-    print(f"{'condition':<18} {'files':>5} {'labelled':>9} {'accuracy':>9} {'utt/file':>8} "
-          f"{'labels != ' + conds[0]:>20}")
+    if results:
+        print(f"{'condition':<18} {'files':>5} {'labelled':>9} {'accuracy':>9} {'utt/file':>8} "
+              f"{'labels != ' + conds[0]:>20}")
     for res in results:
         changed = sum(r["label"] != base[r["file"]] for r in res["rows"])
         res["changed_vs_first"] = changed
         print(f"{res['condition']:<18} {res['files']:>5} {res['labelled_pct']:>8.1f}% "
               f"{res['accuracy_pct']:>8.1f}% {res['utterances_per_file']:>8.2f} {changed:>20}")
+    out = {"held_out_actors": list(HELD_OUT), "results": results}
+    if args.urdu:
+        out["urdu"] = u = run_urdu(args.config)
+        print(f"URDU, 4 classes: {u['labelled']} of {u['files']} labelled, accuracy "
+              f"{u['accuracy_pct']:.1f} %, recall " +
+              ", ".join(f"{c} {r:.0f} %" for c, r in u["recall_pct"].items()))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"held_out_actors": list(HELD_OUT), "results": results},
-                                        indent=1), encoding="utf-8")
+        args.json.write_text(json.dumps(out, indent=1), encoding="utf-8")
     return 0
 
 
