@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from redsg_edge.features import loud_rms  # what the research script's level_normalised uses
+
 from .conftest import ACTOR_24
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
@@ -55,7 +57,6 @@ def test_level_normalised_functionals_do_not_depend_on_the_gain(speech):
 def test_loud_rms_measures_the_loud_frames():
     x = np.zeros(16_000, np.float32)
     x[:8000] = 0.1 * np.sign(np.sin(np.arange(8000)))  # half a second of a ±0.1 square-ish wave
-    from redsg_edge.features import loud_rms  # the one the research script's level_normalised uses
     assert loud_rms(x) == pytest.approx(0.1, rel=0.02)
 
 

@@ -27,6 +27,7 @@ from redsg_edge.perception import load_norm
 from redsg_edge.utterance_ser import FeatureNorm, UtteranceSer
 
 from .conftest import ACTOR_24, UTT_MODEL
+from .helpers import pcm16
 from .test_ser_model import _heldout
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,12 +40,6 @@ def model() -> UtteranceSer:
     return UtteranceSer(UTT_MODEL)
 
 
-def _pcm(path: Path, gain_db: float = 0.0) -> np.ndarray:
-    x, sr = sf.read(path, dtype="float64")
-    assert sr == 16_000
-    return np.clip(np.round(x * 10 ** (gain_db / 20) * 32768), -32768, 32767).astype(np.int16)
-
-
 # --- functionals ----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("gain_db,median_z", [(-20.0, 0.25), (-10.0, 0.08), (6.0, 0.01)])
@@ -52,13 +47,13 @@ def test_functionals_do_not_depend_on_the_level(model, gain_db, median_z):
     """Level normalisation first: a file 20 dB quieter or 6 dB louder gives nearly the same
     vector, measured in training standard deviations. What differs is the int16 rounding of
     the quiet frames (larger as the file gets quieter) and the dither."""
-    ref = utterance_functionals(_pcm(SAD))
-    got = utterance_functionals(_pcm(SAD, gain_db))
+    ref = utterance_functionals(pcm16(SAD))
+    got = utterance_functionals(pcm16(SAD, gain_db))
     assert ref.shape == got.shape == (DIM,) and ref.dtype == np.float32
     assert np.isfinite(got).all()
     dz = np.abs(got - ref) / model.std
     assert np.median(dz) < median_z, (np.median(dz), dz.max())
-    assert np.median(np.abs(utterance_functionals(_pcm(SAD, -40.0)) - ref) / model.std) > median_z
+    assert np.median(np.abs(utterance_functionals(pcm16(SAD, -40.0)) - ref) / model.std) > median_z
 
 
 def test_functionals_refuse_too_short_audio():
@@ -127,7 +122,7 @@ def test_model_is_small_int8_with_its_sidecar(model):
     meta = json.loads(UTT_MODEL.with_suffix(".json").read_text())
     assert meta["features"] == FEATURES_VERSION and len(meta["mean"]) == DIM
     assert 0.5 < model.temperature < 2.0
-    p = model.predict(_pcm(SAD), model.new_norm())
+    p = model.predict(pcm16(SAD), model.new_norm())
     assert p.shape == (len(CLASSES),) and p.dtype == np.float32
     assert p.sum() == pytest.approx(1.0, abs=1e-5) and (p >= 0).all()
 
@@ -184,7 +179,7 @@ def test_held_out_actors_through_analyze_at_three_levels(tmp_path):
         paths = []
         for path, _ in files:
             paths.append(d / (path.stem + ".wav"))
-            sf.write(paths[-1], _pcm(path, gain), 16_000, subtype="PCM_16")
+            sf.write(paths[-1], pcm16(path, gain), 16_000, subtype="PCM_16")
         an = Analyzer(Config())
         try:
             an.calibrate(paths)

@@ -18,15 +18,10 @@ from redsg_edge.speech import SerModel, SpeechPerception
 from redsg_edge.vad import CHUNK, Segmenter, SileroVad, Utterance
 
 from .conftest import ACTOR_24, FER_MODEL, SER_MODEL, VAD_MODEL, SINGLE_FACE, make_config
+from .helpers import pcm16
 
 SAD = ACTOR_24 / "03-01-04-02-01-01-24.flac"    # sad, strong
 ANGRY = ACTOR_24 / "03-01-05-02-01-01-24.flac"  # angry, strong
-
-
-def pcm_of(path, gain_db: float = 0.0) -> np.ndarray:
-    x, rate = sf.read(str(path), dtype="float32")
-    assert rate == 16000
-    return (np.clip(x * 10 ** (gain_db / 20), -1, 32767 / 32768) * 32768).astype(np.int16)
 
 
 def room_noise() -> np.ndarray:
@@ -53,7 +48,7 @@ def ser():
 @pytest.mark.parametrize("gain_db", [0.0, -20.0])
 def test_vad_finds_real_speech_at_any_level(vad, gain_db):
     vad.reset()
-    p = vad.probs(pcm_of(SAD, gain_db))
+    p = vad.probs(pcm16(SAD, gain_db))
     # RAVDESS files are ~1 s of near-silence, ~2 s of speech, ~1 s of near-silence.
     assert (p >= 0.5).mean() >= 0.3
     assert (p[:8] < 0.5).all()  # the quiet lead-in (first 0.25 s) is not speech
@@ -95,7 +90,7 @@ def test_vad_model_problems_name_the_file_and_the_fix(tmp_path):
 
 
 def test_vad_reset_makes_a_stream_independent_of_what_came_before(vad):
-    speech, other = pcm_of(SAD), pcm_of(ANGRY)
+    speech, other = pcm16(SAD), pcm16(ANGRY)
     vad.reset()
     fresh = vad.probs(speech)
     vad.probs(other)  # another stream's state and context, then a reset
@@ -166,7 +161,7 @@ def summary(outs, t0=0.0):
 
 
 def test_step_output_does_not_depend_on_block_size(ser, vad):
-    pcm = np.concatenate([pcm_of(SAD), pcm_of(ANGRY)])
+    pcm = np.concatenate([pcm16(SAD), pcm16(ANGRY)])
     a, step = run_step(ser, vad, pcm, 1600)
     b, _ = run_step(ser, vad, pcm, 777, t0=5.0)
     assert summary(a) == summary(b, 5.0)
@@ -182,7 +177,7 @@ def test_step_output_does_not_depend_on_block_size(ser, vad):
 
 def test_long_speech_gets_rolling_windows_and_is_cut_at_max_utterance(ser, vad):
     # Six utterances back to back with their quiet ends cut: continuous speech ~12 s.
-    parts = [pcm_of(p)[14000:-14000] for p in sorted(ACTOR_24.glob("03-01-0[3-5]-02-*.flac"))[:6]]
+    parts = [pcm16(p)[14000:-14000] for p in sorted(ACTOR_24.glob("03-01-0[3-5]-02-*.flac"))[:6]]
     pcm = np.concatenate(parts)
     cfg = SpeechConfig(max_utterance_s=4.0, hangover_s=1.0)
     outs, step = run_step(ser, vad, pcm, 1600, cfg)
@@ -196,7 +191,7 @@ def test_long_speech_gets_rolling_windows_and_is_cut_at_max_utterance(ser, vad):
 def test_gated_audio_is_never_classified(ser, vad):
     """While the device speaks (gated audio) nothing reaches fusion: the utterance in progress is
     cut where the gate begins, then no ticks and no evidence until the gate opens."""
-    sad, angry = pcm_of(SAD), pcm_of(ANGRY)
+    sad, angry = pcm16(SAD), pcm16(ANGRY)
     gate = 16000 * 2  # mid-utterance: RAVDESS speech runs from about 0.8 s to 3 s
     step = SpeechPerception(ser, SpeechConfig(), vad)
     before = step.push(0.0, sad[:gate])
@@ -215,7 +210,7 @@ def test_gated_audio_is_never_classified(ser, vad):
 def test_attenuated_file_gets_the_same_label_as_the_original(ser, vad):
     labels = {}
     for gain in (0.0, -20.0):
-        outs, _ = run_step(ser, vad, pcm_of(ANGRY, gain), 1600)
+        outs, _ = run_step(ser, vad, pcm16(ANGRY, gain), 1600)
         utts = [o for o in outs if o.kind == "utterance"]
         assert len(utts) == 1
         labels[gain] = int(utts[0].probs.argmax())
@@ -252,7 +247,7 @@ def test_temperature_from_the_model_card(tmp_path, vad):
     (tmp_path / "ser_int8.json").write_text(json.dumps({"temperature": 2.0, "other": 1}))
     hot = SerModel(model, 2.5)
     assert hot.temperature == 2.0
-    w = pcm_of(ANGRY)[16000:16000 + 40000]
+    w = pcm16(ANGRY)[16000:16000 + 40000]
     p, q = plain.predict(w), hot.predict(w)
     assert np.allclose(q, temperature_scale(p, 2.0), atol=1e-5)
     assert q.max() < p.max() and q.argmax() == p.argmax()
@@ -278,7 +273,7 @@ def test_replay_and_the_live_loop_give_identical_speech_evidence(tmp_path):
     from redsg_edge.replay import replay
 
     media = tmp_path / "two.wav"
-    pcm = np.concatenate([pcm_of(SAD), pcm_of(ANGRY)])
+    pcm = np.concatenate([pcm16(SAD), pcm16(ANGRY)])
     sf.write(str(media), pcm, 16000, subtype="PCM_16")
     duration = len(pcm) / 16000
     cfg = make_config(camera={"source": "none"},

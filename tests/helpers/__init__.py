@@ -33,3 +33,14 @@ def video_only_copy(src, dest):
                 pkt.stream = vs
                 out.mux(pkt)
     return dest
+
+
+def pcm16(path, gain_db: float = 0.0):
+    """A 16 kHz recording as the microphone would give it: (n,) int16 after ``gain_db`` dB of gain,
+    rounded and clipped to int16's range. Raises AssertionError for another sample rate."""
+    import numpy as np
+    import soundfile as sf
+
+    x, rate = sf.read(str(path), dtype="float64")
+    assert rate == 16_000, f"{path}: {rate} Hz, expected 16 kHz"
+    return np.clip(np.round(x * 10 ** (gain_db / 20) * 32768), -32768, 32767).astype(np.int16)
