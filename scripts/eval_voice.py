@@ -133,7 +133,8 @@ def run_urdu(config: Path | None) -> dict:
             labelled += 1
             hits[truth] += max(four, key=lambda c: probs.get(c, -1.0)) == truth
     n = len(paths)
-    return {"files": n, "labelled": labelled, "accuracy_pct": round(100 * sum(hits.values()) / n, 2),
+    return {"files": n, "labelled": labelled,
+            "accuracy_pct": round(100 * sum(hits.values()) / n, 2),
             "recall_pct": {c: round(100 * hits[c] / totals[c], 1) for c in four if totals[c]}}
 
 
