@@ -101,8 +101,14 @@ def main() -> int:
         vads = {"silero": SileroVad(args.model)}
     except ModelError as exc:
         ap.error(str(exc))
-    if args.pysilero:
-        vads["silero-ggml"] = PySilero()
+    try:  # the comparison packages are extras: fail before minutes of work, not after
+        if args.pysilero:
+            vads["silero-ggml"] = PySilero()
+        if not args.no_webrtc:
+            import webrtcvad  # noqa: F401
+    except ImportError as exc:
+        ap.error(f"{exc.name} is not installed: pip install -e '.[vad-compare]' "
+                 "(or leave out --pysilero / pass --no-webrtc)")
     modes = () if args.no_webrtc else MODES
     files = sorted((f.path for f in load_ravdess_index()
                     if f.actor in (23, 24) and f.emotion != "calm"), key=lambda p: p.name)
