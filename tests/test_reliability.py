@@ -592,6 +592,38 @@ def test_daemon_sigterm_during_start_up_exits_0_promptly(tmp_path):
         d.close()
 
 
+def test_daemon_runs_on_and_stops_when_the_manager_stops_reading(tmp_path):
+    """systemd-python's notify blocks once an unread NOTIFY_SOCKET holds 10 datagrams: the
+    daemon's main loop froze there and a SIGTERM was acted on only minutes later. Now frames
+    keep being classified, one warning is logged, and SIGTERM still ends it promptly."""
+    import signal
+    import socket
+
+    from tests.test_service import START_TIMEOUT, Daemon
+    stuck = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    stuck.bind(str(tmp_path / "stuck.sock"))  # a manager that never reads
+    d = Daemon(tmp_path, _daemon_setup(tmp_path), watchdog_usec=200_000,
+               env={"NOTIFY_SOCKET": str(tmp_path / "stuck.sock")})
+
+    def classified() -> int:
+        st = json.loads((tmp_path / "status.json").read_text())
+        return st["pipeline"]["frames"]["classified"]
+    try:
+        d.wait_log("ready in", START_TIMEOUT)
+        d.wait_log("sd_notify to", 30)  # WATCHDOG=1 every 0.1 s filled the queue
+        n0 = classified()
+        time.sleep(3.0)
+        assert classified() > n0, d.log()[-3000:]  # the main loop goes on
+        t0 = time.monotonic()
+        d.proc.send_signal(signal.SIGTERM)
+        assert d.proc.wait(15) == 0, d.log()[-3000:]
+        assert time.monotonic() - t0 < 5.0
+        assert d.log().count("sd_notify to") == 1 and "Traceback" not in d.log()
+    finally:
+        d.close()
+        stuck.close()
+
+
 def test_daemon_survives_a_sighup_storm(tmp_path):
     """An earlier case, kept: 30 SIGHUPs in 0.3 s are reloads, not a crash."""
     import signal

@@ -535,14 +535,20 @@ def test_stderr_journal_detection(tmp_path):
     assert out.stdout.strip() == "stderr"
 
 
-def test_notifier_survives_unbound_socket_and_works_without_systemd_python(tmp_path, monkeypatch):
+def test_notifier_survives_unbound_socket_and_sends_itself_to_a_path(tmp_path):
     n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "absent.sock")})
     assert n("READY=1") is False  # systemd-python raises FileNotFoundError here; we do not
     assert Notifier({})("READY=1") is False and not Notifier({}).enabled
     listener = NotifyListener(tmp_path / "n.sock")
     try:
         n = Notifier({"NOTIFY_SOCKET": str(listener.path)})
-        n._notify = None  # the stdlib fallback used when systemd-python is missing
+        assert n._notify is None  # a path never goes through systemd-python (it can block)
+        try:  # ... which stays the way to a vsock manager, where it is installed
+            from systemd import daemon
+        except ImportError:
+            daemon = None
+        vsock = Notifier({"NOTIFY_SOCKET": "vsock:2:1234"})
+        assert vsock._notify is (daemon.notify if daemon else None)
         assert n("STATUS=x", "READY=1")
         listener.require("READY=1", 2)
         assert listener.snapshot()[0][1] == "STATUS=x\nREADY=1"
@@ -550,15 +556,17 @@ def test_notifier_survives_unbound_socket_and_works_without_systemd_python(tmp_p
         listener.close()
 
 
-def test_notifier_never_blocks_on_a_manager_that_stops_reading(tmp_path):
+@pytest.mark.parametrize("abstract", [False, True])
+def test_notifier_never_blocks_on_a_manager_that_stops_reading(tmp_path, abstract):
     """An unread NOTIFY_SOCKET fills after ~10 datagrams; further sends fail at once (logged
-    once), so a stuck manager cannot stall the daemon's main loop."""
+    once), so a stuck manager cannot stall the daemon's main loop. systemd-python's notify
+    blocks there: the Notifier does not use it for path or abstract addresses."""
     import socket
     sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sink.bind(str(tmp_path / "full.sock"))
+    name = f"@redsg-test-{os.getpid()}" if abstract else str(tmp_path / "full.sock")
+    sink.bind("\0" + name[1:] if abstract else name)
     try:
-        n = Notifier({"NOTIFY_SOCKET": str(tmp_path / "full.sock")})
-        n._notify = None
+        n = Notifier({"NOTIFY_SOCKET": name})
         t0 = time.monotonic()
         sent = [n(f"STATUS={i}") for i in range(200)]
         assert time.monotonic() - t0 < 2.0

@@ -19,24 +19,29 @@ log = logging.getLogger("redsg_edge.service")
 
 
 class Notifier:
-    """sd_notify(3) through ``systemd.daemon.notify``; off without ``$NOTIFY_SOCKET``.
+    """sd_notify(3): ``KEY=VALUE`` lines as one datagram to ``$NOTIFY_SOCKET``; off without it.
 
-    ``environ`` replaces ``os.environ`` (tests). Calls never raise: systemd-python raises
-    ``FileNotFoundError`` (not False) when the socket path is not bound, and a stopped manager
-    gives ``ConnectionRefusedError``; both are logged once. Without systemd-python a plain
-    AF_UNIX datagram is sent (abstract ``@`` names included; vsock addresses need libsystemd).
-    Thread-safe.
+    A path or abstract (``@``) address gets a non-blocking AF_UNIX datagram from here:
+    systemd-python's ``notify`` blocks once a manager that stops reading (PID 1 busy at boot,
+    re-executing itself) leaves 10 datagrams (``net.unix.max_dgram_qlen``) in the socket's
+    queue, and a blocked send freezes the daemon's main loop and its SIGTERM handling until
+    the manager reads again. Other addresses (vsock) need libsystemd: systemd-python's
+    ``notify`` is used for them when installed. ``environ`` replaces ``os.environ`` (tests).
+    Calls never raise: an unbound path, a stopped manager or a full queue returns False and is
+    logged once per process. Thread-safe.
     """
 
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         env = environ if environ is not None else os.environ
         #: the ``$NOTIFY_SOCKET`` address, or None when notifications are off
         self.socket = env.get("NOTIFY_SOCKET") or None
-        try:
-            from systemd import daemon
-            self._notify: Callable[[str], bool] | None = daemon.notify
-        except ImportError:
-            self._notify = None
+        self._notify: Callable[[str], bool] | None = None
+        if self.socket and not self.socket.startswith(("/", "@")):
+            try:
+                from systemd import daemon
+                self._notify = daemon.notify
+            except ImportError:
+                pass
         self._warned = False
         self._lock = threading.Lock()
         #: the last 20 messages sent, for debugging
@@ -55,7 +60,7 @@ class Notifier:
         msg = "\n".join(lines)
         try:
             with self._lock:
-                ok = bool(self._notify(msg)) if self._notify else self._fallback(msg)
+                ok = bool(self._notify(msg)) if self._notify else self._send(msg)
         except OSError as exc:
             if not self._warned:
                 self._warned = True
@@ -66,14 +71,14 @@ class Notifier:
             self.sent = (self.sent + [msg])[-20:]
         return ok
 
-    def _fallback(self, msg: str) -> bool:
+    def _send(self, msg: str) -> bool:
         addr = self.socket or ""
         if addr.startswith("@"):
             addr = "\0" + addr[1:]
         elif not addr.startswith("/"):
-            return False  # vsock and other forms need libsystemd
-        # Non-blocking: a manager that stops reading fills the socket's queue (~10 datagrams),
-        # and a blocking sendto would then stall the main loop; BlockingIOError is logged once.
+            return False  # vsock and other forms need libsystemd (systemd-python)
+        # Non-blocking: with the queue full, BlockingIOError at once (logged once); the next
+        # WATCHDOG=1 or STATUS= line goes out when the manager reads again.
         with socket.socket(socket.AF_UNIX,
                            socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as s:
             s.sendto(msg.encode(), addr)
