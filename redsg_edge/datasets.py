@@ -138,6 +138,13 @@ def load_ravdess_index(root: str | os.PathLike | None = None) -> list[RavdessFil
 URDU_CLASSES = [CLASSES.index(c) for c in ("angry", "happy", "neutral", "sad")]
 
 
+def urdu_label(p: np.ndarray) -> np.ndarray:
+    """How a 7-class output is scored on URDU: p (..., 7) probabilities in CLASSES order →
+    (...,) int64 index into CLASSES of the most probable of URDU's four classes."""
+    four = np.asarray(URDU_CLASSES)
+    return four[np.asarray(p)[..., four].argmax(-1)]
+
+
 def load_urdu(root: str | os.PathLike | None = None) -> tuple[list[Path], np.ndarray]:
     """URDU (Latif et al. 2018: 400 natural Urdu talk-show utterances, 29 speakers; 4 classes):
     the cross-corpus **validation** set of SER. Validate and report on it, never train on it

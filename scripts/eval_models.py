@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.calibration import expected_calibration_error, temperature_scale  # noqa: E402
 from redsg_edge.datasets import (DATA_ROOT, URDU_CLASSES as FOUR, load_ck48,  # noqa: E402
-                                 load_fer2013, load_ravdess_index, load_urdu)
+                                 load_fer2013, load_ravdess_index, load_urdu, urdu_label)
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows  # noqa: E402
 from redsg_edge.litert import LiteRTClassifier  # noqa: E402
 from redsg_edge.vision import FerModel  # noqa: E402
@@ -214,7 +214,7 @@ def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
     upw = [windows(pcm16(x)) for x, _, _ in urdu]
     up = np.stack([w.mean(0) for w in upw])
     upt = np.stack([utt_t(w)[FOUR] for w in upw])
-    u4 = np.array(FOUR)[up[:, FOUR].argmax(1)]
+    u4 = urdu_label(up)
     u4p = up[:, FOUR] / up[:, FOUR].sum(1, keepdims=True)
     u4y = np.array([FOUR.index(c) for c in uy])
     if plots:
@@ -273,7 +273,7 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
     pred = p.argmax(1)
     uy = np.array([u[1] for u in urdu])
     up, upt = batch([pcm16(x) for x, _, _ in urdu])
-    u4 = np.array(FOUR)[up[:, FOUR].argmax(1)]
+    u4 = urdu_label(up)
     u4y = np.array([FOUR.index(c) for c in uy])
     four = lambda q: q[:, FOUR] / q[:, FOUR].sum(1, keepdims=True)  # noqa: E731
     meta = json.loads(path.with_suffix(".json").read_text())

@@ -40,7 +40,7 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from redsg_edge import CLASSES  # noqa: E402
-from redsg_edge.datasets import URDU_CLASSES, load_ravdess_index, load_urdu  # noqa: E402
+from redsg_edge.datasets import URDU_CLASSES, load_ravdess_index, load_urdu, urdu_label  # noqa: E402
 from redsg_edge.features import frame_dbfs  # noqa: E402
 
 HELD_OUT = (23, 24)
@@ -131,7 +131,7 @@ def run_urdu(config: Path | None) -> dict:
         totals[truth] += 1
         if probs:
             labelled += 1
-            hits[truth] += max(four, key=lambda c: probs.get(c, -1.0)) == truth
+            hits[truth] += CLASSES[urdu_label([probs[c] for c in CLASSES])] == truth
     n = len(paths)
     return {"files": n, "labelled": labelled,
             "accuracy_pct": round(100 * sum(hits.values()) / n, 2),

@@ -61,7 +61,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.datasets import (DATA_ROOT, URDU_CLASSES as FOUR,  # noqa: E402
-                                 assert_not_validation, load_ravdess_index, load_urdu)
+                                 assert_not_validation, load_ravdess_index, load_urdu,
+                                 urdu_label)
 from redsg_edge.features import SAMPLE_RATE  # noqa: E402
 from ser_functionals import lean_smile, level_normalised  # noqa: E402
 from train_ser import FOLDS, group_of, read_pcm, speech_span  # noqa: E402
@@ -311,7 +312,7 @@ def classifier(name: str, seed: int):
 # --- scores ---------------------------------------------------------------------------------------
 
 def urdu_scores(p: np.ndarray, y: np.ndarray) -> dict:
-    pred = np.array(FOUR)[p[:, FOUR].argmax(1)]
+    pred = urdu_label(p)
     rec = {CLASSES[c]: float((pred[y == c] == c).mean()) for c in FOUR}
     return {"acc4": float((pred == y).mean()), "uar4": float(np.mean(list(rec.values()))),
             "recall": rec}
@@ -321,7 +322,7 @@ def speaker_bootstrap(p: np.ndarray, y: np.ndarray, spk: np.ndarray, seed: int,
                       n: int = 2000) -> list[float]:
     """95 % interval of the URDU 4-class accuracy when speakers (not files) are resampled: most
     URDU speakers speak one emotion only, so files of a speaker are not independent."""
-    ok = np.array(FOUR)[p[:, FOUR].argmax(1)] == y
+    ok = urdu_label(p) == y
     names = np.unique(spk)
     per = [(ok[spk == s].sum(), (spk == s).sum()) for s in names]
     hits, tot = np.array(per).T
@@ -433,7 +434,7 @@ def evaluate(feat: str, norm: str, clf: str, data: dict, args) -> dict:
             res["urdu_ci95"] = speaker_bootstrap(pu, uy, uspk, args.seed)
             if te_norm == "running":  # how long the running statistics take to settle
                 order = np.random.default_rng(args.seed).permutation(len(U))
-                ok = np.array(FOUR)[pu[:, FOUR].argmax(1)] == uy
+                ok = urdu_label(pu) == uy
                 res["urdu_first50"] = float(ok[order[:50]].mean())
                 res["urdu_after50"] = float(ok[order[50:]].mean())
     folds = res["folds"]

@@ -131,7 +131,8 @@ def main() -> int:
                             for k, v in kinds.items())
         print(f"{obj:.3f} {params} fused {s['fused_accuracy']:.3f} face {s['face_accuracy']:.3f} "
               f"voice {s['voice_accuracy']:.3f} p50 {s.get('latency_p50_s')} "
-              f"spurious/min {s['spurious_per_min']:.2f} [kind fused/face/voice/spurious: {per_kind}]")
+              f"spurious/min {s['spurious_per_min']:.2f} "
+              f"[kind fused/face/voice/spurious: {per_kind}]")
     return 0
 
 
