@@ -133,6 +133,37 @@ def load_ravdess_index(root: str | os.PathLike | None = None) -> list[RavdessFil
     return out
 
 
+#: nEMO emotion name → our class (nEMO has no disgust).
+NEMO_MAP = {"anger": "angry", "fear": "fear", "happiness": "happy", "sadness": "sad",
+            "surprised": "surprise", "neutral": "neutral"}
+
+
+@dataclass(frozen=True)
+class NemoFile:
+    """One nEMO recording: ``path`` (24 kHz mono 16-bit WAV), ``speaker`` id (e.g. ``WR0``) and
+    ``label`` (index into CLASSES)."""
+    path: Path
+    speaker: str
+    label: int
+
+
+def load_nemo(root: str | os.PathLike | None = None) -> list[NemoFile]:
+    """nEMO (Christop 2024, LREC-COLING, "nEMO: Dataset of Emotional Speech in Polish"; CC
+    BY-NC-SA 4.0): 4,481 acted Polish utterances of 9 speakers, 6 classes. An extra SER
+    *training* corpus; not part of ``../shared/data``: clone GitHub ``amu-cai/nEMO`` at commit
+    ``66de9999a8f2f605eb5f64841790aa5cb0877782`` to ``root`` (default ``DATA_ROOT/nemo``).
+    Returns the files of ``data.tsv`` in its order. Raises FileNotFoundError naming the index."""
+    root = Path(root) if root else DATA_ROOT / "nemo"
+    index = root / "data.tsv"
+    if not index.is_file():
+        raise FileNotFoundError(f"{index}: nEMO index not found; clone github.com/amu-cai/nEMO "
+                                f"there (or pass --nemo DIR)")
+    with index.open(newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [NemoFile(root / "samples" / r["file_id"], r["speaker_id"].strip(),
+                     CLASSES.index(NEMO_MAP[r["emotion"]])) for r in rows]
+
+
 #: URDU's four classes as indices into CLASSES; a 7-class output is scored on URDU by the argmax
 #: over these.
 URDU_CLASSES = [CLASSES.index(c) for c in ("angry", "happy", "neutral", "sad")]

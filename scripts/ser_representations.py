@@ -177,6 +177,25 @@ def ravdess_audio(recs) -> list[np.ndarray]:
     return out
 
 
+def nemo_audio(recs) -> list[np.ndarray]:
+    """nEMO recordings (``datasets.load_nemo``; 24 kHz) at 16 kHz, cut as ``ravdess_audio`` cuts."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+    from tqdm import tqdm
+    assert_not_validation([r.path for r in recs])
+    out = []
+    for r in tqdm(recs, desc="read nEMO", unit="file", mininterval=2):
+        x, sr = sf.read(r.path, dtype="float32")
+        if x.ndim != 1:
+            x = x.mean(1)
+        g = np.gcd(sr, SAMPLE_RATE)
+        x = resample_poly(x, SAMPLE_RATE // g, sr // g).astype(np.float32)
+        s0, s1 = speech_span(x)
+        pad = int(PAD_S * SAMPLE_RATE)
+        out.append(x[max(0, s0 - pad):min(len(x), s1 + pad)])
+    return out
+
+
 def augmented(recs, audio: list[np.ndarray], k: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
     """K augmented copies of every cut; babble and room tone from the recording's own actor
     group (its fold), as train_ser does. Returns (clips, index of the source recording)."""

@@ -202,6 +202,11 @@ def main() -> int:
                     help="camera: flip, rotation, zoom, shift, contrast, brightness, blur (the first "
                          "two cycles); heavy: that with 1.5x the geometric jitter, plus gamma, low "
                          "resolution, sensor noise, JPEG and occlusion (scripts/fer_augment.py)")
+    ap.add_argument("--teacher", type=Path, default=None, metavar="NPZ",
+                    help="distil: a teacher's probs (N, 7) for the training images, in their order "
+                         "(scripts/fer_teacher.py writes face-api's)")
+    ap.add_argument("--distill", type=float, default=0.3, metavar="ALPHA",
+                    help="with --teacher, the target is (1 - ALPHA) one-hot + ALPHA teacher probs")
     ap.add_argument("--no-jit", action="store_true", help="disable XLA (about 20%% slower on CPU)")
     ap.add_argument("--export-only", action="store_true", help="skip training; export best.keras")
     ap.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="MODEL",
@@ -245,8 +250,17 @@ def main() -> int:
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
             metrics=["accuracy"], jit_compile=not args.no_jit)
         seed = tf.constant([args.seed, 0], tf.int64)
-        ds = (tf.data.Dataset.from_tensor_slices(
-                (x_tr[..., None].astype(np.float32), tf.one_hot(y_tr, len(CLASSES))))
+        targets = np.eye(len(CLASSES), dtype=np.float32)[y_tr]
+        if args.teacher is not None:
+            # Soft targets (Hinton et al. 2015, "Distilling the Knowledge in a Neural Network"),
+            # here at temperature 1, mixed with the labels.
+            taught = np.load(args.teacher)
+            if not np.array_equal(taught["y"], y_tr):
+                raise SystemExit(f"{args.teacher}: written for other training images; rerun "
+                                 "scripts/fer_teacher.py")
+            targets = (1 - args.distill) * targets + args.distill * taught["probs"]
+            print(f"distilling from {args.teacher} at alpha {args.distill}", flush=True)
+        ds = (tf.data.Dataset.from_tensor_slices((x_tr[..., None].astype(np.float32), targets))
               .shuffle(len(x_tr), seed=args.seed, reshuffle_each_iteration=True)
               .batch(args.batch)
               .enumerate()

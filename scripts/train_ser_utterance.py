@@ -43,7 +43,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.calibration import (expected_calibration_error, fit_temperature,  # noqa: E402
                                     temperature_scale)
-from redsg_edge.datasets import DATA_ROOT, load_ravdess_index  # noqa: E402
+from redsg_edge.datasets import DATA_ROOT, load_nemo, load_ravdess_index  # noqa: E402
 from redsg_edge.functionals import DIM, FEATURES_VERSION, utterance_functionals  # noqa: E402
 from redsg_edge.utterance_ser import CLIP_Z, PRIOR, FeatureNorm  # noqa: E402
 from train_ser import FOLDS, TEST_ACTORS  # noqa: E402
@@ -69,6 +69,22 @@ def features(recs, cache: Path) -> np.ndarray:
     return X
 
 
+def nemo_features(recs, cache: Path) -> np.ndarray:
+    """(N, DIM) functionals of nEMO's speech cuts at 16 kHz, cached by feature version."""
+    from tqdm import tqdm
+    from ser_representations import nemo_audio
+    f = cache / f"nemo_{FEATURES_VERSION}.npy"
+    if f.is_file():
+        X = np.load(f)
+        if X.shape == (len(recs), DIM):
+            return X
+    X = np.stack([utterance_functionals(x) for x in
+                  tqdm(nemo_audio(recs), desc="functionals", unit="utt", mininterval=2)])
+    cache.mkdir(parents=True, exist_ok=True)
+    np.save(f, X)
+    return X
+
+
 def augmented_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """(K*N, DIM) functionals of K augmented copies of each speech cut (``ser_augment``: speed,
     band-limiting, noise at 0–20 dB SNR from white, pink, babble of the same actor group or room
@@ -87,11 +103,17 @@ def augmented_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray
     return X, src
 
 
-def fit(X: np.ndarray, y: np.ndarray):
-    """(model, mean, std, z): the logistic regression on the training set's clipped z-scores z."""
+def fit(parts: list[tuple[np.ndarray, np.ndarray]]):
+    """(model, mean, std, z): the logistic regression on clipped z-scores z, each corpus in
+    ``parts`` [(X (N, DIM), y (N,))] z-scored with its own statistics, as the device normalises
+    by what it hears (``FeatureNorm``) and ``analyze`` by the set it is given; mean and std of
+    all rows pooled are the shipped prior."""
     from sklearn.linear_model import LogisticRegression
+    z = np.concatenate([np.clip((X - X.mean(0)) / (X.std(0) + 1e-6), -CLIP_Z, CLIP_Z)
+                        for X, _ in parts])
+    y = np.concatenate([y for _, y in parts])
+    X = np.concatenate([X for X, _ in parts])
     mean, std = X.mean(0), X.std(0) + 1e-6
-    z = np.clip((X - mean) / std, -CLIP_Z, CLIP_Z)
     return LogisticRegression(C=C, max_iter=5000, class_weight="balanced").fit(z, y), mean, std, z
 
 
@@ -137,6 +159,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "models", help="where the model goes")
     ap.add_argument("--cache", type=Path, default=Path("/tmp/ser_utt"), help="feature cache")
     ap.add_argument("--seed", type=int, default=1234, help="augmentation and test stream order")
+    ap.add_argument("--nemo", type=Path, default=None, metavar="DIR",
+                    help="also train on nEMO (Polish, 9 speakers; datasets.load_nemo) from DIR, "
+                         "in every fold and the shipped model")
     ap.add_argument("--aug", type=int, default=AUG, metavar="K",
                     help=f"augmented copies per training recording (default {AUG})")
     args = ap.parse_args()
@@ -157,12 +182,16 @@ def main() -> int:
         keep = mask[src]
         return np.concatenate([X[mask], A[keep]]), np.concatenate([y[mask], y[src][keep]])
 
+    extra = []
+    if args.nemo is not None:
+        nemo = load_nemo(args.nemo)
+        extra.append((nemo_features(nemo, args.cache), np.array([r.label for r in nemo])))
+        print(f"nEMO: {len(nemo)} recordings, {len({r.speaker for r in nemo})} speakers", flush=True)
     oof = np.zeros((len(X), len(CLASSES)), np.float32)
     folds = []
     for k, fold in enumerate(CV_FOLDS):
         tr, te = dev & ~np.isin(actor, fold), np.isin(actor, fold)
-        Xtr, ytr = rows(tr)
-        lr, mean, std, Ztr = fit(Xtr, ytr)
+        lr, mean, std, Ztr = fit([rows(tr), *extra])
         clf, _ = int8(lr, Ztr, args.cache / f"fold{k}.tflite")
         Z = running_z(X[te], mean, std, args.seed)
         oof[te] = np.stack([clf.predict(z) for z in Z])
@@ -173,8 +202,7 @@ def main() -> int:
     ece = (expected_calibration_error(oof[dev], y[dev]),
            expected_calibration_error(temperature_scale(oof[dev], T), y[dev]))
 
-    Xtr, ytr = rows(dev)
-    lr, mean, std, Ztr = fit(Xtr, ytr)
+    lr, mean, std, Ztr = fit([rows(dev), *extra])
     dest = args.out / "ser_utt_int8.tflite"
     clf, size = int8(lr, Ztr, dest)
     test = np.isin(actor, TEST_ACTORS)
@@ -188,7 +216,8 @@ def main() -> int:
         "prior_utterances": PRIOR, "clip_z": CLIP_Z, "temperature": round(T, 3),
         "temperature_fitted_on": "pooled out-of-fold int8 utterances of the 6 actor folds "
                                  "over actors 1-22 (scripts/train_ser_utterance.py)",
-        "trained_on": "RAVDESS speech, actors 1-22 (1,320 recordings, cut to their speech)",
+        "trained_on": "RAVDESS speech, actors 1-22 (1,320 recordings, cut to their speech)"
+                      + (f"; nEMO, all 9 speakers ({len(extra[0][1]):,} recordings)" if extra else ""),
         "regularisation_C": C, "augmented_copies": args.aug,
         "cv": {"folds": folds,
                "mean_accuracy": float(np.mean([f["accuracy"] for f in folds])),

@@ -181,3 +181,28 @@ def test_training_refuses_the_urdu_validation_set(tmp_path):
 
 HELDOUT_FLOOR = 0.60
 URDU_FLOOR = 0.29
+
+
+def test_nemo_loader_maps_its_classes_and_reads_at_16k(tmp_path, speech):
+    """An nEMO-shaped folder (data.tsv + 24 kHz WAVs, as GitHub amu-cai/nEMO ships it) of real
+    speech: the loader maps nEMO's names onto ours, and the reader resamples to 16 kHz and cuts
+    to the speech, so 1 s of silence on each side is mostly gone."""
+    from scipy.signal import resample_poly
+    from ser_representations import nemo_audio
+
+    from redsg_edge.datasets import load_nemo
+    with pytest.raises(FileNotFoundError, match="amu-cai/nEMO"):
+        load_nemo(tmp_path)
+    (tmp_path / "samples").mkdir()
+    rows = ["file_id\temotion\traw_text\tnormalized_text\tspeaker_id\tgender\tage"]
+    pad = np.zeros(24_000, np.float32)
+    x24 = np.concatenate([pad, resample_poly(speech, 3, 2).astype(np.float32), pad])
+    for emotion in ("anger", "happiness", "sadness", "neutral", "fear", "surprised"):
+        sf.write(tmp_path / "samples" / f"AB0_{emotion}_1.wav", x24, 24_000, subtype="PCM_16")
+        rows.append(f"AB0_{emotion}_1.wav\t{emotion}\tx\tx\t        AB0\tfemale\t30")
+    (tmp_path / "data.tsv").write_text("\n".join(rows) + "\n")
+    recs = load_nemo(tmp_path)
+    assert [CLASSES[r.label] for r in recs] == ["angry", "happy", "sad", "neutral", "fear", "surprise"]
+    assert {r.speaker for r in recs} == {"AB0"}
+    cut = nemo_audio(recs[:1])[0]
+    assert len(speech) * 0.5 < len(cut) < len(speech) + 2 * 0.25 * SAMPLE_RATE + 800
