@@ -40,11 +40,17 @@ def cfg() -> Config:
     return make_config()
 
 
+def model_sections(fer: Path = FER_MODEL, ser: Path = SER_MODEL) -> str:
+    """The [vision] and [speech] sections of a config.toml naming the real models (``fer`` and
+    ``ser`` replaceable): the one place a test config learns of a new model key."""
+    return (f'[vision]\ndetector_model = "{DETECTOR}"\nfer_model = "{fer}"\n'
+            f'[speech]\nser_model = "{ser}"\nutterance_model = "{UTT_MODEL}"\n'
+            f'vad_model = "{VAD_MODEL}"\n')
+
+
 def write_config(path: Path, text: str = "") -> Path:
     """A config.toml using the real models, with ``text`` appended (extra sections)."""
-    path.write_text(f'[vision]\ndetector_model = "{DETECTOR}"\nfer_model = "{FER_MODEL}"\n'
-                    f'[speech]\nser_model = "{SER_MODEL}"\nutterance_model = "{UTT_MODEL}"\n'
-                    f'vad_model = "{VAD_MODEL}"\n' + text)
+    path.write_text(model_sections() + text)
     return path
 
 

@@ -29,13 +29,12 @@ from redsg_edge.service import (EventLogSubscriber, Notifier, assess, journal_fi
                                 make_journal_handler, status_line, status_main, status_path,
                                 watchdog_interval)
 
+from .conftest import DETECTOR, model_sections
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 VIDEO = SHARED / "data" / "av_clips" / "pyfeat_single_face.mp4"
 AUDIO = SHARED / "data" / "ravdess" / "Actor_24" / "03-01-05-01-01-01-24.flac"
-DETECTOR = SHARED / "models" / "blaze_face_short_range.tflite"
-UTT_MODEL = REPO / "models" / "ser_utt_int8.tflite"
-VAD_MODEL = REPO / "models" / "silero_vad_16k_op15.onnx"
 START_TIMEOUT = 180.0  # model and voice loading on a busy 2-core box takes 20-40 s
 
 needs_media = pytest.mark.skipif(not (VIDEO.is_file() and AUDIO.is_file() and DETECTOR.is_file()),
@@ -70,15 +69,7 @@ file = "{camera_file}"
 source = "file"
 file = "{AUDIO}"
 
-[vision]
-detector_model = "{DETECTOR}"
-fer_model = "{fer}"
-
-[speech]
-ser_model = "{ser}"
-utterance_model = "{UTT_MODEL}"
-vad_model = "{VAD_MODEL}"
-
+{model_sections(fer, ser)}
 [reply]
 enabled = {str(reply).lower()}
 

@@ -26,7 +26,7 @@ from redsg_edge.fusion import Evidence, Fusion
 from redsg_edge.modalities import MODALITIES, Modality, registered
 from redsg_edge.web import Pacer, TuningServer, UpdateThrottle, start_web, status_summary
 
-from .conftest import PEXELS, REPO, make_config
+from .conftest import PEXELS, REPO, make_config, write_config
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -358,14 +358,7 @@ def test_replay_serve_shows_the_pexels_clip_in_chromium(browser, tmp_path):
     in real time and lists the replay's transitions; the screenshot is docs/tuning_page.png
     (written there when REDSG_WRITE_DOCS=1)."""
     from redsg_edge.config import load_config
-    cfg_path = tmp_path / "config.toml"
-    cfg_path.write_text(
-        f'[vision]\ndetector_model = "{make_config().vision.detector_model}"\n'
-        f'fer_model = "{REPO / "models" / "fer_int8.tflite"}"\n'
-        f'[speech]\nser_model = "{REPO / "models" / "ser_int8.tflite"}"\n'
-        f'utterance_model = "{REPO / "models" / "ser_utt_int8.tflite"}"\n'
-        f'vad_model = "{REPO / "models" / "silero_vad_16k_op15.onnx"}"\n'
-        '[speech.transcript]\nenabled = false\n')
+    cfg_path = write_config(tmp_path / "config.toml", "[speech.transcript]\nenabled = false\n")
     load_config(cfg_path)  # a bad test config fails here, not as a hang
     # faulthandler: a SIGABRT makes a stuck process print every thread's stack (below)
     env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1")

@@ -34,7 +34,7 @@ import soundfile as sf
 from redsg_edge.bench.chat_server import ChatServer
 from redsg_edge.bench.notify import NotifyListener
 
-from .conftest import DETECTOR, FER_MODEL, PEXELS, SER_MODEL, UTT_MODEL, VAD_MODEL
+from .conftest import DETECTOR, FER_MODEL, PEXELS, SER_MODEL, model_sections
 
 REPO = Path(__file__).resolve().parent.parent
 UTTERANCE = PEXELS.parent.parent / "ravdess" / "Actor_24" / "03-01-05-01-01-01-24.flac"  # angry
@@ -107,15 +107,7 @@ file = "{camera}"
 source = "file"
 file = "{microphone}"
 
-[vision]
-detector_model = "{DETECTOR}"
-fer_model = "{fer}"
-
-[speech]
-ser_model = "{ser}"
-utterance_model = "{UTT_MODEL}"
-vad_model = "{VAD_MODEL}"
-
+{model_sections(fer, ser)}
 [fusion]
 {fusion}
 
