@@ -53,33 +53,19 @@ AUG = 0
 CV_FOLDS = [tuple(a for a in f if a not in TEST_ACTORS) for f in FOLDS]
 
 
-def features(recs, cache: Path) -> np.ndarray:
-    """(N, DIM) functionals of the speech cuts, cached by feature version."""
+def features(recs, cache: Path, corpus: str = "ravdess") -> np.ndarray:
+    """(N, DIM) functionals of the speech cuts of ``recs`` of ``corpus`` (``ravdess``, or
+    ``nemo``: resampled to 16 kHz), cached by corpus and feature version."""
     from tqdm import tqdm
-    from ser_representations import ravdess_audio
-    f = cache / f"ravdess_{FEATURES_VERSION}.npy"
+    from ser_representations import nemo_audio, ravdess_audio
+    f = cache / f"{corpus}_{FEATURES_VERSION}.npy"
     if f.is_file():
         X = np.load(f)
         if X.shape == (len(recs), DIM):
             return X
+    audio = {"ravdess": ravdess_audio, "nemo": nemo_audio}[corpus](recs)
     X = np.stack([utterance_functionals(x) for x in
-                  tqdm(ravdess_audio(recs), desc="functionals", unit="utt", mininterval=2)])
-    cache.mkdir(parents=True, exist_ok=True)
-    np.save(f, X)
-    return X
-
-
-def nemo_features(recs, cache: Path) -> np.ndarray:
-    """(N, DIM) functionals of nEMO's speech cuts at 16 kHz, cached by feature version."""
-    from tqdm import tqdm
-    from ser_representations import nemo_audio
-    f = cache / f"nemo_{FEATURES_VERSION}.npy"
-    if f.is_file():
-        X = np.load(f)
-        if X.shape == (len(recs), DIM):
-            return X
-    X = np.stack([utterance_functionals(x) for x in
-                  tqdm(nemo_audio(recs), desc="functionals", unit="utt", mininterval=2)])
+                  tqdm(audio, desc="functionals", unit="utt", mininterval=2)])
     cache.mkdir(parents=True, exist_ok=True)
     np.save(f, X)
     return X
@@ -185,7 +171,7 @@ def main() -> int:
     extra = []
     if args.nemo is not None:
         nemo = load_nemo(args.nemo)
-        extra.append((nemo_features(nemo, args.cache), np.array([r.label for r in nemo])))
+        extra.append((features(nemo, args.cache, "nemo"), np.array([r.label for r in nemo])))
         print(f"nEMO: {len(nemo)} recordings, {len({r.speaker for r in nemo})} speakers", flush=True)
     oof = np.zeros((len(X), len(CLASSES)), np.float32)
     folds = []
