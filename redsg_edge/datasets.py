@@ -72,6 +72,18 @@ def load_fer2013(split: str, path: str | os.PathLike | None = None,
     return np.stack(xs), np.asarray(ys, dtype=np.int64), names
 
 
+#: CK+48's six classes (no neutral) as indices into CLASSES; a 7-class output is scored on CK+48
+#: "6-way" by the argmax over these.
+CK48_CLASSES = [CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "sad", "surprise")]
+
+
+def ck48_label(p: np.ndarray) -> np.ndarray:
+    """How a 7-class output is scored on CK+48, 6 classes: p (..., 7) probabilities in CLASSES
+    order → (...,) int64 index into CLASSES of the most probable of CK+48's six classes."""
+    six = np.asarray(CK48_CLASSES)
+    return six[np.asarray(p)[..., six].argmax(-1)]
+
+
 @dataclass(frozen=True)
 class CKImage:
     """One CK+48 image: file ``name``, ``subject`` id, ``label`` (index into CLASSES) and its

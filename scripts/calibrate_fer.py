@@ -24,10 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.calibration import (expected_calibration_error, fit_temperature,  # noqa: E402
                                     sidecar_path, temperature_scale)
-from redsg_edge.datasets import load_ck48, load_fer2013  # noqa: E402
+from redsg_edge.datasets import CK48_CLASSES as SIX, load_ck48, load_fer2013  # noqa: E402
 from redsg_edge.litert import LiteRTClassifier  # noqa: E402
-
-SIX = [CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "sad", "surprise")]
 
 
 def raw_probs(clf: LiteRTClassifier, x: np.ndarray) -> np.ndarray:

@@ -43,15 +43,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.calibration import expected_calibration_error, temperature_scale  # noqa: E402
-from redsg_edge.datasets import (DATA_ROOT, URDU_CLASSES as FOUR, load_ck48,  # noqa: E402
-                                 load_fer2013, load_ravdess_index, load_urdu, urdu_label)
+from redsg_edge.datasets import (CK48_CLASSES as SIX, DATA_ROOT, URDU_CLASSES as FOUR,  # noqa: E402
+                                 ck48_label, load_ck48, load_fer2013, load_ravdess_index,
+                                 load_urdu, urdu_label)
 from redsg_edge.features import SAMPLE_RATE, num_frames, ser_windows  # noqa: E402
 from redsg_edge.litert import LiteRTClassifier  # noqa: E402
 from redsg_edge.vision import FerModel  # noqa: E402
 from fer_augment import Augmenter  # noqa: E402
 from ser_augment import add_noise, apply_gain, white_noise  # noqa: E402
 
-SIX = [CLASSES.index(c) for c in ("angry", "disgust", "fear", "happy", "sad", "surprise")]
 HELD_OUT = (23, 24)
 
 
@@ -144,7 +144,7 @@ def eval_fer(path: Path, calls: int, plots: bool) -> dict:
     ck = load_ck48()
     cp = np.stack([fer.predict(r.image) for r in ck])
     cy = np.array([r.label for r in ck])
-    ck6 = np.array(SIX)[cp[:, SIX].argmax(1)]
+    ck6 = ck48_label(cp)
     if plots:
         confusion(y, pred, list(range(7)), path.with_name("fer_confusion_privatetest.png"),
                   f"FER int8 on FER2013 PrivateTest (n={len(y)}), row-normalised")

@@ -170,15 +170,19 @@ def ravdess_audio(recs) -> list[np.ndarray]:
     assert_not_validation([r.path for r in recs])
     out = []
     for r in tqdm(recs, desc="read RAVDESS", unit="file", mininterval=2):
-        x = read_pcm(r.path)
-        s0, s1 = speech_span(x)
-        pad = int(PAD_S * SAMPLE_RATE)
-        out.append(x[max(0, s0 - pad):min(len(x), s1 + pad)])
+        out.append(speech_cut(read_pcm(r.path)))
     return out
 
 
+def speech_cut(x: np.ndarray) -> np.ndarray:
+    """x (n,) float32 at 16 kHz → its speech (``train_ser.speech_span``) with PAD_S of padding."""
+    s0, s1 = speech_span(x)
+    pad = int(PAD_S * SAMPLE_RATE)
+    return x[max(0, s0 - pad):min(len(x), s1 + pad)]
+
+
 def nemo_audio(recs) -> list[np.ndarray]:
-    """nEMO recordings (``datasets.load_nemo``; 24 kHz) at 16 kHz, cut as ``ravdess_audio`` cuts."""
+    """nEMO recordings (``datasets.load_nemo``; 24 kHz) at 16 kHz, each its ``speech_cut``."""
     import soundfile as sf
     from scipy.signal import resample_poly
     from tqdm import tqdm
@@ -189,10 +193,7 @@ def nemo_audio(recs) -> list[np.ndarray]:
         if x.ndim != 1:
             x = x.mean(1)
         g = np.gcd(sr, SAMPLE_RATE)
-        x = resample_poly(x, SAMPLE_RATE // g, sr // g).astype(np.float32)
-        s0, s1 = speech_span(x)
-        pad = int(PAD_S * SAMPLE_RATE)
-        out.append(x[max(0, s0 - pad):min(len(x), s1 + pad)])
+        out.append(speech_cut(resample_poly(x, SAMPLE_RATE // g, sr // g).astype(np.float32)))
     return out
 
 

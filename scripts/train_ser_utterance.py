@@ -168,11 +168,13 @@ def main() -> int:
         keep = mask[src]
         return np.concatenate([X[mask], A[keep]]), np.concatenate([y[mask], y[src][keep]])
 
-    extra = []
+    extra, trained_on = [], "RAVDESS speech, actors 1-22 (1,320 recordings, cut to their speech)"
     if args.nemo is not None:
         nemo = load_nemo(args.nemo)
         extra.append((features(nemo, args.cache, "nemo"), np.array([r.label for r in nemo])))
-        print(f"nEMO: {len(nemo)} recordings, {len({r.speaker for r in nemo})} speakers", flush=True)
+        trained_on += (f"; nEMO, all {len({r.speaker for r in nemo})} speakers "
+                       f"({len(nemo):,} recordings)")
+        print(f"trained on {trained_on}", flush=True)
     oof = np.zeros((len(X), len(CLASSES)), np.float32)
     folds = []
     for k, fold in enumerate(CV_FOLDS):
@@ -202,8 +204,7 @@ def main() -> int:
         "prior_utterances": PRIOR, "clip_z": CLIP_Z, "temperature": round(T, 3),
         "temperature_fitted_on": "pooled out-of-fold int8 utterances of the 6 actor folds "
                                  "over actors 1-22 (scripts/train_ser_utterance.py)",
-        "trained_on": "RAVDESS speech, actors 1-22 (1,320 recordings, cut to their speech)"
-                      + (f"; nEMO, all 9 speakers ({len(extra[0][1]):,} recordings)" if extra else ""),
+        "trained_on": trained_on,
         "regularisation_C": C, "augmented_copies": args.aug,
         "cv": {"folds": folds,
                "mean_accuracy": float(np.mean([f["accuracy"] for f in folds])),
