@@ -130,6 +130,9 @@ class SpeechConfig(StrictModel):
     vad_model: LaxPath = Path("models/silero_vad_16k_op15.onnx")
     #: Silero VAD speech probability at which speech starts (it continues down to 0.15 less).
     vad_threshold: float = Field(0.5, ge=0.05, le=0.95)
+    #: Most gain, dB, the VAD's input gets to bring quiet speech to the nominal level
+    #: (``vad.InputGain``); 0 = off.
+    vad_gain_max_db: float = Field(40.0, ge=0.0, le=60.0)
     #: Shortest speech (first to last voiced 32 ms chunk) classified as an utterance, seconds.
     min_utterance_s: float = Field(0.25, ge=0.032, le=5.0)
     #: Quiet time after the last voiced chunk that ends an utterance, seconds.

@@ -34,7 +34,7 @@ from .fusion import Evidence
 from .calibration import load_temperature, temperature_scale
 from .litert import LiteRTClassifier, ModelError
 from .utterance_ser import FeatureNorm, UtteranceSer
-from .vad import CHUNK, NEG_OFFSET, Segmenter, SileroVad, Utterance, chunks_for
+from .vad import CHUNK, NEG_OFFSET, InputGain, Segmenter, SileroVad, Utterance, chunks_for
 
 
 
@@ -150,6 +150,7 @@ class SpeechPerception:
         self.vad = vad or SileroVad(cfg.vad_model)
         self.vad.reset()
         self.seg = Segmenter(cfg.vad_threshold, 1, 1, 1)
+        self.vad_gain = InputGain(cfg.vad_gain_max_db)
         self.reconfigure(cfg)
         self.t0: float | None = None
         self._pending = np.zeros(0, np.int16)  # samples short of a whole chunk
@@ -165,6 +166,7 @@ class SpeechPerception:
         self.cfg = cfg
         self.hop = max(1, int(round(cfg.hop_s * SAMPLE_RATE)))
         self.pad = chunks_for(cfg.padding_s) * CHUNK
+        self.vad_gain.max_gain_db = cfg.vad_gain_max_db
         s = self.seg
         s.threshold, s.neg_threshold = cfg.vad_threshold, max(0.0, cfg.vad_threshold - NEG_OFFSET)
         s.min_chunks = max(1, chunks_for(cfg.min_utterance_s))
@@ -192,7 +194,7 @@ class SpeechPerception:
         out: list[SpeechOutput] = []
         for i in range(n):
             c = data[i * CHUNK:(i + 1) * CHUNK]
-            p = self.vad.chunk_prob(c)
+            p = self.vad.chunk_prob(c, self.vad_gain.gain(c))
             self._p.append(p)
             o = self._after_chunk(self.seg.step(p))
             if o is not None:

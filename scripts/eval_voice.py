@@ -151,6 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     bad = [c for c in conds if c not in CONDITIONS]
     if bad:
         ap.error(f"unknown condition(s) {bad}; choose from {list(CONDITIONS)}")
+    if not args.tmp.is_dir():
+        ap.error(f"--tmp {args.tmp}: no such folder (create it, or pass an existing one)")
     files = held_out_files()
     with tempfile.TemporaryDirectory(prefix="redsg-eval-voice-", dir=args.tmp) as tmp:
         results = [run_condition(files, c, args.config, Path(tmp)) for c in conds]

@@ -15,7 +15,7 @@ from redsg_edge.config import ConfigError, SpeechConfig, parse_config
 from redsg_edge.litert import ModelError
 from redsg_edge.calibration import load_temperature, temperature_scale
 from redsg_edge.speech import SerModel, SpeechPerception
-from redsg_edge.vad import CHUNK, Segmenter, SileroVad, Utterance
+from redsg_edge.vad import CHUNK, InputGain, Segmenter, SileroVad, Utterance
 
 from .conftest import ACTOR_24, FER_MODEL, SER_MODEL, VAD_MODEL, SINGLE_FACE, make_config
 from .helpers import pcm16
@@ -67,6 +67,61 @@ def test_vad_rejects_real_silence_and_noise(vad, what):
     vad.reset()
     p = vad.probs(np.clip(x, -32768, 32767).astype(np.int16))
     assert len(p) > 50 and (p >= 0.5).sum() == 0
+
+
+def tone_chunk(dbfs: float) -> np.ndarray:
+    """One VAD chunk of a 440 Hz sine whose RMS is ``dbfs``; -inf is digital silence."""
+    if dbfs == -np.inf:
+        return np.zeros(CHUNK, np.int16)
+    t = np.arange(CHUNK) / 16000
+    return np.round(np.sqrt(2) * 10 ** (dbfs / 20) * 32768 * np.sin(2 * np.pi * 440 * t)).astype(np.int16)
+
+
+# (max gain dB, chunk levels dBFS in order, gain in dB expected for the last chunk)
+@pytest.mark.parametrize("max_db,levels,want_db", [
+    (0.0, [-70.0], 0.0),                   # off: unity gain, whatever the level
+    (40.0, [-56.0], 30.0),                 # quiet speech lifted to the -26 dBFS target
+    (40.0, [-86.0], 40.0),                 # ... by max_gain_db at most
+    (40.0, [-20.0], 0.0),                  # never attenuates loud audio
+    (40.0, [-46.0] + [-80.0] * 31, 20.0 + 6.0 * 31 * 0.032),  # a pause: falls 6 dB/s from the speech
+    (40.0, [-46.0, -50.0], 20.0 + 6.0 * 0.032),  # a quieter chunk after speech: the speech's gain
+    (40.0, [-np.inf, -np.inf], 40.0),      # digital silence: gain is harmless
+])
+def test_input_gain_tracks_the_loud_level(max_db, levels, want_db):
+    g = InputGain(max_db)
+    for db in levels:
+        got = g.gain(tone_chunk(db))
+    assert 20 * np.log10(got) == pytest.approx(want_db, abs=0.05)
+
+
+def test_input_gain_refuses_a_negative_maximum():
+    with pytest.raises(ValueError, match=">= 0 dB"):
+        InputGain(-1.0)
+
+
+def test_input_gain_hears_speech_40_db_quieter(vad, ser):
+    """A far or insensitive microphone: without the input gain Silero misses most of the speech of
+    a file 40 dB quieter; with it, the utterance is found as at the recorded level."""
+    spans = {}
+    for gain_db, max_db in ((0.0, 0.0), (-40.0, 0.0), (-40.0, 40.0)):
+        outs, _ = run_step(ser, vad, pcm16(ANGRY, gain_db), 1600, SpeechConfig(vad_gain_max_db=max_db))
+        spans[gain_db, max_db] = [(o.start_s, o.end_s) for o in outs if o.kind == "utterance"]
+    speech = lambda k: sum(e - s for s, e in spans[k])  # noqa: E731
+    assert speech((0.0, 0.0)) > 1.5
+    assert speech((-40.0, 0.0)) < 0.5 * speech((0.0, 0.0))
+    assert abs(speech((-40.0, 40.0)) - speech((0.0, 0.0))) < 0.3
+
+
+@pytest.mark.parametrize("what", ["white noise -60 dBFS", "room noise", "room noise -30 dB"])
+def test_input_gain_does_not_make_speech_of_quiet_noise(vad, ser, what):
+    """The default input gain lifts quiet noise by up to 40 dB: Silero must still hear no speech."""
+    rng = np.random.default_rng(2)
+    x = {"white noise -60 dBFS": lambda: rng.standard_normal(16000 * 4) * 32768 * 1e-3,
+         "room noise": room_noise,
+         "room noise -30 dB": lambda: room_noise().astype(np.float32) * 10 ** -1.5}[what]()
+    outs, step = run_step(ser, vad, np.round(x).astype(np.int16), 1600, SpeechConfig())
+    assert SpeechConfig().vad_gain_max_db == 40.0
+    assert step.ticks > 20 and not [o for o in outs if o.kind == "utterance"]
 
 
 def test_vad_chunk_size_is_checked(vad):
@@ -231,6 +286,7 @@ def test_old_energy_vad_keys_are_rejected_with_the_replacement():
 @pytest.mark.parametrize("speech,key", [
     ({"vad_threshold": 1.5}, "speech.vad_threshold"),
     ({"hangover_s": 0.0}, "speech.hangover_s"),
+    ({"vad_gain_max_db": -3.0}, "speech.vad_gain_max_db"),
     ({"padding_s": 0.6, "hangover_s": 0.5}, "padding_s (0.6) must not exceed hangover_s"),
     ({"min_utterance_s": 3.0, "max_utterance_s": 2.0}, "must not exceed max_utterance_s"),
 ])
