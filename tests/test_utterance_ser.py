@@ -162,14 +162,16 @@ def test_urdu_four_classes_with_the_batch_normalisation(model):
     assert acc >= URDU_FLOOR, acc
 
 
-def test_held_out_actors_through_analyze_at_three_levels(tmp_path):
+def test_held_out_actors_through_analyze_at_four_levels(tmp_path):
     """RAVDESS actors 23 + 24 (never trained on), 104 non-calm files, through ``analyze``'s
-    path (calibration pass, then labels) at 0 dB, −20 dB and +10 dB (clipped): every file
-    labelled, the quieter and louder copies no more than 3 points below the original, and
-    at most 15 % of the labels changed by the level."""
+    path (calibration pass, then labels) at 0 dB, −20 dB, +10 dB (clipped) and −40 dB (a far
+    microphone, heard through the VAD's input gain): at least 98 % of the files labelled at
+    every level (issue 14; a file without a label counts as wrong), the −20 and +10 dB copies no
+    more than 3 points below the original and at most 15 % of their labels changed by the
+    level, and even −40 dB above the held-out floor."""
     files = _heldout()
     acc, got = {}, {}
-    for gain in (0.0, -20.0, 10.0):
+    for gain in (0.0, -20.0, 10.0, -40.0):
         d = tmp_path / f"{gain:+.0f}dB"
         d.mkdir()
         paths = []
@@ -182,10 +184,10 @@ def test_held_out_actors_through_analyze_at_three_levels(tmp_path):
             got[gain] = [an.audio(p)["label"] for p in paths]
         finally:
             an.close()
-        assert None not in got[gain], gain
-        acc[gain] = float(np.mean([CLASSES.index(lab) == y for lab, (_, y) in zip(got[gain], files)]))
+        assert np.mean([lab is not None for lab in got[gain]]) >= 0.98, (gain, got[gain])
+        acc[gain] = float(np.mean([lab == CLASSES[y] for lab, (_, y) in zip(got[gain], files)]))
     changed = {g: float(np.mean(np.array(got[g]) != np.array(got[0.0]))) for g in (-20.0, 10.0)}
-    assert acc[0.0] >= HELDOUT_FLOOR, acc
+    assert acc[0.0] >= HELDOUT_FLOOR and acc[-40.0] >= HELDOUT_FLOOR, acc
     assert acc[-20.0] >= acc[0.0] - 0.03 and acc[10.0] >= acc[0.0] - 0.03, acc
     assert max(changed.values()) <= 0.15, changed
 

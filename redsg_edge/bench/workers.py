@@ -115,13 +115,17 @@ def worker_stages(p: dict) -> dict:
         res["stages"]["utterance_ser_2_5s"] = summarize_ns(time_calls(
             lambda i: utt.predict(wins[i % len(wins)], norm), max(3, n // 10), min(warm, 5)))
     # The VAD runs on every 32 ms chunk of audio, speech or not: consecutive chunks of the
-    # utterances (the network is recurrent, so in stream order).
-    from ..vad import CHUNK, SileroVad
+    # utterances (the network is recurrent, so in stream order), each after its input gain.
+    from ..vad import CHUNK, InputGain, SileroVad
     vad = SileroVad(cfg.speech.vad_model)
+    gain = InputGain(cfg.speech.vad_gain_max_db)
     stream = np.concatenate(wins[::5] or wins)
     chunks = [stream[k * CHUNK:(k + 1) * CHUNK] for k in range(len(stream) // CHUNK)]
-    res["stages"]["vad_chunk"] = summarize_ns(time_calls(
-        lambda i: vad.chunk_prob(chunks[i % len(chunks)]), n, warm))
+
+    def vad_chunk(i: int) -> float:
+        c = chunks[i % len(chunks)]
+        return vad.chunk_prob(c, gain.gain(c))
+    res["stages"]["vad_chunk"] = summarize_ns(time_calls(vad_chunk, n, warm))
     res["stages"]["stt_utterance_3s"] = _stt_stage(cfg, np.concatenate(wins)[:48000], threads,
                                                    max(3, n // 50), min(warm, 2))
     fusion = Fusion(cfg.fusion)
