@@ -114,10 +114,12 @@ def cmd_replay(args) -> int:
                          append=args.append, warnings=warnings, transcriber=transcriber,
                          **kwargs)
         finished = True  # a Ctrl-C from here on ends a finished replay: not an interruption
-        print(json.dumps(_replay_summary(args, records, time.perf_counter() - t0, warnings),
-                         indent=1), flush=True)
-        if server is not None:
-            _wait_for_stop(f"replay done; the page stays at {server.url} until Ctrl-C")
+        summary = json.dumps(_replay_summary(args, records, time.perf_counter() - t0, warnings),
+                             indent=1)
+        if server is None:
+            print(summary, flush=True)
+        else:
+            _wait_for_stop(summary, f"replay done; the page stays at {server.url} until Ctrl-C")
     except KeyboardInterrupt:
         if not finished:
             raise
@@ -128,17 +130,18 @@ def cmd_replay(args) -> int:
     return 1 if any("damaged" in w or "could not be written" in w for w in warnings) else 0
 
 
-def _wait_for_stop(announce: str) -> None:
-    """Print ``announce`` to stderr, then sleep until SIGINT, SIGTERM or SIGHUP (the SSH session
-    closed). Handlers are installed here rather than trusting KeyboardInterrupt: a process
-    started in the background by a non-interactive shell (a CI job, ``cmd &`` in a script)
-    inherits SIGINT ignored, and Python then never raises it. They are installed before the
-    announcement, so a Ctrl-C sent on reading it is not lost."""
+def _wait_for_stop(summary: str, announce: str) -> None:
+    """Print ``summary`` to stdout and ``announce`` to stderr, then sleep until SIGINT, SIGTERM
+    or SIGHUP (the SSH session closed). Handlers are installed here rather than trusting
+    KeyboardInterrupt: a process started in the background by a non-interactive shell (a CI
+    job, ``cmd &`` in a script) inherits SIGINT ignored, and Python then never raises it. They
+    are installed before anything is printed, so a Ctrl-C sent on reading either is not lost."""
     from .service.signals import SignalWaiter
 
     waiter = SignalWaiter()
     waiter.install()
     try:
+        print(summary, flush=True)
         print(announce, file=sys.stderr, flush=True)
         while not {signal.SIGINT, signal.SIGTERM, signal.SIGHUP} & set(waiter.wait(3600.0)):
             pass

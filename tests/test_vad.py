@@ -106,7 +106,9 @@ def test_input_gain_hears_speech_40_db_quieter(vad, ser):
     for gain_db, max_db in ((0.0, 0.0), (-40.0, 0.0), (-40.0, 40.0)):
         outs, _ = run_step(ser, vad, pcm16(ANGRY, gain_db), 1600, SpeechConfig(vad_gain_max_db=max_db))
         spans[gain_db, max_db] = [(o.start_s, o.end_s) for o in outs if o.kind == "utterance"]
-    speech = lambda k: sum(e - s for s, e in spans[k])  # noqa: E731
+
+    def speech(key) -> float:
+        return sum(e - s for s, e in spans[key])
     assert speech((0.0, 0.0)) > 1.5
     assert speech((-40.0, 0.0)) < 0.5 * speech((0.0, 0.0))
     assert abs(speech((-40.0, 40.0)) - speech((0.0, 0.0))) < 0.3
