@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ModelError
-from .features import SAMPLE_RATE
+from .features import SAMPLE_RATE, frame_dbfs
 
 #: Samples per VAD chunk: Silero's v5/v6 networks take exactly 512 samples at 16 kHz (32 ms).
 CHUNK = 512
@@ -148,8 +148,7 @@ class InputGain:
 
     def gain(self, x: np.ndarray) -> float:
         """Linear gain for chunk ``x`` ((n,) int16), after updating the level tracker."""
-        ms = float(np.mean(np.square(x, dtype=np.float64))) / 32768.0 ** 2
-        chunk_db = 10.0 * math.log10(ms) if ms > 0 else -math.inf
+        chunk_db = float(frame_dbfs(x, len(x))[0])  # digital silence: -120
         self.level_db = max(chunk_db, self.level_db - self.release_db)
         db = min(max(self.target_dbfs - self.level_db, 0.0), self.max_gain_db)  # silence: max
         return 10.0 ** (db / 20.0)
