@@ -177,7 +177,7 @@ class FusionConfig(StrictModel):
     period (s); the ``fusion`` module docstring gives the maths."""
     #: Prior weight of each modality in the late fusion (multiplied by confidence and freshness).
     face_weight: float = Field(1.0, ge=0.0, le=10.0)
-    voice_weight: float = Field(0.2, ge=0.0, le=10.0)
+    voice_weight: float = Field(0.5, ge=0.0, le=10.0)
     #: Confidence term of each modality's weight: 1 - normalised entropy of its probabilities
     #: (entropy), its top probability (max_prob) or none (1.0).
     confidence: Literal["entropy", "max_prob", "none"] = "entropy"
@@ -185,7 +185,7 @@ class FusionConfig(StrictModel):
     #: geometric mean ("product", the product rule; Kittler et al. 1998).
     combiner: Literal["mean", "product"] = "product"
     #: Evidence older than this (seconds) is ignored; freshness decays linearly to 0 at max_age_s.
-    max_age_s: float = Field(3.0, gt=0, le=60.0)
+    max_age_s: float = Field(6.0, gt=0, le=60.0)
     #: Time constant (seconds) of the exponential smoothing of fused probabilities.
     smoothing_tau_s: float = Field(0.1, ge=0.0, le=30.0)
     #: Hysteresis: a new emotion must reach enter_threshold; the current one is kept until it
@@ -196,9 +196,9 @@ class FusionConfig(StrictModel):
     min_dwell_s: float = Field(0.2, ge=0.0, le=60.0)
     #: No second transition within refractory_s of the last one.
     refractory_s: float = Field(1.5, ge=0.0, le=600.0)
-    #: While the voice has fresh evidence (someone speaks), the face's neutral probability is
-    #: multiplied by this: FER reads a talking face as neutral. 1 = off.
-    talking_face_neutral: float = Field(1.0, ge=0.0, le=1.0)
+    #: While the voice has fresh evidence (someone speaks), the face's weight is multiplied by
+    #: 1 - (1 - this) * its neutral probability: FER reads a talking face as neutral. 1 = off.
+    talking_face_neutral: float = Field(0.0, ge=0.0, le=1.0)
     #: Face height (pixels, detector box) from which a face counts fully; smaller faces count
     #: in proportion (reliability = height / this); 0 = off.
     face_full_size_px: float = Field(48.0, ge=0.0, le=2000.0)

@@ -35,13 +35,17 @@ Per update, in order:
    - ``reliability_m`` (:attr:`Evidence.reliability`, from the producer): for the face
      :func:`face_reliability` of its height against ``face_full_size_px``; for the voice the
      VAD's mean speech probability over the audio classified.
-   - *A talking face*: while the voice has fresh evidence (someone is speaking), with
-     ``talking_face_neutral`` < 1 the face's *neutral* reading is multiplied by it and
-     renormalised before the face's confidence is taken: speaking sad or fearful faces read
-     neutral 0.6–0.8 (measured in issue 14), so a neutral talking face is weak evidence, while
-     an expressive one keeps its full weight. (Scaling the whole face while someone speaks
-     would add nothing: with one modality the weights cancel, and with both it is the same as
-     a larger ``voice_weight``.)
+   - *A talking face*: while the voice has fresh evidence (someone is speaking), the face's
+     weight is multiplied by :func:`talking_face_factor`, ``1 − (1 − k)·p_neutral`` with
+     ``k = talking_face_neutral``: the share of the face's probability that is *not* a neutral
+     reading, with the neutral share counted at ``k``. Speaking sad or fearful faces read
+     neutral 0.6–0.8 (measured in issue 14), so a neutral talking face is weak evidence and the
+     voice leads, while an expressive one keeps nearly its full weight. The face's
+     probabilities themselves are not changed: renormalising its non-neutral remainder would
+     turn the faint second reading of a neutral face (often sad or happy) into a confident
+     vote, and on the development scenarios it added spurious transitions. (Scaling the whole
+     face while someone speaks would add nothing: with one modality the weights cancel, and
+     with both it is the same as a larger ``voice_weight``.)
 
 2. **Exponential smoothing** of the fused vector with time constant ``smoothing_tau_s``:
    ``s ← s + α (x − s)`` with ``α = 1 − exp(−Δt/τ)``, the exact discretisation of a first-order
@@ -137,10 +141,9 @@ class UsedEvidence:
     """A modality's evidence as it entered one fused update.
 
     ``age_s`` = update time − evidence time (≥ 0); ``confidence``, ``freshness`` and
-    ``reliability`` in 0..1; ``weight`` = prior × confidence × freshness × reliability
-    (unnormalised; the fused vector divides by the sum). ``probs`` are what entered the fusion
-    (a talking face's neutral discounted); ``model_probs`` the model's own output, which the
-    update records keep so that a single modality is always scored on what its model said."""
+    ``reliability`` in 0..1; ``weight`` = prior × confidence × freshness × reliability (× the
+    talking-face factor for a face while someone speaks; unnormalised, the fused vector divides
+    by the sum). ``probs`` (7,) float32 the model's output as it entered the fusion."""
 
     modality: str
     t: float
@@ -150,7 +153,6 @@ class UsedEvidence:
     freshness: float
     weight: float
     reliability: float = 1.0
-    model_probs: np.ndarray | None = None  # None: the same as probs
 
     def to_json(self) -> dict:
         """``{"probs": {name: p}, "age_s": s, "weight": w}`` as in docs/architecture.md."""
@@ -178,12 +180,10 @@ class FusedUpdate:
     transition: Transition | None = None
 
     def model_output(self, modality: str) -> np.ndarray | None:
-        """(7,) float32: what ``modality``'s model said in this update (before any fusion-side
-        discount), or None when it had no fresh evidence."""
+        """(7,) float32: what ``modality``'s model said in this update, or None when it had no
+        fresh evidence."""
         used = self.evidence.get(modality)
-        if used is None:
-            return None
-        return used.probs if used.model_probs is None else used.model_probs
+        return None if used is None else used.probs
 
     def to_json(self) -> dict:
         """The replay record ``{"type": "update", "t", <modality>..., "fused", "emotion"}``: for
@@ -221,18 +221,13 @@ class FusionState:
                 "transitions": self.transitions}
 
 
-def discount_class(probs: np.ndarray, index: int, factor: float) -> np.ndarray:
-    """``probs`` (7,) with class ``index`` multiplied by ``factor`` (0..1), renormalised to sum
-    to 1; float32. A vector that was all in that class and is discounted to 0 becomes uniform
-    over the others."""
-    p = probs.astype(np.float64)
-    p[index] *= factor
-    s = float(p.sum())
-    if s <= _EPS:
-        p = np.full(NUM_CLASSES, 1.0 / (NUM_CLASSES - 1))
-        p[index] = 0.0
-        return p.astype(np.float32)
-    return (p / s).astype(np.float32)
+def talking_face_factor(p_neutral: float, k: float) -> float:
+    """Weight factor 0..1 of a face while someone speaks: ``1 − (1 − k)·p_neutral``, where
+    ``p_neutral`` is the face's neutral probability and ``k`` (``talking_face_neutral``, 0..1)
+    what a neutral reading of a talking face still counts. ``k = 1`` gives 1 (off); ``k = 0``
+    gives the face's non-neutral share, so a face reading neutral 0.8 keeps a fifth of its
+    weight and a face reading 0.1 neutral keeps nine tenths."""
+    return float(min(1.0, max(0.0, 1.0 - (1.0 - k) * p_neutral)))
 
 
 def face_reliability(height_px: float, full_px: float) -> float:
@@ -341,14 +336,12 @@ class Fusion:
             fresh = fresh_of[m]
             if fresh <= 0.0 or m not in MODALITIES:
                 continue
-            probs = ev.probs
-            prior = prior_weight(MODALITIES[m], cfg)
-            if m == "face" and speaking and cfg.talking_face_neutral < 1.0:
-                probs = discount_class(probs, _NEUTRAL, cfg.talking_face_neutral)
-            conf = confidence_of(probs, cfg.confidence)
-            used[m] = UsedEvidence(m, ev.t, probs, max(0.0, t - ev.t), conf, fresh,
-                                   prior * conf * fresh * ev.reliability, ev.reliability,
-                                   None if probs is ev.probs else ev.probs)
+            weight = prior_weight(MODALITIES[m], cfg) * fresh * ev.reliability
+            if m == "face" and speaking:
+                weight *= talking_face_factor(float(ev.probs[_NEUTRAL]), cfg.talking_face_neutral)
+            conf = confidence_of(ev.probs, cfg.confidence)
+            used[m] = UsedEvidence(m, ev.t, ev.probs, max(0.0, t - ev.t), conf, fresh,
+                                   weight * conf, ev.reliability)
 
         total = sum(u.weight for u in used.values())
         raw = None

@@ -34,12 +34,12 @@ from redsg_edge.fusion import Evidence, Fusion  # noqa: E402
 from redsg_edge.replay import replay  # noqa: E402
 
 # The neighbourhood of the shipped defaults (a random search over all FusionConfig keys, then a
-# coordinate search, led here: light smoothing, a high enter threshold and a short refractory;
-# with the warm-restarted FER net, a light voice weight).
-# With the scenario kinds of issue 14 (talking faces, silence, quiet speech in noise), the voice's
-# weight and the talking-face rule are searched with them.
-GRID = {"min_dwell_s": [0.2, 0.4, 0.6], "enter_threshold": [0.55, 0.6, 0.65],
-        "voice_weight": [0.2, 0.5, 1.0], "talking_face_neutral": [1.0, 0.35]}
+# coordinate search, led here: light smoothing and a short refractory). With the talking-face
+# weight factor (issue 14) the voice's weight, the evidence age and the factor are searched with
+# the thresholds.
+GRID = {"min_dwell_s": [0.2, 0.4], "enter_threshold": [0.55, 0.65],
+        "voice_weight": [0.35, 0.5, 0.75], "max_age_s": [4.0, 5.0, 6.0],
+        "talking_face_neutral": [0.0, 0.2]}
 
 
 def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
@@ -47,9 +47,10 @@ def scenario_evidence(cfg, meta: Path, cache: Path) -> list:
     ``on_evidence``), cached under ``cache`` by scenario and the FER/SER/detector file hashes."""
     # The version string changes whenever the evidence the code produces changes (v2: Silero
     # VAD utterances, evidence reliability), so a cache from older code is never reused.
-    # (v3: the utterance SER pooled in at each utterance's end, with its weight.)
-    key = hashlib.sha256(b"evidence-v3" + meta.read_bytes()
-                         + str(cfg.speech.utterance_weight).encode())
+    # (v3: the utterance SER pooled in at each utterance's end, with its weight; v4: the
+    # whole [speech] section, since every key of it changes what the speech step emits.)
+    key = hashlib.sha256(b"evidence-v4" + meta.read_bytes()
+                         + cfg.speech.model_dump_json().encode())
     models = [cfg.vision.fer_model, cfg.speech.ser_model, cfg.vision.detector_model,
               cfg.speech.vad_model]
     for model in models + ([cfg.speech.utterance_model] if cfg.speech.utterance_model else []):
@@ -83,6 +84,10 @@ def main() -> int:
     ap.add_argument("--max-spurious", type=float, default=0.85,
                     help="spurious transitions per minute allowed on the development set "
                          "(below the issue's 1.0, as a margin for the reported set)")
+    ap.add_argument("--tie", type=float, default=0.005,
+                    help="when no point meets the limits, the points within this much mean "
+                         "accuracy of the best are ranked by spurious transitions (default "
+                         "%(default)s)")
     ap.add_argument("--cache", type=Path, default=Path(".cache/fusion_evidence"),
                     help="evidence per scenario and model pair, so a new grid reruns no model")
     ap.add_argument("--grid", type=json.loads, default=GRID,
@@ -125,6 +130,15 @@ def main() -> int:
         objective = float(np.mean([k["fused_accuracy"] for k in kinds.values()])) + (1.0 if ok else 0.0)
         rows.append((objective, params, s, kinds))
     rows.sort(key=lambda r: -r[0])
+    if rows and rows[0][0] < 1.0:
+        # Nothing meets the limits: of the points within --tie of the best mean accuracy, the
+        # one with the fewest spurious transitions leads (the device talks on each transition).
+        near = [r for r in rows if r[0] >= rows[0][0] - args.tie]
+        best = min(near, key=lambda r: r[2]["spurious_per_min"])
+        rows.remove(best)
+        rows.insert(0, best)
+        print(f"no point meets the limits; chosen: the fewest spurious transitions within "
+              f"{args.tie} of the best mean accuracy")
     for obj, params, s, kinds in rows[:args.top]:
         per_kind = " ".join(f"{k}={v['fused_accuracy']:.3f}/{v['face_accuracy']:.3f}/"
                             f"{v['voice_accuracy']:.3f}/{v['spurious_per_min']:.2f}"

@@ -16,7 +16,7 @@ import pytest
 from redsg_edge import CLASSES
 from redsg_edge.config import FusionConfig
 from redsg_edge.events import Transition
-from redsg_edge.fusion import Evidence, Fusion, confidence_of
+from redsg_edge.fusion import Evidence, Fusion, confidence_of, talking_face_factor
 
 
 def mix(**weights: float) -> np.ndarray:
@@ -44,8 +44,9 @@ def merge(*streams) -> list:
 
 
 def cfg(**kw) -> FusionConfig:
+    # The talking-face factor off unless a test sets it: the rule has its own tests below.
     base = dict(combiner="mean", smoothing_tau_s=0.0, min_dwell_s=1.0, refractory_s=4.0, enter_threshold=0.45,
-                exit_threshold=0.30, max_age_s=3.0)
+                exit_threshold=0.30, max_age_s=3.0, talking_face_neutral=1.0)
     base.update(kw)
     return FusionConfig(**base)
 
@@ -374,10 +375,11 @@ SAD_VOICE = mix(sad=0.7, neutral=0.1)
 
 # (talking_face_neutral, voice present, face probs, expected fused top class, why)
 TALKING_FACE = [
-    (1.0, True, NEUTRAL_TALKER, "neutral", "off: the face's neutral outvotes a light voice"),
+    (1.0, True, NEUTRAL_TALKER, "neutral", "off: the face's neutral outvotes the voice"),
     (0.2, True, NEUTRAL_TALKER, "sad", "on: a neutral talking face is weak evidence"),
-    (0.2, False, NEUTRAL_TALKER, "neutral", "silence: a neutral face is the person's expression"),
-    (0.2, True, mix(happy=0.7, neutral=0.2), "happy", "an expressive talking face keeps its weight"),
+    (0.0, True, NEUTRAL_TALKER, "sad", "shipped: only the non-neutral share of a talking face"),
+    (0.0, False, NEUTRAL_TALKER, "neutral", "silence: a neutral face is the person's expression"),
+    (0.0, True, mix(happy=0.7, neutral=0.2), "happy", "an expressive talking face keeps its weight"),
 ]
 
 
@@ -390,46 +392,59 @@ def test_talking_face_neutral(k, speaking, face, top, why):
         f.update(0.0, Evidence("voice", 0.0, SAD_VOICE))
     u = f.update(0.1, Evidence("face", 0.1, face))
     assert CLASSES[int(np.argmax(u.raw))] == top, why
-    used = u.evidence["face"].probs
-    if speaking and k < 1.0:
-        expected = face.copy()
-        expected[CLASSES.index("neutral")] *= k
-        np.testing.assert_allclose(used, expected / expected.sum(), rtol=1e-5)
-    else:
-        np.testing.assert_allclose(used, face, rtol=1e-5)
+    used = u.evidence["face"]
+    np.testing.assert_allclose(used.probs, face, rtol=1e-5)  # the face's output is never altered
+    factor = 1.0 - (1.0 - k) * face[CLASSES.index("neutral")] if speaking else 1.0
+    assert used.weight == pytest.approx(confidence_of(face, "entropy") * factor, rel=1e-6)
+
+
+# (neutral probability, talking_face_neutral, weight factor)
+TALKING_FACTOR = [(0.8, 0.0, 0.2), (0.1, 0.0, 0.9), (0.8, 1.0, 1.0), (0.5, 0.2, 0.6),
+                  (0.0, 0.0, 1.0), (1.0, 0.0, 0.0), (1.0, 0.35, 0.35)]
+
+
+@pytest.mark.parametrize("p_neutral, k, want", TALKING_FACTOR)
+def test_talking_face_factor_table(p_neutral, k, want):
+    assert talking_face_factor(p_neutral, k) == pytest.approx(want)
 
 
 def test_talking_face_stops_when_the_voice_goes_stale():
     c = cfg(combiner="product", voice_weight=0.5, talking_face_neutral=0.2, max_age_s=2.0)
     f = Fusion(c)
     f.update(0.0, Evidence("voice", 0.0, SAD_VOICE))
-    assert "voice" in f.update(1.9, Evidence("face", 1.9, NEUTRAL_TALKER)).evidence
+    conf = confidence_of(NEUTRAL_TALKER, "entropy")
+    talking = f.update(1.9, Evidence("face", 1.9, NEUTRAL_TALKER))
+    assert "voice" in talking.evidence
+    assert talking.evidence["face"].weight == pytest.approx(conf * (1 - 0.8 * 0.7), rel=1e-5)
     u = f.update(2.0, Evidence("face", 2.0, NEUTRAL_TALKER))
     assert "voice" not in u.evidence
-    np.testing.assert_allclose(u.evidence["face"].probs, NEUTRAL_TALKER, rtol=1e-5)
+    assert u.evidence["face"].weight == pytest.approx(conf, rel=1e-6)
 
 
 def test_shipped_product_rule_uses_prior_confidence_and_freshness():
-    """The shipped defaults (product rule, face 1.0, voice 0.2, entropy confidence): the raw
-    fused vector is the weighted geometric mean with weight = prior x confidence x freshness."""
+    """The shipped defaults (product rule, face 1.0, voice 0.5, entropy confidence, a talking
+    face counted by its non-neutral share): the raw fused vector is the weighted geometric mean
+    with weight = prior x confidence x freshness (x the talking-face factor)."""
     c = FusionConfig()
-    assert (c.combiner, c.face_weight, c.voice_weight, c.confidence) == ("product", 1.0, 0.2,
-                                                                         "entropy")
+    assert (c.combiner, c.face_weight, c.voice_weight, c.confidence,
+            c.talking_face_neutral, c.max_age_s) == ("product", 1.0, 0.5, "entropy", 0.0, 6.0)
     face, voice = mix(happy=0.6, neutral=0.3), mix(sad=0.9)
     f = Fusion(c)
     f.update(0.0, Evidence("voice", 0.0, voice))
     u = f.update(1.0, Evidence("face", 1.0, face))
-    w_face = 1.0 * confidence_of(face, "entropy") * 1.0
-    w_voice = 0.2 * confidence_of(voice, "entropy") * (1 - 1.0 / c.max_age_s)
+    w_face = 1.0 * confidence_of(face, "entropy") * 1.0 * (1 - face[CLASSES.index("neutral")])
+    w_voice = 0.5 * confidence_of(voice, "entropy") * (1 - 1.0 / c.max_age_s)
     assert u.evidence["voice"].weight == pytest.approx(w_voice, rel=1e-6)
     assert u.evidence["face"].weight == pytest.approx(w_face, rel=1e-6)
     logp = (w_face * np.log(face) + w_voice * np.log(voice)) / (w_face + w_voice)
     expected = np.exp(logp - logp.max())
     np.testing.assert_allclose(u.raw, expected / expected.sum(), rtol=1e-4)
-    # With equal weights the confident voice would win; the priors keep the face on top.
-    assert CLASSES[int(np.argmax(u.raw))] == "happy"
-    g = np.sqrt(face * voice)
-    assert CLASSES[int(np.argmax(g))] == "sad"
+    # The voice, sure of sad, moves a speaking face only 0.6 sure of happy; with the
+    # talking-face factor off and the face's prior alone it would not.
+    assert CLASSES[int(np.argmax(u.raw))] == "sad"
+    off = Fusion(c.model_copy(update={"talking_face_neutral": 1.0, "voice_weight": 0.2}))
+    off.update(0.0, Evidence("voice", 0.0, voice))
+    assert CLASSES[int(np.argmax(off.update(1.0, Evidence("face", 1.0, face)).raw))] == "happy"
 
 
 # ------------------------------------------------------------- details the mutation run found

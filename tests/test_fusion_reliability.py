@@ -47,7 +47,8 @@ WEIGHT_TABLE = [
 @pytest.mark.parametrize("name,rf,rv,voice_age,want_face,want_voice", WEIGHT_TABLE,
                          ids=[r[0] for r in WEIGHT_TABLE])
 def test_weight_table(name, rf, rv, voice_age, want_face, want_voice):
-    cfg = FusionConfig(face_weight=1.0, voice_weight=0.4, max_age_s=3.0)
+    cfg = FusionConfig(face_weight=1.0, voice_weight=0.4, max_age_s=3.0,
+                      talking_face_neutral=1.0)  # the talking-face factor: test_fusion
     f = Fusion(cfg)
     t = 10.0
     f.update(t - voice_age, Evidence("voice", t - voice_age, pk("sad", 0.7), rv))
@@ -70,6 +71,9 @@ BEHAVIOUR_TABLE = [
      "neutral"),
     ("a talking face's neutral discounted: a confident voice moves it", 0.2, 0.5, "neutral",
      "sad", "sad"),
+    ("the shipped setting: a confident voice moves a neutral talking face", 0.0, 0.5, "neutral",
+     "sad", "sad"),
+    ("the shipped setting: a clear face wins over silence", 0.0, 0.5, "happy", None, "happy"),
     ("a clear face wins over silence", 0.2, 0.5, "happy", None, "happy"),
 ]
 
