@@ -664,15 +664,17 @@ def test_every_log_handler_scrubs_the_key_whatever_logger_or_traceback(voice, tm
             root.removeHandler(h)
         setup_logging("DEBUG", {})
         handler = root.handlers[0]
-        handler.stream = buf
+        handler.target.stream = buf  # the writer behind the daemon's queue
         logging.getLogger("some.library").warning("server said: bad key %s", key)
         try:
             raise RuntimeError(f"HTTP 401: Incorrect API key provided: {key}")
         except RuntimeError:
             logging.getLogger("redsg_edge.reply.worker").exception("reply failed")
+        handler.flush()
     finally:
         for h in root.handlers[:]:
             root.removeHandler(h)
+            h.close()
         for h in saved[0]:
             root.addHandler(h)
         root.setLevel(saved[1])

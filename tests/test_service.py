@@ -19,13 +19,15 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from redsg_edge.bench.notify import NotifyListener
-from redsg_edge.service import (EventLogSubscriber, Notifier, assess, journal_fields,
+from redsg_edge.service import (BackgroundHandler, EventLogSubscriber, Notifier, assess,
+                                journal_fields,
                                 make_journal_handler, status_line, status_main, status_path,
                                 watchdog_interval)
 
@@ -366,6 +368,47 @@ def test_journal_fields_from_extra():
                                    "LATENCY_MS": "412"}
     plain = logging.LogRecord("x", logging.INFO, __file__, 1, "hello", (), None)
     assert journal_fields(plain) == {}
+
+
+class _StalledWriter(logging.Handler):
+    """A log writer that blocks, as a write to a stalled journald socket does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unblock = threading.Event()
+        self.written: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.unblock.wait(30)
+        self.written.append(record.getMessage())
+
+
+def test_a_stalled_log_writer_never_blocks_the_thread_that_logs():
+    writer = _StalledWriter()
+    handler = BackgroundHandler(writer, maxsize=10)
+    logger = logging.getLogger("test.journal.stalled")
+    logger.propagate = False
+    logger.addHandler(handler)
+    try:
+        worker = threading.Thread(target=lambda: [logger.warning("frame %d", i) for i in range(25)])
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), "logging blocked while the writer was stalled"
+        # the writer holds one record, the queue ten more; the rest are counted, not waited on
+        assert handler.dropped >= 25 - 11 and writer.written == []
+        writer.unblock.set()
+        handler.flush()
+        logger.warning("after the stall")
+        handler.flush()
+    finally:
+        writer.unblock.set()
+        logger.removeHandler(handler)
+        handler.close()
+    kept = [m for m in writer.written if m.startswith("frame")]
+    assert len(kept) + handler.dropped == 25
+    assert kept == [f"frame {i}" for i in range(len(kept))]  # in order, the oldest kept
+    assert writer.written[len(kept):] == [f"{handler.dropped} log records dropped: the log "
+                                          "writer was stalled", "after the stall"]
 
 
 def test_journal_handler_sends_structured_fields():

@@ -16,7 +16,8 @@ The names below are re-exported so callers import them from ``redsg_edge.service
 from __future__ import annotations
 
 from .daemon import exit_process, run_service
-from .journal import journal_fields, make_journal_handler, setup_logging, stderr_is_journal
+from .journal import (BackgroundHandler, journal_fields, make_journal_handler, setup_logging,
+                      stderr_is_journal)
 from .notify import Notifier, watchdog_interval
 from .status import (assess, format_status, read_status, status_candidates, status_line,
                      status_main, status_path, write_json_atomic)
@@ -24,5 +25,6 @@ from .subscribers import EventLogSubscriber, journal_subscriber
 
 __all__ = ["run_service", "exit_process", "status_main", "status_path", "status_candidates",
            "read_status", "write_json_atomic", "assess", "format_status", "status_line",
-           "journal_fields", "make_journal_handler", "setup_logging", "stderr_is_journal",
+           "BackgroundHandler", "journal_fields", "make_journal_handler", "setup_logging",
+           "stderr_is_journal",
            "Notifier", "watchdog_interval", "EventLogSubscriber", "journal_subscriber"]

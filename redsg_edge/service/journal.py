@@ -8,19 +8,27 @@ lines on stderr. systemd-python is imported lazily and optional: without it, jou
 a ``<N>`` syslog priority prefix so journald still sets the priority.
 
 Every handler installed here carries ``redact.SecretFilter``, so no secret reaches a log line.
+
+The handler that writes (journald or stderr) runs in its own thread behind a bounded queue
+(:class:`BackgroundHandler`, the standard library's ``QueueHandler`` / ``QueueListener``): a
+stalled journald, or a stderr pipe nobody reads, blocks that thread only, never the capture,
+inference or reply threads that log, so the watchdog keeps seeing them work.
 """
 
 from __future__ import annotations
 
 import logging
+import logging.handlers
 import os
+import queue
 import re
 import sys
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["SYSLOG_IDENTIFIER", "journal_fields", "make_journal_handler", "stderr_is_journal",
-           "setup_logging"]
+__all__ = ["SYSLOG_IDENTIFIER", "BackgroundHandler", "journal_fields", "make_journal_handler",
+           "stderr_is_journal", "setup_logging"]
 
 #: ``SYSLOG_IDENTIFIER=`` of every journal entry (what ``journalctl -t`` selects on).
 SYSLOG_IDENTIFIER = "redsg-edge"
@@ -114,6 +122,77 @@ def stderr_is_journal(environ: Mapping[str, str] | None = None) -> bool:
     return (st.st_dev, st.st_ino) == (dev, ino)
 
 
+class BackgroundHandler(logging.handlers.QueueHandler):
+    """Log records go into a bounded queue; a ``QueueListener`` thread hands them to ``target``.
+
+    ``target``: the handler that writes (journald, stderr); ``maxsize``: records held while it
+    is stalled. A full queue drops the new record rather than block the thread that logs; the
+    count is in :attr:`dropped`, and once the queued records are written a warning says how many
+    were lost. :meth:`flush` waits up to ``flush_timeout_s`` for the queue to drain, so a
+    stalled journal cannot hold up ``logging.shutdown`` for longer; :meth:`close` (called by
+    ``logging.shutdown``) drains, stops the thread and closes ``target``.
+    """
+
+    def __init__(self, target: logging.Handler, maxsize: int = 10_000,
+                 flush_timeout_s: float = 2.0) -> None:
+        super().__init__(queue.Queue(maxsize))
+        self.target = target
+        self.dropped = 0
+        self._reported = 0
+        self._flush_timeout_s = flush_timeout_s
+        self._listener: logging.handlers.QueueListener | None = logging.handlers.QueueListener(
+            self.queue, _DropReporter(self), respect_handler_level=True)
+        self._listener.start()
+
+    def enqueue(self, record: logging.LogRecord) -> None:
+        """Queue ``record`` without waiting; count it as dropped when the queue is full."""
+        try:
+            self.queue.put_nowait(record)
+        except queue.Full:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        """Wait until every queued record is written, at most ``flush_timeout_s`` seconds."""
+        deadline = time.monotonic() + self._flush_timeout_s
+        while self.queue.unfinished_tasks and time.monotonic() < deadline:  # type: ignore[attr-defined]
+            time.sleep(0.005)
+        self.target.flush()
+
+    def close(self) -> None:
+        """Drain (bounded by ``flush_timeout_s``), stop the writer thread, close ``target``."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            self.flush()
+            if not self.queue.unfinished_tasks:  # type: ignore[attr-defined]
+                listener.stop()  # joins the thread; skipped while the target is stalled
+            self.target.close()
+        super().close()
+
+
+class _DropReporter(logging.Handler):
+    """The listener's handler: says how many records were dropped, then writes the record."""
+
+    def __init__(self, owner: BackgroundHandler) -> None:
+        super().__init__()
+        self.owner = owner
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        """Write ``record``; once the queue is empty, say how many newer ones were dropped
+        (they came after everything that was queued)."""
+        owner = self.owner
+        done = owner.target.handle(record)
+        lost = owner.dropped - owner._reported
+        if lost > 0 and owner.queue.empty():
+            owner._reported += lost
+            owner.target.handle(logging.LogRecord(
+                "redsg_edge.service.journal", logging.WARNING, __file__, 0,
+                "%d log records dropped: the log writer was stalled", (lost,), None))
+        return done
+
+    def emit(self, record: logging.LogRecord) -> None:  # handle() writes through the target
+        """Unused: :meth:`handle` passes each record to the owner's target."""
+
+
 _OUR_HANDLER = "_redsg_handler"
 
 
@@ -145,12 +224,14 @@ def setup_logging(level: str = "INFO", environ: Mapping[str, str] | None = None)
     else:
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    setattr(handler, _OUR_HANDLER, kind)
     from ..redact import install as install_secret_filter
     install_secret_filter(handler)
+    background = BackgroundHandler(handler)
+    install_secret_filter(background)  # secrets never wait in the queue either
+    setattr(background, _OUR_HANDLER, kind)
     for h in list(root.handlers):  # e.g. a basicConfig from an importing script
         root.removeHandler(h)
-    root.addHandler(handler)
+    root.addHandler(background)
     logging.captureWarnings(True)
     from ..reply import quiet_http_loggers
     quiet_http_loggers(level=max(logging.WARNING, root.level))
