@@ -4,12 +4,18 @@
 The models run once per scenario (``replay.replay`` with ``on_evidence``); the pure ``Fusion``
 object then re-runs over the cached evidence for every point of a small grid, scored with
 ``eval_scenarios.score_scenario``. Prints the grid points that meet the issue's limits (latency
-p50 ≤ 1.5 s; spurious transitions ≤ ``--max-spurious`` per minute) by fused accuracy, then the
-rest, so the chosen values can go into config.toml.
+p50 ≤ 1.5 s; spurious transitions ≤ ``--max-spurious`` per minute) by fused accuracy averaged
+over the scenario kinds, then the rest, so the chosen values can go into config.toml. When no
+point meets them, the one with the fewest spurious transitions within ``--tie`` of the best
+mean accuracy is printed first.
 
-    python scripts/make_scenario.py --count 10 --seed 101 --out runs/scenarios_dev
-    python scripts/make_scenario.py --count 10 --seed 202 --out runs/scenarios_dev2
-    python scripts/tune_fusion.py --scenarios runs/scenarios_dev runs/scenarios_dev2
+    for kind in expressive talking; do for seed in 101 202; do
+        python scripts/make_scenario.py --count 10 --seed $seed --kind $kind --out runs/dev_${kind}_$seed
+    done; done
+    for kind in noisy silent; do
+        python scripts/make_scenario.py --count 10 --seed 101 --kind $kind --out runs/dev_${kind}_101
+    done
+    python scripts/tune_fusion.py --scenarios runs/dev_*
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import os
 import queue
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -139,6 +140,7 @@ class BackgroundHandler(logging.handlers.QueueHandler):
         self.target = target
         self.dropped = 0
         self._reported = 0
+        self._count_lock = threading.Lock()  # several threads may find the queue full at once
         self._flush_timeout_s = flush_timeout_s
         self._listener: logging.handlers.QueueListener | None = logging.handlers.QueueListener(
             self.queue, _DropReporter(self), respect_handler_level=True)
@@ -149,7 +151,8 @@ class BackgroundHandler(logging.handlers.QueueHandler):
         try:
             self.queue.put_nowait(record)
         except queue.Full:
-            self.dropped += 1
+            with self._count_lock:
+                self.dropped += 1
 
     def flush(self) -> None:
         """Wait until every queued record is written, at most ``flush_timeout_s`` seconds."""
