@@ -43,7 +43,9 @@ def to_rgb8(im) -> np.ndarray:
     float (``F``) images in [0, 1] are scaled by 255."""
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
-        a = np.nan_to_num(np.asarray(im, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        with np.errstate(invalid="ignore", over="ignore"):  # NaN/inf pixels are zeroed next
+            a = np.asarray(im, dtype=np.float64)
+        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
         top = float(a.max()) if a.size else 0.0
         if mode == "F" and top <= 1.0:
             a = a * 255.0
