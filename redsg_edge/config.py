@@ -116,13 +116,8 @@ class SpeechConfig(StrictModel):
     #: it ends; "" labels utterances with ser_model's windows instead.
     utterance_model: LaxPath | None = Path("models/ser_utt_int8.tflite")
     #: An utterance's probabilities: the utterance SER's and the window SER's pooled as
-    #: p_utt^w * p_win^(1 - w); 1 = the utterance SER alone. w is utterance_weight for an
-    #: utterance whose estimated SNR (``speech.utterance_snr_db``) is at or below
-    #: pool_snr_db[0], utterance_weight_clean at or above pool_snr_db[1], linear in between.
+    #: p_utt^w * p_win^(1 - w); 1 = the utterance SER alone.
     utterance_weight: float = Field(0.5, ge=0.0, le=1.0)
-    utterance_weight_clean: float = Field(1.0, ge=0.0, le=1.0)
-    pool_snr_db: list[float] = Field(default_factory=lambda: [15.0, 25.0], min_length=2,
-                                     max_length=2)
     #: Where the daemon keeps the utterance SER's running voice normalisation across restarts
     #: (.npz); "" keeps it in memory only.
     norm_state: LaxPath | None = None
@@ -171,9 +166,6 @@ class SpeechConfig(StrictModel):
         if self.padding_s > self.hangover_s:
             raise ValueError(f"padding_s ({self.padding_s}) must not exceed hangover_s "
                              f"({self.hangover_s})")
-        if not self.pool_snr_db[0] < self.pool_snr_db[1]:
-            raise ValueError(f"pool_snr_db {list(self.pool_snr_db)} must rise: [noisy, clean] "
-                             f"in dB, e.g. [15, 25]")
         if self.min_utterance_s > self.max_utterance_s:
             raise ValueError(f"min_utterance_s ({self.min_utterance_s}) must not exceed "
                              f"max_utterance_s ({self.max_utterance_s})")

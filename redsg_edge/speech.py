@@ -8,11 +8,9 @@ records come out. Inside, the trained VAD (``vad.SileroVad``) gives a speech pro
 - each utterance when it ends (from ``speech.min_utterance_s`` of speech, padded by
   ``speech.padding_s`` at both ends): the mean of the window SER's probabilities over the
   windows of ``features.ser_windows`` (the function training uses), pooled as
-  ``p_utt^w · p_windows^(1 − w)`` with the utterance SER (``utterance_ser.UtteranceSer``,
-  ``speech.utterance_model``): the utterance's functionals, normalised by the running
-  statistics of the voices heard (:attr:`SpeechPerception.norm`). w follows the utterance's
-  estimated SNR (:func:`utterance_snr_db`, :func:`pool_weight`): the utterance SER carries
-  across corpora but not through noise, the window SER was trained with noise;
+  ``p_utt^w · p_windows^(1 − w)`` (w = ``speech.utterance_weight``) with the utterance SER
+  (``utterance_ser.UtteranceSer``, ``speech.utterance_model``): the utterance's functionals,
+  normalised by the running statistics of the voices heard (:attr:`SpeechPerception.norm`);
 - while an utterance goes on, from half a window of speech on, the newest ``window_s`` of audio
   (never reaching back into the previous utterance) every ``hop_s`` ("rolling").
 
@@ -31,7 +29,7 @@ import numpy as np
 
 from . import CLASSES
 from .config import SpeechConfig
-from .features import SAMPLE_RATE, frame_dbfs, mfcc_features, ser_windows
+from .features import SAMPLE_RATE, mfcc_features, ser_windows
 from .fusion import Evidence
 from .calibration import load_temperature, temperature_scale
 from .litert import LiteRTClassifier, ModelError
@@ -86,29 +84,6 @@ class SerModel:
         wins = ser_windows(pcm, self.window_samples, hop_samples)
         p = np.mean([self._calibrated(w) for w in wins], axis=0)
         return (p / p.sum()).astype(np.float32)
-
-
-def utterance_snr_db(pcm: np.ndarray) -> float:
-    """Estimated signal-to-noise ratio of an utterance with its padding, dB: the 95th minus the
-    10th percentile of its 25 ms frame levels (``features.frame_dbfs``), a percentile estimate
-    in the manner of NIST's STNR (speech level high in the histogram of frame powers, noise
-    level low in it). pcm: (N,) int16 or float in [-1, 1], N ≥ 400. Level-independent. On
-    RAVDESS speech cut to its speech with 0.25 s of padding, white noise at a true 10 / 20 dB
-    SNR reads 14 / 24 dB (the VAD's tighter cuts 1-3 dB more), clean speech ~60 dB; natural
-    talk-show speech (URDU) reads 16-29 dB between its quartiles. Raises ValueError if N < 400."""
-    d = frame_dbfs(pcm)
-    if len(d) == 0:
-        raise ValueError(f"utterance of {len(pcm)} samples is shorter than one 25 ms frame")
-    hi, lo = np.percentile(d, [95, 10])
-    return float(hi - lo)
-
-
-def pool_weight(snr_db: float, w_noisy: float, w_clean: float,
-                snr_range: tuple[float, float]) -> float:
-    """The utterance SER's weight in the pooling of :func:`_log_pool` for an utterance of
-    estimated SNR ``snr_db`` (dB): ``w_noisy`` at or below ``snr_range[0]``, ``w_clean`` at or
-    above ``snr_range[1]``, linear in between. Pure; returns a float in [0, 1] when both are."""
-    return float(np.interp(snr_db, snr_range, (w_noisy, w_clean)))
 
 
 def _log_pool(p: np.ndarray, q: np.ndarray, w: float) -> np.ndarray:
@@ -293,11 +268,7 @@ class SpeechPerception:
         # RAVDESS files, all ≥ 2.9 s with their quiet lead-in, and never saw digital silence.
         um = self.utterance_model
         ctx = max(min(a, b - self.model.window_samples), prev)
-        w = 0.0
-        if um is not None and b - a >= um.min_samples:
-            c = self.cfg
-            w = pool_weight(utterance_snr_db(self._audio(a, b)), c.utterance_weight,
-                            c.utterance_weight_clean, c.pool_snr_db)
+        w = self.cfg.utterance_weight if um is not None and b - a >= um.min_samples else 0.0
         probs = self.model.predict_utterance(self._audio(ctx, b), self.hop) if w < 1 else None
         if w > 0:
             pu = um.predict(self._audio(a, b), self.norm)

@@ -24,7 +24,6 @@ from redsg_edge.datasets import load_urdu, urdu_label
 from redsg_edge.functionals import DIM, FEATURES_VERSION, MIN_SAMPLES, utterance_functionals
 from redsg_edge.litert import ModelError
 from redsg_edge.perception import load_norm
-from redsg_edge.speech import pool_weight, utterance_snr_db
 from redsg_edge.utterance_ser import FeatureNorm, UtteranceSer
 
 from .conftest import ACTOR_24, UTT_MODEL
@@ -32,7 +31,6 @@ from .helpers import pcm16
 from .test_ser_model import _heldout
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "scripts"))
 
 SAD = ACTOR_24 / "03-01-04-02-01-01-24.flac"
 
@@ -146,72 +144,6 @@ def test_config_empty_path_turns_the_utterance_model_off():
     assert Config().speech.utterance_model == Path("models/ser_utt_int8.tflite")
     with pytest.raises(ConfigError, match="utterance_model"):
         parse_config({"speech": {"utterance_model": 3}})
-
-
-# --- pooling by estimated SNR ---------------------------------------------------------------------
-
-@pytest.mark.parametrize("snr,w_noisy,w_clean,want", [
-    (0.0, 0.5, 1.0, 0.5),     # below the range: the noisy weight
-    (15.0, 0.5, 1.0, 0.5),    # its low end
-    (20.0, 0.5, 1.0, 0.75),   # half-way
-    (25.0, 0.5, 1.0, 1.0),    # its high end: the utterance SER alone
-    (60.0, 0.5, 1.0, 1.0),    # clean RAVDESS
-    (20.0, 0.5, 0.5, 0.5),    # equal weights: one fixed w, as before the SNR rule
-    (20.0, 1.0, 0.0, 0.5),    # a falling rule is the owner's to choose
-])
-def test_pool_weight_follows_the_estimated_snr(snr, w_noisy, w_clean, want):
-    assert pool_weight(snr, w_noisy, w_clean, (15.0, 25.0)) == pytest.approx(want)
-
-
-def _white(x: np.ndarray, snr_db: float, seed: int = 0) -> np.ndarray:
-    """int16 speech plus white noise at ``snr_db`` over the active frames (eval_voice.degrade)."""
-    from eval_voice import active_power
-    f = x.astype(np.float64) / 32768
-    noise = np.random.default_rng(seed).standard_normal(len(f)) * np.sqrt(
-        active_power(f) / 10 ** (snr_db / 10))
-    return np.clip(np.round((f + noise) * 32768), -32768, 32767).astype(np.int16)
-
-
-def test_utterance_snr_estimate_on_real_speech_and_noise():
-    """A real RAVDESS file reads far above the pooling range clean and inside or under it with
-    white noise at 20 / 10 / 0 dB SNR, in that order, at any level; too short audio is refused."""
-    clean = pcm16(SAD)
-    est = {snr: utterance_snr_db(_white(clean, snr)) for snr in (20.0, 10.0, 0.0)}
-    assert utterance_snr_db(clean) > 40.0
-    assert 21.0 < est[20.0] < 27.0 and 11.0 < est[10.0] < 17.0 and est[0.0] < 9.0, est
-    quiet = utterance_snr_db(_white(pcm16(SAD, -20.0), 10.0))
-    assert quiet == pytest.approx(est[10.0], abs=1.0)
-    with pytest.raises(ValueError, match="shorter than one 25 ms frame"):
-        utterance_snr_db(clean[:399])
-
-
-def test_analyze_pools_by_the_snr_rule(tmp_path):
-    """Through ``analyze``'s speech path: the shipped rule gives a clean file exactly the
-    utterance SER's label and probabilities (w = 1), and the same file in white noise at 5 dB
-    SNR (its cut reads ~12 dB) exactly those of the fixed noisy weight (w = 0.5); the rule
-    reaches the loop."""
-    clean, noisy = tmp_path / "clean.wav", tmp_path / "noisy.wav"
-    sf.write(clean, pcm16(SAD), 16_000, subtype="PCM_16")
-    sf.write(noisy, _white(pcm16(SAD), 5.0), 16_000, subtype="PCM_16")
-
-    def probs(path, **speech):
-        an = Analyzer(parse_config({"speech": speech}) if speech else Config())
-        try:
-            return an.audio(path)["probs"]
-        finally:
-            an.close()
-
-    fixed = {w: {"utterance_weight": w, "utterance_weight_clean": w} for w in (0.5, 1.0)}
-    assert Config().speech.pool_snr_db == [15.0, 25.0]
-    assert probs(clean) == probs(clean, **fixed[1.0]) != probs(clean, **fixed[0.5])
-    assert probs(noisy) == probs(noisy, **fixed[0.5]) != probs(noisy, **fixed[1.0])
-
-
-def test_config_refuses_a_pooling_range_that_does_not_rise():
-    with pytest.raises(ConfigError, match="must rise"):
-        parse_config({"speech": {"pool_snr_db": [25.0, 15.0]}})
-    with pytest.raises(ConfigError, match="pool_snr_db"):
-        parse_config({"speech": {"pool_snr_db": [15.0]}})
 
 
 # --- floors on real held-out data -----------------------------------------------------------------

@@ -26,9 +26,7 @@ from .common import (COLDSTART_RUNS, COLDSTART_RUNS_QUICK, DAEMON_S, DAEMON_S_QU
 from .notify import NotifyListener
 
 
-def _toml(v) -> str:  # one TOML value: bool, number, (quoted) string or a list of them
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
+def _toml(v) -> str:  # one TOML value: bool, number or (quoted) string
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (int, float)):
@@ -142,9 +140,7 @@ def daemon_config(tmp: Path, cfg, models: dict[str, Path], paths: BenchPaths) ->
         "speech": {"ser_model": models["ser"], "window_s": cfg.speech.window_s,
                    "utterance_model": models.get("utterance ser", ""),
                    "vad_model": models["vad"],
-                   "utterance_weight": cfg.speech.utterance_weight,
-                   "utterance_weight_clean": cfg.speech.utterance_weight_clean,
-                   "pool_snr_db": list(cfg.speech.pool_snr_db)},
+                   "utterance_weight": cfg.speech.utterance_weight},
         "speech.transcript": {"log_transcripts": stt_fetched(cfg), "encoder_model": tc.encoder_model,
                               "decoder_model": tc.decoder_model, "tokenizer": tc.tokenizer},
         "reply": {"enabled": True},
