@@ -5,7 +5,7 @@ The model labels each utterance when it ends (``speech.UtteranceSer``): the utte
 functionals (``redsg_edge.functionals``, 1,138 values, level-normalised), z-scored with running
 statistics of the utterances the device has heard (started at this training set's mean and
 standard deviation, weighted as ``PRIOR`` utterances), clipped to ±``CLIP_Z``, then a
-7-class logistic regression (C 0.003, balanced class weights) exported as full-integer int8 TFLite.
+7-class logistic regression (C 0.01, balanced class weights) exported as full-integer int8 TFLite.
 The choice (features, running normalisation, C) was made on the speaker-independent RAVDESS
 folds and on the cross-corpus validation set (models/README.md, "Representation experiments").
 
@@ -48,7 +48,7 @@ from redsg_edge.functionals import DIM, FEATURES_VERSION, utterance_functionals 
 from redsg_edge.utterance_ser import CLIP_Z, PRIOR, FeatureNorm  # noqa: E402
 from train_ser import FOLDS, TEST_ACTORS  # noqa: E402
 
-C = 0.003
+C = 0.01
 AUG = 0
 CV_FOLDS = [tuple(a for a in f if a not in TEST_ACTORS) for f in FOLDS]
 
