@@ -207,6 +207,9 @@ def main() -> int:
                          "(scripts/fer_teacher.py writes face-api's)")
     ap.add_argument("--distill", type=float, default=0.3, metavar="ALPHA",
                     help="with --teacher, the target is (1 - ALPHA) one-hot + ALPHA teacher probs")
+    ap.add_argument("--ema", type=float, default=0.0, metavar="MOMENTUM",
+                    help="validate and keep an exponential moving average of the weights "
+                         "(Polyak averaging; e.g. 0.999), not the weights themselves (0: off)")
     ap.add_argument("--no-jit", action="store_true", help="disable XLA (about 20%% slower on CPU)")
     ap.add_argument("--export-only", action="store_true", help="skip training; export best.keras")
     ap.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="MODEL",
@@ -246,7 +249,8 @@ def main() -> int:
         sched = keras.optimizers.schedules.CosineDecay(
             args.lr * 0.1, steps, warmup_target=args.lr, warmup_steps=steps // 20, alpha=0.01)
         train_model.compile(
-            optimizer=keras.optimizers.AdamW(sched, weight_decay=1e-4),
+            optimizer=keras.optimizers.AdamW(sched, weight_decay=1e-4, use_ema=args.ema > 0,
+                                             ema_momentum=args.ema or 0.99),
             loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.1),
             metrics=["accuracy"], jit_compile=not args.no_jit)
         seed = tf.constant([args.seed, 0], tf.int64)
@@ -299,6 +303,8 @@ def main() -> int:
             ds, epochs=args.epochs, validation_data=val, verbose=2,
             callbacks=[keras.callbacks.BackupAndRestore(str(args.out / "backup")),
                        keras.callbacks.CSVLogger(str(args.out / "train.csv"), append=True),
+                       # the averaged weights are swapped in for validation and the save
+                       *([keras.callbacks.SwapEMAWeights(swap_on_epoch=True)] if args.ema else []),
                        SaveCore(), Progress()])
         (args.out / "train_time.txt").write_text(f"{time.time() - t0:.0f} s, this run\n")
     if args.ensemble:
