@@ -36,7 +36,7 @@ Per update, in order:
      :func:`face_reliability` of its height against ``face_full_size_px``; for the voice the
      VAD's mean speech probability over the audio classified.
    - *A talking face*: while the voice has fresh evidence (someone is speaking), the face's
-     weight is multiplied by :func:`talking_face_factor`, ``1 − (1 − k)·p_neutral`` with
+     weight (a modality whose ``Modality.neutral_yields_to`` names the voice) is multiplied by :func:`talking_face_factor`, ``1 − (1 − k)·p_neutral`` with
      ``k = talking_face_neutral``: the share of the face's probability that is *not* a neutral
      reading, with the neutral share counted at ``k``. Speaking sad or fearful faces read
      neutral 0.6–0.8 (measured in issue 14), so a neutral talking face is weak evidence and the
@@ -329,15 +329,16 @@ class Fusion:
         used: dict[str, UsedEvidence] = {}
         fresh_of = {m: 1.0 - max(0.0, t - ev.t) / cfg.max_age_s
                     for m, ev in self._latest.items()}
-        # Someone is speaking: the voice has fresh evidence (every voice evidence is speech the
-        # VAD found). A talking face reads neutral to a FER model trained on posed stills.
-        speaking = fresh_of.get("voice", 0.0) > 0.0
         for m, ev in self._latest.items():
             fresh = fresh_of[m]
             if fresh <= 0.0 or m not in MODALITIES:
                 continue
-            weight = prior_weight(MODALITIES[m], cfg) * fresh * ev.reliability
-            if m == "face" and speaking:
+            mod = MODALITIES[m]
+            weight = prior_weight(mod, cfg) * fresh * ev.reliability
+            # The face while someone speaks (the voice has fresh evidence: every voice evidence
+            # is speech the VAD found): a talking face reads neutral to a FER model trained on
+            # posed stills.
+            if mod.neutral_yields_to is not None and fresh_of.get(mod.neutral_yields_to, 0.0) > 0:
                 weight *= talking_face_factor(float(ev.probs[_NEUTRAL]), cfg.talking_face_neutral)
             conf = confidence_of(ev.probs, cfg.confidence)
             used[m] = UsedEvidence(m, ev.t, ev.probs, max(0.0, t - ev.t), conf, fresh,

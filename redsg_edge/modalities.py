@@ -2,7 +2,8 @@
 
 Fusion, the status file, the replay records, the timeline plot and the scenario tools iterate
 over :data:`MODALITIES`; nothing else names ``"face"`` or ``"voice"`` except the producers of
-their evidence and fusion's one cross-modal rule (a talking face, see ``fusion``).
+their evidence. Fusion's one cross-modal rule (a talking face, see ``fusion``) is a field of the
+table too: ``FACE.neutral_yields_to = "voice"``.
 
 Adding a modality (docs/architecture.md): give it a producer that returns
 ``fusion.Evidence(name, t, probs, reliability)`` and either a ``[fusion] <name>_weight`` key in
@@ -26,7 +27,10 @@ class Modality:
     (``"face (FER)"``); ``device`` the capture device that feeds it (``"camera"``,
     ``"microphone"``, or another name; the status file reports it on/off); ``weight_key`` the
     ``FusionConfig`` attribute holding its prior weight, or None to use ``default_weight``
-    (0..10, the same scale); ``colour`` its line in the timeline plot (a Matplotlib colour).
+    (0..10, the same scale); ``colour`` its line in the timeline plot (a Matplotlib colour);
+    ``neutral_yields_to`` the name of another modality: while that one has fresh evidence, this
+    one's weight keeps only its non-neutral share (``fusion.talking_face_factor``: a face reads
+    neutral while its owner speaks), or None.
     """
 
     name: str
@@ -35,9 +39,11 @@ class Modality:
     weight_key: str | None = None
     default_weight: float = 1.0
     colour: str = "tab:gray"
+    neutral_yields_to: str | None = None
 
 
-FACE = Modality("face", "face (FER)", "camera", "face_weight", colour="tab:blue")
+FACE = Modality("face", "face (FER)", "camera", "face_weight", colour="tab:blue",
+                neutral_yields_to="voice")
 VOICE = Modality("voice", "voice (SER)", "microphone", "voice_weight", colour="tab:orange")
 
 #: name → Modality, in plotting and record order. Mutated only by :func:`register`.

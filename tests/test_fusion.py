@@ -7,6 +7,8 @@ transition times follow from dwell, hysteresis and refractory alone and can be s
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import math
 
@@ -17,6 +19,7 @@ from redsg_edge import CLASSES
 from redsg_edge.config import FusionConfig
 from redsg_edge.events import Transition
 from redsg_edge.fusion import Evidence, Fusion, confidence_of, talking_face_factor
+from redsg_edge.modalities import MODALITIES, Modality, registered
 
 
 def mix(**weights: float) -> np.ndarray:
@@ -419,6 +422,37 @@ def test_talking_face_stops_when_the_voice_goes_stale():
     u = f.update(2.0, Evidence("face", 2.0, NEUTRAL_TALKER))
     assert "voice" not in u.evidence
     assert u.evidence["face"].weight == pytest.approx(conf, rel=1e-6)
+
+
+def test_the_talking_rule_is_a_field_of_the_modality_table():
+    """Which modality yields its neutral share to which is ``Modality.neutral_yields_to``, not
+    a name in fusion: a registered third modality that yields to the voice is discounted like
+    the face, and the face with the field cleared is not."""
+    c = cfg(combiner="product", voice_weight=0.5, talking_face_neutral=0.2)
+    conf = confidence_of(NEUTRAL_TALKER, "entropy")
+    with registered(Modality("gaze", "gaze", "camera", default_weight=1.0,
+                             neutral_yields_to="voice")):
+        f = Fusion(c)
+        f.update(0.0, Evidence("voice", 0.0, SAD_VOICE))
+        u = f.update(0.5, Evidence("gaze", 0.5, NEUTRAL_TALKER))
+        assert u.evidence["gaze"].weight == pytest.approx(conf * (1 - 0.8 * 0.7), rel=1e-5)
+    assert MODALITIES["face"].neutral_yields_to == "voice"
+    plain = dataclasses.replace(MODALITIES["face"], neutral_yields_to=None)
+    with _swapped("face", plain):
+        f = Fusion(c)
+        f.update(0.0, Evidence("voice", 0.0, SAD_VOICE))
+        u = f.update(0.5, Evidence("face", 0.5, NEUTRAL_TALKER))
+        assert u.evidence["face"].weight == pytest.approx(conf, rel=1e-6)
+
+
+@contextlib.contextmanager
+def _swapped(name: str, modality: Modality):
+    old = MODALITIES[name]
+    MODALITIES[name] = modality
+    try:
+        yield
+    finally:
+        MODALITIES[name] = old
 
 
 def test_shipped_product_rule_uses_prior_confidence_and_freshness():
