@@ -36,8 +36,9 @@ Per update, in order:
      :func:`face_reliability` of its height against ``face_full_size_px``; for the voice the
      VAD's mean speech probability over the audio classified.
    - *A talking face*: while the voice has fresh evidence (someone is speaking), the face's
-     weight (a modality whose ``Modality.neutral_yields_to`` names the voice) is multiplied by :func:`talking_face_factor`, ``1 − (1 − k)·p_neutral`` with
-     ``k = talking_face_neutral``: the share of the face's probability that is *not* a neutral
+     weight (``Modality.neutral_yields_to`` of the face names the voice) is multiplied by
+     :func:`talking_face_factor`, ``1 − (1 − k)·p_neutral`` with ``k =
+     talking_face_neutral``: the share of the face's probability that is *not* a neutral
      reading, with the neutral share counted at ``k``. Speaking sad or fearful faces read
      neutral 0.6–0.8 (measured in issue 14), so a neutral talking face is weak evidence and the
      voice leads, while an expressive one keeps nearly its full weight. The face's
