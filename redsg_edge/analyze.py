@@ -8,6 +8,8 @@ averaged with their durations as weights.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +18,8 @@ import numpy as np
 from . import CLASSES
 from .config import Config
 from .fusion import probs_to_dict
+
+log = logging.getLogger(__name__)
 
 #: Longest side of a photo as analysed, px; larger photos are reduced first (faces in them are
 #: large too, and the detector sees 128 x 128 anyway). Boxes are reported in original pixels.
@@ -62,18 +66,24 @@ def read_image(path: Path, max_side: int = MAX_SIDE) -> tuple[np.ndarray, float]
 
     Returns ``(rgb (H, W, 3) uint8, scale)``, scale = analysed px per original px (<= 1).
     Raises ValueError naming the file for anything Pillow cannot decode (truncated or corrupt
-    files, decompression bombs over Pillow's pixel limit)."""
+    files, decompression bombs over Pillow's pixel limit). What Pillow decodes with a warning
+    (a corrupt EXIF block: the orientation is then not applied) is logged once, naming the file,
+    instead of reaching stderr as a Python warning without it."""
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            w0, h0 = im.size
-            if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: a quarter turn
-                w0, h0 = h0, w0
-            im.draft("RGB", (max_side, max_side))  # JPEG: decoded at a reduced size directly
-            rgb = to_rgb8(ImageOps.exif_transpose(im))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Image.open(path) as im:
+                w0, h0 = im.size
+                if im.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF orientation: 90° turn
+                    w0, h0 = h0, w0
+                im.draft("RGB", (max_side, max_side))  # JPEG: decoded at a reduced size directly
+                rgb = to_rgb8(ImageOps.exif_transpose(im))
     except Exception as exc:
         raise ValueError(f"{path}: not a readable image ({exc})") from None
+    for msg in dict.fromkeys(str(w.message).strip() for w in caught):
+        log.warning("%s: %s (decoded anyway)", path, msg)
     h, w = rgb.shape[:2]
     if min(h, w) == 0:
         raise ValueError(f"{path}: image has no pixels ({w}x{h})")

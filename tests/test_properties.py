@@ -266,6 +266,24 @@ def test_image_reader_on_garbage_raises_a_clear_value_error(tmp_path_factory, da
     assert rgb.dtype == np.uint8 and rgb.ndim == 3 and rgb.shape[2] == 3 and 0 < scale <= 1
 
 
+def test_image_with_a_corrupt_exif_block_is_decoded_and_the_warning_names_the_file(
+        tmp_path, caplog, recwarn):
+    """Pillow decodes a JPEG whose EXIF block is cut short but warns without naming the file;
+    the reader logs that once with the path, and no Python warning escapes."""
+    from PIL import Image
+    from redsg_edge.analyze import read_image
+    path = tmp_path / "bad_exif.jpg"
+    # a TIFF header that promises 5 IFD entries and holds one
+    exif = b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x05\x00\x12\x01\x03\x00"
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(path, exif=exif)
+    with caplog.at_level("WARNING", logger="redsg_edge.analyze"):
+        rgb, scale = read_image(path)
+    assert rgb.shape == (64, 64, 3) and scale == 1.0
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 1 and logged[0].startswith(f"{path}: Corrupt EXIF data"), logged
+    assert not [w for w in recwarn if "EXIF" in str(w.message)]
+
+
 # ============================================================================ audio reader
 
 def _decode(path: Path) -> np.ndarray:
