@@ -274,6 +274,15 @@ def test_discovery_state_and_one_event_per_transition_of_the_pexels_replay(broke
     listener = Listener(broker.port)
     bus = EventBus()
     pub = MqttPublisher(cfg).attach(bus)
+    # When the publisher hands each state to paho: the rate limit is a property of the sender,
+    # and the broker's delivery jitter (up to ~60 ms under CI load) would blur it at arrival.
+    state_sent, publish = [], pub._publish
+
+    def timed_publish(topic, payload, **kw):
+        if topic == pub.topics.state:
+            state_sent.append(time.monotonic())
+        return publish(topic, payload, **kw)
+    pub._publish = timed_publish
     try:
         assert _wait(lambda: pub.stats["connected"]), pub.stats
         t = pub.topics
@@ -293,8 +302,9 @@ def test_discovery_state_and_one_event_per_transition_of_the_pexels_replay(broke
     states = [json.loads(p) for p, _r in listener.on(t.state)]
     assert len(states) >= 2
     arrived = [a for tp, a in listener.arrivals if tp == t.state]
-    gaps = [b - a for a, b in zip(arrived, arrived[1:-1])]
-    assert all(g >= 0.5 - 0.05 for g in gaps), gaps  # at most 2 Hz (close() sends the last)
+    assert len(state_sent) == pub.stats["states_published"] <= len(arrived)  # all delivered
+    gaps = [b - a for a, b in zip(state_sent, state_sent[1:-1])]
+    assert all(g >= 0.5 - 0.01 for g in gaps), gaps  # at most 2 Hz (close() sends the last)
     assert states[-1]["emotion"] == expected[-1][1]
     assert pub.stats["events_delivered"] == len(expected) and pub.stats["events_dropped"] == 0
     listener.close()
