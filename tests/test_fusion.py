@@ -7,10 +7,10 @@ transition times follow from dwell, hysteresis and refractory alone and can be s
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -438,21 +438,11 @@ def test_the_talking_rule_is_a_field_of_the_modality_table():
         assert u.evidence["gaze"].weight == pytest.approx(conf * (1 - 0.8 * 0.7), rel=1e-5)
     assert MODALITIES["face"].neutral_yields_to == "voice"
     plain = dataclasses.replace(MODALITIES["face"], neutral_yields_to=None)
-    with _swapped("face", plain):
+    with mock.patch.dict(MODALITIES, {"face": plain}):
         f = Fusion(c)
         f.update(0.0, Evidence("voice", 0.0, SAD_VOICE))
         u = f.update(0.5, Evidence("face", 0.5, NEUTRAL_TALKER))
         assert u.evidence["face"].weight == pytest.approx(conf, rel=1e-6)
-
-
-@contextlib.contextmanager
-def _swapped(name: str, modality: Modality):
-    old = MODALITIES[name]
-    MODALITIES[name] = modality
-    try:
-        yield
-    finally:
-        MODALITIES[name] = old
 
 
 def test_shipped_product_rule_uses_prior_confidence_and_freshness():

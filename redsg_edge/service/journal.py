@@ -24,7 +24,6 @@ import queue
 import re
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -143,7 +142,7 @@ class BackgroundHandler(logging.handlers.QueueHandler):
         self._count_lock = threading.Lock()  # several threads may find the queue full at once
         self._flush_timeout_s = flush_timeout_s
         self._listener: logging.handlers.QueueListener | None = logging.handlers.QueueListener(
-            self.queue, _DropReporter(self), respect_handler_level=True)
+            self.queue, _DropReporter(self))
         self._listener.start()
 
     def enqueue(self, record: logging.LogRecord) -> None:
@@ -156,9 +155,10 @@ class BackgroundHandler(logging.handlers.QueueHandler):
 
     def flush(self) -> None:
         """Wait until every queued record is written, at most ``flush_timeout_s`` seconds."""
-        deadline = time.monotonic() + self._flush_timeout_s
-        while self.queue.unfinished_tasks and time.monotonic() < deadline:  # type: ignore[attr-defined]
-            time.sleep(0.005)
+        q = self.queue  # a queue.Queue: the listener calls task_done() after each record
+        with q.all_tasks_done:  # type: ignore[attr-defined]
+            q.all_tasks_done.wait_for(lambda: not q.unfinished_tasks,  # type: ignore[attr-defined]
+                                      self._flush_timeout_s)
         self.target.flush()
 
     def close(self) -> None:
