@@ -176,6 +176,55 @@ def load_nemo(root: str | os.PathLike | None = None) -> list[NemoFile]:
                      CLASSES.index(NEMO_MAP[r["emotion"]])) for r in rows]
 
 
+#: Indian EmoSpeech Command emotion (file-name field) → our class.
+EMOSPEECH_MAP = {"calm": "neutral", "angry": "angry", "happy": "happy", "fearful": "fear"}
+
+
+@dataclass(frozen=True)
+class EmoSpeechFile:
+    """One Indian EmoSpeech Command clip: ``path`` (16 kHz WAV, about 3 s), ``keyword`` (e.g.
+    ``help``), ``place`` (the recording's folder, e.g. ``Metro``), ``speaker`` (the file's user
+    hash; one hash stands for all unknown users) and ``label`` (index into CLASSES)."""
+    path: Path
+    keyword: str
+    place: str
+    speaker: str
+    label: int
+
+
+def load_emospeech(root: str | os.PathLike | None = None) -> list[EmoSpeechFile]:
+    """Indian EmoSpeech Command (Banga et al. 2019, arXiv:1910.13801; CC BY-NC-SA 4.0): single
+    keywords spoken calm, angry, fearful or happy by about 110 people in houses, on roads, in
+    the metro and through a web page, 4 classes. A cross-corpus SER *check*, never trained on by
+    the shipped models; not part of ``../shared/data``: clone GitHub
+    ``RakshakTeam/emospeech-dataset-v1`` at ``85b1ef5`` to ``root`` (default
+    ``DATA_ROOT/emospeech``). Names are ``keyword-environment-emotion-timestamp-hash.wav``; the
+    ``background`` clips (no keyword spoken; most are labelled ``None``, some with an emotion)
+    are left out. Returns the labelled clips
+    sorted by path. Raises FileNotFoundError when ``root`` holds no labelled clip."""
+    root = Path(root) if root else DATA_ROOT / "emospeech"
+    out = []
+    for p in sorted(root.rglob("*.wav")):
+        parts = p.stem.split("-")
+        if len(parts) < 5 or parts[0] == "background" or parts[2].lower() not in EMOSPEECH_MAP:
+            continue
+        out.append(EmoSpeechFile(p, parts[0], p.parent.name, parts[4],
+                                 CLASSES.index(EMOSPEECH_MAP[parts[2].lower()])))
+    if not out:
+        raise FileNotFoundError(f"{root}: no labelled EmoSpeech clip (keyword-environment-"
+                                f"emotion-timestamp-hash.wav); clone github.com/RakshakTeam/"
+                                f"emospeech-dataset-v1 there (or pass --emospeech DIR)")
+    return out
+
+
+def label_among(p: np.ndarray, classes) -> np.ndarray:
+    """How a 7-class output is scored on a corpus with fewer classes: p (..., 7) probabilities
+    in CLASSES order → (...,) int64 index into CLASSES of the most probable of ``classes``
+    (indices into CLASSES)."""
+    sub = np.asarray(sorted(classes))
+    return sub[np.asarray(p)[..., sub].argmax(-1)]
+
+
 #: URDU's four classes as indices into CLASSES; a 7-class output is scored on URDU by the argmax
 #: over these.
 URDU_CLASSES = [CLASSES.index(c) for c in ("angry", "happy", "neutral", "sad")]
@@ -184,8 +233,7 @@ URDU_CLASSES = [CLASSES.index(c) for c in ("angry", "happy", "neutral", "sad")]
 def urdu_label(p: np.ndarray) -> np.ndarray:
     """How a 7-class output is scored on URDU: p (..., 7) probabilities in CLASSES order →
     (...,) int64 index into CLASSES of the most probable of URDU's four classes."""
-    four = np.asarray(URDU_CLASSES)
-    return four[np.asarray(p)[..., four].argmax(-1)]
+    return label_among(p, URDU_CLASSES)
 
 
 def load_urdu(root: str | os.PathLike | None = None) -> tuple[list[Path], np.ndarray]:

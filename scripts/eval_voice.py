@@ -19,9 +19,14 @@ differ from the original condition's. Prints a table; ``--json PATH`` writes eve
 
 ``--urdu`` adds the cross-corpus figure of issue 15: URDU's 400 files as recorded through the
 same ``analyze`` call, scored on its four classes (``--conditions "" --urdu`` runs only that).
+``--nemo DIR`` and ``--emospeech DIR`` add two more cross-corpus checks that are not in
+``../shared/data`` (``datasets.load_nemo``, ``datasets.load_emospeech``; ``--limit`` random
+files of each): acted Polish, and single keywords acted by the public in noisy places. A
+choice made on URDU alone tunes to one corpus; these say whether it carries.
 
     python scripts/eval_voice.py [--config config.toml] [--conditions original,minus20db,...]
-        [--urdu] [--json runs/eval_voice.json] [--tmp /tmp]
+        [--urdu] [--nemo DIR] [--emospeech DIR] [--limit N] [--json runs/eval_voice.json]
+        [--tmp /tmp]
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ import soundfile as sf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from redsg_edge import CLASSES  # noqa: E402
-from redsg_edge.datasets import URDU_CLASSES, load_ravdess_index, load_urdu, urdu_label  # noqa: E402
+from redsg_edge.datasets import (URDU_CLASSES, label_among, load_emospeech, load_nemo,  # noqa: E402
+                                 load_ravdess_index, load_urdu)
 from redsg_edge.features import frame_dbfs  # noqa: E402
 
 HELD_OUT = (23, 24)
@@ -115,15 +121,14 @@ def run_condition(files: list, condition: str, config: Path | None, tmp: Path) -
             "rows": rows}
 
 
-def run_urdu(config: Path | None) -> dict:
-    """URDU (cross-corpus validation, never trained on) through ``analyze`` as recorded: a file's
-    label is the argmax over URDU's four classes of its 7-class probabilities; a file without
-    probabilities counts as a miss. Returns files, labelled, accuracy and per-class recall (%)."""
-    paths, labels = load_urdu()
+def run_corpus(paths: list[Path], labels, classes, config: Path | None) -> dict:
+    """A cross-corpus set through ``analyze`` as recorded: a file's label is the argmax over the
+    corpus's ``classes`` (indices into CLASSES) of its 7-class probabilities; a file without
+    probabilities counts as a miss. Returns files, labelled, accuracy, UAR (the mean of the
+    per-class recalls: what counts on an unbalanced corpus) and per-class recall (%)."""
     recs = analyze(paths, config)
-    four = [CLASSES[i] for i in URDU_CLASSES]
-    hits = dict.fromkeys(four, 0)
-    totals = dict.fromkeys(four, 0)
+    names = [CLASSES[i] for i in sorted(classes)]
+    hits, totals = dict.fromkeys(names, 0), dict.fromkeys(names, 0)
     labelled = 0
     for p, y in zip(paths, labels):
         probs = recs[str(p)].get("probs")
@@ -131,11 +136,33 @@ def run_urdu(config: Path | None) -> dict:
         totals[truth] += 1
         if probs:
             labelled += 1
-            hits[truth] += CLASSES[urdu_label([probs[c] for c in CLASSES])] == truth
+            hits[truth] += CLASSES[label_among([probs[c] for c in CLASSES], classes)] == truth
     n = len(paths)
-    return {"files": n, "labelled": labelled,
+    recall = {c: 100 * hits[c] / totals[c] for c in names if totals[c]}
+    return {"files": n, "labelled": labelled, "classes": names,
             "accuracy_pct": round(100 * sum(hits.values()) / n, 2),
-            "recall_pct": {c: round(100 * hits[c] / totals[c], 1) for c in four if totals[c]}}
+            "uar_pct": round(float(np.mean(list(recall.values()))), 2),
+            "recall_pct": {c: round(r, 1) for c, r in recall.items()}}
+
+
+def cross_corpus_sets(args) -> dict[str, tuple[list[Path], np.ndarray, list[int]]]:
+    """{name: (paths, labels, classes)} of the cross-corpus sets asked for: URDU (all 400 files,
+    4 classes), and ``--limit`` random files (seed 0) of nEMO (6 classes) and EmoSpeech (4)."""
+    sets = {}
+    if args.urdu:
+        paths, labels = load_urdu()
+        sets["URDU"] = (paths, labels, URDU_CLASSES)
+    rng = np.random.default_rng(0)
+    for name, root, loader in (("nEMO", args.nemo, load_nemo),
+                               ("EmoSpeech", args.emospeech, load_emospeech)):
+        if root is None:
+            continue
+        files = loader(root)
+        if args.limit and len(files) > args.limit:
+            files = [files[i] for i in sorted(rng.choice(len(files), args.limit, replace=False))]
+        labels = np.array([f.label for f in files])
+        sets[name] = ([f.path for f in files], labels, sorted(set(labels.tolist())))
+    return sets
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,13 +173,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tmp", type=Path, default=Path(tempfile.gettempdir()))
     ap.add_argument("--urdu", action="store_true",
                     help="also URDU's 400 files as recorded, 4 classes (cross-corpus validation)")
+    ap.add_argument("--nemo", type=Path, default=None, metavar="DIR",
+                    help="also nEMO (Polish, acted; datasets.load_nemo) from DIR, 6 classes")
+    ap.add_argument("--emospeech", type=Path, default=None, metavar="DIR",
+                    help="also Indian EmoSpeech Command (datasets.load_emospeech) from DIR, "
+                         "4 classes")
+    ap.add_argument("--limit", type=int, default=900, metavar="N",
+                    help="random files (seed 0) of nEMO and EmoSpeech, 0 for all (default 900)")
     args = ap.parse_args(argv)
     conds = [c for c in args.conditions.split(",") if c]
     bad = [c for c in conds if c not in CONDITIONS]
     if bad:
         ap.error(f"unknown condition(s) {bad}; choose from {list(CONDITIONS)}")
+    if args.limit < 0:
+        ap.error(f"--limit {args.limit}: give a number of files, or 0 for all")
     if not args.tmp.is_dir():
         ap.error(f"--tmp {args.tmp}: no such folder (create it, or pass an existing one)")
+    try:
+        sets = cross_corpus_sets(args)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     files = held_out_files()
     with tempfile.TemporaryDirectory(prefix="redsg-eval-voice-", dir=args.tmp) as tmp:
         results = [run_condition(files, c, args.config, Path(tmp)) for c in conds]
@@ -166,10 +207,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{res['condition']:<18} {res['files']:>5} {res['labelled_pct']:>8.1f}% "
               f"{res['accuracy_pct']:>8.1f}% {res['utterances_per_file']:>8.2f} {changed:>20}")
     out = {"held_out_actors": list(HELD_OUT), "results": results}
-    if args.urdu:
-        out["urdu"] = u = run_urdu(args.config)
-        print(f"URDU, 4 classes: {u['labelled']} of {u['files']} labelled, accuracy "
-              f"{u['accuracy_pct']:.1f} %, recall " +
+    for name, (paths, labels, classes) in sets.items():
+        out[name.lower()] = u = run_corpus(paths, labels, classes, args.config)
+        print(f"{name}, {len(classes)} classes: {u['labelled']} of {u['files']} labelled, "
+              f"accuracy {u['accuracy_pct']:.1f} %, UAR {u['uar_pct']:.1f} %, recall " +
               ", ".join(f"{c} {r:.0f} %" for c, r in u["recall_pct"].items()))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)

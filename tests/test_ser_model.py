@@ -8,6 +8,7 @@ utterances go through ``features.ser_windows`` on the whole file, as the model c
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -206,3 +207,41 @@ def test_nemo_loader_maps_its_classes_and_reads_at_16k(tmp_path, speech):
     assert {r.speaker for r in recs} == {"AB0"}
     cut = nemo_audio(recs[:1])[0]
     assert len(speech) * 0.5 < len(cut) < len(speech) + 2 * 0.25 * SAMPLE_RATE + 800
+
+
+def test_emospeech_loader_reads_labels_from_names_and_eval_voice_scores_it(tmp_path, speech):
+    """An EmoSpeech-shaped folder (place folders of keyword-environment-emotion-timestamp-hash.wav,
+    as GitHub RakshakTeam/emospeech-dataset-v1 ships it) of real speech: the loader maps the four
+    emotions onto ours and leaves the background clips out, and ``eval_voice.py --emospeech``
+    runs those files through ``analyze`` and scores them on their four classes."""
+    import eval_voice
+
+    from redsg_edge.datasets import label_among, load_emospeech
+    with pytest.raises(FileNotFoundError, match="emospeech-dataset-v1"):
+        load_emospeech(tmp_path)
+    x = np.concatenate([np.zeros(8000, np.float32), speech, np.zeros(8000, np.float32)])
+    names = {"Metro": ["help-safe-angry-1562907046662-ab12", "stop-safe-calm-20190710134940-cd34"],
+             "House": ["go-safe-fearful-20190709085906-ab12", "yes-safe-happy-1562907046999-ef56",
+                       "background-safe-None-20190701193438-ab12",
+                       "background-safe-calm-20190701193501-ab12"]}
+    for place, stems in names.items():
+        (tmp_path / place).mkdir()
+        for stem in stems:
+            sf.write(tmp_path / place / f"{stem}.wav", x, SAMPLE_RATE, subtype="PCM_16")
+    recs = load_emospeech(tmp_path)
+    assert [(r.place, r.keyword, r.speaker, CLASSES[r.label]) for r in recs] == [
+        ("House", "go", "ab12", "fear"), ("House", "yes", "ef56", "happy"),
+        ("Metro", "help", "ab12", "angry"), ("Metro", "stop", "cd34", "neutral")]
+    four = sorted({r.label for r in recs})
+    p = np.full(len(CLASSES), 0.01)
+    p[CLASSES.index("disgust")], p[CLASSES.index("happy")] = 0.6, 0.3
+    assert CLASSES[label_among(p, four)] == "happy"  # disgust is not one of the four
+    out = tmp_path / "ev.json"
+    assert eval_voice.main(["--conditions", "", "--emospeech", str(tmp_path), "--limit", "0",
+                            "--json", str(out), "--tmp", str(tmp_path)]) == 0
+    res = json.loads(out.read_text())["emospeech"]
+    assert res["files"] == 4 and res["labelled"] == 4
+    assert res["classes"] == ["angry", "fear", "happy", "neutral"]
+    assert 0 <= res["accuracy_pct"] <= 100 and set(res["recall_pct"]) == set(res["classes"])
+    # one file per class: UAR and accuracy are the same figure
+    assert res["uar_pct"] == pytest.approx(res["accuracy_pct"], abs=0.01)
