@@ -200,8 +200,8 @@ def load_emospeech(root: str | os.PathLike | None = None) -> list[EmoSpeechFile]
     ``RakshakTeam/emospeech-dataset-v1`` at ``85b1ef5`` to ``root`` (default
     ``DATA_ROOT/emospeech``). Names are ``keyword-environment-emotion-timestamp-hash.wav``; the
     ``background`` clips (no keyword spoken; most are labelled ``None``, some with an emotion)
-    are left out. Returns the labelled clips
-    sorted by path. Raises FileNotFoundError when ``root`` holds no labelled clip."""
+    are left out. Returns the labelled clips sorted by path. Raises FileNotFoundError when
+    ``root`` holds no labelled clip."""
     root = Path(root) if root else DATA_ROOT / "emospeech"
     out = []
     for p in sorted(root.rglob("*.wav")):
