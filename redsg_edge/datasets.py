@@ -206,10 +206,11 @@ def load_emospeech(root: str | os.PathLike | None = None) -> list[EmoSpeechFile]
     out = []
     for p in sorted(root.rglob("*.wav")):
         parts = p.stem.split("-")
-        if len(parts) < 5 or parts[0] == "background" or parts[2].lower() not in EMOSPEECH_MAP:
+        emotion = parts[2].lower() if len(parts) >= 5 else ""
+        if parts[0] == "background" or emotion not in EMOSPEECH_MAP:
             continue
         out.append(EmoSpeechFile(p, parts[0], p.parent.name, parts[4],
-                                 CLASSES.index(EMOSPEECH_MAP[parts[2].lower()])))
+                                 CLASSES.index(EMOSPEECH_MAP[emotion])))
     if not out:
         raise FileNotFoundError(f"{root}: no labelled EmoSpeech clip (keyword-environment-"
                                 f"emotion-timestamp-hash.wav); clone github.com/RakshakTeam/"
