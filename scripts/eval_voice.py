@@ -152,14 +152,14 @@ def cross_corpus_sets(args) -> dict[str, tuple[list[Path], np.ndarray, list[int]
     if args.urdu:
         paths, labels = load_urdu()
         sets["URDU"] = (paths, labels, URDU_CLASSES)
-    rng = np.random.default_rng(0)
     for name, root, loader in (("nEMO", args.nemo, load_nemo),
                                ("EmoSpeech", args.emospeech, load_emospeech)):
         if root is None:
             continue
         files = loader(root)
-        if args.limit and len(files) > args.limit:
-            files = [files[i] for i in sorted(rng.choice(len(files), args.limit, replace=False))]
+        if args.limit and len(files) > args.limit:  # the same files whatever else is asked for
+            pick = np.random.default_rng(0).choice(len(files), args.limit, replace=False)
+            files = [files[i] for i in sorted(pick)]
         labels = np.array([f.label for f in files])
         sets[name] = ([f.path for f in files], labels, sorted(set(labels.tolist())))
     return sets
@@ -194,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    files = held_out_files()
+    files = held_out_files() if conds else []
     with tempfile.TemporaryDirectory(prefix="redsg-eval-voice-", dir=args.tmp) as tmp:
         results = [run_condition(files, c, args.config, Path(tmp)) for c in conds]
     base = {r["file"]: r["label"] for r in results[0]["rows"]} if results else {}
