@@ -168,6 +168,16 @@ def daemon_python(paths: BenchPaths) -> tuple[str, str]:
                             "whatever this venv's mediapipe import pulls in, e.g. TensorFlow)")
 
 
+def _anon_bytes(mem) -> int:
+    """The anonymous part of a ``psutil`` memory_info's RSS (bytes): the heap and the models
+    the process loaded. The rest of RSS (Linux: ``shared``, i.e. RssFile + RssShmem) is mapped
+    pages of shared libraries and model files, clean and reclaimable; how many of them are
+    mapped varies between runs of the same code (145-150 MB in most runs on the development
+    host, 216 MB in the first run after the venv was built). Where psutil gives no ``shared``,
+    all of RSS counts as anonymous."""
+    return int(mem.rss - getattr(mem, "shared", 0))
+
+
 def _start_daemon(py: str, config: Path, notify: Path, log_path: Path) -> subprocess.Popen:
     # systemd's variables of the calling shell must not reach the daemon under test
     env = {**os.environ, "NOTIFY_SOCKET": str(notify), "PYTHONUNBUFFERED": "1"}
@@ -275,8 +285,9 @@ def bench_daemon(cfg, models: dict[str, Path], paths: BenchPaths, quick: bool,
                 next_t += 1.0
                 if proc.poll() is not None:
                     raise RuntimeError(f"daemon exited with {proc.returncode}; log {log_path}")
+                mem = ps.memory_info()
                 samples.append((round(time.monotonic() - w0, 2), round(ps.cpu_percent(None), 1),
-                                round(ps.memory_info().rss / 1e6, 1)))
+                                round(mem.rss / 1e6, 1), round(_anon_bytes(mem) / 1e6, 1)))
                 if bar is not None:
                     bar.update(1)
             if bar is not None:
@@ -300,6 +311,7 @@ def bench_daemon(cfg, models: dict[str, Path], paths: BenchPaths, quick: bool,
     t = np.array([s[0] for s in samples])
     cpu = np.array([s[1] for s in samples])
     rss = np.array([s[2] for s in samples])
+    anon = np.array([s[3] for s in samples])
     busy = (c1.user + c1.system) - (c0.user + c0.system)
     res["cpu_pct_one_core"] = {"mean": round(100 * busy / (w1 - w0), 1),
                                "p50": round(float(np.median(cpu)), 1),
@@ -319,8 +331,11 @@ def bench_daemon(cfg, models: dict[str, Path], paths: BenchPaths, quick: bool,
                      "p50": round(float(np.median(rss)), 1),
                      "slope_mb_per_min": None if slope is None else round(slope, 3),
                      "slope_method": "Theil-Sen", "slope_fit_from_s": fit_from,
-                     "slope_lsq_mb_per_min": None if slope_lsq is None else round(slope_lsq, 3)}
-    res["samples"] = {"t_s": t.tolist(), "cpu_pct": cpu.tolist(), "rss_mb": rss.tolist()}
+                     "slope_lsq_mb_per_min": None if slope_lsq is None else round(slope_lsq, 3),
+                     "anon_peak": float(anon.max()), "anon_p50": round(float(np.median(anon)), 1),
+                     "file_p50": round(float(np.median(rss - anon)), 1)}
+    res["samples"] = {"t_s": t.tolist(), "cpu_pct": cpu.tolist(), "rss_mb": rss.tolist(),
+                      "anon_mb": anon.tolist()}
     res["replies"] = sum(1 for e in events if e.get("type") == "reply")
     res["transitions"] = sum(1 for e in events if e.get("type") == "transition")
     if st and st.get("pipeline"):

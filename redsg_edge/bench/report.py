@@ -84,6 +84,8 @@ def format_daemon(res: dict) -> str:
              f"  RSS MB: first {r['first']}, peak {r['peak']}, end {r['end']}, slope "
              f"{r['slope_mb_per_min']} MB/min ({r['slope_method']} from "
              f"{r['slope_fit_from_s']:.0f} s; least squares {r['slope_lsq_mb_per_min']})",
+             f"  of which anonymous MB: peak {r.get('anon_peak')}, p50 {r.get('anon_p50')}; "
+             f"mapped files (libraries, clean) p50 {r.get('file_p50')}",
              f"  transitions {res['transitions']}, replies {res['replies']}, threads "
              f"{res.get('threads')}, exit code after SIGTERM {res.get('exit_code')}",
              (f"  drops (status file): frames captured {fr.get('captured')}, dropped "
