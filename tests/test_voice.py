@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -17,6 +18,7 @@ from redsg_edge.voice import (NullSink, SounddeviceSink, Voice, VoiceError, WavS
                               default_voice_paths, make_sink)
 
 from .helpers import shared_voice
+from .helpers.models import REPO
 
 TEXT = "I am here with you."
 
@@ -246,3 +248,36 @@ def test_sounddevice_sink_resamples_for_a_device_without_22050(monkeypatch):
     sink.close()
     with pytest.raises(VoiceError, match=r"voice\.device: no audio output device 'usb'"):
         SounddeviceSink("usb", 22050)
+
+
+def test_int8_voice_is_smaller_and_says_the_same_words(tmp_path, capsys):
+    # scripts/quantize_voice.py on the real default voice, then the real Piper speaks three
+    # sentences with it and the real Moonshine reads them back (--check).
+    moonshine = REPO / "models" / "moonshine-tiny-en-encoder.ort"
+    if not moonshine.is_file():
+        msg = f"{moonshine} missing: run `redsg-edge fetch-models --download-missing --mirror ...`"
+        if os.environ.get("CI"):
+            pytest.fail(msg)
+        pytest.skip(msg)
+    sys.path.insert(0, str(REPO / "scripts"))
+    import quantize_voice
+    t0 = time.perf_counter()
+    assert quantize_voice.main(["--out", str(tmp_path), "--check", "--max-wer", "0.1"]) == 0
+    took = time.perf_counter() - t0
+    dest = tmp_path / "en_US-joe-medium-int8.onnx"
+    out = capsys.readouterr().out
+    assert "word error rate" in out and f'voice.model = "{dest}"' in out, out
+    src_mb = default_voice_paths()[0].stat().st_size / 1e6
+    assert dest.stat().st_size / 1e6 < 0.35 * src_mb  # 18.8 of 63.2 MB
+    assert (tmp_path / "en_US-joe-medium-int8.onnx.json").is_file()
+    # the daemon loads it through voice.model like any voice
+    v = Voice.from_config(VoiceConfig(model=dest))
+    pcm = np.concatenate([p for p, _ in v.synthesize("Hello there.")])
+    assert v.sample_rate == 22050 and 0.4 < len(pcm) / 22050 < 3 and np.abs(pcm).max() > 3000
+    assert took < 120
+    # a voice without its .onnx.json is refused before anything is written
+    lone = tmp_path / "lone.onnx"
+    shutil.copyfile(dest, lone)
+    assert quantize_voice.main(["--voice", str(lone), "--out", str(tmp_path / "o")]) == 2
+    assert "lone.onnx.json: not found" in capsys.readouterr().err
+    assert not (tmp_path / "o" / "lone-int8.onnx").exists()
