@@ -261,9 +261,7 @@ def test_int8_voice_is_smaller_and_says_the_same_words(tmp_path, capsys):
         pytest.skip(msg)
     sys.path.insert(0, str(REPO / "scripts"))
     import quantize_voice
-    t0 = time.perf_counter()
     assert quantize_voice.main(["--out", str(tmp_path), "--check", "--max-wer", "0.1"]) == 0
-    took = time.perf_counter() - t0
     dest = tmp_path / "en_US-joe-medium-int8.onnx"
     out = capsys.readouterr().out
     assert "word error rate" in out and f'voice.model = "{dest}"' in out, out
@@ -274,7 +272,6 @@ def test_int8_voice_is_smaller_and_says_the_same_words(tmp_path, capsys):
     v = Voice.from_config(VoiceConfig(model=dest))
     pcm = np.concatenate([p for p, _ in v.synthesize("Hello there.")])
     assert v.sample_rate == 22050 and 0.4 < len(pcm) / 22050 < 3 and np.abs(pcm).max() > 3000
-    assert took < 120
     # a voice without its .onnx.json is refused before anything is written
     lone = tmp_path / "lone.onnx"
     shutil.copyfile(dest, lone)

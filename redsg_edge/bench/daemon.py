@@ -172,9 +172,9 @@ def _anon_bytes(mem) -> int:
     """The anonymous part of a ``psutil`` memory_info's RSS (bytes): the heap and the models
     the process loaded. The rest of RSS (Linux: ``shared``, i.e. RssFile + RssShmem) is mapped
     pages of shared libraries and model files, clean and reclaimable; how many of them are
-    mapped varies between runs of the same code (145-150 MB in most runs on the development
-    host, 216 MB in the first run after the venv was built). Where psutil gives no ``shared``,
-    all of RSS counts as anonymous."""
+    mapped varies between runs of the same code (145-150 MB in most runs on an AVX2-only host,
+    216 MB in its first run after the venv was built; docs/benchmarks.md). Where psutil gives
+    no ``shared``, all of RSS counts as anonymous."""
     return int(mem.rss - getattr(mem, "shared", 0))
 
 
