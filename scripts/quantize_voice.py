@@ -35,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 #: Sentences for ``--check``: the device's kind of reply.
 CHECK_SENTENCES = ("I'm sorry you're feeling down. I'm here with you.",
@@ -64,29 +65,28 @@ def quantize(src: Path, dest: Path) -> Path:
     return dest
 
 
-def read_back(voice_path: Path | None, models: Path) -> tuple[float, list[str]]:
+def read_back(voice_path: Path | None) -> tuple[float, list[str]]:
     """Synthesise ``CHECK_SENTENCES`` with the voice at ``voice_path`` (None: the default) and
-    transcribe them with the Moonshine files in ``models``: (word error rate, transcripts).
-    Raises ModelError when the Moonshine files are missing."""
-    import re
-
+    transcribe them with the speech-to-text of the repository's config.toml
+    (``speech.transcript``): (word error rate, transcripts). Raises ModelError when its files
+    are missing."""
     import jiwer
     import numpy as np
     from scipy.signal import resample_poly
 
+    from eval_stt import norm
+    from redsg_edge.config import load_config
     from redsg_edge.stt import Transcriber
     from redsg_edge.voice import Voice
 
-    stt = Transcriber(models / "moonshine-tiny-en-encoder.ort",
-                      models / "moonshine-tiny-en-decoder.ort", models / "moonshine-tokenizer.json")
+    stt = Transcriber.from_config(load_config(ROOT / "config.toml").speech.transcript)
     voice = Voice(voice_path)
-    words = lambda s: " ".join(re.sub(r"[^a-z' ]", " ", s.lower()).split())  # noqa: E731
     heard = []
     for s in CHECK_SENTENCES:
         pcm = np.concatenate([p for p, _ in voice.synthesize(s)]).astype(np.float32)
         x = resample_poly(pcm, 16000, voice.sample_rate)
         heard.append(stt.transcribe(np.clip(np.round(x), -32768, 32767).astype(np.int16)))
-    return float(jiwer.wer([words(s) for s in CHECK_SENTENCES], [words(h) for h in heard])), heard
+    return float(jiwer.wer([norm(s) for s in CHECK_SENTENCES], [norm(h) for h in heard])), heard
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         from redsg_edge.errors import ModelError
         try:
-            wer, heard = read_back(dest, ROOT / "models")
+            wer, heard = read_back(dest)
         except ModelError as exc:
             print(f"quantize_voice: --check: {exc}", file=sys.stderr)
             return 2
