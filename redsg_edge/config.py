@@ -202,6 +202,9 @@ class FusionConfig(StrictModel):
     #: Face height (pixels, detector box) from which a face counts fully; smaller faces count
     #: in proportion (reliability = height / this); 0 = off.
     face_full_size_px: float = Field(48.0, ge=0.0, le=2000.0)
+    #: Weight of a uniform prior combined with the modalities: flattens the fused vector while
+    #: the evidence is weak in absolute terms (fusion module docstring); 0 = off.
+    uniform_weight: float = Field(0.0, ge=0.0, le=10.0)
 
     @field_validator("exit_threshold")
     @classmethod

@@ -47,6 +47,12 @@ Per update, in order:
      vote, and on the development scenarios it added spurious transitions. (Scaling the whole
      face while someone speaks would add nothing: with one modality the weights cancel, and
      with both it is the same as a larger ``voice_weight``.)
+   - *A uniform prior* of weight ``uniform_weight`` (w₀) joins the combination as one more
+     expert that says 1/7 for every class: the mean rule gives ``(Σ wₘpₘ + w₀/7)/(Σ wₘ + w₀)``,
+     the product rule ``softmax(Σ wₘ log pₘ / (Σ wₘ + w₀))``, a temperature that flattens the
+     fused vector while the evidence is weak in absolute terms. Without it the weights only
+     count relative to each other, so a lone weak reading (a fading voice between two
+     sentences, a face the FER model is unsure of) decides as firmly as a strong one. 0 = off.
 
 2. **Exponential smoothing** of the fused vector with time constant ``smoothing_tau_s``:
    ``s ← s + α (x − s)`` with ``α = 1 − exp(−Δt/τ)``, the exact discretisation of a first-order
@@ -349,13 +355,15 @@ class Fusion:
         raw = None
         transition = None
         if total > _EPS:
+            prior = cfg.uniform_weight
             if cfg.combiner == "product":
                 logp = sum(u.weight * np.log(np.maximum(u.probs.astype(np.float64), _P_FLOOR))
-                           for u in used.values()) / total
+                           for u in used.values()) / (total + prior)
                 raw = np.exp(logp - logp.max())
                 raw /= raw.sum()
             else:
-                raw = sum(u.weight * u.probs.astype(np.float64) for u in used.values()) / total
+                raw = (sum(u.weight * u.probs.astype(np.float64) for u in used.values())
+                       + prior / NUM_CLASSES) / (total + prior)
             if self._s is None:
                 self._s = raw.copy()  # first evidence: nothing to smooth against
             else:

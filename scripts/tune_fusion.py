@@ -41,11 +41,11 @@ from redsg_edge.replay import replay  # noqa: E402
 
 # The neighbourhood of the shipped defaults (a random search over all FusionConfig keys, then a
 # coordinate search, led here: light smoothing and a short refractory). With the talking-face
-# weight factor (issue 14) the voice's weight, the evidence age and the factor are searched with
-# the thresholds.
-GRID = {"min_dwell_s": [0.2, 0.4], "enter_threshold": [0.55, 0.65],
-        "voice_weight": [0.35, 0.5, 0.75], "max_age_s": [4.0, 5.0, 6.0],
-        "talking_face_neutral": [0.0, 0.2]}
+# weight factor (issue 14) the voice's weight, the evidence age and the factor were searched with
+# the thresholds; the uniform prior is searched around the setting that search chose.
+GRID = {"min_dwell_s": [0.2, 0.4], "enter_threshold": [0.55],
+        "voice_weight": [0.5, 0.75], "max_age_s": [6.0], "talking_face_neutral": [0.0],
+        "uniform_weight": [0.0, 0.05, 0.1, 0.2, 0.4]}
 
 
 def scenario_evidence(cfg, meta: Path, cache: Path) -> list:

@@ -351,6 +351,39 @@ def test_product_rule_survives_a_zero_probability():
     assert np.all(np.isfinite(u.raw)) and math.isclose(float(u.raw.sum()), 1.0, rel_tol=1e-5)
 
 
+@pytest.mark.parametrize("combiner, weight, uniform, expected", [
+    # One reading, weight 1 (confidence "none"): w0 = 0 leaves it as it is.
+    ("mean", 1.0, 0.0, pk("fear", 0.7)),
+    ("product", 1.0, 0.0, pk("fear", 0.7)),
+    # Mean rule: a mixture with the uniform vector in proportion w / (w + w0).
+    ("mean", 1.0, 1.0, (pk("fear", 0.7) + 1 / 7) / 2),
+    ("mean", 0.25, 0.75, 0.25 * pk("fear", 0.7) + 0.75 / 7),
+    # Product rule: the reading tempered by w / (w + w0), renormalised.
+    ("product", 1.0, 1.0, np.sqrt(pk("fear", 0.7)) / np.sqrt(pk("fear", 0.7)).sum()),
+    ("product", 0.25, 0.75, pk("fear", 0.7) ** 0.25 / (pk("fear", 0.7) ** 0.25).sum()),
+])
+def test_uniform_prior_flattens_weak_evidence(combiner, weight, uniform, expected):
+    f = Fusion(cfg(combiner=combiner, confidence="none", face_weight=weight, uniform_weight=uniform))
+    u = f.update(0.0, Evidence("face", 0.0, pk("fear", 0.7)))
+    np.testing.assert_allclose(u.raw, expected, rtol=1e-5)
+
+
+def test_uniform_prior_lets_strong_evidence_through_and_holds_on_weak():
+    """The same fear reading, 1 s at a time: at weight 1 against a prior of 0.2 it enters (0.45);
+    faded to a tenth (a voice heard 5.4 s ago with max_age 6 s) the same reading stays under
+    the threshold, where without the prior it would decide as firmly as a fresh one."""
+    c = cfg(combiner="product", confidence="none", uniform_weight=0.2, min_dwell_s=0.0)
+    _, ups, tr = run(c, hold("face", pk("fear", 0.7), 0.0, 1.0))
+    assert [e.to_emotion for e in tr] == ["fear"] and ups[0].raw.max() >= 0.45
+    weak = cfg(combiner="product", confidence="none", uniform_weight=0.2, min_dwell_s=0.0,
+               face_weight=0.1)
+    _, ups, tr = run(weak, hold("face", pk("fear", 0.7), 0.0, 1.0))
+    assert tr == [] and ups[-1].raw.max() < 0.45
+    _, _, tr = run(cfg(combiner="product", confidence="none", min_dwell_s=0.0, face_weight=0.1),
+                   hold("face", pk("fear", 0.7), 0.0, 1.0))
+    assert [e.to_emotion for e in tr] == ["fear"]
+
+
 # ------------------------------------------------------------------ reliability, a talking face
 
 @pytest.mark.parametrize("reliability, expected_share", [
