@@ -49,7 +49,7 @@ def cmd_run(args) -> int:
     """``redsg-edge run``: the daemon (service.run_service); returns its exit code."""
     from .threadpools import limit_thread_pools
     # Before numpy and OpenCV load (they size their pools then): OpenBLAS and OpenCV on one
-    # thread (redsg_edge.threadpools; `bench daemon` CPU 26-27 -> 23-24 % of a core).
+    # thread (redsg_edge.threadpools; `bench daemon` CPU 27.4-29.6 -> 24.5 % of a core).
     limit_thread_pools()
     from .memory import tune_heap
     # Before any worker thread exists (arenas are per thread): keeps the speech models'

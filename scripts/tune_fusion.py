@@ -43,9 +43,9 @@ from redsg_edge.replay import replay  # noqa: E402
 # coordinate search, led here: light smoothing and a short refractory). With the talking-face
 # weight factor (issue 14) the voice's weight, the evidence age and the factor were searched with
 # the thresholds; the uniform prior is searched around the setting that search chose.
-GRID = {"min_dwell_s": [0.2, 0.4], "enter_threshold": [0.55],
-        "voice_weight": [0.5, 0.75], "max_age_s": [6.0], "talking_face_neutral": [0.0],
-        "uniform_weight": [0.0, 0.05, 0.1, 0.2, 0.4]}
+GRID = {"min_dwell_s": [0.2], "enter_threshold": [0.45, 0.5, 0.55],
+        "voice_weight": [0.5], "max_age_s": [6.0], "talking_face_neutral": [0.0],
+        "uniform_weight": [0.0, 0.1, 0.15, 0.2, 0.3]}
 
 
 def scenario_evidence(cfg, meta: Path, cache: Path) -> list:

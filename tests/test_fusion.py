@@ -363,7 +363,8 @@ def test_product_rule_survives_a_zero_probability():
     ("product", 0.25, 0.75, pk("fear", 0.7) ** 0.25 / (pk("fear", 0.7) ** 0.25).sum()),
 ])
 def test_uniform_prior_flattens_weak_evidence(combiner, weight, uniform, expected):
-    f = Fusion(cfg(combiner=combiner, confidence="none", face_weight=weight, uniform_weight=uniform))
+    f = Fusion(cfg(combiner=combiner, confidence="none", face_weight=weight,
+                   uniform_weight=uniform))
     u = f.update(0.0, Evidence("face", 0.0, pk("fear", 0.7)))
     np.testing.assert_allclose(u.raw, expected, rtol=1e-5)
 
