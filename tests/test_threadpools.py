@@ -19,7 +19,7 @@ PROBE = """
 import json, sys
 {before}
 from redsg_edge.threadpools import limit_thread_pools
-done = limit_thread_pools()
+done = limit_thread_pools() if {limit} else None
 import numpy, scipy.fft, cv2, threadpoolctl
 import python_speech_features  # the speech step's imports: scipy's own OpenBLAS loads too
 blas = sorted({{i["filepath"].rsplit("/", 1)[-1]: i["num_threads"]
@@ -29,27 +29,22 @@ print(json.dumps({{"set": done, "blas": blas, "cv2": cv2.getNumThreads()}}))
 """
 
 
-def probe(before: str = "", env: dict[str, str] | None = None) -> dict:
+def probe(before: str = "", env: dict[str, str] | None = None, limit: bool = True) -> dict:
+    """What the libraries report in a fresh interpreter, with or without limit_thread_pools()
+    called before they load; none of the pool variables inherited from this process."""
     e = {k: v for k, v in os.environ.items() if k not in POOL_SIZE_VARIABLES}
     e.update(env or {})
-    out = subprocess.run([sys.executable, "-c", textwrap.dedent(PROBE.format(before=before))],
-                         capture_output=True, text=True, env=e, timeout=120)
+    code = textwrap.dedent(PROBE.format(before=before, limit=limit))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=e,
+                         timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-BARE = ("import json, numpy, scipy.fft, cv2, threadpoolctl, python_speech_features\n"
-        "print(json.dumps([cv2.getNumThreads()] + [i['num_threads'] for i in "
-        "threadpoolctl.threadpool_info() if 'scipy_openblas' in i['filepath']]))")
-
-
 def test_pools_are_held_to_one_thread():
     # The same imports without the call: the libraries' own defaults on this machine.
-    bare = subprocess.run([sys.executable, "-c", BARE], capture_output=True, text=True,
-                          timeout=120,
-                          env={k: v for k, v in os.environ.items() if k not in POOL_SIZE_VARIABLES})
-    assert bare.returncode == 0, bare.stderr[-2000:]
-    if max(json.loads(bare.stdout)) == 1:
+    bare = probe(limit=False)
+    if max([bare["cv2"]] + [n for _, n in bare["blas"]]) == 1:
         pytest.skip("the libraries start no pool on this machine (one core): nothing to limit")
     r = probe()
     assert r["set"] == {"OPENBLAS_NUM_THREADS": "1", "OPENCV_FOR_THREADS_NUM": "1"}
