@@ -117,7 +117,7 @@ class SpeechConfig(StrictModel):
     utterance_model: LaxPath | None = Path("models/ser_utt_int8.tflite")
     #: An utterance's probabilities: the utterance SER's and the window SER's pooled as
     #: p_utt^w * p_win^(1 - w); 1 = the utterance SER alone.
-    utterance_weight: float = Field(0.5, ge=0.0, le=1.0)
+    utterance_weight: float = Field(0.7, ge=0.0, le=1.0)
     #: Where the daemon keeps the utterance SER's running voice normalisation across restarts
     #: (.npz); "" keeps it in memory only.
     norm_state: LaxPath | None = None

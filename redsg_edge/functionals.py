@@ -1,24 +1,38 @@
 """Utterance functionals for SER: frame descriptors of the voice, summarised over the utterance.
 
-The paralinguistic recipe of the openSMILE ComParE and eGeMAPS sets (Schuller et al. 2013,
-"The INTERSPEECH 2013 computational paralinguistics challenge"; Eyben et al. 2016, "The Geneva
-minimalistic acoustic parameter set", IEEE TAC 7(2)), written here on numpy and
-python_speech_features because openSMILE's licence (audEERING research licence, non-commercial)
-does not fit a GPL project. Low-level descriptors (LLDs) per 25 ms frame, 10 ms hop:
+The recipe of the openSMILE ComParE 2016 set (Schuller et al. 2016, "The INTERSPEECH 2016
+computational paralinguistics challenge"; its low-level descriptors and functionals are listed
+in Weninger et al. 2013, "On the acoustics of emotion in audio", Front. Psychol. 4:292), written
+here on numpy and python_speech_features because openSMILE's licence (audEERING research
+licence, non-commercial) does not fit a GPL project. Low-level descriptors (LLDs) per 25 ms
+frame, 10 ms hop, smoothed over 3 frames as ComParE does:
 
-- loudness: frame RMS in dB, and the same in four bands (0–0.5, 0.5–1, 1–2, 2–4 kHz) relative to
-  the frame's total, a proxy of spectral tilt and the alpha ratio;
-- spectrum: centroid, spread, 85 % roll-off (all Hz/1000), flatness, entropy, flux, zero
-  crossings per frame;
-- cepstrum: MFCC 1–12 (c0 is the level) and 26 log-mel energies minus their frame mean;
-- voice source: the peak of the normalised autocorrelation between 2.5 and 16.7 ms lag
-  (60–400 Hz) as harmonicity, and F0 in semitones above 27.5 Hz where that peak is above 0.45.
+- energy: RMS (linear), zero crossings, loudness (sum of the auditory spectrum) and the same
+  after RASTA filtering;
+- auditory spectrum: 26 mel bands (0–8 kHz) RASTA-filtered on the log scale (Hermansky and
+  Morgan 1994, IEEE TSAP 2(4): H(z) = 0.1 (2 + z⁻¹ − z⁻³ − 2z⁻⁴) / (1 − 0.94 z⁻¹)), so that a
+  fixed microphone or room colouring cancels, then cube-root compressed (the PLP intensity-
+  loudness law, Hermansky 1990, JASA 87(4));
+- cepstrum: MFCC 1–14 of the 26 log-mel energies;
+- spectrum of the magnitude: energy in 250–650 Hz and 1–4 kHz, roll-off at 25/50/75/90 % (kHz),
+  flux, centroid (kHz), entropy, variance, skewness, kurtosis, slope, and sharpness (Zwicker's
+  weighting of the bark scale, on the auditory spectrum);
+- voice source: harmonicity (peak of the normalised autocorrelation between 2.5 and 16.7 ms lag,
+  i.e. 60–400 Hz; ComParE's voicing probability) on every frame; on the voiced frames (that peak
+  above 0.45), F0 in semitones above 27.5 Hz, log harmonics-to-noise ratio 10·log10(r / (1 − r))
+  (Boersma 1993), and frame-to-frame F0 and peak-amplitude perturbation (a frame-level stand-in
+  for jitter and shimmer, which openSMILE measures period by period).
 
-Each LLD and its delta (2-frame regression) is summarised by mean, std, skewness, kurtosis, the
-10th/50th/90th percentiles, the 10–90 range and the slope of a line fitted over the utterance
-(per second). F0 and harmonicity use the voiced frames only, with the voiced fraction appended.
-The audio is first scaled so that its loud frames sit at ``LEVEL_DBFS`` (:func:`level_normalise`),
-so that no functional depends on the microphone gain or distance.
+Each LLD and its delta (2-frame regression) is summarised by 43 functionals (``_STATS``), the
+ComParE list less its segment lengths: mean, std, skewness, kurtosis, 1/6/25/50/75/94/99th
+percentiles, the three inter-quartile and the 1–99 and 6–94 ranges, relative positions of the
+maximum and minimum, up-level times at 25/50/75/90 % of the range, rise time, left-curvature
+time, linear regression slope, offset and error, quadratic regression a, b and error, root mean
+square, mean of the peaks (and its distance to the mean), peak rate, mean rising and falling
+slope, and LPC gain and coefficients 1–5 of the contour. Energy and spectral LLDs use every
+frame, the voice-source ones the voiced frames; the voiced fraction is appended. The audio is
+first scaled so that its loud frames sit at ``LEVEL_DBFS`` (:func:`level_normalise`), so that no
+functional depends on the microphone gain or distance.
 
 ``utterance_functionals(x)``: x (n,) int16 or float32 in [-1, 1], 16 kHz, n ≥ ``MIN_SAMPLES``;
 returns (``DIM``,) float32, finite. Raises ValueError for shorter audio.
@@ -37,12 +51,21 @@ HOP = 160            # 10 ms
 NFFT = 512
 LEVEL_DBFS = -20.0   # where the loud frames (95th percentile of frame RMS) are put
 MIN_SAMPLES = FRAME + 4 * HOP
+FLOOR_DB = 50.0     # the noise floor added under the loud frames (see _lld)
 VOICED = 0.45        # autocorrelation peak above which a frame counts as voiced
 F0_MIN, F0_MAX = 60.0, 400.0
-BANDS_HZ = ((0, 500), (500, 1000), (1000, 2000), (2000, 4000))
 N_MEL = 26
+N_MFCC = 14
+ROLLOFFS = (0.25, 0.5, 0.75, 0.9)
+RASTA_B, RASTA_A = np.array([0.2, 0.1, 0.0, -0.1, -0.2]), np.array([1.0, -0.94])
+LPC_ORDER = 5
 
-_STATS = ("mean", "std", "skew", "kurt", "p10", "p50", "p90", "range", "slope")
+_STATS = ("mean", "std", "skew", "kurt", "p1", "p6", "p25", "p50", "p75", "p94", "p99",
+          "iqr1-3", "iqr1-2", "iqr2-3", "range1-99", "range6-94", "maxpos", "minpos",
+          "uplevel25", "uplevel50", "uplevel75", "uplevel90", "risetime", "leftctime",
+          "linslope", "linoffset", "linerr", "quad_a", "quad_b", "quaderr", "rms",
+          "peakmean", "peakmean-mean", "peakrate", "risingslope", "fallingslope",
+          "lpcgain") + tuple(f"lpc{k}" for k in range(1, LPC_ORDER + 1))
 
 
 def level_normalise(x: np.ndarray) -> np.ndarray:
@@ -62,39 +85,67 @@ def _frames(x: np.ndarray) -> np.ndarray:
 
 
 @cache
-def _filters() -> tuple[np.ndarray, np.ndarray]:
-    """(mel (26, 257), DCT rows for MFCC 1–12 (12, 26)), built once."""
+def _filters() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mel (26, 257), DCT rows for MFCC 1–14 (14, 26), Zwicker sharpness weight of each mel
+    band's centre on the bark scale (26,)), built once."""
     from python_speech_features.base import get_filterbanks
     from scipy.fft import dct
-    return (get_filterbanks(N_MEL, NFFT, SAMPLE_RATE, 0, SAMPLE_RATE // 2),
-            dct(np.eye(N_MEL), type=2, norm="ortho", axis=0)[1:13])
+    mel = get_filterbanks(N_MEL, NFFT, SAMPLE_RATE, 0, SAMPLE_RATE // 2)
+    freqs = np.fft.rfftfreq(NFFT, 1 / SAMPLE_RATE)
+    centre = (mel @ freqs) / mel.sum(1)
+    bark = 26.81 * centre / (1960 + centre) - 0.53          # Traunmüller 1990
+    g = np.where(bark < 15.8, 1.0, 0.066 * np.exp(0.171 * bark))  # Zwicker and Fastl 1990
+    return mel, dct(np.eye(N_MEL), type=2, norm="ortho", axis=0)[1:1 + N_MFCC], g * bark
+
+
+def _rasta(logspec: np.ndarray) -> np.ndarray:
+    """RASTA band-pass of each column of (T, B) log energies along time; the filter starts as if
+    the first frame had lasted forever, so the utterance onset is no step."""
+    from scipy.signal import lfilter
+    pad = np.repeat(logspec[:1], len(RASTA_B) - 1, axis=0)
+    return lfilter(RASTA_B, RASTA_A, np.vstack([pad, logspec]), axis=0)[len(pad):]
+
+
+def _smooth(f: np.ndarray) -> np.ndarray:
+    p = np.pad(f, ((1, 1), (0, 0)), mode="edge")
+    return (p[:-2] + p[1:-1] + p[2:]) / 3
 
 
 def _lld(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (lld (T, L) float64 for all frames, voice (T, 2) [harmonicity, F0 st], voiced (T,))."""
-    mel, dct_rows = _filters()
-    dither = np.random.default_rng(len(x)).standard_normal(len(x)) * 1e-5
-    fr = _frames(x + dither)
+    """Returns (lld (T, 59) float64 for all frames, voice (T, 4) [F0 st, log HNR dB, F0 and
+    amplitude perturbation], voiced (T,) bool)."""
+    mel, dct_rows, sharp_w = _filters()
+    # A fixed noise floor FLOOR_DB under the loud frames: what lies below it (a studio's
+    # silence, int16 rounding of a quiet microphone) would otherwise set the pauses' spectra.
+    noise = np.random.default_rng(len(x)).standard_normal(len(x))
+    fr = _frames(x + noise * 10 ** ((LEVEL_DBFS - FLOOR_DB) / 20))
     fr = fr - fr.mean(1, keepdims=True)
     win = fr * np.hamming(FRAME)
-    spec = np.abs(np.fft.rfft(win, NFFT)) ** 2 + 1e-12          # (T, 257)
+    mag = np.abs(np.fft.rfft(win, NFFT)) + 1e-9                 # (T, 257)
+    spec = mag ** 2
     freqs = np.fft.rfftfreq(NFFT, 1 / SAMPLE_RATE)
-    total = spec.sum(1)
-    rms_db = 10 * np.log10(np.mean(fr ** 2, 1) + 1e-10)
-    bands = np.stack([10 * np.log10(spec[:, (freqs >= a) & (freqs < b)].sum(1) / total)
-                      for a, b in BANDS_HZ], 1)
-    pn = spec / total[:, None]
-    centroid = pn @ freqs
-    spread = np.sqrt(np.maximum(pn @ freqs ** 2 - centroid ** 2, 0))
-    rolloff = freqs[np.minimum((np.cumsum(pn, 1) < 0.85).sum(1), len(freqs) - 1)]
-    flatness = np.exp(np.mean(np.log(spec), 1)) / np.mean(spec, 1)
-    entropy = -np.sum(pn * np.log2(pn), 1) / np.log2(spec.shape[1])
-    sq = np.sqrt(spec)
-    flux = np.r_[0.0, np.sqrt(np.sum(np.diff(sq / sq.sum(1, keepdims=True), axis=0) ** 2, 1))]
+    kf = freqs / 1000
+    rms = np.sqrt(np.mean(fr ** 2, 1))
     zcr = np.mean(np.abs(np.diff(np.sign(fr), axis=1)) > 0, 1)
-    logmel = np.log(spec @ mel.T + 1e-10)
+    melp = spec @ mel.T + 1e-12
+    logmel = np.log(melp)
+    aud = melp ** 0.33
+    aud_rasta = np.exp(_rasta(logmel)) ** 0.33
     mfcc = logmel @ dct_rows.T
-    mel_rel = logmel - logmel.mean(1, keepdims=True)
+    bands = [mag[:, (freqs >= a) & (freqs < b)].sum(1) for a, b in ((250, 650), (1000, 4000))]
+    pn = mag / mag.sum(1, keepdims=True)
+    cum = np.cumsum(pn, 1)
+    rolloff = [kf[np.minimum((cum < r).sum(1), len(kf) - 1)] for r in ROLLOFFS]
+    centroid = pn @ kf
+    dev = kf[None, :] - centroid[:, None]
+    var = np.sum(pn * dev ** 2, 1)
+    skew = np.sum(pn * dev ** 3, 1) / (var ** 1.5 + 1e-12)
+    kurt = np.sum(pn * dev ** 4, 1) / (var ** 2 + 1e-12)
+    entropy = -np.sum(pn * np.log2(pn), 1) / np.log2(mag.shape[1])
+    flux = np.r_[0.0, np.sqrt(np.sum(np.diff(pn, axis=0) ** 2, 1))]
+    kc = kf - kf.mean()
+    slope = (mag - mag.mean(1, keepdims=True)) @ kc / (kc @ kc)
+    sharp = 0.11 * (aud @ sharp_w) / (aud.sum(1) + 1e-12)
     # normalised autocorrelation of the frame (windowed, so the lag bias is the window's own)
     ac = np.fft.irfft(np.abs(np.fft.rfft(win, 2 * NFFT)) ** 2, 2 * NFFT)[:, :FRAME]
     wac = np.fft.irfft(np.abs(np.fft.rfft(np.hamming(FRAME), 2 * NFFT)) ** 2, 2 * NFFT)[:FRAME]
@@ -102,11 +153,18 @@ def _lld(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     lo, hi = int(SAMPLE_RATE / F0_MAX), int(SAMPLE_RATE / F0_MIN)
     lag = lo + np.argmax(r[:, lo:hi], 1)
     harm = np.clip(r[np.arange(len(r)), lag], 0, 1)
-    f0_st = 12 * np.log2(SAMPLE_RATE / lag / 27.5)
+    rms_db = 20 * np.log10(rms + 1e-10)
     voiced = (harm > VOICED) & (rms_db > rms_db.max() - 40)
-    lld = np.column_stack([rms_db, bands, centroid / 1000, spread / 1000, rolloff / 1000,
-                           flatness, entropy, flux, zcr, mfcc, mel_rel])
-    return lld, np.column_stack([harm, f0_st]), voiced
+    hc = np.clip(harm, 0.01, 0.99)
+    peak = np.abs(fr).max(1) + 1e-9
+    jitter = np.r_[0.0, np.abs(np.diff(lag)) / lag[1:]]
+    shimmer = np.r_[0.0, np.abs(np.diff(20 * np.log10(peak)))]
+    lld = np.column_stack([rms, zcr, aud.sum(1), aud_rasta.sum(1), aud_rasta, mfcc, *bands,
+                           *rolloff, flux, centroid, entropy, var, skew, kurt, slope, sharp,
+                           harm])
+    voice = np.column_stack([12 * np.log2(SAMPLE_RATE / lag / 27.5), 10 * np.log10(hc / (1 - hc)),
+                             jitter, shimmer])
+    return _smooth(lld), voice, voiced
 
 
 def _delta(f: np.ndarray) -> np.ndarray:
@@ -116,18 +174,55 @@ def _delta(f: np.ndarray) -> np.ndarray:
     return (p[3:-1] - p[1:-3] + 2 * (p[4:] - p[:-4])) / 10.0
 
 
+def _lpc(d: np.ndarray) -> list[np.ndarray]:
+    """LPC of each mean-free column of (T, L) by Levinson–Durbin on its autocorrelation:
+    [gain, a1 … a5], each (L,)."""
+    t = len(d)
+    r = [np.sum(d[k:] * d[:t - k], 0) if k < t else np.zeros(d.shape[1])
+         for k in range(LPC_ORDER + 1)]
+    a = [np.ones(d.shape[1])] + [np.zeros(d.shape[1]) for _ in range(LPC_ORDER)]
+    e = r[0] + 1e-12
+    for i in range(1, LPC_ORDER + 1):
+        k = -(r[i] + sum(a[j] * r[i - j] for j in range(1, i))) / e
+        a = [a[0]] + [a[j] + k * a[i - j] for j in range(1, i)] + [k] + a[i + 1:]
+        e = np.maximum(e * (1 - k * k), 1e-12)
+    return [np.sqrt(e / t)] + a[1:]
+
+
 def _stats(f: np.ndarray) -> np.ndarray:
-    """(T, L) → (L * 9,): the functionals of ``_STATS`` for each column."""
+    """(T, L) → (L * len(_STATS),): the functionals of ``_STATS`` for each column, time
+    normalised to the utterance (0..1) as ComParE's ``masterTimeNorm = segment``."""
+    if len(f) < 4:  # a contour this short has no shape: repeat it so every functional is defined
+        f = np.resize(f, (4, f.shape[1]))
     t = len(f)
     m = f.mean(0)
     d = f - m
     sd = d.std(0)
     z = d / (sd + 1e-9)
-    p10, p50, p90 = np.percentile(f, [10, 50, 90], axis=0)
-    tc = (np.arange(t) - (t - 1) / 2) * (HOP / SAMPLE_RATE)
-    slope = tc @ d / max(float(tc @ tc), 1e-9)
-    return np.concatenate([m, sd, (z ** 3).mean(0), (z ** 4).mean(0) - 3, p10, p50, p90,
-                           p90 - p10, slope])
+    q = np.percentile(f, [1, 6, 25, 50, 75, 94, 99], axis=0)
+    lo, rg = f.min(0), f.max(0) - f.min(0) + 1e-12
+    tt = np.linspace(0, 1, t)
+    tc = tt - tt.mean()
+    slope = tc @ d / (tc @ tc)
+    offset = m - slope * tt.mean()
+    vand = np.column_stack([tt ** 2, tt, np.ones(t)])
+    quad = np.linalg.lstsq(vand, f, rcond=None)[0]
+    df, d2 = np.diff(f, axis=0), np.diff(f, 2, axis=0)
+    peaks = (f[1:-1] > f[:-2]) & (f[1:-1] >= f[2:])
+    n_peaks = peaks.sum(0)
+    peak_mean = np.where(n_peaks > 0, (f[1:-1] * peaks).sum(0) / np.maximum(n_peaks, 1), m)
+    return np.concatenate([
+        m, sd, (z ** 3).mean(0), (z ** 4).mean(0) - 3, *q,
+        q[4] - q[2], q[3] - q[2], q[4] - q[3], q[6] - q[0], q[5] - q[1],
+        np.argmax(f, 0) / t, np.argmin(f, 0) / t,
+        *[((f - lo) > a * rg).mean(0) for a in (0.25, 0.5, 0.75, 0.9)],
+        (df > 0).mean(0), (d2 > 0).mean(0),
+        slope, offset, np.mean((d - tc[:, None] * slope) ** 2, 0),
+        quad[0], quad[1], np.mean((f - vand @ quad) ** 2, 0), np.sqrt(np.mean(f ** 2, 0)),
+        peak_mean, peak_mean - m, n_peaks / t,
+        np.where(df > 0, df, 0).sum(0) / np.maximum((df > 0).sum(0), 1),
+        np.where(df < 0, df, 0).sum(0) / np.maximum((df < 0).sum(0), 1),
+        *_lpc(d)])
 
 
 def _rows(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -145,20 +240,15 @@ def utterance_functionals(x: np.ndarray) -> np.ndarray:
         raise ValueError(f"utterance of {len(x)} samples is shorter than the {MIN_SAMPLES} "
                          "the functionals need (65 ms)")
     lld, voice, voiced = _lld(level_normalise(x))
-    active = lld[:, 0] > lld[:, 0].max() - 50
-    few = voiced.sum() < 3  # too few voiced frames: their statistics fall back to all frames
-    lv, lu = _rows(lld, voiced), _rows(lld, active & ~voiced)
-    out = np.concatenate([_stats(lld[active]), _stats(_delta(lld)[active]),
-                          _stats(_rows(voice, voiced)),
-                          # (feature set 1 falls back to voice itself, not its delta)
-                          _stats(voice if few else _delta(voice)[voiced]),
-                          lv.mean(0), lv.std(0), lu.mean(0), lu.std(0),
-                          [voiced.mean(), active.mean()]])
+    v = _rows(voice, voiced)
+    out = np.concatenate([_stats(lld), _stats(_delta(lld)), _stats(v), _stats(_delta(v)),
+                          [voiced.mean()]])
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
 #: Names this feature set; a model and a saved normalisation made for another are refused.
-FEATURES_VERSION = "redsg-functionals-1"
+FEATURES_VERSION = "redsg-functionals-2"
+#: Number of frame descriptors in the all-frames and the voiced-frames groups.
+N_LLD, N_VOICE = 4 + N_MEL + N_MFCC + 2 + len(ROLLOFFS) + 9, 4
 #: Length of the functionals vector.
-N_LLD = 1 + len(BANDS_HZ) + 7 + 12 + N_MEL
-DIM = (2 * N_LLD + 4) * len(_STATS) + 4 * N_LLD + 2
+DIM = 2 * (N_LLD + N_VOICE) * len(_STATS) + 1

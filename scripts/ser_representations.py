@@ -221,16 +221,12 @@ def augmented(recs, audio: list[np.ndarray], k: int, seed: int) -> tuple[list[np
     return out, np.array(src)
 
 
-def analyze_cuts(paths: list[Path], args) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The utterances ``redsg-edge analyze`` cuts from each file: the daemon's speech path
-    (``speech.SpeechPerception``: Silero VAD, segmenter, padding; config.toml's [speech]) with
-    the shipped SER, keeping each utterance's audio (padding included). Returns (clips, owning
-    file index (C,), duration weight (C,)); cached in ``args.cache``."""
-    f = args.cache / "urdu_analyze_cuts.npz"
-    if f.is_file():
-        z = np.load(f)
-        return np.split(z["pcm"], np.cumsum(z["lengths"])[:-1]), z["owner"], z["dur"]
-    import soundfile as sf
+def runtime_utterances(pcms, desc: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The utterances the daemon's speech path cuts from each recording (``speech.SpeechPerception``:
+    Silero VAD with its input gain, segmenter, padding; config.toml's [speech]), as ``redsg-edge
+    analyze`` cuts them. pcms: iterable of (n,) int16 at 16 kHz. Returns (clips (n,) float32
+    in [-1, 1] with their padding, owning recording index (C,), duration in s (C,)); a recording
+    with no speech owns none."""
     from tqdm import tqdm
     from redsg_edge.config import load_config
     from redsg_edge.speech import SerModel, SpeechPerception
@@ -238,8 +234,7 @@ def analyze_cuts(paths: list[Path], args) -> tuple[list[np.ndarray], np.ndarray,
     cfg = load_config(ROOT / "config.toml")
     ser, vad = SerModel(ROOT / "models" / "ser_int8.tflite", cfg.speech.window_s), SileroVad(cfg.speech.vad_model)
     clips, owner, dur = [], [], []
-    for i, p in enumerate(tqdm(paths, desc="URDU through the analyze path", unit="file")):
-        pcm, _ = sf.read(p, dtype="int16")
+    for i, pcm in enumerate(tqdm(pcms, desc=desc, unit="file", mininterval=2)):
         step = SpeechPerception(ser, cfg.speech, vad)
         outs = [o for b in range(0, len(pcm), 16_000) for o in step.push(b / 16_000, pcm[b:b + 16_000])]
         for o in outs + step.finish():
@@ -247,9 +242,22 @@ def analyze_cuts(paths: list[Path], args) -> tuple[list[np.ndarray], np.ndarray,
                 clips.append(o.audio.astype(np.float32) / 32768)
                 owner.append(i)
                 dur.append(o.end_s - o.start_s)
+    return clips, np.array(owner, int), np.array(dur)
+
+
+def analyze_cuts(paths: list[Path], args) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """The utterances ``redsg-edge analyze`` cuts from each URDU file (``runtime_utterances``),
+    cached in ``args.cache``."""
+    f = args.cache / "urdu_analyze_cuts.npz"
+    if f.is_file():
+        z = np.load(f)
+        return np.split(z["pcm"], np.cumsum(z["lengths"])[:-1]), z["owner"], z["dur"]
+    import soundfile as sf
+    clips, owner, dur = runtime_utterances((sf.read(p, dtype="int16")[0] for p in paths),
+                                           "URDU through the analyze path")
     args.cache.mkdir(parents=True, exist_ok=True)
     np.savez(f, pcm=np.concatenate(clips), lengths=[len(c) for c in clips], owner=owner, dur=dur)
-    return clips, np.array(owner), np.array(dur)
+    return clips, owner, dur
 
 
 def cached_features(name: str, corpus: str, clips_fn, args) -> np.ndarray:

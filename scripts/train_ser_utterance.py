@@ -2,7 +2,7 @@
 """Train the utterance SER (``models/ser_utt_int8.tflite``): functionals + logistic regression.
 
 The model labels each utterance when it ends (``speech.UtteranceSer``): the utterance's
-functionals (``redsg_edge.functionals``, 1,138 values, level-normalised), z-scored with running
+functionals (``redsg_edge.functionals``, 5,293 values, level-normalised), z-scored with running
 statistics of the utterances the device has heard (started at this training set's mean and
 standard deviation, weighted as ``PRIOR`` utterances), clipped to ±``CLIP_Z``, then a
 7-class logistic regression (C 0.01, balanced class weights) exported as full-integer int8 TFLite.
@@ -18,9 +18,11 @@ before a sample is read. Protocol, speaker-independent:
    calibration error before and after.
 2. The shipped model: actors 1–22; actors 23 and 24 tested once, float and int8.
 
-Recordings are cut to their speech (frames within 35 dB of the loudest) with 0.25 s of padding,
-as the VAD cuts utterances. Test utterances are normalised as the runtime does (running
-statistics from the prior, in a fixed random order). The cross-corpus figures come from
+Each recording is cut into utterances by the daemon's own speech path (Silero VAD, input gain,
+padding and hangover of config.toml's [speech]), so the model is trained on the cuts it will be
+given. Each training actor's utterances are z-scored with that actor's statistics (``fit``).
+Test utterances are normalised as the runtime does (running statistics from the prior, in a
+fixed random order). The cross-corpus figures come from
 ``redsg-edge analyze`` (``scripts/eval_voice.py``, ``tests/test_utterance_ser.py``), never here.
 
     python scripts/train_ser_utterance.py                 # writes models/ser_utt_int8.{tflite,json}
@@ -43,7 +45,8 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.calibration import (expected_calibration_error, fit_temperature,  # noqa: E402
                                     temperature_scale)
-from redsg_edge.datasets import DATA_ROOT, load_nemo, load_ravdess_index  # noqa: E402
+from redsg_edge.datasets import (DATA_ROOT, assert_not_validation, load_nemo,  # noqa: E402
+                                 load_ravdess_index)
 from redsg_edge.functionals import DIM, FEATURES_VERSION, utterance_functionals  # noqa: E402
 from redsg_edge.utterance_ser import CLIP_Z, PRIOR, FeatureNorm  # noqa: E402
 from train_ser import FOLDS, TEST_ACTORS  # noqa: E402
@@ -53,52 +56,71 @@ AUG = 0
 CV_FOLDS = [tuple(a for a in f if a not in TEST_ACTORS) for f in FOLDS]
 
 
-def features(recs, cache: Path, corpus: str = "ravdess") -> np.ndarray:
-    """(N, DIM) functionals of the speech cuts of ``recs`` of ``corpus`` (``ravdess``, or
-    ``nemo``: resampled to 16 kHz), cached by corpus and feature version."""
+def features(recs, cache: Path, corpus: str = "ravdess") -> tuple[np.ndarray, np.ndarray]:
+    """(X (C, DIM), owner (C,)): the functionals of the utterances the daemon's speech path cuts
+    from the recordings ``recs`` of ``corpus`` (``ser_representations.runtime_utterances``: the
+    Silero VAD, its padding and hangover, as ``analyze`` and the device cut them; ``nemo`` is
+    resampled to 16 kHz first), and the index in ``recs`` of each utterance's recording.
+    Cached by corpus and feature version."""
     from tqdm import tqdm
-    from ser_representations import nemo_audio, ravdess_audio
-    f = cache / f"{corpus}_{FEATURES_VERSION}.npy"
+    from ser_representations import nemo_audio, runtime_utterances
+    from train_ser import read_pcm
+    f = cache / f"{corpus}_{FEATURES_VERSION}_cuts.npz"
     if f.is_file():
-        X = np.load(f)
-        if X.shape == (len(recs), DIM):
-            return X
-    audio = {"ravdess": ravdess_audio, "nemo": nemo_audio}[corpus](recs)
+        z = np.load(f)
+        if z["X"].shape[1] == DIM:
+            return z["X"], z["owner"]
+    if corpus == "ravdess":
+        assert_not_validation([r.path for r in recs])
+        audio = (read_pcm(r.path) for r in recs)
+    else:
+        audio = iter(nemo_audio(recs))
+    pcms = ((np.clip(x, -1, 32767 / 32768) * 32768).astype(np.int16) for x in audio)
+    clips, owner, _ = runtime_utterances(pcms, f"{corpus} through the speech path")
     X = np.stack([utterance_functionals(x) for x in
-                  tqdm(audio, desc="functionals", unit="utt", mininterval=2)])
+                  tqdm(clips, desc="functionals", unit="utt", mininterval=2)])
     cache.mkdir(parents=True, exist_ok=True)
-    np.save(f, X)
-    return X
+    np.savez(f, X=X, owner=owner)
+    return X, owner
 
 
 def augmented_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(K*N, DIM) functionals of K augmented copies of each speech cut (``ser_augment``: speed,
+    """(M, DIM) functionals of K augmented copies of each speech cut (``ser_augment``: speed,
     band-limiting, noise at 0–20 dB SNR from white, pink, babble of the same actor group or room
-    tone, gain; no pitch shift or reverberation) and (K*N,) the index of each copy's recording."""
+    tone, gain; no pitch shift or reverberation), each copy cut again by the daemon's speech path
+    as ``features`` cuts the originals, and (M,) the index in ``recs`` of each one's recording."""
     from tqdm import tqdm
-    from ser_representations import augmented, ravdess_audio
-    f = cache / f"ravdess_aug{k}_s{seed}_{FEATURES_VERSION}.npz"
+    from ser_representations import augmented, ravdess_audio, runtime_utterances
+    f = cache / f"ravdess_aug{k}_s{seed}_{FEATURES_VERSION}_cuts.npz"
     if f.is_file():
         z = np.load(f)
         return z["X"], z["src"]
     clips, src = augmented(recs, ravdess_audio(recs), k, seed)
+    pcms = ((np.clip(x, -1, 32767 / 32768) * 32768).astype(np.int16) for x in clips)
+    cuts, owner, _ = runtime_utterances(pcms, "augmented copies through the speech path")
     X = np.stack([utterance_functionals(x) for x in
-                  tqdm(clips, desc=f"functionals x{k}", unit="utt", mininterval=2)])
+                  tqdm(cuts, desc=f"functionals x{k}", unit="utt", mininterval=2)])
+    src = np.asarray(src)[owner]
     cache.mkdir(parents=True, exist_ok=True)
     np.savez(f, X=X, src=src)
     return X, src
 
 
-def fit(parts: list[tuple[np.ndarray, np.ndarray]], c: float = C):
-    """(model, mean, std, z): the logistic regression on clipped z-scores z, each corpus in
-    ``parts`` [(X (N, DIM), y (N,))] z-scored with its own statistics, as the device normalises
-    by what it hears (``FeatureNorm``) and ``analyze`` by the set it is given; mean and std of
-    all rows pooled are the shipped prior."""
+def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], c: float = C):
+    """(model, mean, std, z): the logistic regression on clipped z-scores z, each speaker of
+    ``parts`` [(X (N, DIM), y (N,), speaker (N,))] z-scored with its own statistics: the device
+    normalises by the few voices it hears (``FeatureNorm``), so the model learns how one voice
+    changes with emotion rather than how voices differ. Mean and std of all rows pooled are the
+    shipped prior."""
     from sklearn.linear_model import LogisticRegression
-    z = np.concatenate([np.clip((X - X.mean(0)) / (X.std(0) + 1e-6), -CLIP_Z, CLIP_Z)
-                        for X, _ in parts])
-    y = np.concatenate([y for _, y in parts])
-    X = np.concatenate([X for X, _ in parts])
+    z = []
+    for X, _, spk in parts:
+        for s in np.unique(spk):
+            m = spk == s
+            z.append(np.clip((X[m] - X[m].mean(0)) / (X[m].std(0) + 1e-6), -CLIP_Z, CLIP_Z))
+    z = np.concatenate(z)
+    y = np.concatenate([y[spk == s] for _, y, spk in parts for s in np.unique(spk)])
+    X = np.concatenate([X for X, _, _ in parts])
     mean, std = X.mean(0), X.std(0) + 1e-6
     return LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(z, y), mean, std, z
 
@@ -155,27 +177,33 @@ def main() -> int:
     args = ap.parse_args()
     t0 = time.time()
     recs = load_ravdess_index(args.data)
-    X = features(recs, args.cache)
-    y = np.array([r.label for r in recs])
-    actor = np.array([r.actor for r in recs])
+    X, owner = features(recs, args.cache)
+    y_rec = np.array([r.label for r in recs])
+    actor_rec = np.array([r.actor for r in recs])
+    y, actor = y_rec[owner], actor_rec[owner]  # per utterance
     dev = ~np.isin(actor, TEST_ACTORS)
-    dev_idx = np.flatnonzero(dev)
+    dev_rec = np.flatnonzero(~np.isin(actor_rec, TEST_ACTORS))
     if args.aug:
-        A, src = augmented_features([recs[i] for i in dev_idx], args.aug, args.seed, args.cache)
-        src = dev_idx[src]
+        A, src = augmented_features([recs[i] for i in dev_rec], args.aug, args.seed, args.cache)
+        src = dev_rec[src]
     else:
         A, src = np.zeros((0, DIM), np.float32), np.zeros(0, int)
 
-    def rows(mask):  # the recordings in mask and their augmented copies
-        keep = mask[src]
-        return np.concatenate([X[mask], A[keep]]), np.concatenate([y[mask], y[src][keep]])
+    def rows(mask):  # the utterances in mask, augmented copies of their recordings, their actors
+        keep = np.isin(src, owner[mask])
+        return (np.concatenate([X[mask], A[keep]]), np.concatenate([y[mask], y_rec[src][keep]]),
+                np.concatenate([actor[mask], actor_rec[src][keep]]))
 
-    extra, trained_on = [], "RAVDESS speech, actors 1-22 (1,320 recordings, cut to their speech)"
+    extra = []
+    trained_on = (f"RAVDESS speech, actors 1-22 ({int(dev.sum()):,} utterances cut by the "
+                  f"speech path from {len(np.unique(owner[dev])):,} recordings)")
     if args.nemo is not None:
         nemo = load_nemo(args.nemo)
-        extra.append((features(nemo, args.cache, "nemo"), np.array([r.label for r in nemo])))
+        Xn, on = features(nemo, args.cache, "nemo")
+        extra.append((Xn, np.array([r.label for r in nemo])[on],
+                      np.array([f"nemo-{r.speaker}" for r in nemo])[on]))
         trained_on += (f"; nEMO, all {len({r.speaker for r in nemo})} speakers "
-                       f"({len(nemo):,} recordings)")
+                       f"({len(on):,} utterances)")
         print(f"trained on {trained_on}", flush=True)
     oof = np.zeros((len(X), len(CLASSES)), np.float32)
     folds = []
