@@ -23,7 +23,7 @@ frame, 10 ms hop, smoothed over 3 frames as ComParE does:
   (Boersma 1993), and frame-to-frame F0 and peak-amplitude perturbation (a frame-level stand-in
   for jitter and shimmer, which openSMILE measures period by period).
 
-Each LLD and its delta (2-frame regression) is summarised by 43 functionals (``_STATS``), the
+Each LLD and its delta (2-frame regression) is summarised by 42 functionals (``_STATS``), the
 ComParE list less its segment lengths: mean, std, skewness, kurtosis, 1/6/25/50/75/94/99th
 percentiles, the three inter-quartile and the 1–99 and 6–94 ranges, relative positions of the
 maximum and minimum, up-level times at 25/50/75/90 % of the range, rise time, left-curvature
@@ -31,8 +31,9 @@ time, linear regression slope, offset and error, quadratic regression a, b and e
 square, mean of the peaks (and its distance to the mean), peak rate, mean rising and falling
 slope, and LPC gain and coefficients 1–5 of the contour. Energy and spectral LLDs use every
 frame, the voice-source ones the voiced frames; the voiced fraction is appended. The audio is
-first scaled so that its loud frames sit at ``LEVEL_DBFS`` (:func:`level_normalise`), so that no
-functional depends on the microphone gain or distance.
+first scaled so that its loud frames sit at ``LEVEL_DBFS`` (:func:`level_normalise`), and white
+noise ``FLOOR_DB`` under them is added, so that no functional depends on the microphone gain or
+distance, nor on how silent the pauses of a recording are.
 
 ``utterance_functionals(x)``: x (n,) int16 or float32 in [-1, 1], 16 kHz, n ≥ ``MIN_SAMPLES``;
 returns (``DIM``,) float32, finite. Raises ValueError for shorter audio.

@@ -21,6 +21,7 @@ from redsg_edge import CLASSES
 from redsg_edge.analyze import Analyzer
 from redsg_edge.config import Config, ConfigError, parse_config
 from redsg_edge.datasets import load_urdu, urdu_label
+from redsg_edge.features import loud_rms
 from redsg_edge.functionals import DIM, FEATURES_VERSION, MIN_SAMPLES, utterance_functionals
 from redsg_edge.litert import ModelError
 from redsg_edge.perception import load_norm
@@ -54,6 +55,26 @@ def test_functionals_do_not_depend_on_the_level(model, gain_db, median_z):
     dz = np.abs(got - ref) / model.std
     assert np.median(dz) < median_z, (np.median(dz), dz.max())
     assert np.median(np.abs(utterance_functionals(pcm16(SAD, -40.0)) - ref) / model.std) > median_z
+
+
+def test_functionals_do_not_depend_on_how_silent_the_pauses_are(model):
+    """The noise floor 50 dB under the speech: the same recording with its pauses (48 % of its
+    samples are more than 40 dB under its loud frames) made digitally silent, or with white
+    noise 65 dB under its speech added, gives nearly the same vector (2026-12-04: medians 0.048
+    and 0.013 training standard deviations), while a changed floor would move the pause
+    frames' spectra and every functional of them."""
+    x = pcm16(SAD)
+    ref = utterance_functionals(x)
+    f = x.astype(np.float64) / 32768
+    rms = np.sqrt(np.convolve(f ** 2, np.ones(400) / 400, "same"))
+    quiet = rms < loud_rms(f) * 10 ** (-40 / 20)
+    assert 0.3 < quiet.mean() < 0.7
+    silent = np.where(quiet, 0, x).astype(np.int16)
+    noise = np.random.default_rng(0).standard_normal(len(f)) * loud_rms(f) * 10 ** (-65 / 20)
+    noisy = np.round(np.clip(f + noise, -1, 32767 / 32768) * 32768).astype(np.int16)
+    for y, limit in ((silent, 0.08), (noisy, 0.03)):
+        dz = np.abs(utterance_functionals(y) - ref) / model.std
+        assert np.median(dz) < limit, (limit, np.median(dz))
 
 
 def test_functionals_refuse_too_short_audio():
@@ -212,4 +233,4 @@ def test_analyze_calibration_makes_labels_independent_of_file_order(tmp_path):
 
 
 HELDOUT_FLOOR = 0.65
-URDU_FLOOR = 0.42
+URDU_FLOOR = 0.56
