@@ -222,11 +222,11 @@ def augmented(recs, audio: list[np.ndarray], k: int, seed: int) -> tuple[list[np
 
 
 def runtime_utterances(pcms, desc: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The utterances the daemon's speech path cuts from each recording (``speech.SpeechPerception``:
-    Silero VAD with its input gain, segmenter, padding; config.toml's [speech]), as ``redsg-edge
-    analyze`` cuts them. pcms: iterable of (n,) int16 at 16 kHz. Returns (clips (n,) float32
-    in [-1, 1] with their padding, owning recording index (C,), duration in s (C,)); a recording
-    with no speech owns none."""
+    """The utterances the daemon's speech path cuts from each recording
+    (``speech.SpeechPerception``: Silero VAD with its input gain, segmenter, padding;
+    config.toml's [speech]), as ``redsg-edge analyze`` cuts them. pcms: iterable of (n,) int16
+    at 16 kHz. Returns (clips (n,) float32 in [-1, 1] with their padding, owning recording index
+    (C,), duration in s (C,)); a recording with no speech owns none."""
     from tqdm import tqdm
     from redsg_edge.config import load_config
     from redsg_edge.speech import SerModel, SpeechPerception
