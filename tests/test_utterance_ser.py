@@ -77,6 +77,20 @@ def test_functionals_do_not_depend_on_how_silent_the_pauses_are(model):
         assert np.median(dz) < limit, (limit, np.median(dz))
 
 
+@pytest.mark.parametrize("frames", [1, 5, 256, 257, 6000])
+def test_rasta_filter_is_scipys_lfilter(frames):
+    """The numpy RASTA filter (kept off scipy.signal, which costs the daemon ~50 MB) gives
+    scipy.signal.lfilter's output on the padded input, across its 256-frame blocks and for the
+    longest utterance ``speech.max_utterance_s`` allows (60 s: 6,000 frames)."""
+    from scipy.signal import lfilter
+
+    from redsg_edge.functionals import RASTA_A, RASTA_B, _rasta
+    logspec = np.random.default_rng(frames).standard_normal((frames, 26)) * 3 - 10
+    pad = np.repeat(logspec[:1], len(RASTA_B) - 1, axis=0)
+    ref = lfilter(RASTA_B, RASTA_A, np.vstack([pad, logspec]), axis=0)[len(pad):]
+    np.testing.assert_allclose(_rasta(logspec), ref, rtol=0, atol=1e-9)
+
+
 def test_functionals_refuse_too_short_audio():
     with pytest.raises(ValueError, match="shorter than"):
         utterance_functionals(np.zeros(MIN_SAMPLES - 1, np.int16))
