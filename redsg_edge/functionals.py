@@ -214,7 +214,8 @@ def _stats(f: np.ndarray) -> np.ndarray:
     sd = d.std(0)
     z = d / (sd + 1e-9)
     q = np.percentile(f, [1, 6, 25, 50, 75, 94, 99], axis=0)
-    lo, rg = f.min(0), f.max(0) - f.min(0) + 1e-12
+    lo = f.min(0)
+    rg = f.max(0) - lo + 1e-12
     tt = np.linspace(0, 1, t)
     tc = tt - tt.mean()
     slope = tc @ d / (tc @ tc)

@@ -221,12 +221,13 @@ def augmented(recs, audio: list[np.ndarray], k: int, seed: int) -> tuple[list[np
     return out, np.array(src)
 
 
-def runtime_utterances(pcms, desc: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+def runtime_utterances(audio, desc: str) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
     """The utterances the daemon's speech path cuts from each recording
     (``speech.SpeechPerception``: Silero VAD with its input gain, segmenter, padding;
-    config.toml's [speech]), as ``redsg-edge analyze`` cuts them. pcms: iterable of (n,) int16
-    at 16 kHz. Returns (clips (n,) float32 in [-1, 1] with their padding, owning recording index
-    (C,), duration in s (C,)); a recording with no speech owns none."""
+    config.toml's [speech]), as ``redsg-edge analyze`` cuts them. audio: iterable of (n,) float
+    in [-1, 1] at 16 kHz, fed as the int16 a microphone delivers. Returns (clips (n,) float32 in
+    [-1, 1] with their padding, owning recording index (C,), duration in s (C,)); a recording
+    with no speech owns none."""
     from tqdm import tqdm
     from redsg_edge.config import load_config
     from redsg_edge.speech import SerModel, SpeechPerception
@@ -234,7 +235,8 @@ def runtime_utterances(pcms, desc: str) -> tuple[list[np.ndarray], np.ndarray, n
     cfg = load_config(ROOT / "config.toml")
     ser, vad = SerModel(ROOT / "models" / "ser_int8.tflite", cfg.speech.window_s), SileroVad(cfg.speech.vad_model)
     clips, owner, dur = [], [], []
-    for i, pcm in enumerate(tqdm(pcms, desc=desc, unit="file", mininterval=2)):
+    for i, x in enumerate(tqdm(audio, desc=desc, unit="file", mininterval=2)):
+        pcm = (np.clip(x, -1, 32767 / 32768) * 32768).astype(np.int16)
         step = SpeechPerception(ser, cfg.speech, vad)
         outs = [o for b in range(0, len(pcm), 16_000) for o in step.push(b / 16_000, pcm[b:b + 16_000])]
         for o in outs + step.finish():
@@ -253,7 +255,7 @@ def analyze_cuts(paths: list[Path], args) -> tuple[list[np.ndarray], np.ndarray,
         z = np.load(f)
         return np.split(z["pcm"], np.cumsum(z["lengths"])[:-1]), z["owner"], z["dur"]
     import soundfile as sf
-    clips, owner, dur = runtime_utterances((sf.read(p, dtype="int16")[0] for p in paths),
+    clips, owner, dur = runtime_utterances((sf.read(p, dtype="float32")[0] for p in paths),
                                            "URDU through the analyze path")
     args.cache.mkdir(parents=True, exist_ok=True)
     np.savez(f, pcm=np.concatenate(clips), lengths=[len(c) for c in clips], owner=owner, dur=dur)

@@ -74,9 +74,8 @@ def features(recs, cache: Path, corpus: str = "ravdess") -> tuple[np.ndarray, np
         assert_not_validation([r.path for r in recs])
         audio = (read_pcm(r.path) for r in recs)
     else:
-        audio = iter(nemo_audio(recs))
-    pcms = ((np.clip(x, -1, 32767 / 32768) * 32768).astype(np.int16) for x in audio)
-    clips, owner, _ = runtime_utterances(pcms, f"{corpus} through the speech path")
+        audio = nemo_audio(recs)
+    clips, owner, _ = runtime_utterances(audio, f"{corpus} through the speech path")
     X = np.stack([utterance_functionals(x) for x in
                   tqdm(clips, desc="functionals", unit="utt", mininterval=2)])
     cache.mkdir(parents=True, exist_ok=True)
@@ -96,8 +95,7 @@ def augmented_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray
         z = np.load(f)
         return z["X"], z["src"]
     clips, src = augmented(recs, ravdess_audio(recs), k, seed)
-    pcms = ((np.clip(x, -1, 32767 / 32768) * 32768).astype(np.int16) for x in clips)
-    cuts, owner, _ = runtime_utterances(pcms, "augmented copies through the speech path")
+    cuts, owner, _ = runtime_utterances(clips, "augmented copies through the speech path")
     X = np.stack([utterance_functionals(x) for x in
                   tqdm(cuts, desc=f"functionals x{k}", unit="utt", mininterval=2)])
     src = np.asarray(src)[owner]
@@ -113,13 +111,13 @@ def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], c: float = C):
     changes with emotion rather than how voices differ. Mean and std of all rows pooled are the
     shipped prior."""
     from sklearn.linear_model import LogisticRegression
-    z = []
-    for X, _, spk in parts:
+    zs, ys = [], []
+    for X, y, spk in parts:
         for s in np.unique(spk):
             m = spk == s
-            z.append(np.clip((X[m] - X[m].mean(0)) / (X[m].std(0) + 1e-6), -CLIP_Z, CLIP_Z))
-    z = np.concatenate(z)
-    y = np.concatenate([y[spk == s] for _, y, spk in parts for s in np.unique(spk)])
+            zs.append(np.clip((X[m] - X[m].mean(0)) / (X[m].std(0) + 1e-6), -CLIP_Z, CLIP_Z))
+            ys.append(y[m])
+    z, y = np.concatenate(zs), np.concatenate(ys)
     X = np.concatenate([X for X, _, _ in parts])
     mean, std = X.mean(0), X.std(0) + 1e-6
     return LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(z, y), mean, std, z
