@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import ModelError
 
-__all__ = ["temperature_scale", "fit_temperature", "expected_calibration_error",
+__all__ = ["temperature_scale", "softmax", "fit_temperature", "expected_calibration_error",
            "load_temperature", "sidecar_path"]
 
 _P_MIN = 1e-7  # int8 outputs are often exactly 0; log(0) would make T meaningless
@@ -36,13 +36,19 @@ def temperature_scale(probs: np.ndarray, temperature: float) -> np.ndarray:
     > 1 softens, < 1 sharpens. Returns (..., K) float32 summing to 1.
     Raises ValueError for a non-positive or non-finite temperature.
     """
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive number, got {temperature}")
     p = np.asarray(probs, dtype=np.float64)
     if temperature == 1.0:
         return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
-    z = np.log(np.maximum(p, _P_MIN)) / temperature
-    z -= z.max(axis=-1, keepdims=True)
+    return softmax(np.log(np.maximum(p, _P_MIN)), temperature)
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """softmax(logits / temperature) along the last axis: (..., K) float → (..., K) float32
+    summing to 1. Raises ValueError for a non-positive or non-finite temperature."""
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
 

@@ -15,9 +15,10 @@ accuracy, argmax over angry/happy/neutral/sad of the 7-class output. Expected ca
 (15 bins) before and after the card's temperature. The cross-validation figures come from
 training (``scripts/train_ser.py`` writes ``runs/ser/cv.json``): they need the fold models.
 
-Utterance SER (``ser_utt_int8.tflite``): the same held-out files, conditions and URDU set, one
-label per whole file from its functionals, each set z-scored with its own statistics as
-``analyze`` does after its calibration pass (``eval_ser_utterance``); the cross-validation
+Utterance SER (``ser_utt_int8.tflite``): the same held-out files, conditions and URDU set, cut
+into utterances by the daemon's speech path, one label per utterance from its functionals, each
+set z-scored with its own statistics as ``analyze`` does after its calibration pass
+(``eval_ser_utterance``); the cross-validation
 figures are read from its sidecar, which training wrote. What ``analyze`` reports for a file,
 the two SER models pooled, is measured by ``scripts/eval_voice.py``.
 
@@ -42,7 +43,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
-from redsg_edge.calibration import expected_calibration_error, temperature_scale  # noqa: E402
+from redsg_edge.calibration import expected_calibration_error, softmax, temperature_scale  # noqa: E402
 from redsg_edge.datasets import (CK48_CLASSES as SIX, DATA_ROOT, URDU_CLASSES as FOUR,  # noqa: E402
                                  ck48_label, load_ck48, load_fer2013, load_ravdess_index,
                                  load_urdu, urdu_label)
@@ -115,11 +116,12 @@ def conditions(rng: np.random.Generator) -> dict:
 
 def ser_rows(tag: str, s: dict) -> list[tuple]:
     """The table rows both SER models share: held-out, its levels and noise, URDU, ECE."""
-    rows = [(tag, "held-out 23+24 utterance acc (120)", s["utt_acc"]),
-            (tag, "held-out 23+24 utterance UAR (120)", s["utt_uar"])]
-    rows += [(tag, f"held-out 23+24 non-calm acc (104), {k}", v["acc_104_noncalm"])
+    n, nu = s.get("utterances_heldout", 120), s.get("utterances_urdu", 400)
+    rows = [(tag, f"held-out 23+24 utterance acc ({n})", s["utt_acc"]),
+            (tag, f"held-out 23+24 utterance UAR ({n})", s["utt_uar"])]
+    rows += [(tag, f"held-out 23+24 non-calm acc (104 files), {k}", v["acc_104_noncalm"])
              for k, v in s["robustness"].items()]
-    return rows + [(tag, "URDU 4-class acc (400)", s["urdu_acc4"]),
+    return rows + [(tag, f"URDU 4-class acc ({nu})", s["urdu_acc4"]),
                    (tag, "URDU 4-class UAR", s["urdu_uar4"]),
                    (tag, f"ECE held-out before / after T = {s['temperature']}",
                     f"{s['ece_heldout_before']} / {s['ece_heldout_after']}"),
@@ -240,39 +242,47 @@ def eval_ser(path: Path, calls: int, plots: bool, data: Path) -> dict:
 
 
 def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
-    """The utterance SER alone on whole files, each set normalised as ``analyze`` does it: the
-    running statistics learn every file of the set first (its calibration pass), then label
-    them frozen. Held-out actors 23 + 24 as recorded, at −20 dB, +10 dB (clipped) and in white
-    noise at 10 dB SNR (each condition its own batch); URDU 4-class. ECE before and after the
-    sidecar's temperature. The cross-validation figures are the sidecar's (training's)."""
+    """The utterance SER alone on the utterances the daemon's speech path cuts from each file
+    (``ser_representations.runtime_utterances``: the VAD, its padding and hangover, as
+    ``analyze`` and training cut them), each utterance labelled with its file's emotion; each
+    set normalised as ``analyze`` does it: the running statistics learn every utterance of the
+    set first (its calibration pass), then label them frozen. Held-out actors 23 + 24 as
+    recorded, at −20 dB, +10 dB (clipped) and in white noise at 10 dB SNR (each condition its
+    own batch); URDU 4-class. ECE before and after the sidecar's temperature. The
+    cross-validation figures are the sidecar's (training's)."""
+    from ser_representations import runtime_utterances
     from redsg_edge.functionals import utterance_functionals
     from redsg_edge.utterance_ser import UtteranceSer
 
     model = UtteranceSer(path)
 
-    def batch(pcms: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        """(N, 7) probabilities before and after the temperature, with batch statistics."""
-        feats = [utterance_functionals(x) for x in pcms]
+    def batch(audio: list[np.ndarray], desc: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(N, 7) probabilities of the N utterances cut from ``audio`` before and after the
+        temperature, with batch statistics, and (N,) the index of each one's recording."""
+        clips, owner, _ = runtime_utterances(audio, desc)
+        feats = [utterance_functionals(pcm16(c)) for c in clips]
         norm = model.new_norm()
         for f in feats:
             norm.update(f)
         norm.frozen = True
-        raw = np.stack([model.raw_probs(f, norm) for f in feats])
-        return raw, temperature_scale(raw, model.temperature)
+        logits = np.stack([model.raw_logits(f, norm) for f in feats])
+        return softmax(logits), softmax(logits, model.temperature), owner
 
     held, urdu = _ser_dataset(data)
-    y = np.array([h[1] for h in held])
-    noncalm = np.array([e != "calm" for _, _, e in held])
+    y_file = np.array([h[1] for h in held])
+    noncalm_file = np.array([e != "calm" for _, _, e in held])
     robust, p = {}, None
     for name, f in conditions(np.random.default_rng(0)).items():
-        q, qt = batch([pcm16(f(x)) for x, _, _ in held])
+        q, qt, own = batch([f(x) for x, _, _ in held], f"held-out, {name}")
         if p is None:
-            p, pt = q, qt
-        robust[name] = {"acc_104_noncalm": round(float((q.argmax(1) == y)[noncalm].mean()), 4),
-                        "acc_120": round(float((q.argmax(1) == y).mean()), 4)}
+            p, pt, y = q, qt, y_file[own]
+        hit, nc = q.argmax(1) == y_file[own], noncalm_file[own]
+        robust[name] = {"acc_104_noncalm": round(float(hit[nc].mean()), 4),
+                        "acc_120": round(float(hit.mean()), 4), "utterances": int(len(own)),
+                        "files_labelled": int(len(np.unique(own)))}
     pred = p.argmax(1)
-    uy = np.array([u[1] for u in urdu])
-    up, upt = batch([pcm16(x) for x, _, _ in urdu])
+    up, upt, uown = batch([x for x, _, _ in urdu], "URDU")
+    uy = np.array([u[1] for u in urdu])[uown]
     u4 = urdu_label(up)
     u4y = np.array([FOUR.index(c) for c in uy])
     four = lambda q: q[:, FOUR] / q[:, FOUR].sum(1, keepdims=True)  # noqa: E731
@@ -282,6 +292,8 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
     return {"model": str(path), **file_facts(path), "test_actors": list(HELD_OUT),
             "temperature": model.temperature, "cv_mean_acc": round(meta["cv"]["mean_accuracy"], 4),
             "cv_mean_uar": round(meta["cv"]["mean_uar"], 4),
+            "utterances_heldout": int(len(y)), "utterances_urdu": int(len(uy)),
+            "urdu_files_labelled": int(len(np.unique(uown))),
             "utt_acc": round(float((pred == y).mean()), 4), "utt_uar": uar(y, pred),
             "utt_recall": recall(y, pred), "robustness": robust,
             "ece_heldout_before": round(expected_calibration_error(p, y), 4),

@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.calibration import (expected_calibration_error, fit_temperature,  # noqa: E402
-                                    temperature_scale)
+                                    softmax, temperature_scale)
 from redsg_edge.datasets import (DATA_ROOT, assert_not_validation, load_nemo,  # noqa: E402
                                  load_ravdess_index)
 from redsg_edge.functionals import DIM, FEATURES_VERSION, utterance_functionals  # noqa: E402
@@ -124,10 +124,11 @@ def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], c: float = C):
 
 
 def keras_model(lr):
-    """The logistic regression as a Keras softmax layer: (DIM,) float32 z → (7,) probabilities."""
+    """The logistic regression as a Keras layer: (DIM,) float32 z → (7,) logits (the softmax
+    runs in float on the device, after the temperature; ``utterance_ser`` says why)."""
     import keras
     inp = keras.Input((DIM,), name="features")
-    d = keras.layers.Dense(len(CLASSES), activation="softmax")
+    d = keras.layers.Dense(len(CLASSES))
     out = d(inp)
     d.set_weights([lr.coef_.T.astype(np.float32), lr.intercept_.astype(np.float32)])
     return keras.Model(inp, out)
@@ -146,7 +147,7 @@ def int8(lr, Ztr: np.ndarray, dest: Path):
     """Export and load the int8 model; returns (LiteRTClassifier, bytes)."""
     from redsg_edge.litert import LiteRTClassifier
     from tflite_export import export_int8
-    rep = Ztr[np.random.default_rng(0).choice(len(Ztr), min(500, len(Ztr)), replace=False)]
+    rep = Ztr[np.random.default_rng(0).choice(len(Ztr), min(2000, len(Ztr)), replace=False)]
     size = export_int8(keras_model(lr), rep.astype(np.float32), dest)
     return LiteRTClassifier(dest, (DIM,), len(CLASSES)), size
 
@@ -210,7 +211,7 @@ def main() -> int:
         lr, mean, std, Ztr = fit([rows(tr), *extra], args.c)
         clf, _ = int8(lr, Ztr, args.cache / f"fold{k}.tflite")
         Z = running_z(X[te], mean, std, args.seed)
-        oof[te] = np.stack([clf.predict(z) for z in Z])
+        oof[te] = softmax(np.stack([clf.predict(z) for z in Z]))
         folds.append({"actors": list(fold), **scores(oof[te], y[te])})
         print(f"fold {k} actors {fold}: int8 accuracy {100 * folds[-1]['accuracy']:.1f} %, "
               f"UAR {100 * folds[-1]['uar']:.1f} %  [{time.time() - t0:.0f} s]", flush=True)
@@ -224,12 +225,13 @@ def main() -> int:
     test = np.isin(actor, TEST_ACTORS)
     Zt = running_z(X[test], mean, std, args.seed)
     p_float = lr.predict_proba(Zt)
-    p_int8 = temperature_scale(np.stack([clf.predict(z) for z in Zt]), T)
+    p_int8 = softmax(np.stack([clf.predict(z) for z in Zt]), T)
     card = {
         "kind": "utterance functionals + logistic regression (speech.UtteranceSer)",
         "features": FEATURES_VERSION, "dim": DIM, "classes": list(CLASSES),
         "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
-        "prior_utterances": PRIOR, "clip_z": CLIP_Z, "temperature": round(T, 3),
+        "prior_utterances": PRIOR, "clip_z": CLIP_Z, "output": "logits",
+        "temperature": round(T, 3),
         "temperature_fitted_on": "pooled out-of-fold int8 utterances of the 6 actor folds "
                                  "over actors 1-22 (scripts/train_ser_utterance.py)",
         "trained_on": trained_on,

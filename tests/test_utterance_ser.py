@@ -19,6 +19,7 @@ import soundfile as sf
 
 from redsg_edge import CLASSES
 from redsg_edge.analyze import Analyzer
+from redsg_edge.calibration import softmax
 from redsg_edge.config import Config, ConfigError, parse_config
 from redsg_edge.datasets import load_urdu, urdu_label
 from redsg_edge.features import loud_rms
@@ -160,6 +161,22 @@ def test_model_is_small_int8_with_its_sidecar(model):
     p = model.predict(pcm16(SAD), model.new_norm())
     assert p.shape == (len(CLASSES),) and p.dtype == np.float32
     assert p.sum() == pytest.approx(1.0, abs=1e-5) and (p >= 0).all()
+
+
+def test_model_ends_in_logits_so_the_temperature_reaches_small_probabilities(model):
+    """The shipped model outputs logits and ``predict`` is softmax(logits / T) in float. An
+    int8 softmax output would have steps of 1/256: most classes of a confident utterance read
+    exactly 0 and a temperature could not soften them. Here every class keeps a share."""
+    norm = model.new_norm()
+    norm.frozen = True
+    f = utterance_functionals(pcm16(SAD))
+    logits = model.raw_logits(f, norm)
+    assert model.logits and logits.shape == (len(CLASSES),)
+    p = model.predict(pcm16(SAD), norm)
+    e = np.exp((logits - logits.max()) / model.temperature)
+    np.testing.assert_allclose(p, e / e.sum(), rtol=1e-5, atol=1e-7)
+    assert p.min() > 1e-4
+    np.testing.assert_allclose(model.raw_probs(f, norm), softmax(logits), rtol=1e-5, atol=1e-7)
 
 
 def test_model_without_or_with_a_foreign_sidecar_is_refused(tmp_path):
