@@ -9,16 +9,13 @@ cf. Schuller et al. 2010, "Cross-corpus acoustic emotion recognition", IEEE TAC 
 per-corpus normalisation was the largest single gain). On URDU, never trained on, this took the
 4-class accuracy from 36–38 % (training statistics only) to 45–46 % (models/README.md).
 
-``models/ser_utt_int8.tflite`` takes the clipped z-scores (``DIM``,) and returns the 7 logits
-of each of two heads, pooled by the sidecar's ``head_weights``: one trained on the recordings as
-they are, which carries across corpora, one also on copies heard in simulated rooms, which holds
-up in noise. ``models/ser_utt_int8.json`` carries the training mean and std, the prior weight,
-the clip, the head weights and the calibration temperature (``scripts/train_ser_utterance.py``).
-The model ends before its softmax because an int8 probability output has steps of 1/256: the
-small probabilities vanish, and temperature scaling, which works on their logarithms, can then
-not calibrate it (expected calibration error 0.067 after scaling, against 0.042 for the same
-model's float output). A sidecar with ``"output": "probabilities"`` marks a one-head model that
-ends in its softmax.
+``models/ser_utt_int8.tflite`` takes the clipped z-scores (``DIM``,) and returns 7 logits;
+``models/ser_utt_int8.json`` carries the training mean and std, the prior weight, the clip and
+the calibration temperature (``scripts/train_ser_utterance.py``). The model ends before its
+softmax because an int8 probability output has steps of 1/256: the small probabilities vanish,
+and temperature scaling, which works on their logarithms, can then not calibrate it (expected
+calibration error 0.067 after scaling, against 0.042 for the same model's float output). A
+sidecar with ``"output": "probabilities"`` marks a model that ends in its softmax.
 """
 
 from __future__ import annotations
@@ -106,9 +103,8 @@ class FeatureNorm:
 class UtteranceSer:
     """The int8 utterance SER (see the module docstring).
 
-    path: ``.tflite`` with input (DIM,) and 7·H outputs (H heads, head after head), and its
-    ``.json`` sidecar (mean, std, prior_utterances, clip_z, temperature, features, output:
-    ``logits`` or ``probabilities``, head_weights: H weights, default [1]). ``predict(pcm, norm, learn=True)``:
+    path: ``.tflite`` with input (DIM,) and 7 outputs, and its ``.json`` sidecar (mean, std,
+    prior_utterances, clip_z, temperature, features, output: ``logits`` or ``probabilities``). ``predict(pcm, norm, learn=True)``:
     pcm (n,) int16 at 16 kHz, n ≥ ``MIN_SAMPLES`` (65 ms); returns (7,) float32 probabilities
     in CLASSES order, summing to 1. Raises ModelError naming the file when the model or its
     sidecar is missing or made for another feature set; ValueError for too short audio.
@@ -118,7 +114,9 @@ class UtteranceSer:
     min_samples = MIN_SAMPLES
 
     def __init__(self, path: str | os.PathLike, num_threads: int = 1) -> None:
-        side = sidecar_path(path)
+        self.clf = LiteRTClassifier(path, (DIM,), len(CLASSES), num_threads)
+        self.path = self.clf.path
+        side = sidecar_path(self.path)
         try:
             meta = json.loads(side.read_text())
             self.mean = np.asarray(meta["mean"], np.float64)
@@ -127,18 +125,10 @@ class UtteranceSer:
             self.clip = float(meta.get("clip_z", CLIP_Z))
             self.temperature = float(meta.get("temperature", 1.0))
             self.logits = meta.get("output", "probabilities") == "logits"
-            w = np.asarray(meta.get("head_weights", [1.0]), np.float64)
             feat = meta["features"]
-            if w.ndim != 1 or not len(w) or (w < 0).any() or w.sum() <= 0 or \
-                    (len(w) > 1 and not self.logits):
-                raise ValueError(f"head_weights {w.tolist()} are not non-negative weights of "
-                                 "logit heads")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{side}: the utterance SER's sidecar is missing or broken ({exc}); "
                              "it comes with the model (scripts/train_ser_utterance.py)") from None
-        self.head_weights = w / w.sum()
-        self.clf = LiteRTClassifier(path, (DIM,), len(CLASSES) * len(w), num_threads)
-        self.path = self.clf.path
         if feat != FEATURES_VERSION or self.mean.shape != (DIM,) or self.std.shape != (DIM,):
             raise ModelError(f"{self.path}: made for features {feat!r}, this version computes "
                              f"{FEATURES_VERSION!r} ({DIM} values); retrain it")
@@ -158,14 +148,13 @@ class UtteranceSer:
         return softmax(self.raw_logits(feats, norm, learn))
 
     def raw_logits(self, feats: np.ndarray, norm: FeatureNorm, learn: bool = True) -> np.ndarray:
-        """The model's logits for functionals ``feats`` (DIM,): (7,) float, its heads' logits
-        weighted by ``head_weights`` (a weighted geometric mean of their probabilities). For a model that
+        """The model's logits for functionals ``feats`` (DIM,): (7,) float. For a model that
         ends in its softmax, the log of its probabilities (floored at 1e-7; all zero, i.e.
         uniform, if the int8 output is all zero)."""
         z = norm.normalise(feats, learn)
         out = self.clf.predict(np.clip(z, -self.clip, self.clip))
         if self.logits:
-            return self.head_weights @ out.reshape(len(self.head_weights), len(CLASSES))
+            return out
         p = np.clip(out, 0.0, None)
         if p.sum() <= 0:
             return np.zeros(len(CLASSES), np.float32)

@@ -1,15 +1,11 @@
 #!/usr/bin/env python3
-"""Train the utterance SER (``models/ser_utt_int8.tflite``): functionals + logistic regressions.
+"""Train the utterance SER (``models/ser_utt_int8.tflite``): functionals + logistic regression.
 
 The model labels each utterance when it ends (``speech.UtteranceSer``): the utterance's
 functionals (``redsg_edge.functionals``, 5,293 values, level-normalised), z-scored with running
 statistics of the utterances the device has heard (started at this training set's mean and
-standard deviation, weighted as ``PRIOR`` utterances), clipped to ±``CLIP_Z``, then two 7-class
-logistic regressions (balanced class weights) in one full-integer int8 TFLite layer of logits:
-the clean head (C 0.01) trained on the recordings as they are, the room head (C 0.001) also on
-``--rooms`` copies of each actor's recordings, each copy heard in one simulated room
-(``ser_augment.Room``: channel, reverberation, noise, gain). The device pools their logits with
-``HEAD_WEIGHTS``: the clean head reads other corpora better, the room head noisy speech.
+standard deviation, weighted as ``PRIOR`` utterances), clipped to ±``CLIP_Z``, then a
+7-class logistic regression (C 0.01, balanced class weights) exported as full-integer int8 TFLite.
 The choice (features, running normalisation, C) was made on the speaker-independent RAVDESS
 folds and on the cross-corpus validation set (models/README.md, "Representation experiments").
 
@@ -57,11 +53,6 @@ from train_ser import FOLDS, TEST_ACTORS  # noqa: E402
 
 C = 0.01
 AUG = 0
-#: Room copies per training actor for the room head, its regularisation, and the heads' weights
-#: in the pooled logits (clean head, room head): models/README.md, "The room head".
-ROOMS = 2
-ROOM_C = 0.001
-HEAD_WEIGHTS = (0.5, 0.5)
 CV_FOLDS = [tuple(a for a in f if a not in TEST_ACTORS) for f in FOLDS]
 
 
@@ -113,48 +104,6 @@ def augmented_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray
     return X, src
 
 
-def room_features(recs, dev_rec: np.ndarray, k: int, seed: int,
-                  cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(M, DIM) functionals of K room copies of every recording in ``dev_rec``: copy j of an
-    actor's recordings is heard in one ``ser_augment.Room`` (channel, reverberation, noise at
-    0–20 dB SNR, gain), babble from the other actors of its group, room tone from its own
-    recordings' non-speech stretches; each copy cut by the daemon's speech path. Returns the
-    functionals and (M,) the index in ``recs`` of each one's recording."""
-    from tqdm import tqdm
-    from ser_augment import Augmenter, Room, room_impulse_responses
-    from ser_representations import runtime_utterances
-    from train_ser import group_of, read_pcm, speech_span
-    f = cache / f"ravdess_rooms{k}_s{seed}_{FEATURES_VERSION}_cuts.npz"
-    if f.is_file():
-        z = np.load(f)
-        return z["X"], z["src"]
-    rng = np.random.default_rng(seed)
-    rirs = room_impulse_responses(40, seed)
-    audio = {i: read_pcm(recs[i].path).astype(np.float32) for i in dev_rec}
-    tone = {}
-    for i, x in audio.items():
-        s0, s1 = speech_span(x)
-        tone[i] = np.concatenate([x[:max(0, s0 - 1600)], x[s1 + 1600:]])
-    actors = np.array([recs[i].actor for i in dev_rec])
-    clips, src = [], []
-    for a in np.unique(actors):
-        mine = dev_rec[actors == a]
-        aug = Augmenter([audio[i] for i, b in zip(dev_rec, actors)
-                         if b != a and group_of(b) == group_of(a)],
-                        [tone[i] for i in mine if len(tone[i]) > 4000 and np.any(tone[i])], [])
-        for _ in range(k):
-            room = Room.draw(rng, len(rirs))
-            clips += [room(audio[i], aug, rirs, rng) for i in mine]
-            src += list(mine)
-    cuts, owner, _ = runtime_utterances(clips, f"room copies x{k} through the speech path")
-    X = np.stack([utterance_functionals(x) for x in
-                  tqdm(cuts, desc=f"functionals, rooms x{k}", unit="utt", mininterval=2)])
-    src = np.asarray(src)[owner]
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(f, X=X, src=src)
-    return X, src
-
-
 def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], c: float = C):
     """(model, mean, std, z): the logistic regression on clipped z-scores z, each speaker of
     ``parts`` [(X (N, DIM), y (N,), speaker (N,))] z-scored with its own statistics: the device
@@ -174,24 +123,15 @@ def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], c: float = C):
     return LogisticRegression(C=c, max_iter=5000, class_weight="balanced").fit(z, y), mean, std, z
 
 
-def keras_model(heads: list):
-    """The logistic regressions as one Keras layer: (DIM,) float32 z → (7·H,) logits, head
-    after head (the pooling and the softmax run in float on the device, after the temperature;
-    ``utterance_ser`` says why)."""
+def keras_model(lr):
+    """The logistic regression as a Keras layer: (DIM,) float32 z → (7,) logits (the softmax
+    runs in float on the device, after the temperature; ``utterance_ser`` says why)."""
     import keras
     inp = keras.Input((DIM,), name="features")
-    d = keras.layers.Dense(len(CLASSES) * len(heads))
+    d = keras.layers.Dense(len(CLASSES))
     out = d(inp)
-    d.set_weights([np.concatenate([h.coef_.T for h in heads], 1).astype(np.float32),
-                   np.concatenate([h.intercept_ for h in heads]).astype(np.float32)])
+    d.set_weights([lr.coef_.T.astype(np.float32), lr.intercept_.astype(np.float32)])
     return keras.Model(inp, out)
-
-
-def pooled(logits: np.ndarray, weights) -> np.ndarray:
-    """(N, 7·H) head logits → (N, 7): their weighted sum (a weighted geometric mean of the
-    heads' probabilities, up to a constant per row), as ``UtteranceSer`` pools them."""
-    w = np.asarray(weights, np.float64)
-    return np.einsum("nhk,h->nk", logits.reshape(len(logits), len(w), -1), w / w.sum())
 
 
 def running_z(X: np.ndarray, mean: np.ndarray, std: np.ndarray, seed: int) -> np.ndarray:
@@ -203,13 +143,13 @@ def running_z(X: np.ndarray, mean: np.ndarray, std: np.ndarray, seed: int) -> np
     return out
 
 
-def int8(heads: list, Ztr: np.ndarray, dest: Path):
+def int8(lr, Ztr: np.ndarray, dest: Path):
     """Export and load the int8 model; returns (LiteRTClassifier, bytes)."""
     from redsg_edge.litert import LiteRTClassifier
     from tflite_export import export_int8
     rep = Ztr[np.random.default_rng(0).choice(len(Ztr), min(2000, len(Ztr)), replace=False)]
-    size = export_int8(keras_model(heads), rep.astype(np.float32), dest)
-    return LiteRTClassifier(dest, (DIM,), len(CLASSES) * len(heads)), size
+    size = export_int8(keras_model(lr), rep.astype(np.float32), dest)
+    return LiteRTClassifier(dest, (DIM,), len(CLASSES)), size
 
 
 def scores(p: np.ndarray, y: np.ndarray) -> dict:
@@ -233,11 +173,6 @@ def main() -> int:
                     help=f"inverse L2 regularisation of the logistic regression (default {C})")
     ap.add_argument("--aug", type=int, default=AUG, metavar="K",
                     help=f"augmented copies per training recording (default {AUG})")
-    ap.add_argument("--rooms", type=int, default=ROOMS, metavar="K",
-                    help=f"room copies per training actor for the room head, 0 for no room head "
-                         f"(default {ROOMS})")
-    ap.add_argument("--room-C", type=float, default=ROOM_C, dest="room_c",
-                    help=f"the room head's inverse L2 regularisation (default {ROOM_C})")
     args = ap.parse_args()
     t0 = time.time()
     recs = load_ravdess_index(args.data)
@@ -258,21 +193,6 @@ def main() -> int:
         return (np.concatenate([X[mask], A[keep]]), np.concatenate([y[mask], y_rec[src][keep]]),
                 np.concatenate([actor[mask], actor_rec[src][keep]]))
 
-    if args.rooms:
-        R, rsrc = room_features(recs, dev_rec, args.rooms, args.seed, args.cache)
-    weights = HEAD_WEIGHTS if args.rooms else (1.0,)
-
-    def train(mask, held: tuple):
-        """The heads on the utterances in ``mask`` (and nEMO), the room head also on the room
-        copies of every actor not in ``held``; the clean rows' statistics are the prior."""
-        lr, mean, std, Z = fit([rows(mask), *extra], args.c)
-        if not args.rooms:
-            return [lr], mean, std, Z
-        m = ~np.isin(actor_rec[rsrc], held)
-        lr2, _, _, Z2 = fit([rows(mask), *extra, (R[m], y_rec[rsrc][m], actor_rec[rsrc][m])],
-                            args.room_c)
-        return [lr, lr2], mean, std, np.concatenate([Z, Z2])
-
     extra = []
     trained_on = (f"RAVDESS speech, actors 1-22 ({int(dev.sum()):,} utterances cut by the "
                   f"speech path from {len(np.unique(owner[dev])):,} recordings)")
@@ -284,17 +204,14 @@ def main() -> int:
         trained_on += (f"; nEMO, all {len({r.speaker for r in nemo})} speakers "
                        f"({len(on):,} utterances)")
         print(f"trained on {trained_on}", flush=True)
-    if args.rooms:
-        trained_on += (f"; the room head also on {len(R):,} utterances of {args.rooms} room copies "
-                       "of each of those actors (ser_augment.Room)")
     oof = np.zeros((len(X), len(CLASSES)), np.float32)
     folds = []
     for k, fold in enumerate(CV_FOLDS):
         tr, te = dev & ~np.isin(actor, fold), np.isin(actor, fold)
-        heads, mean, std, Ztr = train(tr, fold)
-        clf, _ = int8(heads, Ztr, args.cache / f"fold{k}.tflite")
+        lr, mean, std, Ztr = fit([rows(tr), *extra], args.c)
+        clf, _ = int8(lr, Ztr, args.cache / f"fold{k}.tflite")
         Z = running_z(X[te], mean, std, args.seed)
-        oof[te] = softmax(pooled(np.stack([clf.predict(z) for z in Z]), weights))
+        oof[te] = softmax(np.stack([clf.predict(z) for z in Z]))
         folds.append({"actors": list(fold), **scores(oof[te], y[te])})
         print(f"fold {k} actors {fold}: int8 accuracy {100 * folds[-1]['accuracy']:.1f} %, "
               f"UAR {100 * folds[-1]['uar']:.1f} %  [{time.time() - t0:.0f} s]", flush=True)
@@ -302,25 +219,23 @@ def main() -> int:
     ece = (expected_calibration_error(oof[dev], y[dev]),
            expected_calibration_error(temperature_scale(oof[dev], T), y[dev]))
 
-    heads, mean, std, Ztr = train(dev, ())
+    lr, mean, std, Ztr = fit([rows(dev), *extra], args.c)
     dest = args.out / "ser_utt_int8.tflite"
-    clf, size = int8(heads, Ztr, dest)
+    clf, size = int8(lr, Ztr, dest)
     test = np.isin(actor, TEST_ACTORS)
     Zt = running_z(X[test], mean, std, args.seed)
-    p_float = softmax(pooled(np.concatenate([h.decision_function(Zt) for h in heads], 1), weights))
-    p_int8 = softmax(pooled(np.stack([clf.predict(z) for z in Zt]), weights), T)
+    p_float = lr.predict_proba(Zt)
+    p_int8 = softmax(np.stack([clf.predict(z) for z in Zt]), T)
     card = {
         "kind": "utterance functionals + logistic regression (speech.UtteranceSer)",
         "features": FEATURES_VERSION, "dim": DIM, "classes": list(CLASSES),
         "mean": [round(float(v), 6) for v in mean], "std": [round(float(v), 6) for v in std],
         "prior_utterances": PRIOR, "clip_z": CLIP_Z, "output": "logits",
-        "head_weights": list(weights),
         "temperature": round(T, 3),
         "temperature_fitted_on": "pooled out-of-fold int8 utterances of the 6 actor folds "
                                  "over actors 1-22 (scripts/train_ser_utterance.py)",
         "trained_on": trained_on,
         "regularisation_C": args.c, "augmented_copies": args.aug,
-        "room_copies": args.rooms, "room_head_C": args.room_c if args.rooms else None,
         "cv": {"folds": folds,
                "mean_accuracy": float(np.mean([f["accuracy"] for f in folds])),
                "mean_uar": float(np.mean([f["uar"] for f in folds])),
