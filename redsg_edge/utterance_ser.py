@@ -104,10 +104,11 @@ class UtteranceSer:
     """The int8 utterance SER (see the module docstring).
 
     path: ``.tflite`` with input (DIM,) and 7 outputs, and its ``.json`` sidecar (mean, std,
-    prior_utterances, clip_z, temperature, features, output: ``logits`` or ``probabilities``). ``predict(pcm, norm, learn=True)``:
-    pcm (n,) int16 at 16 kHz, n ≥ ``MIN_SAMPLES`` (65 ms); returns (7,) float32 probabilities
-    in CLASSES order, summing to 1. Raises ModelError naming the file when the model or its
-    sidecar is missing or made for another feature set; ValueError for too short audio.
+    prior_utterances, clip_z, temperature, features, output: ``logits`` or ``probabilities``).
+    ``predict(pcm, norm, learn=True)``: pcm (n,) int16 at 16 kHz, n ≥ ``MIN_SAMPLES`` (65 ms);
+    returns (7,) float32 probabilities in CLASSES order, summing to 1. Raises ModelError naming
+    the file when the model or its sidecar is missing or made for another feature set;
+    ValueError for too short audio.
     """
 
     #: Shortest audio the functionals take, samples.

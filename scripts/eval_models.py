@@ -43,7 +43,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from redsg_edge import CLASSES  # noqa: E402
-from redsg_edge.calibration import expected_calibration_error, softmax, temperature_scale  # noqa: E402
+from redsg_edge.calibration import (expected_calibration_error, softmax,  # noqa: E402
+                                    temperature_scale)
 from redsg_edge.datasets import (CK48_CLASSES as SIX, DATA_ROOT, URDU_CLASSES as FOUR,  # noqa: E402
                                  ck48_label, load_ck48, load_fer2013, load_ravdess_index,
                                  load_urdu, urdu_label)
@@ -260,7 +261,7 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
         """(N, 7) probabilities of the N utterances cut from ``audio`` before and after the
         temperature, with batch statistics, and (N,) the index of each one's recording."""
         clips, owner, _ = runtime_utterances(audio, desc)
-        feats = [utterance_functionals(pcm16(c)) for c in clips]
+        feats = [utterance_functionals(c) for c in clips]  # the float of the int16 it was cut as
         norm = model.new_norm()
         for f in feats:
             norm.update(f)
