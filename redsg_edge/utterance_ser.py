@@ -14,8 +14,8 @@ per-corpus normalisation was the largest single gain). On URDU, never trained on
 the calibration temperature (``scripts/train_ser_utterance.py``). The model ends before its
 softmax because an int8 probability output has steps of 1/256: the small probabilities vanish,
 and temperature scaling, which works on their logarithms, can then not calibrate it (expected
-calibration error 0.067 after scaling, against 0.042 for the same model's float output). A
-sidecar with ``"output": "probabilities"`` marks a model that ends in its softmax.
+calibration error 0.067 after scaling, against 0.042 for the same model's float output); its
+sidecar says ``"output": "logits"``.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ class UtteranceSer:
     """The int8 utterance SER (see the module docstring).
 
     path: ``.tflite`` with input (DIM,) and 7 outputs, and its ``.json`` sidecar (mean, std,
-    prior_utterances, clip_z, temperature, features, output: ``logits`` or ``probabilities``).
+    prior_utterances, clip_z, temperature, features, ``"output": "logits"``).
     ``predict(pcm, norm, learn=True)``: pcm (n,) int16 at 16 kHz, n ≥ ``MIN_SAMPLES`` (65 ms);
     returns (7,) float32 probabilities in CLASSES order, summing to 1. Raises ModelError naming
     the file when the model or its sidecar is missing or made for another feature set;
@@ -125,18 +125,29 @@ class UtteranceSer:
             self.prior = float(meta.get("prior_utterances", PRIOR))
             self.clip = float(meta.get("clip_z", CLIP_Z))
             self.temperature = float(meta.get("temperature", 1.0))
-            self.logits = meta.get("output", "probabilities") == "logits"
-            feat = meta["features"]
+            feat, output = meta["features"], meta.get("output")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{side}: the utterance SER's sidecar is missing or broken ({exc}); "
                              "it comes with the model (scripts/train_ser_utterance.py)") from None
         if feat != FEATURES_VERSION or self.mean.shape != (DIM,) or self.std.shape != (DIM,):
             raise ModelError(f"{self.path}: made for features {feat!r}, this version computes "
                              f"{FEATURES_VERSION!r} ({DIM} values); retrain it")
+        if output != "logits":
+            raise ModelError(f"{self.path}: its sidecar does not say it outputs logits (it "
+                             "ends in a softmax, which int8 cannot calibrate); retrain it")
 
     def new_norm(self) -> FeatureNorm:
         """A fresh running normalisation at the training statistics."""
         return FeatureNorm.from_prior(self.mean, self.std, self.prior)
+
+    def batch_norm(self, feats) -> FeatureNorm:
+        """A frozen normalisation that has heard every functionals vector of ``feats``
+        (iterable of (DIM,)), as ``analyze``'s calibration pass leaves it."""
+        norm = self.new_norm()
+        for f in feats:
+            norm.update(f)
+        norm.frozen = True
+        return norm
 
     def predict(self, pcm: np.ndarray, norm: FeatureNorm, learn: bool = True) -> np.ndarray:
         """One utterance's probabilities (see the class docstring); ``norm`` learns from it
@@ -149,14 +160,6 @@ class UtteranceSer:
         return softmax(self.raw_logits(feats, norm, learn))
 
     def raw_logits(self, feats: np.ndarray, norm: FeatureNorm, learn: bool = True) -> np.ndarray:
-        """The model's logits for functionals ``feats`` (DIM,): (7,) float. For a model that
-        ends in its softmax, the log of its probabilities (floored at 1e-7; all zero, i.e.
-        uniform, if the int8 output is all zero)."""
+        """The model's logits for functionals ``feats`` (DIM,): (7,) float32."""
         z = norm.normalise(feats, learn)
-        out = self.clf.predict(np.clip(z, -self.clip, self.clip))
-        if self.logits:
-            return out
-        p = np.clip(out, 0.0, None)
-        if p.sum() <= 0:
-            return np.zeros(len(CLASSES), np.float32)
-        return np.log(np.maximum(p / p.sum(), 1e-7))
+        return self.clf.predict(np.clip(z, -self.clip, self.clip))

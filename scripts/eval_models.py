@@ -262,10 +262,7 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
         temperature, with batch statistics, and (N,) the index of each one's recording."""
         clips, owner, _ = runtime_utterances(audio, desc)
         feats = [utterance_functionals(c) for c in clips]  # the float of the int16 it was cut as
-        norm = model.new_norm()
-        for f in feats:
-            norm.update(f)
-        norm.frozen = True
+        norm = model.batch_norm(feats)
         logits = np.stack([model.raw_logits(f, norm) for f in feats])
         return softmax(logits), softmax(logits, model.temperature), owner
 

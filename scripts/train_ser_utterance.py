@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.calibration import (expected_calibration_error, fit_temperature,  # noqa: E402
-                                    softmax, temperature_scale)
+                                    softmax)
 from redsg_edge.datasets import (DATA_ROOT, assert_not_validation, load_nemo,  # noqa: E402
                                  load_ravdess_index)
 from redsg_edge.functionals import DIM, FEATURES_VERSION, utterance_functionals  # noqa: E402
@@ -204,20 +204,20 @@ def main() -> int:
         trained_on += (f"; nEMO, all {len({r.speaker for r in nemo})} speakers "
                        f"({len(on):,} utterances)")
         print(f"trained on {trained_on}", flush=True)
-    oof = np.zeros((len(X), len(CLASSES)), np.float32)
+    oof = np.zeros((len(X), len(CLASSES)), np.float32)  # out-of-fold int8 logits
     folds = []
     for k, fold in enumerate(CV_FOLDS):
         tr, te = dev & ~np.isin(actor, fold), np.isin(actor, fold)
         lr, mean, std, Ztr = fit([rows(tr), *extra], args.c)
         clf, _ = int8(lr, Ztr, args.cache / f"fold{k}.tflite")
         Z = running_z(X[te], mean, std, args.seed)
-        oof[te] = softmax(np.stack([clf.predict(z) for z in Z]))
+        oof[te] = np.stack([clf.predict(z) for z in Z])
         folds.append({"actors": list(fold), **scores(oof[te], y[te])})
         print(f"fold {k} actors {fold}: int8 accuracy {100 * folds[-1]['accuracy']:.1f} %, "
               f"UAR {100 * folds[-1]['uar']:.1f} %  [{time.time() - t0:.0f} s]", flush=True)
-    T = fit_temperature(oof[dev], y[dev])
-    ece = (expected_calibration_error(oof[dev], y[dev]),
-           expected_calibration_error(temperature_scale(oof[dev], T), y[dev]))
+    T = fit_temperature(softmax(oof[dev]), y[dev])
+    ece = (expected_calibration_error(softmax(oof[dev]), y[dev]),
+           expected_calibration_error(softmax(oof[dev], T), y[dev]))
 
     lr, mean, std, Ztr = fit([rows(dev), *extra], args.c)
     dest = args.out / "ser_utt_int8.tflite"

@@ -171,7 +171,7 @@ def test_model_ends_in_logits_so_the_temperature_reaches_small_probabilities(mod
     norm.frozen = True
     f = utterance_functionals(pcm16(SAD))
     logits = model.raw_logits(f, norm)
-    assert model.logits and logits.shape == (len(CLASSES),)
+    assert logits.shape == (len(CLASSES),)
     p = model.predict(pcm16(SAD), norm)
     e = np.exp((logits - logits.max()) / model.temperature)
     np.testing.assert_allclose(p, e / e.sum(), rtol=1e-5, atol=1e-7)
@@ -187,6 +187,11 @@ def test_model_without_or_with_a_foreign_sidecar_is_refused(tmp_path):
     meta["features"] = "someone-else-1"
     (tmp_path / "m.json").write_text(json.dumps(meta))
     with pytest.raises(ModelError, match="retrain"):
+        UtteranceSer(tmp_path / "m.tflite")
+    meta = json.loads(UTT_MODEL.with_suffix(".json").read_text())
+    del meta["output"]  # a model that ends in its softmax
+    (tmp_path / "m.json").write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="logits.*retrain"):
         UtteranceSer(tmp_path / "m.tflite")
 
 
@@ -205,10 +210,7 @@ def test_urdu_four_classes_with_the_batch_normalisation(model):
     the statistics of all 400 (what ``analyze`` does after its calibration pass)."""
     files, labels = load_urdu()
     X = np.stack([utterance_functionals(sf.read(p, dtype="int16")[0]) for p in files])
-    norm = model.new_norm()
-    for x in X:
-        norm.update(x)
-    norm.frozen = True
+    norm = model.batch_norm(X)
     pred = urdu_label(np.stack([model.raw_probs(x, norm) for x in X]))
     acc = float(np.mean(pred == labels))
     assert acc >= URDU_FLOOR, acc
