@@ -109,7 +109,8 @@ class LiteRTClassifier:
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         """x: one example shaped ``input_shape`` (float, model's float domain) → scores
-        ``(num_classes,)`` float32 as the model outputs them (probabilities for our models)."""
+        ``(num_classes,)`` float32 as the model outputs them (probabilities for the FER and the
+        window SER, logits for the utterance SER)."""
         x = np.asarray(x, dtype=np.float32).reshape((1, *self.input_shape))
         if self.quantized:
             scale, zero = self._in_q
