@@ -24,6 +24,13 @@ NUM_FILTERS = 40
 NFFT = 512  # ≥ WINLEN_S × SAMPLE_RATE = 400
 
 
+def pcm_to_float(x: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Audio samples as floats of full scale 1: int16 PCM divided by 32768 (so −32768 → −1.0),
+    any other dtype only cast. x: (N,) int16 or float; returns (N,) ``dtype``."""
+    x = np.asarray(x)
+    return x.astype(dtype) / 32768.0 if x.dtype == np.int16 else x.astype(dtype)
+
+
 def num_frames(num_samples: int) -> int:
     """Frames python_speech_features yields for ``num_samples`` samples (its framesig rule)."""
     win, step = int(round(WINLEN_S * SAMPLE_RATE)), int(round(WINSTEP_S * SAMPLE_RATE))
@@ -82,10 +89,7 @@ def mfcc_features(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
     x = np.asarray(signal)
     if x.ndim != 1:
         raise ValueError(f"MFCC expects mono (N,) audio, got shape {x.shape}")
-    if x.dtype == np.int16:
-        x = x.astype(np.float32) / 32768.0
-    else:
-        x = x.astype(np.float32)
+    x = pcm_to_float(x)
     # A noise floor a fixed distance below the window's loud frames: a studio's digital hush and
     # a living room's hum then look alike (both at the floor), and scaling the input scales the
     # floor too, so only clipping and int16 rounding depend on the level. Without any floor,
@@ -134,7 +138,7 @@ def frame_dbfs(pcm: np.ndarray, frame: int = int(WINLEN_S * SAMPLE_RATE)) -> np.
 
     pcm: (N,) int16 or float in [-1, 1]. Returns (N // frame,) float32; digital silence → -120.
     """
-    x = pcm.astype(np.float32) / (32768.0 if pcm.dtype == np.int16 else 1.0)
+    x = pcm_to_float(pcm)
     n = len(x) // frame
     if n == 0:
         return np.zeros(0, np.float32)

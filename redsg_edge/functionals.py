@@ -45,7 +45,7 @@ from functools import cache
 
 import numpy as np
 
-from .features import SAMPLE_RATE, loud_rms
+from .features import SAMPLE_RATE, loud_rms, pcm_to_float
 
 FRAME = 400          # 25 ms
 HOP = 160            # 10 ms
@@ -248,9 +248,7 @@ def _rows(a: np.ndarray, mask: np.ndarray) -> np.ndarray:
 def utterance_functionals(x: np.ndarray) -> np.ndarray:
     """The functionals of one utterance (see the module docstring): x (n,) int16 or float in
     [-1, 1] at 16 kHz, n ≥ MIN_SAMPLES; returns (DIM,) float32. Raises ValueError when shorter."""
-    x = np.asarray(x)
-    if x.dtype == np.int16:
-        x = x.astype(np.float64) / 32768.0
+    x = pcm_to_float(x, np.float64)
     if len(x) < MIN_SAMPLES:
         raise ValueError(f"utterance of {len(x)} samples is shorter than the {MIN_SAMPLES} "
                          "the functionals need (65 ms)")

@@ -50,7 +50,7 @@ import numpy as np
 
 from .errors import ModelError
 from .events import Utterance
-from .features import frame_dbfs
+from .features import frame_dbfs, pcm_to_float
 from .memory import release_free_memory, shrink_run_options
 from .worker import WorkerThread
 
@@ -159,7 +159,7 @@ class Transcriber:
 
     def tokens(self, pcm: np.ndarray) -> list[int]:
         """Greedy decode of ``pcm`` ((N,) int16, 0.1-64 s): token ids without start/end."""
-        audio = (pcm.astype(np.float32) / 32768.0)[None, :]
+        audio = pcm_to_float(pcm)[None, :]
         mask = np.ones_like(audio, dtype=np.int64)
         feeds = {"input_values": audio}
         if self._enc_mask:

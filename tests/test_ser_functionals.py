@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from redsg_edge.features import loud_rms  # what the research script's level_normalised uses
+from redsg_edge.features import loud_rms, pcm_to_float  # loud_rms: the research script's level_normalised uses it
 
 from .conftest import ACTOR_24
 
@@ -58,6 +58,17 @@ def test_loud_rms_measures_the_loud_frames():
     x = np.zeros(16_000, np.float32)
     x[:8000] = 0.1 * np.sign(np.sin(np.arange(8000)))  # half a second of a ±0.1 square-ish wave
     assert loud_rms(x) == pytest.approx(0.1, rel=0.02)
+
+
+@pytest.mark.parametrize("x, dtype, want", [
+    (np.array([-32768, 0, 16384, 32767], np.int16), np.float32, [-1.0, 0.0, 0.5, 32767 / 32768]),
+    (np.array([-32768, 8192], np.int16), np.float64, [-1.0, 0.25]),
+    (np.array([0.25, -2.0], np.float64), np.float32, [0.25, -2.0]),  # floats are only cast
+])
+def test_pcm_to_float_scales_int16_by_full_scale(x, dtype, want):
+    y = pcm_to_float(x, dtype)
+    assert y.dtype == dtype
+    np.testing.assert_array_equal(y, np.array(want, dtype))
 
 
 def test_running_norm_is_causal_and_ends_at_the_stream_statistics():
