@@ -194,6 +194,11 @@ class FusionConfig(StrictModel):
     exit_threshold: float = Field(0.25, ge=0.0, le=1.0)
     #: A candidate must lead continuously for min_dwell_s before a transition fires.
     min_dwell_s: float = Field(0.2, ge=0.0, le=60.0)
+    #: Sustained lead: a candidate that stays the top class at or above sustained_threshold
+    #: (below enter_threshold) for sustained_dwell_s (and at least min_dwell_s) also fires.
+    #: sustained_threshold >= enter_threshold turns it off.
+    sustained_threshold: float = Field(0.45, ge=0.0, le=1.0)
+    sustained_dwell_s: float = Field(3.0, ge=0.0, le=60.0)
     #: No second transition within refractory_s of the last one.
     refractory_s: float = Field(1.5, ge=0.0, le=600.0)
     #: While the voice has fresh evidence (someone speaks), the face's weight is multiplied by

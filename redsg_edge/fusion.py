@@ -64,6 +64,13 @@ Per update, in order:
    - *hysteresis*: a candidate must be the top class and reach ``enter_threshold``; the current
      emotion is kept while it stays at or above ``exit_threshold`` or while it is the top class;
    - *minimum dwell*: the candidate must have led continuously for ``min_dwell_s``;
+   - *sustained lead*: a candidate that stays the top class at or above ``sustained_threshold``
+     (below ``enter_threshold``) for ``sustained_dwell_s`` (at least ``min_dwell_s``) fires
+     too. A weak but steady lead is evidence as well: a mild expression that the FER model
+     reads at 0.45-0.55 for seconds would otherwise never be named, and a two-level threshold
+     keeps brief weak readings out by time rather than by level (the same trade a sequential
+     test makes between a decision's delay and its errors; Wald, *Sequential Analysis*, Wiley
+     1947). ``sustained_threshold`` at or above ``enter_threshold`` turns it off;
    - *refractory period*: no transition within ``refractory_s`` of the previous one.
 
    A transition yields an ``events.Transition`` in :attr:`FusedUpdate.transition`.
@@ -282,7 +289,8 @@ class Fusion:
         self._s_t: float | None = None              # time of the last smoothing step
         self._t: float | None = None                # latest update time
         self._candidate: int | None = None
-        self._candidate_since: float | None = None
+        self._candidate_since: float | None = None  # since it led at the lower threshold
+        self._strong_since: float | None = None     # since it led at enter_threshold
         self._last_transition: float | None = None
         self._updates = 0
         self._transitions = 0
@@ -377,7 +385,7 @@ class Fusion:
                 self._since = t  # the initial emotion is "held" from the first evidence on
             transition = self._step(t, self._s, used)
         else:
-            self._candidate = self._candidate_since = None
+            self._candidate = self._candidate_since = self._strong_since = None
 
         probs = (np.full(NUM_CLASSES, 1.0 / NUM_CLASSES) if self._s is None else self._s)
         return FusedUpdate(t=t, probs=probs.astype(np.float32),
@@ -388,16 +396,24 @@ class Fusion:
         cfg = self._cfg
         cur = self._current
         top = int(np.argmax(s))
-        # Dwell: the same candidate must lead (top class, at or above enter_threshold) on every
-        # update since candidate_since; any interruption restarts the clock.
-        if top != cur and s[top] >= cfg.enter_threshold:
+        # Dwell: the same candidate must lead (top class, at or above the lower of the two
+        # thresholds) on every update since candidate_since, and for the short dwell at or above
+        # enter_threshold since strong_since; any interruption restarts that clock.
+        if top != cur and s[top] >= min(cfg.enter_threshold, cfg.sustained_threshold):
             if self._candidate != top:
-                self._candidate, self._candidate_since = top, t
+                self._candidate, self._candidate_since, self._strong_since = top, t, None
+            if s[top] < cfg.enter_threshold:
+                self._strong_since = None
+            elif self._strong_since is None:
+                self._strong_since = t
         else:
-            self._candidate = self._candidate_since = None
+            self._candidate = self._candidate_since = self._strong_since = None
             return None
         released = s[cur] < cfg.exit_threshold  # hysteresis: current kept while >= exit
-        dwelt = t - self._candidate_since >= cfg.min_dwell_s - _T_TOL
+        dwelt = ((self._strong_since is not None
+                  and t - self._strong_since >= cfg.min_dwell_s - _T_TOL)
+                 or t - self._candidate_since
+                 >= max(cfg.min_dwell_s, cfg.sustained_dwell_s) - _T_TOL)
         cooled = self._last_transition is None or t - self._last_transition >= cfg.refractory_s - _T_TOL
         if not (released and dwelt and cooled):
             return None
@@ -407,6 +423,6 @@ class Fusion:
             evidence={m: u.to_json() for m, u in used.items()})
         self._current = top
         self._since = self._last_transition = t
-        self._candidate = self._candidate_since = None
+        self._candidate = self._candidate_since = self._strong_since = None
         self._transitions += 1
         return event

@@ -75,6 +75,8 @@ def assert_transitions(got: list[Transition], expected: list[tuple]) -> None:
         assert lo - 1e-6 <= e.t <= hi + 1e-6, (e, lo, hi)
 
 
+SUSTAINED = cfg(sustained_threshold=0.35, sustained_dwell_s=3.0)
+
 TABLE = {
     # A happy face for 0.5 s bursts, shorter than the 1 s dwell: no transition at all.
     "no flicker below dwell": (cfg(), merge(
@@ -133,6 +135,30 @@ TABLE = {
     "clock ticks without evidence": (cfg(), merge(
         hold("face", pk("happy"), 0, 0.5), [(float(t), None, None) for t in np.arange(0.5, 10, 0.5)]),
         [("neutral", "happy", 1.0, 1.0)]),
+    # Sustained lead (threshold 0.35, 3 s): sad at 0.40 never reaches enter (0.45), but led for
+    # 3 s it fires; at 0.30 it never does; with the threshold at enter the rule is off.
+    "sustained lead fires after its dwell": (SUSTAINED, merge(
+        hold("face", pk("neutral"), 0, 2), hold("face", mix(sad=0.40), 2, 8)),
+        [("neutral", "sad", 5.0, 5.0)]),
+    "sustained lead below its threshold": (SUSTAINED, merge(
+        hold("face", pk("neutral"), 0, 2), hold("face", mix(sad=0.30), 2, 8)), []),
+    "sustained lead off at the enter threshold": (cfg(sustained_threshold=0.45), merge(
+        hold("face", pk("neutral"), 0, 2), hold("face", mix(sad=0.40), 2, 8)), []),
+    # A neutral reading at 3.5-3.7 s interrupts the lead: its clock restarts at 3.7 s.
+    "sustained lead restarts when interrupted": (SUSTAINED, merge(
+        hold("face", pk("neutral"), 0, 2), hold("face", mix(sad=0.40), 2, 3.5),
+        hold("face", pk("neutral"), 3.5, 3.7), hold("face", mix(sad=0.40), 3.7, 9)),
+        [("neutral", "sad", 6.7, 6.7)]),
+    # A weak lead from 2 s turns strong at 3 s: the short dwell counts from 3 s, not from 2 s.
+    "strong dwell counts from the strong lead": (SUSTAINED, merge(
+        hold("face", pk("neutral"), 0, 2), hold("face", mix(sad=0.40), 2, 3),
+        hold("face", pk("sad"), 3, 8)),
+        [("neutral", "sad", 4.0, 4.0)]),
+    # A weak lead never fires sooner than a strong one: the longer of the two dwells.
+    "sustained lead waits at least min_dwell_s": (cfg(sustained_threshold=0.35,
+                                                      sustained_dwell_s=3.0, min_dwell_s=4.0),
+        merge(hold("face", pk("neutral"), 0, 2), hold("face", mix(sad=0.40), 2, 8)),
+        [("neutral", "sad", 6.0, 6.0)]),
     # A confident face outweighs an unsure voice (entropy confidence): stays happy.
     "confident face beats unsure voice": (cfg(), merge(
         hold("face", pk("happy", 0.95), 0, 8, hz=15),
@@ -593,6 +619,23 @@ def test_thresholds_are_inclusive():
     below[CLASSES.index("neutral")] = 0.125
     below[CLASSES.index("sad")] += 0.125
     u = f.update(0.1, Evidence("face", 0.1, below))
+    assert u.transition is not None and u.transition.to_emotion == "happy"
+
+
+def test_sustained_threshold_and_dwell_are_inclusive():
+    """A lead exactly AT sustained_threshold counts, and fires exactly sustained_dwell_s (less
+    the float slack) after it began."""
+    c = cfg(min_dwell_s=0.0, refractory_s=0.0, confidence="none", enter_threshold=0.75,
+            exit_threshold=0.25, sustained_threshold=0.5, sustained_dwell_s=2.0)
+    at = np.full(7, 0.0625)  # binary fractions: every sum is exact
+    at[CLASSES.index("happy")], at[CLASSES.index("neutral")] = 0.5, 0.125
+    at[CLASSES.index("fear")] = 0.0625 + 0.0625
+    assert at.sum() == 1.0
+    f = Fusion(c)
+    f.update(0.0, Evidence("face", 0.0, at))
+    edge = 2.0 - 1e-9
+    assert f.update(1.9, Evidence("face", 1.9, at)).transition is None
+    u = f.update(edge, Evidence("face", edge, at))
     assert u.transition is not None and u.transition.to_emotion == "happy"
 
 
