@@ -310,7 +310,9 @@ def test_sighup_new_threshold_changes_the_transitions(face_daemon):
     # The clip (looped) moves through several emotions: transitions keep coming ...
     d.wait_events("transition", 2, 90)
     text = d.cfg.read_text()
-    d.cfg.write_text(text.replace("[fusion]\n", "[fusion]\nenter_threshold = 1.0\n", 1))
+    # enter_threshold 1.0 and the sustained lead off (at 1.0 too): no lead can fire.
+    d.cfg.write_text(text.replace(
+        "[fusion]\n", "[fusion]\nenter_threshold = 1.0\nsustained_threshold = 1.0\n", 1))
     since = time.monotonic()
     d.proc.send_signal(signal.SIGHUP)
     t_ready = d.listener.require("READY=1", 15, d.listener.require("RELOADING=1", 15, since))
