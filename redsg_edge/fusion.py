@@ -385,12 +385,15 @@ class Fusion:
                 self._since = t  # the initial emotion is "held" from the first evidence on
             transition = self._step(t, self._s, used)
         else:
-            self._candidate = self._candidate_since = self._strong_since = None
+            self._drop_candidate()
 
         probs = (np.full(NUM_CLASSES, 1.0 / NUM_CLASSES) if self._s is None else self._s)
         return FusedUpdate(t=t, probs=probs.astype(np.float32),
                            raw=None if raw is None else raw.astype(np.float32),
                            emotion=CLASSES[self._current], evidence=used, transition=transition)
+
+    def _drop_candidate(self) -> None:
+        self._candidate = self._candidate_since = self._strong_since = None
 
     def _step(self, t: float, s: np.ndarray, used: dict[str, UsedEvidence]) -> Transition | None:
         cfg = self._cfg
@@ -407,7 +410,7 @@ class Fusion:
             elif self._strong_since is None:
                 self._strong_since = t
         else:
-            self._candidate = self._candidate_since = self._strong_since = None
+            self._drop_candidate()
             return None
         released = s[cur] < cfg.exit_threshold  # hysteresis: current kept while >= exit
         dwelt = ((self._strong_since is not None
@@ -423,6 +426,6 @@ class Fusion:
             evidence={m: u.to_json() for m, u in used.items()})
         self._current = top
         self._since = self._last_transition = t
-        self._candidate = self._candidate_since = self._strong_since = None
+        self._drop_candidate()
         self._transitions += 1
         return event

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from redsg_edge.features import loud_rms, pcm_to_float  # loud_rms: the research script's level_normalised uses it
+# loud_rms: what the research script's level_normalised uses
+from redsg_edge.features import loud_rms, pcm_to_float
 
 from .conftest import ACTOR_24
 
