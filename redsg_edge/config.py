@@ -86,7 +86,7 @@ class TranscriptConfig(StrictModel):
     log_transcripts: bool = False
     #: Moonshine encoder and merged decoder (.ort or .onnx) and its HF tokenizer.json.
     encoder_model: LaxPath = Path("models/moonshine-tiny-en-encoder.ort")
-    decoder_model: LaxPath = Path("models/moonshine-tiny-en-decoder.ort")
+    decoder_model: LaxPath = Path("models/moonshine-tiny-en-decoder-shared.onnx")
     tokenizer: LaxPath = Path("models/moonshine-tokenizer.json")
     #: Seconds of audio transcribed in any minute at most; utterances beyond it are skipped.
     max_audio_s_per_minute: float = Field(30.0, ge=1.0, le=60.0)

@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", type=Path, default=DATA_ROOT)
     ap.add_argument("--runs", type=int, default=40, help="timed 3 s transcriptions")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--decoder", default="moonshine-tiny-en-decoder-shared.onnx",
+                    help="decoder file in --models: the shared-weights copy fetch-models derives "
+                         "(default) or the fetched moonshine-tiny-en-decoder.ort")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--pin", action="store_true", help="pin the process to one core")
     ap.add_argument("--no-piper", action="store_true",
@@ -89,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     rss_base = rss_mb()
     t0 = time.perf_counter()
     stt = Transcriber(args.models / "moonshine-tiny-en-encoder.ort",
-                      args.models / "moonshine-tiny-en-decoder.ort",
+                      args.models / args.decoder,
                       args.models / "moonshine-tokenizer.json", threads=args.threads)
     load_s = time.perf_counter() - t0
     rss_loaded = rss_mb()

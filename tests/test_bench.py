@@ -43,7 +43,7 @@ def config(tmp_path_factory) -> Path:
                     f'[speech]\nser_model = "{ser}"\nutterance_model = "{stt / "ser_utt_int8.tflite"}"\n'
                     f'vad_model = "{stt / "silero_vad_16k_op15.onnx"}"\n[voice]\nsink = "null"\n'
                     f'[speech.transcript]\nencoder_model = "{stt / "moonshine-tiny-en-encoder.ort"}"\n'
-                    f'decoder_model = "{stt / "moonshine-tiny-en-decoder.ort"}"\n'
+                    f'decoder_model = "{stt / "moonshine-tiny-en-decoder-shared.onnx"}"\n'
                     f'tokenizer = "{stt / "moonshine-tokenizer.json"}"\n')
     return path
 

@@ -26,6 +26,8 @@ DETECTOR = "blaze_face_short_range.tflite"
 #: Speech-to-text files as `redsg-edge fetch-models` leaves them in the repository's models/.
 STT_FILES = [REPO / "models" / n for n in ("moonshine-tiny-en-encoder.ort",
                                            "moonshine-tiny-en-decoder.ort", "moonshine-tokenizer.json")]
+#: The decoder that fetch-models derives from the fetched one (redsg_edge.derive).
+STT_SHARED = REPO / "models" / "moonshine-tiny-en-decoder-shared.onnx"
 #: The Silero VAD, also extracted from a wheel by `redsg-edge fetch-models`.
 VAD_FILE = REPO / "models" / "silero_vad_16k_op15.onnx"
 
@@ -216,6 +218,8 @@ def test_install_into_scratch_root_idempotent_then_uninstall(tmp_path, tmp_path_
     assert (models / "ser_utt_int8.json").is_file()
     assert 'encoder_model = "/opt/redsg-edge/models/moonshine-tiny-en-encoder.ort"' in text
     assert sha256_file(models / STT_FILES[1].name) == sha256_file(STT_FILES[1])
+    assert sha256_file(models / STT_SHARED.name) == sha256_file(STT_SHARED)
+    assert f'decoder_model = "/opt/redsg-edge/models/{STT_SHARED.name}"' in text
     assert unit.read_text() == (REPO / "systemd/redsg-edge.service").read_text()
     assert "✔ model files" in first.stdout  # redsg-edge check ran on the installed models
     if shutil.which("systemctl"):

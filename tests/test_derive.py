@@ -1,0 +1,132 @@
+"""Model files derived by `redsg-edge fetch-models` (redsg_edge.derive): the Moonshine decoder with
+its If branches' shared weights stored once, on the real fetched files and real speech."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import onnx
+import pytest
+import soundfile as sf
+
+from redsg_edge.assets import AssetError, fetch_models, load_manifest
+from redsg_edge.derive import DeriveError, share_branch_weights
+from redsg_edge.stt import Transcriber
+
+from .conftest import DATA_ROOT, MODELS
+
+ENCODER = MODELS / "moonshine-tiny-en-encoder.ort"
+DECODER_ORT = MODELS / "moonshine-tiny-en-decoder.ort"
+DECODER = MODELS / "moonshine-tiny-en-decoder-shared.onnx"
+TOKENIZER = MODELS / "moonshine-tokenizer.json"
+#: Four held-out RAVDESS files: both speakers, both statements, four emotions.
+SPEECH = [DATA_ROOT / "ravdess" / f"Actor_{n}" / f for n, f in (
+    ("23", "03-01-01-01-01-01-23.flac"), ("23", "03-01-06-02-02-01-23.flac"),
+    ("24", "03-01-03-02-02-02-24.flac"), ("24", "03-01-04-01-01-02-24.flac"))]
+
+
+@pytest.fixture(scope="module")
+def fetched():
+    missing = [p for p in (ENCODER, DECODER_ORT, DECODER, TOKENIZER) if not p.is_file()]
+    if missing:
+        pytest.skip(f"{missing[0]} missing: run `redsg-edge fetch-models`")
+
+
+def _branches(path: Path):
+    graph = onnx.load(str(path)).graph
+    (node,) = [n for n in graph.node if n.op_type == "If"]
+    return graph, [a.g for a in node.attribute]
+
+
+def test_the_shared_decoder_stores_each_branch_weight_once(fetched, tmp_path):
+    saved = share_branch_weights(DECODER_ORT, tmp_path / "d.onnx")
+    assert (tmp_path / "d.onnx").read_bytes() == DECODER.read_bytes()  # what fetch-models wrote
+    assert 27_000_000 < saved < 29_000_000
+    graph, (then, other) = _branches(DECODER)
+    outer = {t.name for t in graph.initializer}
+    assert len(outer) == 807
+    assert not outer & {t.name for t in then.initializer}
+    assert not outer & {t.name for t in other.initializer}
+    # the embedding and the output projection, used by both branches, are now outer names
+    assert "model.decoder.embed_tokens.weight_merged_0_quantized" in outer
+    assert DECODER.stat().st_size < 0.52 * DECODER_ORT.stat().st_size
+
+
+def test_the_shared_decoder_transcribes_token_for_token_like_the_original(fetched):
+    shared = Transcriber(ENCODER, DECODER, TOKENIZER)
+    original = Transcriber(ENCODER, DECODER_ORT, TOKENIZER)
+    for path in SPEECH:
+        pcm, rate = sf.read(str(path), dtype="int16")
+        assert rate == 16000
+        tokens = shared.tokens(pcm)
+        assert len(tokens) >= 5, path.name  # a sentence, not an empty decode
+        assert tokens == original.tokens(pcm), path.name
+
+
+def test_derivation_names_a_source_it_cannot_use(fetched, tmp_path):
+    with pytest.raises(DeriveError, match=r"moonshine-tiny-en-encoder.ort: no If node"):
+        share_branch_weights(ENCODER, tmp_path / "x.onnx")
+    junk = tmp_path / "junk.ort"
+    junk.write_bytes(b"not a model" * 100)
+    with pytest.raises(DeriveError, match=r"junk.ort: onnxruntime cannot load it"):
+        share_branch_weights(junk, tmp_path / "y.onnx")
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
+
+
+def _manifest(tmp_path: Path, **override) -> Path:
+    """The real manifest's decoder entry and its derived entry, the latter's fields replaced."""
+    src, derived = [a for a in load_manifest() if a.name in (DECODER_ORT.name, DECODER.name)]
+    fields = {"name": derived.name, "source": derived.source, "derive": derived.derive,
+              "sha256": derived.sha256, "size": derived.size, "key": derived.key, **override}
+    text = (f'[[file]]\nname = "{src.name}"\npackage = "{src.package}"\nwheel = "{src.wheel}"\n'
+            f'member = "{src.member}"\nsha256 = "{src.sha256}"\nsize = {src.size}\n\n[[file]]\n'
+            + "".join(f'{k} = {v!r}\n'.replace("'", '"') for k, v in fields.items()))
+    path = tmp_path / "manifest.toml"
+    path.write_text(text)
+    return path
+
+
+def test_fetch_models_derives_and_verifies_the_pinned_bytes(fetched, tmp_path):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / DECODER_ORT.name).symlink_to(DECODER_ORT)
+    lines: list[str] = []
+    got = fetch_models(tmp_path / "a", mirror, manifest=_manifest(tmp_path), log=lines.append)
+    assert [p.name for p in got] == [DECODER_ORT.name, DECODER.name]
+    assert lines[1] == f"{DECODER.name}: derived from {DECODER_ORT.name} (share-branch-weights), sha256 ok"
+    assert (tmp_path / "a" / DECODER.name).read_bytes() == DECODER.read_bytes()
+    fetch_models(tmp_path / "a", mirror, manifest=_manifest(tmp_path), log=lines.append)
+    assert lines[-1] == f"{DECODER.name}: present, sha256 ok"  # not derived again
+
+    dest = tmp_path / "b"
+    wrong = _manifest(tmp_path, sha256="0" * 64)
+    with pytest.raises(AssetError, match=r"moonshine-tiny-en-decoder-shared.onnx: share-branch-"
+                       r"weights of .* does not match the manifest.*point speech.transcript."
+                       r"decoder_model at moonshine-tiny-en-decoder.ort instead"):
+        fetch_models(dest, mirror, manifest=wrong)
+    assert sorted(p.name for p in dest.iterdir()) == [DECODER_ORT.name]  # nothing half-written
+
+    (dest / DECODER_ORT.name).unlink()
+    with pytest.raises(AssetError, match=r"derived from .*moonshine-tiny-en-decoder.ort, which "
+                                         r"is missing"):
+        fetch_models(dest, mirror, manifest=_manifest(tmp_path), names={DECODER.name})
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"derive": "make-it-smaller"},
+     r"derive must be one of \['share-branch-weights'\], got 'make-it-smaller'"),
+    ({"source": "elsewhere.ort"}, r"source 'elsewhere.ort' must be a file listed before it"),
+])
+def test_the_manifest_refuses_an_unknown_derivation(tmp_path, override, message):
+    with pytest.raises(AssetError, match=r"entry 'moonshine-tiny-en-decoder-shared.onnx': " + message):
+        load_manifest(_manifest(tmp_path, **override))
+
+
+def test_a_copied_source_still_derives_when_the_models_move(fetched, tmp_path):
+    """`install.sh` copies the fetched decoder elsewhere; derivation reads it from there."""
+    dest = tmp_path / "opt"
+    dest.mkdir()
+    shutil.copy(DECODER_ORT, dest / DECODER_ORT.name)
+    fetch_models(dest, None, manifest=_manifest(tmp_path), names={DECODER.name})
+    assert (dest / DECODER.name).read_bytes() == DECODER.read_bytes()
