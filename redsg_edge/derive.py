@@ -1,4 +1,4 @@
-"""Model files that ``redsg-edge fetch-models`` derives from fetched ones instead of downloading.
+"""Model files that ``redsg-edge fetch-models`` derives from fetched or installed ones.
 
 ``share_branch_weights``: Moonshine's merged decoder (``moonshine-tiny-en-decoder.ort``) runs
 the first step and the cached steps in two branches of one ``If`` node, and each branch holds
@@ -6,23 +6,36 @@ its own copy of every weight: 807 of the branches' initializers, 27.9 MB, are th
 under the same name in both. onnxruntime keeps both copies (and packs each for its int8 GEMM).
 Moving the shared ones to the main graph, where both branches read them as outer-scope values
 (ONNX IR spec, "Names Within a Graph": a subgraph may use any name of an enclosing graph), gives
-the same network with one copy: measured on x86-64, onnxruntime 1.23, 40 RAVDESS utterances,
-the same transcripts to the byte, the session's resident memory +56 MB instead of +97 MB, and
-CPU time per 3 s utterance within this machine's run-to-run noise (docs/benchmarks.md).
+the same network with one copy: measured on x86-64, onnxruntime 1.32, 40 RAVDESS utterances,
+the same transcripts to the byte, the session's resident memory +56 MB instead of +97 MB, for
+about 11 % more CPU time per utterance (models/README.md, "Speech-to-text"). onnxruntime first
+writes the ``.ort`` file back as an ONNX model (its own saver, no graph optimisation), so that
+the ``onnx`` package can move the initializers.
 
-onnxruntime writes the ``.ort`` file back as an ONNX model first (its own saver, no graph
-optimisation), so that the ``onnx`` package can move the initializers. The result is pinned by
-sha256 in ``models/manifest.toml`` like any fetched file.
+``quantize_voice``: a Piper voice (a float32 VITS network; Kim et al. 2021, arXiv:2106.06103)
+with onnxruntime's dynamic quantization (per-tensor uint8 weights, activations quantised at run
+time) of every Conv and MatMul outside the vocoder (the HiFi-GAN generator, nodes ``/dec/...``):
+the default en_US-joe-medium goes from 63.2 to 21.8 MB. The vocoder holds 1.5 M of the voice's
+15.5 M weights, but quantising it too makes the voice measurably worse to DNSMOS (Reddy et al.
+2022, the ITU-T P.835 model): overall -0.20 and background -0.31 against the float voice, where
+keeping it in float leaves every score within 0.03 (README, "An int8 voice").
+
+``copy_file`` copies a file (a voice's ``.onnx.json`` beside its derived ``.onnx``).
+
+Each result is pinned by sha256 in ``models/manifest.toml`` like any fetched file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DERIVATIONS", "DeriveError", "share_branch_weights"]
+__all__ = ["DERIVATIONS", "DeriveError", "share_branch_weights", "quantize_voice",
+           "VOCODER_PREFIX"]
 
 
 class DeriveError(RuntimeError):
@@ -70,10 +83,10 @@ def share_branch_weights(src: Path, dest: Path) -> int:
               if name not in outer and all(other.get(name) == k for other in keys[1:])}
     if not shared:
         raise DeriveError(f"{src}: the If branches share no initializer")
-    copy = lambda t: type(t).FromString(t.SerializeToString())  # noqa: E731
-    moved = [copy(t) for t in branches[0].initializer if t.name in shared]
+    clone = lambda t: type(t).FromString(t.SerializeToString())  # noqa: E731
+    moved = [clone(t) for t in branches[0].initializer if t.name in shared]
     for b in branches:  # a repeated field cannot be filtered in place: rebuild it
-        keep = [copy(t) for t in b.initializer if t.name not in shared]
+        keep = [clone(t) for t in b.initializer if t.name not in shared]
         del b.initializer[:]
         b.initializer.extend(keep)
     graph.initializer.extend(moved)
@@ -88,7 +101,49 @@ def share_branch_weights(src: Path, dest: Path) -> int:
     return sum(len(t.raw_data) for t in moved) * (len(branches) - 1)
 
 
+#: Node-name prefix of a Piper voice's vocoder (VITS' HiFi-GAN generator ``dec`` as exported by
+#: Piper's ``export_onnx``), kept in float by :func:`quantize_voice`.
+VOCODER_PREFIX = "/dec/"
+
+
+def quantize_voice(src: Path, dest: Path) -> int:
+    """Write an int8 copy of the Piper voice ``src`` (``.onnx``) to ``dest``: dynamic uint8
+    quantization of every Conv and MatMul weight except the vocoder's (:data:`VOCODER_PREFIX`).
+    The same bytes on every run with the same onnxruntime. Returns the bytes saved. Raises
+    DeriveError when ``src`` cannot be read or has no vocoder nodes (not a Piper voice)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        graph = onnx.load(str(src), load_external_data=False).graph
+    except Exception as exc:  # DecodeError, OSError
+        raise DeriveError(f"{src}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+    vocoder = [n.name for n in graph.node if n.name.startswith(VOCODER_PREFIX)]
+    if not vocoder:
+        raise DeriveError(f"{src}: no {VOCODER_PREFIX} nodes; not a Piper (VITS) voice")
+    del graph
+    # The quantizer advises "pre-processing" (shape inference) on the root logger for every
+    # model; the voice was measured without it, and an installer's output is no place for it.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        quantize_dynamic(str(src), str(dest), weight_type=QuantType.QUInt8,
+                         op_types_to_quantize=["Conv", "MatMul"], nodes_to_exclude=vocoder)
+    finally:
+        root.setLevel(level)
+    return Path(src).stat().st_size - Path(dest).stat().st_size
+
+
+def copy_file(src: Path, dest: Path) -> int:
+    """Copy ``src`` to ``dest`` (a voice's ``.onnx.json`` beside its derived ``.onnx``)."""
+    shutil.copyfile(src, dest)
+    return 0
+
+
 #: ``derive`` values of ``models/manifest.toml`` → function(source path, destination path).
 DERIVATIONS: dict[str, Callable[[Path, Path], int]] = {
     "share-branch-weights": share_branch_weights,
+    "quantize-voice": quantize_voice,
+    "copy": copy_file,
 }

@@ -74,7 +74,9 @@ class Voice:
         self.model_path = Path(model).expanduser()
         self.config_path = Path(config_path).expanduser() if config_path else Path(f"{self.model_path}.json")
         if not self.model_path.is_file():
-            raise VoiceError("voice.model", f"Piper voice model {self.model_path} not found")
+            raise VoiceError("voice.model", f"Piper voice model {self.model_path} not found "
+                             "(`redsg-edge fetch-models` derives the shipped int8 voice; unset "
+                             "voice.model for the packaged float voice)")
         if not self.config_path.is_file():
             raise VoiceError("voice.model", f"Piper voice config {self.config_path} not found "
                              f"(Piper needs the .onnx.json next to {self.model_path.name})")

@@ -200,6 +200,7 @@ else
         -e "s#^vad_model = \"models/#vad_model = \"$PREFIX/models/#" \
         -e 's#^norm_state = ""#norm_state = "/var/lib/redsg-edge/voice_norm.npz"#' \
         -e "s#^\(encoder_model\|decoder_model\|tokenizer\) = \"models/#\1 = \"$PREFIX/models/#" \
+        -e "s#^model = \"models/#model = \"$PREFIX/models/#" \
         -e 's#^wav_dir = "replies"#wav_dir = "/var/lib/redsg-edge/replies"#' \
         "$SRC/config.toml" > "$ETC/config.toml.new"
     chmod 0644 "$ETC/config.toml.new"

@@ -1,22 +1,12 @@
 #!/usr/bin/env python3
 """Make an int8 copy of a Piper voice: less memory and CPU for the replies, same words.
 
-Piper voices are float32 VITS networks (Kim et al. 2021, arXiv:2106.06103). onnxruntime's
-dynamic quantization (``onnxruntime.quantization.quantize_dynamic``: per-tensor uint8 weights of
-every Conv and MatMul, activations quantised at run time) shrinks the default en_US-joe-medium
-voice from 63.2 to 18.8 MB. Measured on the development machine (2026-12-03, one core, 20
-sentences of the kind the device says; `redsg-edge bench daemon --quick` for memory):
-
-- synthesis CPU per sentence, p50: 151 ms against 207 ms (real-time factor 0.057 against 0.072);
-- the daemon over 10 min (`redsg-edge bench daemon`): RSS peak 432.0 against 472.5 MB,
-  anonymous memory 271.3 against 309.1 MB (p50), CPU 29.3 against 29.6 % of a core;
-- Moonshine tiny-en reads back the same words: word error rate 1.9 % against 3.9 % on the 10
-  distinct sentences (one "calm" heard as "comm" in both).
-
-The output is deterministic (the same bytes from the same onnxruntime version). Point
-``voice.model`` at it; its ``.onnx.json`` is copied beside it. Needs the ``onnx`` package
-(``pip install -e .[voice-int8]``) at quantisation time only; the daemon runs the file on the
-onnxruntime it already has.
+`redsg-edge fetch-models` already derives the default voice's copy (``redsg_edge.derive.
+quantize_voice``: every Conv and MatMul weight but the vocoder's in uint8) and config.toml
+points at it. This script does the same for another Piper voice (``--voice``), and ``--check``
+reads three synthesised sentences back with the speech-to-text. Its ``.onnx.json`` is copied
+beside it; point ``voice.model`` at the result. The same bytes on every run with the same
+onnxruntime. Measurements: README, "An int8 voice".
 
     python scripts/quantize_voice.py                      # the default voice -> models/
     python scripts/quantize_voice.py --voice V.onnx --out DIR
@@ -52,13 +42,12 @@ def quantize(src: Path, dest: Path) -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found (a Piper voice is a .onnx with its "
                                     ".onnx.json beside it)")
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from redsg_edge.derive import quantize_voice
     dest.parent.mkdir(parents=True, exist_ok=True)
     # written beside the target, then renamed: a voice the daemon may load is never half-written
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".quantize-") as tmp:
         out = Path(tmp) / dest.name
-        quantize_dynamic(str(src), str(out), weight_type=QuantType.QUInt8,
-                         op_types_to_quantize=["Conv", "MatMul"])
+        quantize_voice(src, out)
         shutil.copyfile(config, Path(tmp) / f"{dest.name}.json")
         Path(tmp, f"{dest.name}.json").replace(Path(f"{dest}.json"))
         out.replace(dest)
@@ -105,13 +94,17 @@ def main(argv: list[str] | None = None) -> int:
         from redsg_edge.voice import default_voice_paths
         args.voice = default_voice_paths()[0]
     dest = args.out / f"{args.voice.stem}-int8.onnx"
+    from redsg_edge.derive import DeriveError
     try:
         quantize(args.voice, dest)
     except FileNotFoundError as exc:
         print(f"quantize_voice: {exc}", file=sys.stderr)
         return 2
+    except DeriveError as exc:
+        print(f"quantize_voice: {exc}", file=sys.stderr)
+        return 2
     except ImportError as exc:
-        print(f"quantize_voice: {exc}; install it with `pip install -e .[voice-int8]`",
+        print(f"quantize_voice: {exc}; reinstall redsg-edge (`pip install -e .`)",
               file=sys.stderr)
         return 2
     mb = lambda p: p.stat().st_size / 1e6  # noqa: E731

