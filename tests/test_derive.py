@@ -67,14 +67,22 @@ def test_the_shared_decoder_transcribes_token_for_token_like_the_original(fetche
         assert tokens == original.tokens(pcm), path.name
 
 
-def test_derivation_names_a_source_it_cannot_use(fetched, tmp_path):
-    with pytest.raises(DeriveError, match=r"moonshine-tiny-en-encoder.ort: no If node"):
-        share_branch_weights(ENCODER, tmp_path / "x.onnx")
-    junk = tmp_path / "junk.ort"
-    junk.write_bytes(b"not a model" * 100)
-    with pytest.raises(DeriveError, match=r"junk.ort: onnxruntime cannot load it"):
-        share_branch_weights(junk, tmp_path / "y.onnx")
-    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "y.onnx").exists()
+@pytest.mark.parametrize("derive, source, message", [
+    (share_branch_weights, ENCODER, r"moonshine-tiny-en-encoder.ort: no If node"),
+    (share_branch_weights, b"not a model" * 100, r"junk: onnxruntime cannot load it"),
+    (quantize_voice, MODELS / "silero_vad_16k_op15.onnx",
+     r"silero_vad_16k_op15.onnx: no /dec/ nodes; not a Piper"),
+    (quantize_voice, b"\xff" * 64, r"junk: not an ONNX model"),
+])
+def test_a_derivation_names_a_source_it_cannot_use(tmp_path, derive, source, message):
+    if isinstance(source, bytes):
+        (tmp_path / "junk").write_bytes(source)
+        source = tmp_path / "junk"
+    elif not source.is_file():
+        pytest.skip(f"{source} missing: run `redsg-edge fetch-models`")
+    with pytest.raises(DeriveError, match=message):
+        derive(source, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def _manifest(tmp_path: Path, **override) -> Path:
@@ -152,19 +160,6 @@ def test_the_shipped_voice_is_int8_except_its_vocoder():
     # the MatMuls left are attention's, activation by activation: no weight in float
     assert not [n.name for n in rest if n.op_type == "MatMul" and n.input[1] in weights]
     assert load_config(MODELS.parent / "config.toml").voice.model == VOICE
-
-
-def test_quantize_voice_refuses_what_is_not_a_piper_voice(tmp_path):
-    vad = MODELS / "silero_vad_16k_op15.onnx"
-    if not vad.is_file():
-        pytest.skip(f"{vad} missing: run `redsg-edge fetch-models`")
-    with pytest.raises(DeriveError, match=r"silero_vad_16k_op15.onnx: no /dec/ nodes; not a Piper"):
-        quantize_voice(vad, tmp_path / "v.onnx")
-    junk = tmp_path / "junk.onnx"
-    junk.write_bytes(b"\xff" * 64)
-    with pytest.raises(DeriveError, match=r"junk.onnx: not an ONNX model"):
-        quantize_voice(junk, tmp_path / "w.onnx")
-    assert not (tmp_path / "v.onnx").exists() and not (tmp_path / "w.onnx").exists()
 
 
 def test_fetch_models_derives_the_voice_from_the_installed_package(tmp_path):
