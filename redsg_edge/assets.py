@@ -291,8 +291,8 @@ def _source_path(a: Asset, dest: Path) -> Path:
 
 
 def _derive_verified(a: Asset, dest: Path) -> Path:
-    """``a`` derived from ``dest/a.source`` (fetched and verified before it), checked like a
-    download. Raises AssetError naming the file."""
+    """``a`` derived from its source (a file fetched into ``dest`` before it, or one an installed
+    package carries) and checked like a download. Raises AssetError naming the file."""
     from .derive import DERIVATIONS, DeriveError
 
     source = _source_path(a, dest)

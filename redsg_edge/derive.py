@@ -34,7 +34,7 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["DERIVATIONS", "DeriveError", "share_branch_weights", "quantize_voice",
+__all__ = ["DERIVATIONS", "DeriveError", "share_branch_weights", "quantize_voice", "copy_file",
            "VOCODER_PREFIX"]
 
 
@@ -90,8 +90,8 @@ def share_branch_weights(src: Path, dest: Path) -> int:
         del b.initializer[:]
         b.initializer.extend(keep)
     graph.initializer.extend(moved)
-    # onnxruntime writes subgraphs without names, which the ONNX checker (and onnxruntime's
-    # loader of ONNX files) requires.
+    # onnxruntime writes subgraphs without names; the ONNX checker (and onnxruntime's loader of
+    # ONNX files) requires them.
     graph.name = graph.name or "main"
     for n in graph.node:
         for a in n.attribute:

@@ -97,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     from redsg_edge.derive import DeriveError
     try:
         quantize(args.voice, dest)
-    except FileNotFoundError as exc:
-        print(f"quantize_voice: {exc}", file=sys.stderr)
-        return 2
-    except DeriveError as exc:
+    except (FileNotFoundError, DeriveError) as exc:
         print(f"quantize_voice: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
