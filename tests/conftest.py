@@ -16,6 +16,12 @@ FER_MODEL = MODELS / "fer_int8.tflite"
 SER_MODEL = MODELS / "ser_int8.tflite"
 UTT_MODEL = MODELS / "ser_utt_int8.tflite"
 VAD_MODEL = MODELS / "silero_vad_16k_op15.onnx"
+#: Speech-to-text files: fetched (the encoder, the decoder as its wheel has it, the tokenizer)
+#: and the decoder `fetch-models` derives from it (redsg_edge.derive), which the config names.
+STT_ENCODER = MODELS / "moonshine-tiny-en-encoder.ort"
+STT_DECODER_ORT = MODELS / "moonshine-tiny-en-decoder.ort"
+STT_DECODER = MODELS / "moonshine-tiny-en-decoder-shared.onnx"
+STT_TOKENIZER = MODELS / "moonshine-tokenizer.json"
 DETECTOR = DATA_ROOT.parent / "models" / "blaze_face_short_range.tflite"
 CLIPS = DATA_ROOT / "av_clips"
 PEXELS = CLIPS / "pyfeat_WolfgangLanger_Pexels.mp4"

@@ -18,11 +18,11 @@ from redsg_edge.stt import Transcriber
 from redsg_edge.voice import default_voice_paths
 
 from .conftest import DATA_ROOT, MODELS
+from .conftest import STT_DECODER as DECODER
+from .conftest import STT_DECODER_ORT as DECODER_ORT
+from .conftest import STT_ENCODER as ENCODER
+from .conftest import STT_TOKENIZER as TOKENIZER
 
-ENCODER = MODELS / "moonshine-tiny-en-encoder.ort"
-DECODER_ORT = MODELS / "moonshine-tiny-en-decoder.ort"
-DECODER = MODELS / "moonshine-tiny-en-decoder-shared.onnx"
-TOKENIZER = MODELS / "moonshine-tokenizer.json"
 #: Four held-out RAVDESS files: both speakers, both statements, four emotions.
 SPEECH = [DATA_ROOT / "ravdess" / f"Actor_{n}" / f for n, f in (
     ("23", "03-01-01-01-01-01-23.flac"), ("23", "03-01-06-02-02-01-23.flac"),

@@ -34,13 +34,11 @@ from redsg_edge.voice import WavSink
 
 from .helpers import shared_voice
 from .conftest import DATA_ROOT, MODELS, make_config, write_config
+from .conftest import STT_DECODER as DECODER
+from .conftest import STT_DECODER_ORT as DECODER_ORT
+from .conftest import STT_ENCODER as ENCODER
+from .conftest import STT_TOKENIZER as TOKENIZER
 
-ENCODER = MODELS / "moonshine-tiny-en-encoder.ort"
-#: The decoder as fetched, and the copy `fetch-models` derives from it (redsg_edge.derive),
-#: which the config points at.
-DECODER_ORT = MODELS / "moonshine-tiny-en-decoder.ort"
-DECODER = MODELS / "moonshine-tiny-en-decoder-shared.onnx"
-TOKENIZER = MODELS / "moonshine-tokenizer.json"
 STT_FILES = (ENCODER, DECODER, TOKENIZER)
 FETCHED = (ENCODER, DECODER_ORT, TOKENIZER)
 RAVDESS = DATA_ROOT / "ravdess"
