@@ -1,9 +1,16 @@
 """MFCC features for speech emotion recognition (SER), shared by training and inference.
 
 One function, ``mfcc_features``, is used by ``scripts/train_ser.py`` and by the speech worker, so
-the two cannot drift. Features come from python_speech_features 0.6 (Lyons et al.), with the
-classic ASR front end: 25 ms Hamming-free frames every 10 ms, 512-point FFT, pre-emphasis 0.97,
-40 mel filters, 20 cepstra with liftering 22, c0 replaced by the frame's log energy.
+the two cannot drift. The MFCC are python_speech_features 0.6's (Lyons et al.), the classic ASR
+front end: 25 ms frames without a window every 10 ms, 512-point FFT, pre-emphasis 0.97, 40 mel
+filters (HTK mel scale), 20 cepstra (orthonormal DCT-II) with liftering 22, c0 replaced by the
+frame's log energy. ``mfcc`` computes them on numpy alone, step for step as that package does
+(its ``mfcc``, ``fbank``, ``get_filterbanks`` and ``sigproc``), because the package imports
+scipy's FFT module at its own import, and with it scipy.special: 95 modules and 12 MB of the
+daemon's resident memory (8.6 MB anonymous, 3.6 MB of mapped libraries; the daemon's models
+loaded one after the other in one process, x86-64, scipy 1.17) for one DCT of 40 numbers a
+frame. The output is the same to the bit (RAVDESS windows and utterance functionals, float32);
+``tests/test_models.py`` holds it to the package's own.
 
 Per-window cepstral mean normalisation (CMN) removes the channel and the absolute level: RAVDESS
 levels vary by ~50 dB between files and a room microphone is nothing like the studio one, so only
@@ -12,8 +19,9 @@ the contour within the window is kept (energy rises and falls stay, loudness doe
 
 from __future__ import annotations
 
+from functools import cache
+
 import numpy as np
-from python_speech_features import mfcc
 from threadpoolctl import ThreadpoolController
 
 SAMPLE_RATE = 16_000  # Hz; the SER model and the audio ring use this rate
@@ -29,6 +37,70 @@ def pcm_to_float(x: np.ndarray, dtype=np.float32) -> np.ndarray:
     any other dtype only cast. x: (N,) int16 or float; returns (N,) ``dtype``."""
     x = np.asarray(x)
     return x.astype(dtype) / 32768.0 if x.dtype == np.int16 else x.astype(dtype)
+
+
+def hz_to_mel(hz):
+    """HTK mel scale (Young et al., The HTK Book): 2595 log10(1 + f / 700); hz in Hz, scalar or
+    array."""
+    return 2595 * np.log10(1 + hz / 700.0)
+
+
+def mel_to_hz(mel):
+    """Inverse of ``hz_to_mel``."""
+    return 700 * (10 ** (mel / 2595.0) - 1)
+
+
+@cache
+def mel_filterbank(nfilt: int, nfft: int = NFFT, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Triangular mel filters over 0 Hz to Nyquist, python_speech_features' ``get_filterbanks``:
+    ``nfilt`` centres equally spaced in mel, each triangle's corners on the FFT bins
+    floor((nfft + 1) f / sample_rate), peak 1. Returns (nfilt, nfft // 2 + 1) float64, read-only
+    (cached)."""
+    mel = np.linspace(hz_to_mel(0), hz_to_mel(sample_rate / 2), nfilt + 2)
+    edge = np.floor((nfft + 1) * mel_to_hz(mel) / sample_rate)
+    i = np.arange(nfft // 2 + 1)[None, :]
+    lo, mid, hi = edge[:-2, None], edge[1:-1, None], edge[2:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):  # empty triangles (mid == lo) stay 0
+        up = np.where((i >= lo) & (i < mid), (i - lo) / (mid - lo), 0.0)
+        down = np.where((i >= mid) & (i < hi), (hi - i) / (hi - mid), 0.0)
+    fb = up + down
+    fb.setflags(write=False)
+    return fb
+
+
+@cache
+def dct_matrix(n: int) -> np.ndarray:
+    """Orthonormal DCT-II as a matrix: ``x @ dct_matrix(n)`` is scipy's ``dct(x, type=2,
+    norm="ortho")`` along the last axis. Returns (n, n) float64, read-only (cached)."""
+    k = np.arange(n)
+    m = np.cos(np.pi * (2 * k[:, None] + 1) * k[None, :] / (2 * n)) * np.sqrt(2.0 / n)
+    m[:, 0] /= np.sqrt(2.0)
+    m.setflags(write=False)
+    return m
+
+
+def mfcc(x: np.ndarray) -> np.ndarray:
+    """python_speech_features' ``mfcc`` at this module's settings (``WINLEN_S``, ``WINSTEP_S``,
+    ``NUM_CEPSTRA``, ``NUM_FILTERS``, ``NFFT``, pre-emphasis 0.97, lifter 22, c0 = log frame
+    energy), with the same arithmetic: the pre-emphasis in the input's dtype, the rest in float64.
+
+    x: (N,) float audio at 16 kHz, N ≥ 1. Returns (num_frames(N), NUM_CEPSTRA) float64."""
+    x = np.asarray(x)
+    x = np.append(x[0], x[1:] - 0.97 * x[:-1])
+    win, step = int(round(WINLEN_S * SAMPLE_RATE)), int(round(WINSTEP_S * SAMPLE_RATE))
+    n = num_frames(len(x))
+    padded = np.concatenate((x, np.zeros((n - 1) * step + win - len(x))))
+    frames = padded[np.arange(win)[None, :] + step * np.arange(n)[:, None]]
+    pspec = np.abs(np.fft.rfft(frames, NFFT)) ** 2 / NFFT
+    eps = np.finfo(float).eps
+    energy = pspec.sum(axis=1)
+    energy = np.where(energy == 0, eps, energy)
+    feat = pspec @ mel_filterbank(NUM_FILTERS).T
+    feat = np.log(np.where(feat == 0, eps, feat))
+    cep = feat @ dct_matrix(NUM_FILTERS)[:, :NUM_CEPSTRA]
+    cep *= 1 + 11.0 * np.sin(np.pi * np.arange(NUM_CEPSTRA) / 22)  # lifter, L = 22
+    cep[:, 0] = np.log(energy)
+    return cep
 
 
 def num_frames(num_samples: int) -> int:
@@ -96,9 +168,7 @@ def mfcc_features(signal: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndar
     # python_speech_features floors log energy at eps: silent frames become extreme outliers.
     x = x + _dither(x.shape[0]) * np.float32(_floor_rms(x))
     with _one_blas_thread():
-        feats = mfcc(x, samplerate=SAMPLE_RATE, winlen=WINLEN_S, winstep=WINSTEP_S,
-                     numcep=NUM_CEPSTRA, nfilt=NUM_FILTERS, nfft=NFFT, preemph=0.97,
-                     ceplifter=22, appendEnergy=True)
+        feats = mfcc(x)
     feats -= feats.mean(axis=0, keepdims=True)
     return feats.astype(np.float32)
 

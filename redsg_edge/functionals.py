@@ -3,7 +3,7 @@
 The recipe of the openSMILE ComParE 2016 set (Schuller et al. 2016, "The INTERSPEECH 2016
 computational paralinguistics challenge"; its low-level descriptors and functionals are listed
 in Weninger et al. 2013, "On the acoustics of emotion in audio", Front. Psychol. 4:292), written
-here on numpy and python_speech_features because openSMILE's licence (audEERING research
+here on numpy because openSMILE's licence (audEERING research
 licence, non-commercial) does not fit a GPL project. Low-level descriptors (LLDs) per 25 ms
 frame, 10 ms hop, smoothed over 3 frames as ComParE does:
 
@@ -45,7 +45,7 @@ from functools import cache
 
 import numpy as np
 
-from .features import SAMPLE_RATE, loud_rms, pcm_to_float
+from .features import SAMPLE_RATE, dct_matrix, loud_rms, mel_filterbank, pcm_to_float
 
 FRAME = 400          # 25 ms
 HOP = 160            # 10 ms
@@ -90,14 +90,12 @@ def _frames(x: np.ndarray) -> np.ndarray:
 def _filters() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(mel (26, 257), DCT rows for MFCC 1–14 (14, 26), Zwicker sharpness weight of each mel
     band's centre on the bark scale (26,)), built once."""
-    from python_speech_features.base import get_filterbanks
-    from scipy.fft import dct
-    mel = get_filterbanks(N_MEL, NFFT, SAMPLE_RATE, 0, SAMPLE_RATE // 2)
+    mel = mel_filterbank(N_MEL, NFFT, SAMPLE_RATE)
     freqs = np.fft.rfftfreq(NFFT, 1 / SAMPLE_RATE)
     centre = (mel @ freqs) / mel.sum(1)
     bark = 26.81 * centre / (1960 + centre) - 0.53          # Traunmüller 1990
     g = np.where(bark < 15.8, 1.0, 0.066 * np.exp(0.171 * bark))  # Zwicker and Fastl 1990
-    return mel, dct(np.eye(N_MEL), type=2, norm="ortho", axis=0)[1:1 + N_MFCC], g * bark
+    return mel, dct_matrix(N_MEL).T[1:1 + N_MFCC], g * bark
 
 
 def _rasta(logspec: np.ndarray) -> np.ndarray:

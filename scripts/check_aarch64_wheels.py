@@ -18,9 +18,8 @@ platforms; the report lists every file the device would install, each checked to
 for aarch64 or for any platform. Requirement markers are evaluated for the target
 (``python_version``, ``platform_machine = aarch64``), not for this machine.
 
-Not covered, by design: ``python_speech_features==0.6`` publishes only an sdist (pure Python,
-no compiler needed; checked to be on the index with ``pip index versions``), and the ``systemd`` extra's
-``systemd-python`` builds from source on the device (``libsystemd-dev``, see README).
+Not covered, by design: the ``systemd`` extra's ``systemd-python`` builds from source on the
+device (``libsystemd-dev``, see README).
 This resolves; it does not run anything on Arm (LiteRT, onnxruntime and MediaPipe all crash
 under qemu-user, so emulated inference proves nothing).
 
@@ -49,8 +48,6 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parent.parent
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64",
              "manylinux2014_aarch64")
-#: Published as an sdist only, pure Python: installs anywhere without a compiler.
-SDIST_PURE_PYTHON = {"python-speech-features", "python_speech_features"}
 #: What scripts/setup_venv.sh installs in place of MediaPipe's opencv-contrib-python.
 EXTRA = ["opencv-python-headless==4.11.0.86"]
 #: Extras that scripts/install.sh installs on the device besides ``systemd`` (built from source).
@@ -65,19 +62,19 @@ def target_env(python: str) -> dict[str, str]:
     return env
 
 
-def requirements(python: str) -> tuple[list[str], list[str]]:
-    """(for the wheel resolver, sdist-only pure-Python ones) for target ``python``."""
+def requirements(python: str) -> list[str]:
+    """The device's requirements for target ``python``, markers evaluated and dropped."""
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     deps = project["dependencies"] + [
         d for extra in DEVICE_EXTRAS for d in project["optional-dependencies"][extra]]
-    wheels, sdists = [], []
+    wheels = []
     for line in deps + EXTRA:
         req = Requirement(line)
         if req.marker is not None and not req.marker.evaluate(target_env(python)):
             continue
         req.marker = None
-        (sdists if req.name.lower() in SDIST_PURE_PYTHON else wheels).append(str(req))
-    return wheels, sdists
+        wheels.append(str(req))
+    return wheels
 
 
 def pip_env() -> dict[str, str]:
@@ -94,7 +91,7 @@ def _quiet(stderr: str) -> str:
 
 
 def check(python: str, work: Path) -> dict:
-    wheels, sdists = requirements(python)
+    wheels = requirements(python)
     report = work / f"report-{python}.json"
     cmd = [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "-q",
            "--only-binary=:all:", "--target", str(work / f"target-{python}"),
@@ -118,18 +115,6 @@ def check(python: str, work: Path) -> dict:
     if bad:
         out["ok"] = False
         out["error"] = "not an aarch64 or pure-Python wheel: " + ", ".join(f[2] for f in bad)
-    for spec in sdists:  # the index must still offer that release (no build: pure Python)
-        req = Requirement(spec)
-        t1 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "pip", "index", "versions", req.name],
-                           capture_output=True, text=True, env=pip_env())
-        out["seconds"] = round(out["seconds"] + time.perf_counter() - t1, 1)
-        listed = r.stdout.split("Available versions:", 1)[-1].replace(",", " ").split()
-        if r.returncode != 0 or not any(req.specifier.contains(v) for v in listed):
-            out["ok"] = False
-            out["error"] = f"{spec}: no such release on the index ({_quiet(r.stderr).strip()[-300:]})"
-        else:
-            out["installs"].append(f"{spec} (sdist, pure Python)")
     return out
 
 

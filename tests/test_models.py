@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -51,6 +55,25 @@ def test_mfcc_matches_python_speech_features():
                  appendEnergy=True)
     loud = plain[:, 0] > np.percentile(plain[:, 0], 90)
     assert np.abs((plain - ref)[loud, 0]).max() < 0.05  # natural log: 5 % (after pre-emphasis)
+
+
+def test_speech_features_run_without_scipy():
+    # features.py computes python_speech_features' MFCC on numpy so that the daemon never loads
+    # scipy (12 MB resident); scipy stays for the speaker sink's resampling, imported there.
+    code = textwrap.dedent(f"""
+        import sys
+        import soundfile as sf
+        import redsg_edge.pipeline
+        from redsg_edge.features import ser_windows
+        from redsg_edge.functionals import utterance_functionals
+        pcm, _ = sf.read({str(ACTOR_24 / "03-01-05-02-01-01-24.flac")!r}, dtype="int16")
+        assert ser_windows(pcm, 40000, 8000).shape[1:] == (249, 20)
+        assert utterance_functionals(pcm).ndim == 1
+        print(sorted(m for m in sys.modules if m.split(".")[0] in ("scipy", "python_speech_features")))
+        """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def test_mfcc_rejects_wrong_rate_and_shape():
