@@ -139,6 +139,9 @@ def test_bench_daemon_quick(config, tmp_path):
     assert positive(res["ready_s"]) and positive(res["cpu_pct_one_core"]["mean"])
     r = res["rss_mb"]
     assert positive(r["first"]) and r["first"] <= r["peak"] and r["slope_method"] == "Theil-Sen"
+    # the kernel's high-water mark: at least every sample, and the load's peak read before it
+    assert r["peak_source"] == "VmHWM" and r["peak"] >= r["sampled_peak"] >= r["first"]
+    assert r["load_peak"] >= r["first"] * 0.8
     # the models live in anonymous memory (>150 MB), the libraries in mapped files (>50 MB)
     assert 150 < r["anon_p50"] <= r["anon_peak"] <= r["peak"] and r["file_p50"] > 50
     st = res["status"]

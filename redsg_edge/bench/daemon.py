@@ -3,7 +3,8 @@ subprocess on a replayed camera and microphone.
 
 ``coldstart``: process start → ``READY=1`` on a real ``NOTIFY_SOCKET`` bound by the bench, in
 seconds. ``daemon``: CPU % of one core and RSS in MB (10^6 bytes) every second for 600 s
-(quick: 10 s), the RSS slope in MB/min by Theil-Sen, drops from the status file. The daemon
+(quick: 10 s), the peak RSS as the kernel's high-water mark (start-up and run apart), the RSS
+slope in MB/min by Theil-Sen, drops from the status file. The daemon
 runs in ``--daemon-python`` (default ``.venv-rt`` when it exists, else this interpreter).
 """
 
@@ -178,6 +179,33 @@ def _anon_bytes(mem) -> int:
     return int(mem.rss - getattr(mem, "shared", 0))
 
 
+def rss_high_water_mb(pid: int) -> float | None:
+    """The kernel's high-water mark of the process's resident memory (``VmHWM`` of
+    ``/proc/PID/status``, proc(5)) in MB (10^6 bytes): every page counted the moment it was
+    resident, where one-second samples miss a reply's synthesis (Piper's vocoder holds about
+    16 MB of activations per second of audio for a few hundred ms). None where there is no
+    such file (not Linux) or it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def reset_high_water(pid: int) -> bool:
+    """Set the process's ``VmHWM`` back to its present RSS (write "5" to
+    ``/proc/PID/clear_refs``, proc(5); needs the same user). Returns whether it was done."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w", encoding="ascii") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def _start_daemon(py: str, config: Path, notify: Path, log_path: Path) -> subprocess.Popen:
     # systemd's variables of the calling shell must not reach the daemon under test
     env = {**os.environ, "NOTIFY_SOCKET": str(notify), "PYTHONUNBUFFERED": "1"}
@@ -272,6 +300,9 @@ def bench_daemon(cfg, models: dict[str, Path], paths: BenchPaths, quick: bool,
                                    f"log {log_path}")
             res["ready_s"] = round(t_ready - t0, 3)
             ps = psutil.Process(proc.pid)
+            # the start-up's own peak (models being loaded), then the running daemon's from zero
+            load_hwm = rss_high_water_mb(proc.pid)
+            hwm_reset = reset_high_water(proc.pid)
             ps.cpu_percent(None)
             c0, w0 = ps.cpu_times(), time.monotonic()
             samples = []
@@ -293,6 +324,7 @@ def bench_daemon(cfg, models: dict[str, Path], paths: BenchPaths, quick: bool,
             if bar is not None:
                 bar.close()
             c1, w1 = ps.cpu_times(), time.monotonic()
+            run_hwm = rss_high_water_mb(proc.pid) if hwm_reset else None
             res["threads"] = ps.num_threads()
             status = subprocess.run([py, "-m", "redsg_edge", "status", "--json", "--file",
                                      str(tmp / "status.json")], capture_output=True, text=True,
@@ -327,7 +359,12 @@ def bench_daemon(cfg, models: dict[str, Path], paths: BenchPaths, quick: bool,
         # least-squares slope of flat 10-minute runs between -2.4 and +1.0 MB/min.
         slope = float(theilslopes(rss[sel], t[sel] / 60.0)[0])
         slope_lsq = float(np.polyfit(t[sel] / 60.0, rss[sel], 1)[0])
-    res["rss_mb"] = {"first": float(rss[0]), "peak": float(rss.max()), "end": float(rss[-1]),
+    # peak: the kernel's high-water mark over the run where it can be read, else the samples'
+    sampled_peak = float(rss.max())
+    peak = max(run_hwm, sampled_peak) if run_hwm is not None else sampled_peak
+    res["rss_mb"] = {"first": float(rss[0]), "peak": peak, "sampled_peak": sampled_peak,
+                     "peak_source": "VmHWM" if run_hwm is not None else "1 s samples",
+                     "load_peak": load_hwm, "end": float(rss[-1]),
                      "p50": round(float(np.median(rss)), 1),
                      "slope_mb_per_min": None if slope is None else round(slope, 3),
                      "slope_method": "Theil-Sen", "slope_fit_from_s": fit_from,

@@ -81,7 +81,9 @@ def format_daemon(res: dict) -> str:
     lines = [f"daemon at 15 fps for {res['duration_s']:.0f} s ({res['python']}); "
              f"ready after {res.get('ready_s')} s",
              f"  CPU % of one core: mean {c['mean']}, p50 {c['p50']}, p95 {c['p95']}, max {c['max']}",
-             f"  RSS MB: first {r['first']}, peak {r['peak']}, end {r['end']}, slope "
+             f"  RSS MB: first {r['first']}, peak {r['peak']} ({r.get('peak_source', '1 s samples')}"
+             f"; 1 s samples: {r.get('sampled_peak', r['peak'])}; start-up {r.get('load_peak')}), "
+             f"end {r['end']}, slope "
              f"{r['slope_mb_per_min']} MB/min ({r['slope_method']} from "
              f"{r['slope_fit_from_s']:.0f} s; least squares {r['slope_lsq_mb_per_min']})",
              f"  of which anonymous MB: peak {r.get('anon_peak')}, p50 {r.get('anon_p50')}; "
