@@ -59,7 +59,7 @@ def test_mfcc_matches_python_speech_features():
 
 def test_speech_features_run_without_scipy():
     # features.py computes python_speech_features' MFCC on numpy so that the daemon never loads
-    # scipy (12 MB resident); scipy stays for the speaker sink's resampling, imported there.
+    # scipy (12 MB resident); scipy stays for bench's Theil-Sen slope, imported there.
     code = textwrap.dedent(f"""
         import sys
         import soundfile as sf

@@ -60,29 +60,28 @@ def _import_sounddevice(key: str = "microphone.source"):
 
 
 class _StreamResampler:
-    """Stateful int16 (n, channels) at ``rate`` → 16 kHz mono int16, block by block (PyAV/swr).
+    """Stateful int16 (n, channels) at ``rate`` → 16 kHz mono int16, block by block (libsoxr).
 
     Used when an input device cannot capture at 16 kHz mono itself (many ALSA ``hw:`` devices
-    only do 44.1/48 kHz stereo); swr keeps its filter state, so block edges are seamless.
+    only do 44.1/48 kHz stereo). The first two channels are averaged, then python-soxr's
+    ``ResampleStream`` (libsoxr, high quality) keeps its filter state between blocks, so block
+    edges are seamless; it holds back about 20 ms at 48 kHz. libsoxr rather than PyAV's swr:
+    importing PyAV maps its FFmpeg libraries, 18.6 MB more resident memory for the daemon
+    against 0.9 MB (measured on x86-64, after the daemon's other imports).
     """
 
     def __init__(self, rate: int, channels: int) -> None:
-        import av
+        import soxr
         self.rate, self.channels = int(rate), int(channels)
-        self._layout = "mono" if channels == 1 else "stereo"
-        self._av = av
-        self._resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        self._stream = soxr.ResampleStream(self.rate, SAMPLE_RATE, 1, dtype="int16")
 
     def push(self, block: np.ndarray) -> np.ndarray:
         """int16 (n, channels) at ``rate`` in; the 16 kHz mono int16 (m,) ready so far out (m
-        follows the rate ratio, give or take the filter delay; 0 is possible)."""
-        block = np.ascontiguousarray(block[:, :2] if block.ndim == 2 else block[:, None],
-                                     dtype=np.int16)
-        frame = self._av.AudioFrame.from_ndarray(block.reshape(1, -1), format="s16",
-                                                 layout=self._layout)
-        frame.sample_rate = self.rate
-        outs = [f.to_ndarray().reshape(-1) for f in self._resampler.resample(frame)]
-        return np.concatenate(outs) if outs else np.zeros(0, dtype=np.int16)
+        follows the rate ratio, less the filter delay at the start; 0 is possible)."""
+        block = np.asarray(block, dtype=np.int16)
+        if block.ndim == 2:
+            block = block[:, :2].astype(np.int32).sum(axis=1) // min(block.shape[1], 2)
+        return self._stream.resample_chunk(np.ascontiguousarray(block, dtype=np.int16))
 
 
 class SounddeviceMic(MicSource, PushSource):
@@ -90,7 +89,7 @@ class SounddeviceMic(MicSource, PushSource):
 
     ``device``: index or (part of) a name as sounddevice accepts it; None = the default input.
     When the device refuses 16 kHz mono, it is opened at its default rate (and up to 2 channels)
-    and resampled with PyAV. Block times come from PortAudio's ``inputBufferAdcTime`` mapped onto
+    and resampled with libsoxr (``_StreamResampler``). Block times come from PortAudio's ``inputBufferAdcTime`` mapped onto
     ``time.monotonic()`` through ``currentTime`` (the callback's own time in the same clock), or
     the callback time when the host API gives no ADC time. Input overflows are counted in
     ``overruns`` (and the attached ring's). Raises :class:`DeviceError` naming
