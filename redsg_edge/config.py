@@ -281,6 +281,11 @@ class VoiceConfig(StrictModel):
     #: emptied after each sentence; kept, it holds the high-water mark of the longest sentence
     #: spoken (redsg_edge.memory).
     memory_arena: bool = False
+    #: Seconds of audio Piper's vocoder makes per run (redsg_edge.vocoder), where the voice's
+    #: front and vocoder files are beside it (fetch-models makes them for the shipped voice): the
+    #: voice's memory then follows this, not the sentence (about 16 MB per second of audio).
+    #: 0: each sentence at once.
+    vocoder_chunk_s: float = Field(2.0, ge=0.0, le=60.0)
     #: Speaking style per emotion the reply answers; missing emotions use default_style.
     default_style: StyleConfig = StyleConfig()
     style: dict[EmotionName, StyleConfig] = Field(default_factory=dict)

@@ -20,6 +20,9 @@ the default en_US-joe-medium goes from 63.2 to 21.8 MB. The vocoder holds 1.5 M 
 2022, the ITU-T P.835 model): overall -0.20 and background -0.31 against the float voice, where
 keeping it in float leaves every score within 0.03 (README, "An int8 voice").
 
+``split_voice_front`` and ``split_voice_vocoder``: a Piper voice cut where its vocoder starts,
+so that the vocoder can run a second of audio at a time (``redsg_edge.vocoder``).
+
 ``copy_file`` copies a file (a voice's ``.onnx.json`` beside its derived ``.onnx``).
 
 Each result is pinned by sha256 in ``models/manifest.toml`` like any fetched file.
@@ -34,8 +37,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+from .vocoder import VOCODER_PREFIX
+
 __all__ = ["DERIVATIONS", "DeriveError", "share_branch_weights", "quantize_voice", "copy_file",
-           "VOCODER_PREFIX"]
+           "split_voice_front", "split_voice_vocoder", "VOCODER_PREFIX"]
 
 
 class DeriveError(RuntimeError):
@@ -101,9 +106,6 @@ def share_branch_weights(src: Path, dest: Path) -> int:
     return sum(len(t.raw_data) for t in moved) * (len(branches) - 1)
 
 
-#: Node-name prefix of a Piper voice's vocoder (VITS' HiFi-GAN generator ``dec`` as exported by
-#: Piper's ``export_onnx``), kept in float by :func:`quantize_voice`.
-VOCODER_PREFIX = "/dec/"
 
 
 def quantize_voice(src: Path, dest: Path) -> int:
@@ -135,6 +137,49 @@ def quantize_voice(src: Path, dest: Path) -> int:
     return Path(src).stat().st_size - Path(dest).stat().st_size
 
 
+def _voice_parts(src: Path):
+    """(model, front input names, latent names, output names) of the Piper voice ``src``: the
+    latent names are the values the vocoder nodes read from outside the vocoder."""
+    import onnx
+
+    try:
+        model = onnx.load(str(src))
+    except Exception as exc:  # DecodeError, OSError
+        raise DeriveError(f"{src}: not an ONNX model ({type(exc).__name__}: {exc})") from None
+    g = model.graph
+    dec = [n for n in g.node if n.name.startswith(VOCODER_PREFIX)]
+    if not dec:
+        raise DeriveError(f"{src}: no {VOCODER_PREFIX} nodes; not a Piper (VITS) voice")
+    made = {o for n in dec for o in n.output}
+    known = made | {t.name for t in g.initializer}
+    latent = sorted({i for n in dec for i in n.input if i and i not in known})
+    return model, [i.name for i in g.input], latent, [o.name for o in g.output]
+
+
+def _split_voice(src: Path, dest: Path, front: bool) -> int:
+    import onnx
+
+    model, inputs, latent, outputs = _voice_parts(src)
+    part = onnx.utils.Extractor(model).extract_model(
+        inputs if front else latent, latent if front else outputs)
+    Path(dest).write_bytes(part.SerializeToString())
+    return 0
+
+
+def split_voice_front(src: Path, dest: Path) -> int:
+    """Write the Piper voice ``src`` up to its vocoder (text encoder, duration predictor, flow:
+    phoneme ids → latent) to ``dest``; ``vocoder.ChunkedVocoderSession`` runs it once per
+    sentence. Returns 0. Raises DeriveError when ``src`` is not a Piper voice."""
+    return _split_voice(src, dest, True)
+
+
+def split_voice_vocoder(src: Path, dest: Path) -> int:
+    """Write the vocoder of the Piper voice ``src`` (latent → audio) to ``dest``;
+    ``vocoder.ChunkedVocoderSession`` runs it a second of audio at a time. Returns 0. Raises
+    DeriveError when ``src`` is not a Piper voice."""
+    return _split_voice(src, dest, False)
+
+
 def copy_file(src: Path, dest: Path) -> int:
     """Copy ``src`` to ``dest`` (a voice's ``.onnx.json`` beside its derived ``.onnx``)."""
     shutil.copyfile(src, dest)
@@ -145,5 +190,7 @@ def copy_file(src: Path, dest: Path) -> int:
 DERIVATIONS: dict[str, Callable[[Path, Path], int]] = {
     "share-branch-weights": share_branch_weights,
     "quantize-voice": quantize_voice,
+    "split-voice-front": split_voice_front,
+    "split-voice-vocoder": split_voice_vocoder,
     "copy": copy_file,
 }

@@ -61,13 +61,16 @@ class Voice:
     ``None`` loads the default en_US-joe-medium voice. ``memory_arena``
     (``voice.memory_arena``): keep onnxruntime's CPU arena between sentences (resident memory
     then keeps the high-water mark of the longest sentence); by default the arena is emptied
-    after each sentence (``memory.ShrinkingSession``). Raises ``VoiceError`` (key
+    after each sentence (``memory.ShrinkingSession``). ``vocoder_chunk_s``
+    (``voice.vocoder_chunk_s``): seconds of audio the vocoder makes per run where the voice's
+    two parts are beside it (``redsg_edge.vocoder``); 0 or no parts: the whole sentence at once.
+    Raises ``VoiceError`` (key
     ``voice.model``) naming the file when the model or its config is missing or unreadable.
     Thread-safe: ``synthesize`` may be called from several threads (onnxruntime sessions are).
     """
 
     def __init__(self, model: str | Path | None = None, config_path: str | Path | None = None,
-                 *, memory_arena: bool = False) -> None:
+                 *, memory_arena: bool = False, vocoder_chunk_s: float = 0.0) -> None:
         if model is None:
             model, default_json = default_voice_paths()
             config_path = config_path or default_json
@@ -82,7 +85,8 @@ class Voice:
                              f"(Piper needs the .onnx.json next to {self.model_path.name})")
         t0 = time.perf_counter()
         try:
-            self._piper = _load_piper(self.model_path, self.config_path, memory_arena)
+            self._piper = _load_piper(self.model_path, self.config_path, memory_arena,
+                                      vocoder_chunk_s)
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
             raise VoiceError("voice.model", f"voice config {self.config_path} is not a Piper "
                              f"voice config: {type(exc).__name__}: {exc}") from None
@@ -98,7 +102,8 @@ class Voice:
     @classmethod
     def from_config(cls, vcfg: VoiceConfig) -> "Voice":
         """Load ``vcfg.model`` (or the default voice when it is None)."""
-        return cls(vcfg.model, memory_arena=vcfg.memory_arena)
+        return cls(vcfg.model, memory_arena=vcfg.memory_arena,
+                   vocoder_chunk_s=vcfg.vocoder_chunk_s)
 
     def silence(self, seconds: float) -> np.ndarray:
         """``(round(seconds * sample_rate),)`` int16 zeros."""
@@ -138,21 +143,25 @@ class Voice:
         return time.perf_counter() - t0
 
 
-def _load_piper(model: Path, config: Path, memory_arena: bool = False) -> Any:
-    """``PiperVoice.load(model, config_path=config)``, but with our own onnxruntime session.
+def _load_piper(model: Path, config: Path, memory_arena: bool = False,
+                vocoder_chunk_s: float = 0.0) -> Any:
+    """``PiperVoice.load(model, config_path=config)``, but with our own onnxruntime sessions.
 
     Thread spinning is off: spinning worker threads burn the cores that capture and inference
     need, and under contention it made the first chunk 2x slower here (measured 510 -> 226 ms
     p50). The CPU memory arena is on, so a sentence reuses its own buffers, and unless
-    ``memory_arena`` it is emptied when each sentence ends (``memory.ShrinkingSession``): its
-    size follows the largest tensors so far, the longest sentence, and it would never return
-    that memory. Same speed as no arena, 75-85 MB lower high-water mark over a 7 s sentence
-    (redsg_edge.memory)."""
+    ``memory_arena`` it is emptied when each run ends (``memory.shrink_run_options``): its size
+    follows the largest tensors so far, the longest sentence, and it would never return that
+    memory. Same speed as no arena, 75-85 MB lower high-water mark over a 7 s sentence
+    (redsg_edge.memory). With ``vocoder_chunk_s`` > 0 and the voice's two parts beside it
+    (``vocoder.split_paths``), the vocoder runs that many seconds of audio at a time
+    (``vocoder.ChunkedVocoderSession``)."""
     import onnxruntime
     from piper import PiperVoice
     from piper.config import PiperConfig
 
     from .memory import ShrinkingSession, shrink_run_options
+    from .vocoder import ChunkedVocoderSession, split_paths
 
     with open(config, encoding="utf-8") as f:
         piper_config = PiperConfig.from_dict(json.load(f))
@@ -160,10 +169,24 @@ def _load_piper(model: Path, config: Path, memory_arena: bool = False) -> Any:
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     opts.enable_cpu_mem_arena = True
-    session = onnxruntime.InferenceSession(str(model), sess_options=opts,
-                                           providers=["CPUExecutionProvider"])
-    if not memory_arena:
-        session = ShrinkingSession(session, shrink_run_options(onnxruntime))
+    run_options = None if memory_arena else shrink_run_options(onnxruntime)
+
+    def load(path: Path):
+        return onnxruntime.InferenceSession(str(path), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+
+    front, vocoder = split_paths(model)
+    if vocoder_chunk_s > 0 and front.is_file() and vocoder.is_file():
+        hop = int(piper_config.hop_length)
+        frames = max(1, int(round(vocoder_chunk_s * piper_config.sample_rate / hop)))
+        session = ChunkedVocoderSession(load(front), load(vocoder), chunk_frames=frames,
+                                        hop=hop, run_options=run_options)
+        log.info("voice %s: vocoder in chunks of %d frames (%.2f s)", model.name, frames,
+                 frames * hop / piper_config.sample_rate)
+    else:
+        session = load(model)
+        if run_options is not None:
+            session = ShrinkingSession(session, run_options)
     try:
         return PiperVoice(session=session, config=piper_config)
     except TypeError:  # pragma: no cover - a future piper-tts with other fields

@@ -5,7 +5,9 @@
 quantize_voice``: every Conv and MatMul weight but the vocoder's in uint8) and config.toml
 points at it. This script does the same for another Piper voice (``--voice``), and ``--check``
 reads three synthesised sentences back with the speech-to-text. Its ``.onnx.json`` is copied
-beside it; point ``voice.model`` at the result. The same bytes on every run with the same
+beside it, and its two parts (``NAME.front.onnx``, ``NAME.vocoder.onnx``) are written there
+so that the vocoder runs in chunks (``voice.vocoder_chunk_s``, ``redsg_edge.vocoder``); point
+``voice.model`` at the result. The same bytes on every run with the same
 onnxruntime. Measurements: README, "An int8 voice".
 
     python scripts/quantize_voice.py                      # the default voice -> models/
@@ -42,13 +44,19 @@ def quantize(src: Path, dest: Path) -> Path:
         if not p.is_file():
             raise FileNotFoundError(f"{p}: not found (a Piper voice is a .onnx with its "
                                     ".onnx.json beside it)")
-    from redsg_edge.derive import quantize_voice
+    from redsg_edge.derive import quantize_voice, split_voice_front, split_voice_vocoder
+    from redsg_edge.vocoder import split_paths
     dest.parent.mkdir(parents=True, exist_ok=True)
     # written beside the target, then renamed: a voice the daemon may load is never half-written
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".quantize-") as tmp:
         out = Path(tmp) / dest.name
         quantize_voice(src, out)
         shutil.copyfile(config, Path(tmp) / f"{dest.name}.json")
+        parts = list(zip(split_paths(out), split_paths(dest)))
+        for (part, _), split in zip(parts, (split_voice_front, split_voice_vocoder)):
+            split(out, part)
+        for part, final in parts:  # the parts first: a voice never finds stale ones beside it
+            part.replace(final)
         Path(tmp, f"{dest.name}.json").replace(Path(f"{dest}.json"))
         out.replace(dest)
     return dest

