@@ -21,7 +21,7 @@ the default en_US-joe-medium goes from 63.2 to 21.8 MB. The vocoder holds 1.5 M 
 keeping it in float leaves every score within 0.03 (README, "An int8 voice").
 
 ``split_voice_front`` and ``split_voice_vocoder``: a Piper voice cut where its vocoder starts,
-so that the vocoder can run a second of audio at a time (``redsg_edge.vocoder``).
+so that the vocoder can run a few seconds of audio at a time (``redsg_edge.vocoder``).
 
 ``copy_file`` copies a file (a voice's ``.onnx.json`` beside its derived ``.onnx``).
 
@@ -106,8 +106,6 @@ def share_branch_weights(src: Path, dest: Path) -> int:
     return sum(len(t.raw_data) for t in moved) * (len(branches) - 1)
 
 
-
-
 def quantize_voice(src: Path, dest: Path) -> int:
     """Write an int8 copy of the Piper voice ``src`` (``.onnx``) to ``dest``: dynamic uint8
     quantization of every Conv and MatMul weight except the vocoder's (:data:`VOCODER_PREFIX`).
@@ -175,8 +173,8 @@ def split_voice_front(src: Path, dest: Path) -> int:
 
 def split_voice_vocoder(src: Path, dest: Path) -> int:
     """Write the vocoder of the Piper voice ``src`` (latent → audio) to ``dest``;
-    ``vocoder.ChunkedVocoderSession`` runs it a second of audio at a time. Returns 0. Raises
-    DeriveError when ``src`` is not a Piper voice."""
+    ``vocoder.ChunkedVocoderSession`` runs it ``voice.vocoder_chunk_s`` of audio at a time.
+    Returns 0. Raises DeriveError when ``src`` is not a Piper voice."""
     return _split_voice(src, dest, False)
 
 

@@ -3,9 +3,9 @@
 The recipe of the openSMILE ComParE 2016 set (Schuller et al. 2016, "The INTERSPEECH 2016
 computational paralinguistics challenge"; its low-level descriptors and functionals are listed
 in Weninger et al. 2013, "On the acoustics of emotion in audio", Front. Psychol. 4:292), written
-here on numpy because openSMILE's licence (audEERING research
-licence, non-commercial) does not fit a GPL project. Low-level descriptors (LLDs) per 25 ms
-frame, 10 ms hop, smoothed over 3 frames as ComParE does:
+here on numpy because openSMILE's licence (audEERING research licence, non-commercial) does not
+fit a GPL project. Low-level descriptors (LLDs) per 25 ms frame, 10 ms hop, smoothed over 3
+frames as ComParE does:
 
 - energy: RMS (linear), zero crossings, loudness (sum of the auditory spectrum) and the same
   after RASTA filtering;

@@ -89,9 +89,10 @@ class SounddeviceMic(MicSource, PushSource):
 
     ``device``: index or (part of) a name as sounddevice accepts it; None = the default input.
     When the device refuses 16 kHz mono, it is opened at its default rate (and up to 2 channels)
-    and resampled with libsoxr (``_StreamResampler``). Block times come from PortAudio's ``inputBufferAdcTime`` mapped onto
-    ``time.monotonic()`` through ``currentTime`` (the callback's own time in the same clock), or
-    the callback time when the host API gives no ADC time. Input overflows are counted in
+    and resampled with libsoxr (``_StreamResampler``). Block times come from PortAudio's
+    ``inputBufferAdcTime`` mapped onto ``time.monotonic()`` through ``currentTime`` (the
+    callback's own time in the same clock), or the callback time when the host API gives no
+    ADC time. Input overflows are counted in
     ``overruns`` (and the attached ring's). Raises :class:`DeviceError` naming
     ``microphone.device`` (a device that was asked for) or ``microphone.source``.
 
