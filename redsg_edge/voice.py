@@ -184,6 +184,10 @@ def _load_piper(model: Path, config: Path, memory_arena: bool = False,
         log.info("voice %s: vocoder in chunks of %d frames (%.2f s)", model.name, frames,
                  frames * hop / piper_config.sample_rate)
     else:
+        if vocoder_chunk_s > 0:
+            log.info("voice %s: no %s and %s beside it, so each sentence runs whole (`redsg-edge "
+                     "fetch-models` makes them for the shipped voice, scripts/quantize_voice.py "
+                     "for others)", model.name, front.name, vocoder.name)
         session = load(model)
         if run_options is not None:
             session = ShrinkingSession(session, run_options)

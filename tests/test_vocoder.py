@@ -61,11 +61,13 @@ def test_the_shipped_config_chunks_the_shipped_voice(parts):
     assert isinstance(Voice.from_config(vcfg)._piper.session, ChunkedVocoderSession)
 
 
-def test_a_voice_without_its_parts_runs_whole(parts, tmp_path):
+def test_a_voice_without_its_parts_runs_whole(parts, tmp_path, caplog):
     for p in (VOICE, VOICE.with_name(VOICE.name + ".json")):
         (tmp_path / p.name).symlink_to(p)
-    voice = Voice(tmp_path / VOICE.name, vocoder_chunk_s=1.0)
+    with caplog.at_level("INFO", logger="redsg_edge.voice"):
+        voice = Voice(tmp_path / VOICE.name, vocoder_chunk_s=1.0)
     assert not isinstance(voice._piper.session, ChunkedVocoderSession)
+    assert f"no {parts[0].name} and {parts[1].name} beside it" in caplog.text
     assert len(_speak(voice, "I'm here.")) > 0.3 * 22050
 
 
