@@ -110,7 +110,8 @@ class Voice:
         return np.zeros(max(0, int(round(seconds * self.sample_rate))), dtype=np.int16)
 
     def synthesize(self, text: str, style: StyleConfig | None = None, *,
-                   pause_before: bool = False) -> Iterator[tuple[np.ndarray, int]]:
+                   pause_before: bool = False, noise: bool = True
+                   ) -> Iterator[tuple[np.ndarray, int]]:
         """Speak ``text``; yield ``(pcm, sample_rate)`` as each chunk is ready.
 
         ``pcm`` is a 1-D int16 array (mono) at ``sample_rate`` Hz. Piper splits ``text`` into
@@ -118,12 +119,16 @@ class Voice:
         inserted between sentences (and before the first when ``pause_before``, for a caller
         that feeds one sentence at a time). ``style.length_scale`` multiplies the voice's own
         length scale (> 1 is slower); ``style.volume`` scales the peak-normalised audio.
+        ``noise=False`` turns VITS' sampling noise off (noise and duration-noise scales 0), so
+        that the same text gives the same audio on every call: for checks that must not depend
+        on a draw.
         """
         from piper import SynthesisConfig
 
         style = style or StyleConfig()
+        quiet = {} if noise else {"noise_scale": 0.0, "noise_w_scale": 0.0}
         syn = SynthesisConfig(length_scale=self._base_length_scale * style.length_scale,
-                              volume=style.volume)
+                              volume=style.volume, **quiet)
         pause = self.silence(style.sentence_pause_s)
         first = True
         for chunk in self._piper.synthesize(text, syn_config=syn):

@@ -46,7 +46,10 @@ def rss_mb() -> float:
 
 
 def norm(text: str) -> str:
-    return " ".join(re.sub(r"[^a-z' ]", " ", text.lower()).split())
+    """Lower case, letters and apostrophes only; an apostrophe at either end of a word is a
+    quotation mark ("'What" → "what"), inside it a contraction ("I'm")."""
+    words = re.sub(r"[^a-z' ]", " ", text.lower()).split()
+    return " ".join(w for w in (w.strip("'") for w in words) if w)
 
 
 def main(argv: list[str] | None = None) -> int:

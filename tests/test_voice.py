@@ -47,6 +47,14 @@ def test_default_voice_speaks(voice):
     assert np.sqrt(np.mean(pcm.astype(np.float64) ** 2)) > 500
 
 
+def test_without_noise_the_same_text_is_the_same_audio(voice):
+    a = np.concatenate([p for p, _ in voice.synthesize(TEXT, noise=False)])
+    b = np.concatenate([p for p, _ in voice.synthesize(TEXT, noise=False)])
+    c = np.concatenate([p for p, _ in voice.synthesize(TEXT)])
+    assert np.array_equal(a, b)
+    assert len(c) != len(a) or not np.array_equal(a, c)  # VITS samples noise by default
+
+
 def test_speech_resampled_for_a_48k_speaker(voice):
     # What SounddeviceSink does for an output that refuses 22,050 Hz: the same speech at 48 kHz.
     pcm, _ = synth(voice)
