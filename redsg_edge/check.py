@@ -126,8 +126,10 @@ def _model_items(cfg: Config) -> list[Item]:
         from .voice import Voice, VoiceError
         try:
             v, s = _timed(lambda: Voice.from_config(cfg.voice))
+            chunks = (f"vocoder in {v.vocoder_chunk_s:.1f} s chunks"  # type: ignore[attr-defined]
+                      if v.vocoder_chunk_s else "each sentence whole")  # type: ignore[attr-defined]
             items.append(Item("model", "voice loads", "ok",
-                              f"{v.model_path.name} ({v.sample_rate} Hz, {s:.1f} s)"))  # type: ignore[attr-defined]
+                              f"{v.model_path.name} ({v.sample_rate} Hz, {s:.1f} s, {chunks})"))  # type: ignore[attr-defined]
         except VoiceError as exc:
             items.append(Item("model", "voice loads", "fail", str(exc)))
     else:

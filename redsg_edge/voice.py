@@ -36,6 +36,7 @@ import numpy as np
 
 from .config import StyleConfig, VoiceConfig
 from .errors import VoiceError
+from .vocoder import ChunkedVocoderSession, split_paths
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +97,11 @@ class Voice:
         self.load_s = time.perf_counter() - t0
         #: Output sample rate, Hz (22050 for medium voices).
         self.sample_rate: int = int(self._piper.config.sample_rate)
+        session = self._piper.session
+        #: Seconds of audio the vocoder makes per run; None: each sentence at once.
+        self.vocoder_chunk_s: float | None = (
+            session.chunk_frames * session.hop / self.sample_rate
+            if isinstance(session, ChunkedVocoderSession) else None)
         self._base_length_scale = float(self._piper.config.length_scale or 1.0)
         log.info("voice %s loaded in %.2f s (%d Hz)", self.model_path.name, self.load_s, self.sample_rate)
 
@@ -166,7 +172,6 @@ def _load_piper(model: Path, config: Path, memory_arena: bool = False,
     from piper.config import PiperConfig
 
     from .memory import ShrinkingSession, shrink_run_options
-    from .vocoder import ChunkedVocoderSession, split_paths
 
     with open(config, encoding="utf-8") as f:
         piper_config = PiperConfig.from_dict(json.load(f))

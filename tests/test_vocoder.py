@@ -36,6 +36,7 @@ def test_the_chunked_vocoder_speaks_the_whole_sentence_audio(parts):
     whole = Voice(VOICE, vocoder_chunk_s=0.0)
     assert isinstance(chunked._piper.session, ChunkedVocoderSession)
     assert chunked._piper.session.chunk_frames == 86  # 1 s at 22,050 Hz, 256 samples a frame
+    assert chunked.vocoder_chunk_s == 86 * 256 / 22050 and whole.vocoder_chunk_s is None
     assert not isinstance(whole._piper.session, ChunkedVocoderSession)
     a, b = _speak(chunked), _speak(whole)
     assert len(a) == len(b) > 5 * 22050
