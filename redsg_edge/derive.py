@@ -111,17 +111,11 @@ def quantize_voice(src: Path, dest: Path) -> int:
     quantization of every Conv and MatMul weight except the vocoder's (:data:`VOCODER_PREFIX`).
     The same bytes on every run with the same onnxruntime. Returns the bytes saved. Raises
     DeriveError when ``src`` cannot be read or has no vocoder nodes (not a Piper voice)."""
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    try:
-        graph = onnx.load(str(src), load_external_data=False).graph
-    except Exception as exc:  # DecodeError, OSError
-        raise DeriveError(f"{src}: not an ONNX model ({type(exc).__name__}: {exc})") from None
-    vocoder = [n.name for n in graph.node if n.name.startswith(VOCODER_PREFIX)]
-    if not vocoder:
-        raise DeriveError(f"{src}: no {VOCODER_PREFIX} nodes; not a Piper (VITS) voice")
-    del graph
+    model, dec = _load_voice(src, weights=False)
+    vocoder = [n.name for n in dec]
+    del model, dec
     # The quantizer advises "pre-processing" (shape inference) on the root logger for every
     # model; the voice was measured without it, and an installer's output is no place for it.
     root = logging.getLogger()
@@ -135,19 +129,27 @@ def quantize_voice(src: Path, dest: Path) -> int:
     return Path(src).stat().st_size - Path(dest).stat().st_size
 
 
-def _voice_parts(src: Path):
-    """(model, front input names, latent names, output names) of the Piper voice ``src``: the
-    latent names are the values the vocoder nodes read from outside the vocoder."""
+def _load_voice(src: Path, weights: bool = True):
+    """(ONNX model, its vocoder nodes) of the Piper voice ``src``; ``weights=False`` leaves
+    external weight files unread. Raises DeriveError when it is not an ONNX model or has no
+    vocoder nodes."""
     import onnx
 
     try:
-        model = onnx.load(str(src))
+        model = onnx.load(str(src), load_external_data=weights)
     except Exception as exc:  # DecodeError, OSError
         raise DeriveError(f"{src}: not an ONNX model ({type(exc).__name__}: {exc})") from None
-    g = model.graph
-    dec = [n for n in g.node if n.name.startswith(VOCODER_PREFIX)]
+    dec = [n for n in model.graph.node if n.name.startswith(VOCODER_PREFIX)]
     if not dec:
         raise DeriveError(f"{src}: no {VOCODER_PREFIX} nodes; not a Piper (VITS) voice")
+    return model, dec
+
+
+def _voice_parts(src: Path):
+    """(model, front input names, latent names, output names) of the Piper voice ``src``: the
+    latent names are the values the vocoder nodes read from outside the vocoder."""
+    model, dec = _load_voice(src)
+    g = model.graph
     made = {o for n in dec for o in n.output}
     known = made | {t.name for t in g.initializer}
     latent = sorted({i for n in dec for i in n.input if i and i not in known})

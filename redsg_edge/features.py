@@ -30,6 +30,8 @@ WINSTEP_S = 0.01
 NUM_CEPSTRA = 20
 NUM_FILTERS = 40
 NFFT = 512  # ≥ WINLEN_S × SAMPLE_RATE = 400
+_WIN = int(round(WINLEN_S * SAMPLE_RATE))    # 400 samples
+_STEP = int(round(WINSTEP_S * SAMPLE_RATE))  # 160 samples
 
 
 def pcm_to_float(x: np.ndarray, dtype=np.float32) -> np.ndarray:
@@ -87,10 +89,9 @@ def mfcc(x: np.ndarray) -> np.ndarray:
     x: (N,) float audio at 16 kHz, N ≥ 1. Returns (num_frames(N), NUM_CEPSTRA) float64."""
     x = np.asarray(x)
     x = np.append(x[0], x[1:] - 0.97 * x[:-1])
-    win, step = int(round(WINLEN_S * SAMPLE_RATE)), int(round(WINSTEP_S * SAMPLE_RATE))
     n = num_frames(len(x))
-    padded = np.concatenate((x, np.zeros((n - 1) * step + win - len(x))))
-    frames = padded[np.arange(win)[None, :] + step * np.arange(n)[:, None]]
+    padded = np.concatenate((x, np.zeros((n - 1) * _STEP + _WIN - len(x))))
+    frames = padded[np.arange(_WIN)[None, :] + _STEP * np.arange(n)[:, None]]
     pspec = np.abs(np.fft.rfft(frames, NFFT)) ** 2 / NFFT
     eps = np.finfo(float).eps
     energy = pspec.sum(axis=1)
@@ -105,10 +106,9 @@ def mfcc(x: np.ndarray) -> np.ndarray:
 
 def num_frames(num_samples: int) -> int:
     """Frames python_speech_features yields for ``num_samples`` samples (its framesig rule)."""
-    win, step = int(round(WINLEN_S * SAMPLE_RATE)), int(round(WINSTEP_S * SAMPLE_RATE))
-    if num_samples <= win:
+    if num_samples <= _WIN:
         return 1
-    return 1 + int(np.ceil((num_samples - win) / step))
+    return 1 + int(np.ceil((num_samples - _WIN) / _STEP))
 
 
 _DITHER = np.random.default_rng(0).standard_normal(10 * SAMPLE_RATE).astype(np.float32)

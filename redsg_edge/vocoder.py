@@ -79,10 +79,6 @@ class ChunkedVocoderSession:
             raise ValueError(f"expected one (1, C, T) latent among {self._mid}")
         self._latent = latent[0]
 
-    def get_inputs(self) -> list:
-        """The voice's inputs (the front's)."""
-        return self.front.get_inputs()
-
     def run(self, output_names, input_feed, run_options=None) -> list[np.ndarray]:
         """``[audio]`` for ``input_feed`` (the voice's inputs by name); ``output_names`` is
         ignored (the voice has one output)."""

@@ -70,12 +70,11 @@ def read_back(voice_path: Path | None) -> tuple[float, list[str]]:
     are missing."""
     import jiwer
     import numpy as np
-    from scipy.signal import resample_poly
 
     from eval_stt import norm
     from redsg_edge.config import load_config
     from redsg_edge.stt import Transcriber
-    from redsg_edge.voice import Voice
+    from redsg_edge.voice import Voice, resample_pcm
 
     stt = Transcriber.from_config(load_config(ROOT / "config.toml").speech.transcript)
     voice = Voice(voice_path)
@@ -83,9 +82,8 @@ def read_back(voice_path: Path | None) -> tuple[float, list[str]]:
     for s in CHECK_SENTENCES:
         # without sampling noise: one draw in a few made Moonshine add "Thank you." after the
         # trailing silence, and a check must not depend on a draw
-        pcm = np.concatenate([p for p, _ in voice.synthesize(s, noise=False)]).astype(np.float32)
-        x = resample_poly(pcm, 16000, voice.sample_rate)
-        heard.append(stt.transcribe(np.clip(np.round(x), -32768, 32767).astype(np.int16)))
+        pcm = np.concatenate([p for p, _ in voice.synthesize(s, noise=False)])
+        heard.append(stt.transcribe(resample_pcm(pcm, voice.sample_rate, 16000)))
     return float(jiwer.wer([norm(s) for s in CHECK_SENTENCES], [norm(h) for h in heard])), heard
 
 
