@@ -95,7 +95,7 @@ def _model_items(cfg: Config) -> list[Item]:
         from .vision import FaceDetector, FerModel
         try:
             det, s = _timed(lambda: FaceDetector(cfg.vision.detector_model,
-                                                 cfg.vision.min_detection_confidence, video=False))
+                                                 cfg.vision.min_detection_confidence))
             det.close()  # type: ignore[attr-defined]
             items.append(Item("model", "face detector loads", "ok",
                               f"{cfg.vision.detector_model} ({s:.1f} s)"))
@@ -271,9 +271,7 @@ def _main(argv: list[str] | None = None) -> int:
     """``python -m redsg_edge.check --config PATH [--no-devices] [--no-network]`` (installer)."""
     import argparse
     import logging
-    import os
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     ap = argparse.ArgumentParser(prog="python -m redsg_edge.check")
     ap.add_argument("--config", type=Path, default=Path("config.toml"))

@@ -26,7 +26,7 @@ except ImportError:  # pragma: no cover
         Interpreter = None  # type: ignore[assignment,misc]
         RUNTIME = None
 
-__all__ = ["RUNTIME", "LiteRTClassifier", "ModelError", "quiet_native_stderr"]
+__all__ = ["RUNTIME", "LiteRTClassifier", "ModelError", "load_interpreter", "quiet_native_stderr"]
 
 _stderr_lock = threading.Lock()
 
@@ -35,9 +35,9 @@ _stderr_lock = threading.Lock()
 def quiet_native_stderr():
     """Silence native (C++) log lines written to fd 2 while the block runs.
 
-    MediaPipe prints ~11 INFO/WARNING lines at create, first call and close that no environment
-    variable silences; redirecting the file descriptor is the only way to keep them out of the
-    journal. Python's own ``sys.stderr`` writes made in the block are lost too, so keep it short.
+    LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" when an interpreter allocates
+    its tensors, and no environment variable silences it; redirecting the file descriptor is the
+    only way to keep it out of the journal. Python's own ``sys.stderr`` writes made in the block are lost too, so keep it short.
     """
     with _stderr_lock:
         try:
@@ -53,6 +53,23 @@ def quiet_native_stderr():
             os.dup2(saved, 2)
             os.close(saved)
             os.close(devnull)
+
+
+def load_interpreter(path: Path, num_threads: int = 1):
+    """A LiteRT interpreter of the ``.tflite`` at ``path`` with its tensors allocated. Raises
+    ModelError when no runtime is installed or the file is missing or not a loadable model."""
+    if Interpreter is None:
+        raise ModelError("no LiteRT runtime installed: pip install ai-edge-litert "
+                         "(or tflite-runtime with numpy<2)")
+    if not Path(path).is_file():
+        raise ModelError(f"{path}: model file not found")
+    try:
+        with quiet_native_stderr():
+            interp = Interpreter(model_path=str(path), num_threads=num_threads)
+            interp.allocate_tensors()
+    except Exception as exc:  # the runtime raises ValueError/RuntimeError with C++ text
+        raise ModelError(f"{path}: not a loadable TFLite model ({exc})") from exc
+    return interp
 
 
 class LiteRTClassifier:
@@ -72,18 +89,7 @@ class LiteRTClassifier:
     def __init__(self, path: str | os.PathLike, input_shape: tuple[int | None, ...],
                  num_classes: int, num_threads: int = 1) -> None:
         self.path = Path(path)
-        if Interpreter is None:
-            raise ModelError("no LiteRT runtime installed: pip install ai-edge-litert "
-                             "(or tflite-runtime with numpy<2)")
-        if not self.path.is_file():
-            raise ModelError(f"{self.path}: model file not found")
-        try:
-            # allocate_tensors prints "INFO: Created TensorFlow Lite XNNPACK delegate" on fd 2
-            with quiet_native_stderr():
-                self._interp = Interpreter(model_path=str(self.path), num_threads=num_threads)
-                self._interp.allocate_tensors()
-        except Exception as exc:  # the runtime raises ValueError/RuntimeError with C++ text
-            raise ModelError(f"{self.path}: not a loadable TFLite model ({exc})") from exc
+        self._interp = load_interpreter(self.path, num_threads)
         inputs, outputs = self._interp.get_input_details(), self._interp.get_output_details()
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelError(f"{self.path}: expected 1 input and 1 output, found "

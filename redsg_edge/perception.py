@@ -121,14 +121,13 @@ class Perception:
         self._schedule = FrameSchedule()
 
     @classmethod
-    def load(cls, cfg: Config, face: bool, voice: bool, video_mode: bool = True) -> "Perception":
+    def load(cls, cfg: Config, face: bool, voice: bool) -> "Perception":
         """Load the models each active modality needs (face: detector + FER; voice: VAD + SER).
         Raises ModelError naming a missing or broken model file."""
         vision = speech = None
         if face:
             vision = VisionWorker(FaceDetector(cfg.vision.detector_model,
-                                               cfg.vision.min_detection_confidence,
-                                               video=video_mode),
+                                               cfg.vision.min_detection_confidence),
                                   FerModel(cfg.vision.fer_model))
         if voice:
             utt = cfg.speech.utterance_model
@@ -160,7 +159,7 @@ class Perception:
             raise RuntimeError("Perception.frame: no vision worker (the camera is off)")
         if not self._schedule.keep(t, self.cfg.vision.max_fps):
             return []
-        result, _faces = self.vision.process(t, rgb)
+        result, _faces = self.vision.process(rgb)
         return [Percept(t, face_evidence(t, result, self.cfg))]
 
     def audio(self, t_first: float, pcm: np.ndarray, gated: bool = False) -> list[Percept]:

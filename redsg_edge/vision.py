@@ -1,8 +1,9 @@
-"""Vision: MediaPipe face detection, a stable choice of one face, the FER crop, and FER.
+"""Vision: face detection, a stable choice of one face, the FER crop, and FER.
 
-The face detector is MediaPipe Tasks' ``FaceDetector`` (BlazeFace short range; Bazarevsky et al.
-2019, arXiv:1907.05047) with the model file from config. The FER model is this project's int8
-TFLite classifier trained on FER2013 48x48 grayscale faces (``scripts/train_fer.py``).
+The face detector is BlazeFace short range (Bazarevsky et al. 2019, arXiv:1907.05047), MediaPipe's
+model file run on LiteRT and decoded as MediaPipe does (:mod:`redsg_edge.blazeface`). The FER
+model is this project's int8 TFLite classifier trained on FER2013 48x48 grayscale faces
+(``scripts/train_fer.py``).
 
 The crop reproduces FER2013's framing, measured on PrivateTest images run through the same
 detector: the FER2013 image side is 1.13x the BlazeFace box side and its centre lies 0.0625 of a
@@ -12,19 +13,15 @@ FER2013 mostly are.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.abc
-import importlib.util
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from . import CLASSES
+from . import CLASSES, blazeface
 from .calibration import load_temperature, temperature_scale
-from .litert import LiteRTClassifier, ModelError, quiet_native_stderr
+from .litert import LiteRTClassifier, ModelError, load_interpreter
 
 FER_SIZE = 48
 #: FER2013 image side / BlazeFace box side, and the image centre's offset above the box centre
@@ -39,7 +36,7 @@ class Face:
     box: tuple[float, float, float, float]  # x, y, width, height (pixels)
     score: float                            # detector confidence 0..1
     keypoints: np.ndarray                   # (6, 2) float32 pixels: right eye, left eye, nose,
-                                            # mouth, right ear, left ear (MediaPipe order)
+                                            # mouth, right ear, left ear (BlazeFace order)
 
     @property
     def area(self) -> float:
@@ -93,108 +90,92 @@ def crop_face(frame: np.ndarray, face: Face, size: int = FER_SIZE) -> np.ndarray
                           borderMode=cv2.BORDER_REPLICATE)
 
 
-# mediapipe.tasks.python.vision's __init__ imports its drawing helpers, which import
-# matplotlib.pyplot: ~40 MB of resident memory and ~0.8 s of cold start on this machine for code
-# the daemon never calls. They are loaded lazily instead (importlib.util.LazyLoader: the module
-# runs on first attribute access), so nothing changes for a program that does draw.
-_MP_DRAWING = ("mediapipe.tasks.python.vision.drawing_utils",
-               "mediapipe.tasks.python.vision.drawing_styles")
-
-
-class _LazyDrawingFinder(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path, target=None):
-        if name not in _MP_DRAWING:
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(name, path, target)
-            if spec is not None:
-                if spec.loader is not None and hasattr(spec.loader, "exec_module"):
-                    spec.loader = importlib.util.LazyLoader(spec.loader)
-                return spec
-        return None
-
-
-def _defer_mediapipe_drawing() -> None:
-    if "mediapipe.tasks.python.vision" in sys.modules:
-        return
-    if not any(isinstance(f, _LazyDrawingFinder) for f in sys.meta_path):
-        sys.meta_path.insert(0, _LazyDrawingFinder())
-
-
 #: OpenCV's geometric functions take coordinates as 16-bit integers (SHRT_MAX = 32767): a larger
 #: side aborts the whole process (SIGABRT, no exception), so such images are refused first.
 MAX_DETECT_SIDE = 32767
 
 
 class FaceDetector:
-    """MediaPipe Tasks face detector.
+    """BlazeFace short range on LiteRT, decoded as MediaPipe's face detector decodes it.
 
-    model: a face-detector ``.tflite`` with MediaPipe metadata (blaze_face_short_range).
-    video: VIDEO running mode (tracking-friendly; needs strictly increasing timestamps, which
-        ``detect`` enforces) or IMAGE mode for unrelated stills.
-    Raises ModelError naming the file when it is missing or not a MediaPipe face detector.
+    model: MediaPipe's ``blaze_face_short_range.tflite`` (input (1, 128, 128, 3) float32 RGB in
+        [-1, 1]; outputs ``regressors`` (1, 896, 16) and ``classificators`` (1, 896, 1) float32).
+    min_confidence: the lowest face score (0..1) kept.
+    num_threads: interpreter threads (1 keeps the daemon's CPU use predictable).
+
+    The frame is letterboxed into the input with OpenCV's bilinear perspective warp and black
+    borders, and the outputs go through :mod:`redsg_edge.blazeface` (anchors, weighted
+    non-maximum suppression). Boxes are then made pixels as MediaPipe's task API makes them
+    (truncated to integers, the origin clamped at 0 and the size at the frame's), because
+    ``CROP_SCALE`` and ``CROP_SHIFT_UP`` were measured on such boxes: on 844 real frames the
+    faces equal MediaPipe 1.2's to the pixel, keypoints within 0.001 px
+    (``tests/test_blazeface.py``), without MediaPipe's ~55 MB of resident memory.
+    Raises ModelError naming the file when it is missing or is not such a model.
     """
 
     def __init__(self, model: str | os.PathLike, min_confidence: float = 0.5,
-                 video: bool = True) -> None:
+                 num_threads: int = 1) -> None:
         self.path = Path(model)
         if not self.path.is_file():
             raise ModelError(f"{self.path}: face detector model not found (vision.detector_model; "
                              "run `redsg-edge fetch-models`)")
-        _defer_mediapipe_drawing()
-        from mediapipe.tasks.python import BaseOptions, vision
+        self.min_confidence = float(min_confidence)
+        self._interp = load_interpreter(self.path, num_threads)
+        ins = self._interp.get_input_details()
+        outs = {tuple(int(d) for d in o["shape"][1:]): o["index"]
+                for o in self._interp.get_output_details()}
+        n = len(blazeface.ANCHORS)
+        size = blazeface.INPUT_SIZE
+        shape = tuple(int(d) for d in ins[0]["shape"][1:]) if len(ins) == 1 else None
+        if (shape != (size, size, 3) or np.dtype(ins[0]["dtype"]) != np.float32
+                or set(outs) != {(n, 4 + 2 * blazeface.NUM_KEYPOINTS), (n, 1)}):
+            raise ModelError(f"{self.path}: not a BlazeFace short-range face detector (input "
+                             f"{shape}, outputs {sorted(outs)}; expected ({size}, {size}, 3) "
+                             f"float32 and ({n}, 16), ({n}, 1)); set vision.detector_model to "
+                             "blaze_face_short_range.tflite")
+        self._in = ins[0]["index"]
+        self._regressors = outs[(n, 4 + 2 * blazeface.NUM_KEYPOINTS)]
+        self._logits = outs[(n, 1)]
 
-        mode = vision.RunningMode.VIDEO if video else vision.RunningMode.IMAGE
-        opts = vision.FaceDetectorOptions(
-            base_options=BaseOptions(model_asset_path=str(self.path)),
-            running_mode=mode, min_detection_confidence=min_confidence)
-        try:
-            with quiet_native_stderr():
-                self._det = vision.FaceDetector.create_from_options(opts)
-        except Exception as exc:
-            raise ModelError(f"{self.path}: not a MediaPipe face detector model ({exc})") from exc
-        self.video = video
-        self._last_ms = -1
-        self._calls = 0
+    def detect(self, rgb: np.ndarray) -> list[Face]:
+        """rgb: (H, W, 3) uint8 RGB. Returns the faces scoring at least ``min_confidence``,
+        best first.
 
-    def detect(self, rgb: np.ndarray, t: float | None = None) -> list[Face]:
-        """rgb: (H, W, 3) uint8 RGB; t: capture time in seconds (VIDEO mode). Returns faces.
+        Raises ValueError for an image that is not (H, W, 3) or has a side of 0 px or of
+        ``MAX_DETECT_SIDE`` px or more (OpenCV would abort the process)."""
+        import cv2
 
-        Raises ValueError for an image with a side of ``MAX_DETECT_SIDE`` px or more, which
-        OpenCV inside MediaPipe would answer with an assertion that aborts the process."""
-        import mediapipe as mp
-
-        if max(rgb.shape[:2]) >= MAX_DETECT_SIDE:
-            raise ValueError(f"image of {rgb.shape[1]}x{rgb.shape[0]} px: a side of "
-                             f"{MAX_DETECT_SIDE} px or more cannot be searched for faces")
-
-        image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
-        quiet = quiet_native_stderr() if self._calls == 0 else contextlib.nullcontext()
-        with quiet:
-            if self.video:
-                # MediaPipe rejects non-increasing timestamps; frames closer than 1 ms apart
-                # (or a clock step back) are nudged forward.
-                ms = max(int(round((t or 0.0) * 1000)), self._last_ms + 1)
-                self._last_ms = ms
-                result = self._det.detect_for_video(image, ms)
-            else:
-                result = self._det.detect(image)
-        self._calls += 1
+        if rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise ValueError(f"image of shape {rgb.shape}: expected (H, W, 3) RGB")
         h, w = rgb.shape[:2]
+        if min(h, w) == 0:
+            raise ValueError(f"image of {w}x{h} px: nothing to search for faces")
+        if max(h, w) >= MAX_DETECT_SIDE:
+            raise ValueError(f"image of {w}x{h} px: a side of {MAX_DETECT_SIDE} px or more "
+                             "cannot be searched for faces")
+        size = blazeface.INPUT_SIZE
+        matrix, _, _, _ = blazeface.letterbox(w, h, size)
+        tensor = cv2.warpPerspective(np.ascontiguousarray(rgb, np.uint8), matrix, (size, size),
+                                     flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                     borderValue=0)
+        # [0, 255] -> [-1, 1], the range in the model's metadata
+        self._interp.set_tensor(self._in, (tensor.astype(np.float32) * (2 / 255) - 1)[None])
+        self._interp.invoke()
+        boxes, kps, scores = blazeface.to_frame(blazeface.weighted_nms(blazeface.decode(
+            self._interp.get_tensor(self._regressors)[0], self._interp.get_tensor(self._logits)[0],
+            self.min_confidence)), w, h)
         faces = []
-        for d in result.detections:
-            b = d.bounding_box
-            kp = np.array([(k.x * w, k.y * h) for k in d.keypoints], np.float32).reshape(-1, 2)
-            faces.append(Face((float(b.origin_x), float(b.origin_y), float(b.width),
-                               float(b.height)), float(d.categories[0].score), kp))
+        for b, k, s in zip(boxes, kps, scores):
+            # pixels as MediaPipe's task API makes them (float32 products, truncated)
+            box = (max(int(b[0] * np.float32(w)), 0), max(int(b[1] * np.float32(h)), 0),
+                   min(int(b[2] * np.float32(w)), w), min(int(b[3] * np.float32(h)), h))
+            faces.append(Face(tuple(float(v) for v in box), float(s),
+                              (k.astype(np.float64) * (w, h)).astype(np.float32)))
         return faces
 
     def close(self) -> None:
-        """Release MediaPipe's native detector (idempotent)."""
-        with quiet_native_stderr():
-            self._det.close()
+        """Drop the interpreter (idempotent); ``detect`` must not be called afterwards."""
+        self._interp = None
 
 
 class FerModel:
@@ -238,10 +219,10 @@ class VisionWorker:
         self.frames = 0
         self.faces_found = 0
 
-    def process(self, t: float, rgb: np.ndarray) -> tuple[FaceResult | None, list[Face]]:
-        """rgb: (H, W, 3) uint8; t: capture time (s). Returns (result for the followed face or
-        None when no face, all faces)."""
-        faces = self.detector.detect(rgb, t)
+    def process(self, rgb: np.ndarray) -> tuple[FaceResult | None, list[Face]]:
+        """rgb: (H, W, 3) uint8 RGB. Returns (result for the followed face or None when no face,
+        all faces)."""
+        faces = self.detector.detect(rgb)
         self.frames += 1
         face = select_face(faces, self._current)
         self._current = face

@@ -4,8 +4,8 @@
     python scripts/check_aarch64_wheels.py [--python 3.10 --python 3.11] [--json-out FILE]
 
 For each target Python (3.10: JetPack 6 on Jetson; 3.11: Raspberry Pi OS Bookworm), runs pip's
-resolver on pyproject.toml's ``[project].dependencies`` and its ``web`` extra (plus the headless OpenCV build that
-scripts/setup_venv.sh swaps in for MediaPipe's GUI one) as it would run on ``aarch64``:
+resolver on pyproject.toml's ``[project].dependencies`` and its ``web`` extra as it would run on
+``aarch64``:
 
     pip install --dry-run --ignore-installed --only-binary=:all: --target TMP \
         --platform manylinux_2_28_aarch64 --platform manylinux_2_27_aarch64 \
@@ -20,7 +20,7 @@ for aarch64 or for any platform. Requirement markers are evaluated for the targe
 
 Not covered, by design: the ``systemd`` extra's ``systemd-python`` builds from source on the
 device (``libsystemd-dev``, see README).
-This resolves; it does not run anything on Arm (LiteRT, onnxruntime and MediaPipe all crash
+This resolves; it does not run anything on Arm (LiteRT and onnxruntime crash
 under qemu-user, so emulated inference proves nothing).
 
 Exit 0 when every version resolves to aarch64 wheels, 1 otherwise (the reason printed).
@@ -48,8 +48,6 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parent.parent
 PLATFORMS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64",
              "manylinux2014_aarch64")
-#: What scripts/setup_venv.sh installs in place of MediaPipe's opencv-contrib-python.
-EXTRA = ["opencv-python-headless==4.11.0.86"]
 #: Extras that scripts/install.sh installs on the device besides ``systemd`` (built from source).
 DEVICE_EXTRAS = ("web",)
 
@@ -68,7 +66,7 @@ def requirements(python: str) -> list[str]:
     deps = project["dependencies"] + [
         d for extra in DEVICE_EXTRAS for d in project["optional-dependencies"][extra]]
     wheels = []
-    for line in deps + EXTRA:
+    for line in deps:
         req = Requirement(line)
         if req.marker is not None and not req.marker.evaluate(target_env(python)):
             continue

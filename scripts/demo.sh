@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -qq python3-venv libportaudio2 libegl1 libgles2 >/dev/null
+    apt-get install -y -qq python3-venv libportaudio2 >/dev/null
 fi
 scripts/setup_venv.sh .venv
 . .venv/bin/activate

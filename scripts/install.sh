@@ -121,7 +121,7 @@ if [[ $APT == 1 ]]; then
     if [[ $ROOT != / ]]; then
         echo "skipping apt: --root $ROOT (install the packages into that image yourself)"
     else
-        pkgs=(python3-venv python3-dev gcc pkg-config libsystemd-dev libportaudio2 libegl1 libgles2)
+        pkgs=(python3-venv python3-dev gcc pkg-config libsystemd-dev libportaudio2)
         is_pi && pkgs+=(python3-picamera2)
         say "apt packages: ${pkgs[*]}"
         export DEBIAN_FRONTEND=noninteractive

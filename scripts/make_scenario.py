@@ -11,8 +11,8 @@ inputs are real recordings that no shipped model trained on:
   subject (Lucey et al. 2010) whose posed expressions make a consistent person; CK+48 has no
   neutral, so neutral segments of those scenarios show a PrivateTest neutral face. The 48x48
   crop is upscaled (Lanczos) to 220–260 px and placed, unpadded, on a plain grey background with
-  a margin: padding the tight FER crops (replicated or mirrored border) *lowered* the MediaPipe
-  BlazeFace detection rate here (~77–80 % vs ~98 %), so the crop is used as is. Each frame gets
+  a margin: padding the tight FER crops (replicated or mirrored border) *lowered* the BlazeFace
+  detection rate here (~77–80 % vs ~98 %), so the crop is used as is. Each frame gets
   a slow translation/scale drift, a brightness drift and sensor-like noise, so it is not a
   frozen still. Every chosen image is screened with the real detector first (IMAGE mode on the
   composed still) and replaced when no face is found.
@@ -44,7 +44,7 @@ Outputs per scenario in ``--out`` (default ``runs/scenarios``, git-ignored): ``N
      "fps": 15, "speaker": "Actor_23", "duration_s": s, "face_detection": {...}, ...}
 
 plus ``index.json`` summarising the run. With ``--verify`` (default) the written MP4 is decoded
-and every frame goes through the MediaPipe Tasks FaceDetector in VIDEO mode; a frame counts as
+and every frame goes through the daemon's face detector (``redsg_edge.vision``); a frame counts as
 detected when a detection's centre lies on the placed face. Deterministic for a given ``--seed``
 (scenario i uses its own generator seeded with (seed, i), so ``--count`` does not change earlier
 scenarios). Data licences: research/non-commercial only; never commit the outputs.
@@ -55,9 +55,7 @@ scenarios). Data licences: research/non-commercial only; never commit the output
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import time
 import zipfile
@@ -157,50 +155,26 @@ def plan_labels(rng: np.random.Generator, n: int, weights: dict[str, float]) -> 
 
 
 class Screen:
-    """Real MediaPipe detection of a composed still (IMAGE mode), to reject undetectable faces."""
+    """Real face detection of a composed still (the daemon's detector), to reject undetectable
+    faces."""
 
     def __init__(self, model: Path, min_confidence: float) -> None:
-        from mediapipe.tasks.python import BaseOptions, vision
-        opts = vision.FaceDetectorOptions(
-            base_options=BaseOptions(model_asset_path=str(model)),
-            running_mode=vision.RunningMode.IMAGE, min_detection_confidence=min_confidence)
-        with quiet_stderr():
-            self._det = vision.FaceDetector.create_from_options(opts)
-            self._first = True
+        from redsg_edge.vision import FaceDetector
+        self._det = FaceDetector(model, min_confidence)
 
     def ok(self, frame: np.ndarray, box: tuple[int, int, int, int]) -> bool:
-        import mediapipe as mp
-        img = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(
-            np.repeat(frame[..., None], 3, axis=2)))
-        with quiet_stderr() if self._first else contextlib.nullcontext():
-            res = self._det.detect(img)
-        self._first = False
-        return any(_on_face(d, box, 0) for d in res.detections)
+        faces = self._det.detect(np.repeat(frame[..., None], 3, axis=2))
+        return any(_on_face(f, box, 0) for f in faces)
 
     def close(self) -> None:
-        with quiet_stderr():
-            self._det.close()
+        self._det.close()
 
 
-def _on_face(det, box: tuple[int, int, int, int], slack: int) -> bool:
-    b = det.bounding_box
-    cx, cy = b.origin_x + b.width / 2, b.origin_y + b.height / 2
+def _on_face(face, box: tuple[int, int, int, int], slack: int) -> bool:
+    bx, by, bw, bh = face.box
+    cx, cy = bx + bw / 2, by + bh / 2
     x0, y0, size, _ = box
     return x0 - slack <= cx <= x0 + size + slack and y0 - slack <= cy <= y0 + size + slack
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    """Silence MediaPipe's native INFO/WARNING lines (fd 2) around create/first call/close."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 # -------------------------------------------------------------------------------- rendering
@@ -282,33 +256,25 @@ def write_media(path_mp4: Path, path_wav: Path, frames, n_frames: int, fps: int,
 
 def verify_detection(path_mp4: Path, renderer: Renderer, model: Path, min_confidence: float,
                      bounds: np.ndarray) -> dict:
-    """Decode the MP4 and run the MediaPipe Tasks FaceDetector in VIDEO mode on every frame;
-    ``bounds`` are the segments' frame boundaries (for per-segment rates)."""
+    """Decode the MP4 and run the daemon's face detector on every frame; ``bounds`` are the
+    segments' frame boundaries (for per-segment rates)."""
     import av
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
-    opts = vision.FaceDetectorOptions(
-        base_options=BaseOptions(model_asset_path=str(model)),
-        running_mode=vision.RunningMode.VIDEO, min_detection_confidence=min_confidence)
+
+    from redsg_edge.vision import FaceDetector
     hits: list[bool] = []
-    with quiet_stderr():
-        det = vision.FaceDetector.create_from_options(opts)
+    det = FaceDetector(model, min_confidence)
     try:
         with av.open(str(path_mp4)) as c:
             for i, fr in enumerate(c.decode(video=0)):
-                rgb = fr.to_ndarray(format="rgb24")
-                ts = int(round(i * 1000 / renderer.fps))
-                with quiet_stderr() if i == 0 else contextlib.nullcontext():
-                    res = det.detect_for_video(mp.Image(image_format=mp.ImageFormat.SRGB, data=rgb), ts)
-                hits.append(any(_on_face(d, renderer.box(i / renderer.fps), 8) for d in res.detections))
+                faces = det.detect(fr.to_ndarray(format="rgb24"))
+                hits.append(any(_on_face(f, renderer.box(i / renderer.fps), 8) for f in faces))
     finally:
-        with quiet_stderr():
-            det.close()
+        det.close()
     frames, detected = len(hits), int(sum(hits))
     per_segment = [round(float(np.mean(hits[a:b])), 4) if b > a else None
                    for a, b in zip(bounds[:-1], bounds[1:])]
     return {"frames": frames, "detected": detected, "rate": detected / max(frames, 1),
-            "per_segment": per_segment, "mode": "VIDEO", "model": model.name,
+            "per_segment": per_segment, "model": model.name,
             "min_detection_confidence": min_confidence}
 
 
@@ -443,7 +409,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--ravdess", type=Path, help="RAVDESS folder (default DATA/ravdess)")
     ap.add_argument("--detector", type=Path,
                     default=DATA_ROOT.parent / "models" / "blaze_face_short_range.tflite",
-                    help="MediaPipe face detector .tflite (screening and --verify)")
+                    help="BlazeFace face detector .tflite (screening and --verify)")
     ap.add_argument("--min-confidence", type=float, default=0.5,
                     help="detector threshold (as vision.min_detection_confidence)")
     ap.add_argument("--kind", choices=KINDS, default="expressive",

@@ -441,7 +441,7 @@ def test_one_wide_or_tall_image_never_costs_the_others(tmp_path, face_photo):
 def test_face_detector_refuses_what_opencv_would_abort_on():
     from redsg_edge.vision import MAX_DETECT_SIDE, FaceDetector
     from .conftest import DETECTOR
-    det = FaceDetector(DETECTOR, 0.5, video=False)
+    det = FaceDetector(DETECTOR, 0.5)
     try:
         with pytest.raises(ValueError, match="cannot be searched for faces"):
             det.detect(np.zeros((2, MAX_DETECT_SIDE, 3), np.uint8))

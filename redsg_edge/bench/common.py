@@ -203,9 +203,9 @@ def _versions(names: tuple[str, ...]) -> dict[str, str | None]:
     return out
 
 
-RUNTIME_PACKAGES = ("numpy", "mediapipe", "ai-edge-litert", "tflite-runtime",
+RUNTIME_PACKAGES = ("numpy", "ai-edge-litert", "tflite-runtime",
                     "opencv-contrib-python", "opencv-python", "opencv-python-headless", "av",
-                    "python_speech_features", "scipy", "piper-tts", "onnxruntime", "psutil",
+                    "soxr", "scipy", "piper-tts", "onnxruntime", "psutil",
                     "tensorflow-cpu")
 
 

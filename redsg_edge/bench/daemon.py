@@ -155,8 +155,8 @@ def daemon_config(tmp: Path, cfg, models: dict[str, Path], paths: BenchPaths) ->
 
 def daemon_python(paths: BenchPaths) -> tuple[str, str]:
     """(interpreter, note) the daemon benches run the daemon with: ``--daemon-python`` when
-    given, else the runtime-only venv ``.venv-rt`` when it exists (no TensorFlow pulled in by
-    MediaPipe), else this interpreter. Raises RuntimeError when ``--daemon-python`` names no
+    given, else the runtime-only venv ``.venv-rt`` when it exists (what a device installs), else
+    this interpreter. Raises RuntimeError when ``--daemon-python`` names no
     file."""
     if paths.daemon_python is not None:
         py = Path(paths.daemon_python)
@@ -165,8 +165,8 @@ def daemon_python(paths: BenchPaths) -> tuple[str, str]:
         return str(py), f"{py} (--daemon-python)"
     if RUNTIME_VENV_PYTHON.is_file():
         return str(RUNTIME_VENV_PYTHON), ".venv-rt (runtime dependencies only)"
-    return sys.executable, (f"{sys.executable} (no .venv-rt, no --daemon-python: memory includes "
-                            "whatever this venv's mediapipe import pulls in, e.g. TensorFlow)")
+    return sys.executable, (f"{sys.executable} (no .venv-rt, no --daemon-python: the daemon runs "
+                            "with this venv's packages and versions)")
 
 
 def _anon_bytes(mem) -> int:

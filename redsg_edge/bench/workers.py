@@ -12,7 +12,6 @@ to all cores and judges the targets. Latencies in milliseconds, throughput in fr
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -66,22 +65,17 @@ def worker_stages(p: dict) -> dict:
     data = Path(p["data"])
     frames = decode_frames(data / CLIP_NAME, limit=p.get("frames"))
     wins = speech_windows(cfg.speech.window_s, data / "ravdess", limit_files=p.get("speech_files"))
-    det = FaceDetector(cfg.vision.detector_model, cfg.vision.min_detection_confidence, video=True)
+    det = FaceDetector(cfg.vision.detector_model, cfg.vision.min_detection_confidence,
+                       num_threads=threads)
     fer = FerModel(cfg.vision.fer_model, num_threads=threads)
     ser = SerModel(cfg.speech.ser_model, cfg.speech.window_s, num_threads=threads)
-    clock = {"ms": 0}
-
-    def next_t() -> float:  # strictly increasing media time for VIDEO mode, 15 fps steps
-        clock["ms"] += 67
-        return clock["ms"] / 1000.0
-
     res: dict[str, Any] = {"threads": threads, "cpus": affinity_cpus(), "frames": len(frames),
                            "speech_windows": len(wins), "stages": {}}
     found: dict[int, Any] = {}
 
     def detect(i: int) -> None:
         k = i % len(frames)
-        faces = det.detect(frames[k], next_t())
+        faces = det.detect(frames[k])
         f = select_face(faces, None)
         if f is not None:
             found[k] = f
@@ -98,7 +92,7 @@ def worker_stages(p: dict) -> dict:
         lambda i: probs.append(fer.predict(crops[i % len(crops)])), n, warm))
     vw = VisionWorker(det, fer)
     res["stages"]["vision_frame"] = summarize_ns(time_calls(
-        lambda i: vw.process(next_t(), frames[i % len(frames)]), n, warm))
+        lambda i: vw.process(frames[i % len(frames)]), n, warm))
     feats = []
     res["stages"]["mfcc"] = summarize_ns(time_calls(
         lambda i: feats.append(mfcc_features(wins[i % len(wins)])), n, warm))
@@ -164,11 +158,11 @@ def worker_loop(p: dict) -> dict:
 
     def make_worker():
         return (VisionWorker(FaceDetector(cfg.vision.detector_model,
-                                          cfg.vision.min_detection_confidence, video=True),
+                                          cfg.vision.min_detection_confidence),
                              FerModel(cfg.vision.fer_model)), Fusion(cfg.fusion))
 
     def step(vw, fusion, t, frame) -> None:
-        r, _ = vw.process(t, frame)
+        r, _ = vw.process(frame)
         fusion.update(t, Evidence("face", t, r.probs) if r else None)
 
     clip = Path(p["data"]) / CLIP_NAME
@@ -300,7 +294,7 @@ def worker_peers_ours(p: dict) -> dict:
     data = np.load(p["npz"])
     faces48 = data["faces"]
     fer = FerModel(cfg.vision.fer_model, num_threads=p.get("threads", 1))
-    det = FaceDetector(cfg.vision.detector_model, cfg.vision.min_detection_confidence, video=False)
+    det = FaceDetector(cfg.vision.detector_model, cfg.vision.min_detection_confidence)
     n = len(faces48) if p.get("limit") is None else min(len(faces48), p["limit"])
     out: dict[str, Any] = {"cpus": affinity_cpus(), "n": n}
     warm = min(20, n)
@@ -344,7 +338,6 @@ def worker_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     payload = json.loads(a.inp.read_text())
     with json_stdout() as emit:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         res = WORKERS[a.worker](payload)
         res["loadavg_after"] = loadavg()
         emit(res)

@@ -469,8 +469,6 @@ def run_service(cfg_path: Path, *, reply: bool = True,
     cannot be loaded; the message names the file) or 1 (an unexpected error, logged with its
     traceback). Does not raise.
     """
-    # Before mediapipe is imported: silences its TensorFlow "cpu_feature_guard" INFO lines on fd 2.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # A watchdog kill is SIGABRT: every thread's Python stack then reaches the journal via fd 2.
     if not faulthandler.is_enabled():
         faulthandler.enable(all_threads=True)
