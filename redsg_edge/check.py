@@ -26,7 +26,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
 from urllib.parse import urlparse
 
 from .config import Config, load_config
@@ -56,7 +56,10 @@ def _marks() -> dict[str, str]:
         return {"ok": "OK", "fail": "FAIL", "warn": "WARN", "skip": "-"}
 
 
-def _timed(fn: Callable[[], object]) -> tuple[object, float]:
+_T = TypeVar("_T")
+
+
+def _timed(fn: Callable[[], _T]) -> tuple[_T, float]:
     t0 = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t0
@@ -96,7 +99,7 @@ def _model_items(cfg: Config) -> list[Item]:
         try:
             det, s = _timed(lambda: FaceDetector(cfg.vision.detector_model,
                                                  cfg.vision.min_detection_confidence))
-            det.close()  # type: ignore[attr-defined]
+            det.close()
             items.append(Item("model", "face detector loads", "ok",
                               f"{cfg.vision.detector_model} ({s:.1f} s)"))
         except ModelError as exc:
@@ -126,10 +129,10 @@ def _model_items(cfg: Config) -> list[Item]:
         from .voice import Voice, VoiceError
         try:
             v, s = _timed(lambda: Voice.from_config(cfg.voice))
-            chunks = (f"vocoder in {v.vocoder_chunk_s:.1f} s chunks"  # type: ignore[attr-defined]
-                      if v.vocoder_chunk_s else "each sentence whole")  # type: ignore[attr-defined]
+            chunks = (f"vocoder in {v.vocoder_chunk_s:.1f} s chunks" if v.vocoder_chunk_s
+                      else "each sentence whole")
             items.append(Item("model", "voice loads", "ok",
-                              f"{v.model_path.name} ({v.sample_rate} Hz, {s:.1f} s, {chunks})"))  # type: ignore[attr-defined]
+                              f"{v.model_path.name} ({v.sample_rate} Hz, {s:.1f} s, {chunks})"))
         except VoiceError as exc:
             items.append(Item("model", "voice loads", "fail", str(exc)))
     else:
