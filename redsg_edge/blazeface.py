@@ -71,14 +71,12 @@ def ssd_anchors(input_size: int = INPUT_SIZE, strides: tuple[int, ...] = _STRIDE
 ANCHORS = ssd_anchors()
 
 
-def letterbox(width: int, height: int, size: int = INPUT_SIZE) -> tuple[np.ndarray, float, float,
-                                                                          float]:
+def letterbox(width: int, height: int, size: int = INPUT_SIZE) -> np.ndarray:
     """Where a ``width`` x ``height`` frame lies in the square input: the frame is scaled so its
     longer side fills ``size`` pixels and centred, the rest padded (MediaPipe's
-    ``keep_aspect_ratio``). Returns (the 3x3 float64 perspective matrix from frame pixels to input
-    pixels, as MediaPipe's OpenCV converter builds it from the square region's corners; the
-    square's left and top edge in frame pixels; its side in frame pixels). Raises ValueError for
-    an empty frame."""
+    ``keep_aspect_ratio``). Returns the 3x3 float64 perspective matrix from frame pixels to input
+    pixels, as MediaPipe's OpenCV converter builds it from the square region's corners. Raises
+    ValueError for an empty frame."""
     import cv2
 
     if width <= 0 or height <= 0:
@@ -88,7 +86,7 @@ def letterbox(width: int, height: int, size: int = INPUT_SIZE) -> tuple[np.ndarr
     src = np.array([[x0, y0 + side], [x0, y0], [x0 + side, y0], [x0 + side, y0 + side]],
                    np.float32)
     dst = np.array([[0, size], [0, 0], [size, 0], [size, size]], np.float32)
-    return cv2.getPerspectiveTransform(src, dst), x0, y0, side
+    return cv2.getPerspectiveTransform(src, dst)
 
 
 def decode(regressors: np.ndarray, logits: np.ndarray, min_score: float,

@@ -154,7 +154,7 @@ class FaceDetector:
             raise ValueError(f"image of {w}x{h} px: a side of {MAX_DETECT_SIDE} px or more "
                              "cannot be searched for faces")
         size = blazeface.INPUT_SIZE
-        matrix, _, _, _ = blazeface.letterbox(w, h, size)
+        matrix = blazeface.letterbox(w, h, size)
         tensor = cv2.warpPerspective(np.ascontiguousarray(rgb, np.uint8), matrix, (size, size),
                                      flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                                      borderValue=0)

@@ -96,11 +96,11 @@ def test_weighted_nms_table(rows, expected):
 @pytest.mark.parametrize("w, h, x0, y0, side", [(640, 480, 0, -80, 640), (360, 640, -140, 0, 640),
                                                 (128, 128, 0, 0, 128)])
 def test_letterbox_centres_the_frame_in_a_square(w, h, x0, y0, side):
-    m, gx0, gy0, gside = bf.letterbox(w, h)
-    assert (gx0, gy0, gside) == (x0, y0, side)
-    corner = m @ [w, h, 1]
-    np.testing.assert_allclose(corner[:2] / corner[2],
-                               [(w - x0) * 128 / side, (h - y0) * 128 / side], atol=1e-4)
+    m = bf.letterbox(w, h)
+    for fx, fy in ((0, 0), (w, h), (w / 2, h / 2)):   # frame corners and centre
+        p = m @ [fx, fy, 1]
+        np.testing.assert_allclose(p[:2] / p[2], [(fx - x0) * 128 / side, (fy - y0) * 128 / side],
+                                   atol=1e-4)
     with pytest.raises(ValueError, match="nothing to search"):
         bf.letterbox(0, 10)
     # the input's corners are the square's corners, in frame-relative coordinates
