@@ -26,7 +26,8 @@ except ImportError:  # pragma: no cover
         Interpreter = None  # type: ignore[assignment,misc]
         RUNTIME = None
 
-__all__ = ["RUNTIME", "LiteRTClassifier", "ModelError", "load_interpreter", "quiet_native_stderr"]
+__all__ = ["RUNTIME", "LiteRTClassifier", "ModelError", "load_interpreter",
+           "quiet_native_stderr"]
 
 _stderr_lock = threading.Lock()
 
@@ -37,7 +38,8 @@ def quiet_native_stderr():
 
     LiteRT prints "INFO: Created TensorFlow Lite XNNPACK delegate" when an interpreter allocates
     its tensors, and no environment variable silences it; redirecting the file descriptor is the
-    only way to keep it out of the journal. Python's own ``sys.stderr`` writes made in the block are lost too, so keep it short.
+    only way to keep it out of the journal. Python's own ``sys.stderr`` writes made in the block
+    are lost too, so keep it short.
     """
     with _stderr_lock:
         try:
