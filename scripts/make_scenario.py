@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(results)} scenarios, {index['media_s']:.0f} s of media, in {elapsed:.1f} s → {args.out}")
     if args.verify:
         fd = index["face_detection"]
-        print(f"face detection (VIDEO mode, decoded MP4): {fd['detected']}/{fd['frames']} frames = "
+        print(f"face detection (decoded MP4): {fd['detected']}/{fd['frames']} frames = "
               f"{fd['rate']:.2%}; worst scenario {fd['min_scenario_rate']:.2%}")
     print(f"screening rejected {sum(r['screen_rejected'] for r in results)} candidate face images")
     return 0
