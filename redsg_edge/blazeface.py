@@ -14,6 +14,7 @@ two on real frames). No I/O, no clock: :class:`redsg_edge.vision.FaceDetector` r
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -71,12 +72,13 @@ def ssd_anchors(input_size: int = INPUT_SIZE, strides: tuple[int, ...] = _STRIDE
 ANCHORS = ssd_anchors()
 
 
+@functools.lru_cache(maxsize=8)  # a camera's frames share one size: one matrix, not one a frame
 def letterbox(width: int, height: int, size: int = INPUT_SIZE) -> np.ndarray:
     """Where a ``width`` x ``height`` frame lies in the square input: the frame is scaled so its
     longer side fills ``size`` pixels and centred, the rest padded (MediaPipe's
     ``keep_aspect_ratio``). Returns the 3x3 float64 perspective matrix from frame pixels to input
-    pixels, as MediaPipe's OpenCV converter builds it from the square region's corners. Raises
-    ValueError for an empty frame."""
+    pixels, as MediaPipe's OpenCV converter builds it from the square region's corners
+    (read-only: it is cached). Raises ValueError for an empty frame."""
     import cv2
 
     if width <= 0 or height <= 0:
@@ -86,7 +88,9 @@ def letterbox(width: int, height: int, size: int = INPUT_SIZE) -> np.ndarray:
     src = np.array([[x0, y0 + side], [x0, y0], [x0 + side, y0], [x0 + side, y0 + side]],
                    np.float32)
     dst = np.array([[0, size], [0, 0], [size, 0], [size, size]], np.float32)
-    return cv2.getPerspectiveTransform(src, dst)
+    matrix = cv2.getPerspectiveTransform(src, dst)
+    matrix.setflags(write=False)
+    return matrix
 
 
 def decode(regressors: np.ndarray, logits: np.ndarray, min_score: float,

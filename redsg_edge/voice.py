@@ -103,7 +103,9 @@ class Voice:
             session.chunk_frames * session.hop / self.sample_rate
             if isinstance(session, ChunkedVocoderSession) else None)
         self._base_length_scale = float(self._piper.config.length_scale or 1.0)
-        log.info("voice %s loaded in %.2f s (%d Hz)", self.model_path.name, self.load_s, self.sample_rate)
+        log.info("voice %s loaded in %.2f s (%d Hz, %s)", self.model_path.name, self.load_s,
+                 self.sample_rate, "each sentence whole" if self.vocoder_chunk_s is None
+                 else f"vocoder in chunks of {self.vocoder_chunk_s:.2f} s")
 
     @classmethod
     def from_config(cls, vcfg: VoiceConfig) -> "Voice":
@@ -191,8 +193,6 @@ def _load_piper(model: Path, config: Path, memory_arena: bool = False,
         frames = max(1, int(round(vocoder_chunk_s * piper_config.sample_rate / hop)))
         session = ChunkedVocoderSession(load(front), load(vocoder), chunk_frames=frames,
                                         hop=hop, run_options=run_options)
-        log.info("voice %s: vocoder in chunks of %d frames (%.2f s)", model.name, frames,
-                 frames * hop / piper_config.sample_rate)
     else:
         if vocoder_chunk_s > 0:
             log.info("voice %s: no %s and %s beside it, so each sentence runs whole (`redsg-edge "

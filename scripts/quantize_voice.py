@@ -52,10 +52,11 @@ def quantize(src: Path, dest: Path) -> Path:
         out = Path(tmp) / dest.name
         quantize_voice(src, out)
         shutil.copyfile(config, Path(tmp) / f"{dest.name}.json")
-        parts = list(zip(split_paths(out), split_paths(dest)))
-        for (part, _), split in zip(parts, (split_voice_front, split_voice_vocoder)):
-            split(out, part)
-        for part, final in parts:  # the parts first: a voice never finds stale ones beside it
+        front, vocoder = split_paths(out)
+        split_voice_front(out, front)
+        split_voice_vocoder(out, vocoder)
+        # the parts first: a voice never finds stale ones beside it
+        for part, final in zip((front, vocoder), split_paths(dest)):
             part.replace(final)
         Path(tmp, f"{dest.name}.json").replace(Path(f"{dest}.json"))
         out.replace(dest)
@@ -64,9 +65,8 @@ def quantize(src: Path, dest: Path) -> Path:
 
 def read_back(voice_path: Path | None) -> tuple[float, list[str]]:
     """Synthesise ``CHECK_SENTENCES`` (no sampling noise: the same audio on every run) with the
-    voice at ``voice_path`` (None: the default) and
-    transcribe them with the speech-to-text of the repository's config.toml
-    (``speech.transcript``): (word error rate, transcripts). Raises ModelError when its files
+    voice at ``voice_path`` (None: the default) and transcribe them with the speech-to-text of
+    the repository's config.toml (``speech.transcript``): (word error rate, transcripts). Raises ModelError when its files
     are missing."""
     import jiwer
     import numpy as np
