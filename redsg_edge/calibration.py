@@ -1,4 +1,5 @@
-"""Calibration of a classifier's probabilities: temperature scaling and expected calibration error.
+"""Calibration of a classifier's probabilities: temperature scaling, prior shift and expected
+calibration error.
 
 Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017) divides
 the logits by one scalar T fitted on held-out data by minimising the negative log-likelihood; it
@@ -6,9 +7,18 @@ changes no argmax, only how sure the output claims to be. Late fusion weighs eac
 its confidence, so an over-confident model would outvote a better calibrated one: both models
 are calibrated before they are fused.
 
+A classifier trained on an unbalanced corpus also carries that corpus's class prior in its
+outputs (FER2013: happy 25 %, disgust 1.5 % of the training faces), which costs recall on the
+rare classes wherever the people seen are distributed otherwise. The *prior shift* (Saerens et
+al., "Adjusting the outputs of a classifier to new a priori probabilities", Neural Computation
+14(1), 2002; as post-hoc logit adjustment, Menon et al., "Long-tail learning via logit
+adjustment", ICLR 2021) multiplies the calibrated posterior by ``(1/π)^s``: ``s = 1`` moves it
+to a uniform prior, ``0 < s < 1`` part of the way.
+
 The fitted T of a model ``NAME.tflite`` lives beside it in ``NAME.json`` (``{"temperature": T,
-...}``, written by the training or evaluation script that fitted it, also on the model card).
-No file means T = 1. Pure numpy; no I/O except :func:`load_temperature`.
+"prior_shift": {"train_prior": [...], "strength": s}, ...}``, written by the script that
+fitted it, also on the model card). No file means T = 1 and no shift. Pure numpy; no I/O
+except :func:`load_calibration`.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,23 +34,50 @@ import numpy as np
 from .errors import ModelError
 
 __all__ = ["temperature_scale", "softmax", "fit_temperature", "expected_calibration_error",
-           "load_temperature", "sidecar_path"]
+           "prior_shift_bias", "Calibration", "load_calibration", "load_temperature",
+           "sidecar_path"]
 
 _P_MIN = 1e-7  # int8 outputs are often exactly 0; log(0) would make T meaningless
 
 
-def temperature_scale(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """Softmax outputs re-scaled as if their logits were divided by ``temperature``.
+def temperature_scale(probs: np.ndarray, temperature: float,
+                      log_bias: np.ndarray | None = None) -> np.ndarray:
+    """Softmax outputs re-scaled as if their logits were divided by ``temperature``, then
+    shifted by ``log_bias``: ``softmax(log p / T + b)``.
 
     probs: (..., K) non-negative, summing to 1 along the last axis (a softmax output; its log is
-    the logits up to a constant per row). temperature: > 0; 1 returns ``probs`` unchanged,
-    > 1 softens, < 1 sharpens. Returns (..., K) float32 summing to 1.
+    the logits up to a constant per row). temperature: > 0; 1 with no bias returns ``probs``
+    unchanged, > 1 softens, < 1 sharpens. log_bias: (K,) added after the temperature (a prior
+    shift, :func:`prior_shift_bias`), or None. Returns (..., K) float32 summing to 1.
     Raises ValueError for a non-positive or non-finite temperature.
     """
     p = np.asarray(probs, dtype=np.float64)
-    if temperature == 1.0:
+    if temperature == 1.0 and log_bias is None:
         return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
-    return softmax(np.log(np.maximum(p, _P_MIN)), temperature)
+    z = np.log(np.maximum(p, _P_MIN))
+    if log_bias is None:
+        return softmax(z, temperature)
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive number, got {temperature}")
+    return softmax(z / temperature + np.asarray(log_bias, dtype=np.float64))
+
+
+def prior_shift_bias(train_prior, strength: float) -> np.ndarray:
+    """The log-space bias that moves a posterior from the training prior towards a uniform one.
+
+    train_prior: (K,) class frequencies of the training data (positive; normalised here).
+    strength: s ≥ 0; 0 = no shift, 1 = the full shift to a uniform prior (Saerens et al. 2002).
+    Returns (K,) float64 ``−s·log π``, centred to mean 0 (a constant changes no softmax).
+    Raises ValueError for a prior that is not K > 1 positive finite numbers or a negative or
+    non-finite strength.
+    """
+    pi = np.asarray(train_prior, dtype=np.float64).reshape(-1)
+    if pi.size < 2 or not np.all(np.isfinite(pi)) or np.any(pi <= 0):
+        raise ValueError(f"train_prior must be at least 2 positive numbers, got {pi.tolist()}")
+    if not (math.isfinite(strength) and strength >= 0):
+        raise ValueError(f"prior shift strength must be a number ≥ 0, got {strength}")
+    b = -strength * np.log(pi / pi.sum())
+    return b - b.mean()
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -107,21 +145,50 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
     return Path(model_path).with_suffix(".json")
 
 
-def load_temperature(model_path: str | os.PathLike) -> float:
-    """The temperature fitted for ``model_path`` (from its sidecar JSON), 1.0 when there is none.
+@dataclass(frozen=True, eq=False)
+class Calibration:
+    """A model's output calibration: ``temperature`` (> 0) and an optional prior-shift
+    ``log_bias`` ((K,) float64, :func:`prior_shift_bias`)."""
 
-    Raises ModelError naming the file when the sidecar exists but is not JSON with a positive
-    number under ``"temperature"``.
+    temperature: float = 1.0
+    log_bias: np.ndarray | None = None
+
+    def apply(self, probs: np.ndarray) -> np.ndarray:
+        """probs: (..., K) softmax outputs → (..., K) float32 calibrated, summing to 1."""
+        return temperature_scale(probs, self.temperature, self.log_bias)
+
+
+def load_calibration(model_path: str | os.PathLike, num_classes: int | None = None) -> Calibration:
+    """The calibration fitted for ``model_path`` from its sidecar JSON (``"temperature"``, and
+    ``"prior_shift": {"train_prior": [num_classes numbers], "strength": s}`` if present);
+    ``Calibration()`` (T 1, no shift) when there is no sidecar. ``num_classes`` None skips the
+    class-count check.
+
+    Raises ModelError naming the file when the sidecar exists but is not JSON, its temperature is
+    not a positive number, or its prior shift is malformed or has the wrong number of classes.
     """
     path = sidecar_path(model_path)
     if not path.is_file():
-        return 1.0
+        return Calibration()
     try:
-        t = json.loads(path.read_text(encoding="utf-8")).get("temperature", 1.0)
-        t = float(t)
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        t = float(doc.get("temperature", 1.0))
         if not (math.isfinite(t) and t > 0):
             raise ValueError(f"temperature {t} is not a positive number")
-    except (ValueError, TypeError, AttributeError, OSError) as exc:
+        shift = doc.get("prior_shift")
+        bias = None
+        if shift is not None:
+            bias = prior_shift_bias(shift["train_prior"], float(shift["strength"]))
+            if num_classes is not None and bias.shape != (num_classes,):
+                raise ValueError(f"prior_shift.train_prior has {bias.size} classes, the model "
+                                 f"{num_classes}")
+    except (ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
         raise ModelError(f"{path}: unreadable calibration ({exc}); fix or delete the file "
                          f"(without it the model runs uncalibrated)") from None
-    return t
+    return Calibration(t, bias)
+
+
+def load_temperature(model_path: str | os.PathLike) -> float:
+    """The temperature fitted for ``model_path`` (from its sidecar JSON), 1.0 when there is none.
+    Raises ModelError as :func:`load_calibration` does."""
+    return load_calibration(model_path).temperature

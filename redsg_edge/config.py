@@ -197,7 +197,7 @@ class FusionConfig(StrictModel):
     #: Sustained lead: a candidate that stays the top class at or above sustained_threshold
     #: (below enter_threshold) for sustained_dwell_s (and at least min_dwell_s) also fires.
     #: sustained_threshold >= enter_threshold turns it off.
-    sustained_threshold: float = Field(0.45, ge=0.0, le=1.0)
+    sustained_threshold: float = Field(0.4, ge=0.0, le=1.0)
     sustained_dwell_s: float = Field(3.0, ge=0.0, le=60.0)
     #: No second transition within refractory_s of the last one.
     refractory_s: float = Field(1.5, ge=0.0, le=600.0)

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASSES, blazeface
-from .calibration import load_temperature, temperature_scale
+from .calibration import load_calibration
 from .litert import LiteRTClassifier, ModelError, load_interpreter
 
 FER_SIZE = 48
@@ -181,8 +181,9 @@ class FaceDetector:
 class FerModel:
     """The int8 FER classifier, calibrated.
 
-    path: the ``.tflite`` (48x48x1 → 7); its temperature (``calibration.load_temperature``, from
-    the sidecar ``NAME.json``; 1 without one) is applied to every output.
+    path: the ``.tflite`` (48x48x1 → 7); its calibration (``calibration.load_calibration``
+    from the sidecar ``NAME.json``: the temperature, then the shift from FER2013's class prior
+    towards a uniform one; neither without a sidecar) is applied to every output.
     Raises ModelError naming the file when it is missing, corrupt, not a 48x48x1 → 7 model, or
     its sidecar is unreadable.
     """
@@ -190,16 +191,17 @@ class FerModel:
     def __init__(self, path: str | os.PathLike, num_threads: int = 1) -> None:
         self.clf = LiteRTClassifier(path, (FER_SIZE, FER_SIZE, 1), len(CLASSES), num_threads)
         self.path = self.clf.path
-        self.temperature = load_temperature(self.path)
+        self.calibration = load_calibration(self.path, len(CLASSES))
+        self.temperature = self.calibration.temperature
 
     def predict(self, crop: np.ndarray) -> np.ndarray:
         """crop: (48, 48) uint8 grayscale face (``crop_face``). Returns probs (7,) float32 in
-        CLASSES order, summing to 1, temperature-scaled."""
+        CLASSES order, summing to 1, calibrated."""
         p = np.clip(self.clf.predict(crop.astype(np.float32)[..., None]), 0.0, None)
         s = float(p.sum())
         if s <= 0:
             return np.full(len(CLASSES), 1 / len(CLASSES), np.float32)
-        return temperature_scale(p / s, self.temperature)
+        return self.calibration.apply(p / s)
 
 
 @dataclass(frozen=True)

@@ -155,10 +155,12 @@ def eval_fer(path: Path, calls: int, plots: bool) -> dict:
                   f"FER int8 on CK+48, 6 classes (n={len(cy)}), row-normalised")
     return {"model": str(path), **file_facts(path),
             "privatetest_acc": round(float((pred == y).mean()), 4),
+            "privatetest_uar": uar(y, pred),
             "privatetest_recall": recall(y, pred),
             "privatetest_camera_acc": round(float((pc.argmax(1) == y).mean()), 4),
             "ck48_acc_6way": round(float((ck6 == cy).mean()), 4),
             "ck48_acc_7way": round(float((cp.argmax(1) == cy).mean()), 4),
+            "ck48_uar_6way": uar(cy, ck6),
             "ck48_recall_6way": recall(cy, ck6),
             "latency_one_thread": latency(fer.predict, x[0], calls)}
 
@@ -322,10 +324,12 @@ def main() -> int:
     if args.only in (None, "fer"):
         res["fer"] = f = eval_fer(args.models / "fer_int8.tflite", args.calls, not args.no_plots)
         rows += [("FER int8", "FER2013 PrivateTest acc", f["privatetest_acc"]),
+                 ("FER int8", "FER2013 PrivateTest UAR", f["privatetest_uar"]),
                  ("FER int8", "FER2013 PrivateTest through a cheap camera acc",
                   f["privatetest_camera_acc"]),
                  ("FER int8", "CK+48 acc (6 classes)", f["ck48_acc_6way"]),
                  ("FER int8", "CK+48 acc (7-way argmax)", f["ck48_acc_7way"]),
+                 ("FER int8", "CK+48 UAR (6 classes)", f["ck48_uar_6way"]),
                  ("FER int8", "latency p50 ms (1 thread)", f["latency_one_thread"]["p50_ms"]),
                  ("FER int8", "size bytes", f["bytes"]), ("FER int8", "sha256", f["sha256"])]
     if args.only in (None, "ser_utt"):

@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Write the golden predictions and accuracy floors that tests/test_goldens.py checks.
 
-Run it deliberately when a model changes, and commit its output in the same commit as the model
-and its card; the test fails with a pointer here while a golden file names another model's
-sha256. The method (items, windows, argmax) lives in ``tests.helpers.goldens``.
+Run it deliberately when a model or its calibration sidecar changes, and commit its output in
+the same commit as the model and its card; the test fails with a pointer here while a golden
+file names another model's or sidecar's sha256. The method (items, windows, argmax) lives in
+``tests.helpers.goldens``.
 
     python scripts/make_goldens.py --fer       # tests/data/fer_golden.json (FER2013 + CK+48)
     python scripts/make_goldens.py --ser       # tests/data/ser_golden.json (RAVDESS 23 + 24)
@@ -25,6 +26,7 @@ from tests.helpers import goldens  # noqa: E402
 
 def write(path: Path, model: Path, sets: dict, method: str) -> None:
     doc = {"model": model.name, "model_sha256": goldens.sha256_file(model),
+           "calibration_sha256": goldens.calibration_sha256(model),
            "generated": date.today().isoformat(), "generator": "scripts/make_goldens.py",
            "method": method, "sets": goldens.with_floors(sets)}
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")

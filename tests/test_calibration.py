@@ -1,4 +1,5 @@
-"""Temperature scaling and ECE (redsg_edge.calibration), and that FerModel applies its sidecar."""
+"""Temperature scaling, prior shift and ECE (redsg_edge.calibration), and that FerModel applies
+its sidecar."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from redsg_edge.calibration import (expected_calibration_error, fit_temperature, load_temperature,
+from redsg_edge.calibration import (Calibration, expected_calibration_error, fit_temperature,
+                                    load_calibration, load_temperature, prior_shift_bias,
                                     sidecar_path, temperature_scale)
 from redsg_edge.errors import ModelError
 
@@ -85,19 +87,74 @@ def test_load_temperature(tmp_path):
             load_temperature(model)
 
 
-def test_fer_model_applies_its_shipped_temperature(tmp_path):
+# (train prior, strength, posterior, expected shifted posterior). Saerens et al. 2002: a
+# posterior equal to the training prior carries no evidence, so the full shift (s = 1) makes it
+# uniform; s = 0 and a uniform training prior change nothing; s = 0.5 goes half way in log space.
+SHIFTS = [
+    ([0.8, 0.2], 1.0, [0.8, 0.2], [0.5, 0.5]),
+    ([0.8, 0.2], 0.0, [0.8, 0.2], [0.8, 0.2]),
+    ([0.5, 0.5], 1.0, [0.9, 0.1], [0.9, 0.1]),
+    ([0.8, 0.2], 0.5, [0.8, 0.2], [2 / 3, 1 / 3]),
+    ([0.6, 0.3, 0.1], 1.0, [0.2, 0.3, 0.5], [1 / 19, 3 / 19, 15 / 19]),  # ∝ posterior / prior
+]
+
+
+@pytest.mark.parametrize("prior, s, post, want", SHIFTS)
+def test_prior_shift_table(prior, s, post, want):
+    b = prior_shift_bias(prior, s)
+    assert b.shape == (len(prior),) and abs(b.mean()) < 1e-12
+    q = temperature_scale(np.array(post), 1.0, b)
+    assert q.dtype == np.float32 and np.allclose(q, want, atol=1e-6)
+    assert np.allclose(Calibration(1.0, b).apply(np.array(post)), want, atol=1e-6)
+
+
+def test_prior_shift_follows_the_temperature():
+    b = prior_shift_bias([0.7, 0.2, 0.1], 0.7)
+    p = np.array([0.5, 0.3, 0.2])
+    want = _softmax(np.log(p) / 0.8 + b)
+    assert np.allclose(temperature_scale(p, 0.8, b), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("prior, s", [([1.0], 1.0), ([0.5, 0.0, 0.5], 1.0), ([0.5, -0.5], 1.0),
+                                      ([0.5, float("nan")], 1.0), ([0.5, 0.5], -0.1),
+                                      ([0.5, 0.5], float("inf"))])
+def test_prior_shift_rejects_bad_input(prior, s):
+    with pytest.raises(ValueError):
+        prior_shift_bias(prior, s)
+
+
+def test_load_calibration(tmp_path):
+    model = tmp_path / "m.tflite"
+    assert load_calibration(model, 3).log_bias is None
+    doc = {"temperature": 0.9, "prior_shift": {"train_prior": [0.6, 0.3, 0.1], "strength": 0.5}}
+    sidecar_path(model).write_text(json.dumps(doc))
+    cal = load_calibration(model, 3)
+    assert cal.temperature == 0.9 and np.allclose(cal.log_bias, prior_shift_bias([0.6, 0.3, 0.1], 0.5))
+    assert load_temperature(model) == 0.9
+    for shift in ({"train_prior": [0.5, 0.5], "strength": 0.5},  # 2 classes, the model has 3
+                  {"train_prior": [0.6, 0.3, 0.1]}, {"strength": 1.0},
+                  {"train_prior": [0.6, 0.3, 0.1], "strength": -1}, [0.6, 0.3, 0.1]):
+        sidecar_path(model).write_text(json.dumps({"temperature": 0.9, "prior_shift": shift}))
+        with pytest.raises(ModelError, match="m.json"):
+            load_calibration(model, 3)
+
+
+def test_fer_model_applies_its_shipped_calibration(tmp_path):
     from redsg_edge.config import Config
     from redsg_edge.datasets import load_fer2013
     from redsg_edge.vision import FerModel
 
     shipped = Config().vision.fer_model
     fer = FerModel(shipped)
-    assert fer.temperature == load_temperature(shipped) and fer.temperature != 1.0
+    cal = load_calibration(shipped, 7)
+    assert fer.temperature == cal.temperature != 1.0
+    # The shift raises the classes FER2013 is short of (disgust: 1.5 % of its training faces)
+    # and lowers the common ones (happy: 25 %).
+    assert cal.log_bias is not None and cal.log_bias.argmax() == 1 and cal.log_bias.argmin() == 3
     raw = tmp_path / "fer.tflite"
     raw.write_bytes(shipped.read_bytes())  # no sidecar beside the copy: uncalibrated
     plain = FerModel(raw)
-    assert plain.temperature == 1.0
+    assert plain.temperature == 1.0 and plain.calibration.log_bias is None
     x, _y, _ = load_fer2013("test", limit_per_class=2)
     for crop in x:
-        assert np.allclose(fer.predict(crop), temperature_scale(plain.predict(crop), fer.temperature),
-                           atol=1e-5)
+        assert np.allclose(fer.predict(crop), cal.apply(plain.predict(crop)), atol=1e-5)

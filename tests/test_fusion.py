@@ -47,9 +47,10 @@ def merge(*streams) -> list:
 
 
 def cfg(**kw) -> FusionConfig:
-    # The talking-face factor off unless a test sets it: the rule has its own tests below.
+    # The talking-face factor and the sustained lead off unless a test sets them: each rule has
+    # its own tests below.
     base = dict(combiner="mean", smoothing_tau_s=0.0, min_dwell_s=1.0, refractory_s=4.0, enter_threshold=0.45,
-                exit_threshold=0.30, max_age_s=3.0, talking_face_neutral=1.0)
+                exit_threshold=0.30, max_age_s=3.0, talking_face_neutral=1.0, sustained_threshold=1.0)
     base.update(kw)
     return FusionConfig(**base)
 

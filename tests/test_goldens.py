@@ -30,6 +30,10 @@ def load_golden(name: str, model: Path, flag: str) -> dict:
         f"{model} (sha256 {sha[:12]}) is not the model tests/data/{name} was made for "
         f"({doc['model_sha256'][:12]}): run `python scripts/make_goldens.py {flag}` and commit "
         "the new goldens with the model and its card")
+    cal = goldens.calibration_sha256(model)
+    assert cal == doc.get("calibration_sha256"), (
+        f"{model.with_suffix('.json')} (the calibration) is not the one tests/data/{name} was made "
+        f"with: run `python scripts/make_goldens.py {flag}` and commit the new goldens with it")
     return doc
 
 

@@ -41,6 +41,13 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def calibration_sha256(model: Path) -> str | None:
+    """Hex SHA-256 of the model's calibration sidecar (``NAME.json``: temperature, prior shift),
+    None without one: it changes the top-1 as much as the weights do."""
+    side = Path(model).with_suffix(".json")
+    return sha256_file(side) if side.is_file() else None
+
+
 def names_sha256(names: list[str]) -> str:
     """Hex SHA-256 of the item names joined by newlines, in order (a set's committed identity)."""
     return hashlib.sha256("\n".join(names).encode()).hexdigest()
