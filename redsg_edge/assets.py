@@ -29,6 +29,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 (JetPack 6)
     import tomli as tomllib
 
+from .calibration import sidecar_path
+
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Config
 
@@ -368,8 +370,9 @@ def verify_models(cfg: Config, warnings: list[str] | None = None) -> list[str]:
 
     Manifest files (found beside the configured detector, else in the source tree): presence,
     size and sha256 when the configured file has the manifest's name (a differently named
-    custom model is only checked for presence). Our own FER/SER models: presence, and sha256
-    against ``SHA256SUMS`` in their directory when that file lists them. Each problem is one
+    custom model is only checked for presence). Our own FER/SER models: presence, and sha256 of
+    the model and of its calibration sidecar (``NAME.json``) against ``SHA256SUMS`` in their
+    directory when that file lists them. Each problem is one
     line naming the config key and the file. Speech-to-text files are checked only when
     ``speech.transcript.enabled``; when they are missing, a line goes to ``warnings`` (if
     given) instead, because the daemon runs without transcripts.
@@ -421,11 +424,20 @@ def verify_models(cfg: Config, warnings: list[str] | None = None) -> list[str]:
             problems.append(f"{key}: {path} missing")
             continue
         sums_path = path.parent / SUMS_NAME
-        if sums_path.is_file():
-            expected = read_sha256sums(sums_path).get(path.name)
-            if expected and sha256_file(path) != expected:
-                problems.append(f"{key}: {path} does not match {sums_path} (corrupt or replaced "
-                                "file; reinstall the models)")
+        if not sums_path.is_file():
+            continue
+        sums = read_sha256sums(sums_path)
+        # The calibration sidecar (temperature, prior shift) changes the outputs as much as the
+        # weights do, so it is pinned with them.
+        for f in (path, sidecar_path(path)):
+            expected = sums.get(f.name)
+            if expected and not f.is_file():
+                problems.append(f"{key}: {f} missing (listed in {sums_path}; reinstall the "
+                                "models)")
+            elif expected and sha256_file(f) != expected:
+                problems.append(f"{key}: {f} does not match {sums_path} (corrupt or replaced "
+                                "file; reinstall the models, or after a deliberate "
+                                "re-calibration update that line)")
     return problems
 
 

@@ -192,7 +192,6 @@ class FerModel:
         self.clf = LiteRTClassifier(path, (FER_SIZE, FER_SIZE, 1), len(CLASSES), num_threads)
         self.path = self.clf.path
         self.calibration = load_calibration(self.path, len(CLASSES))
-        self.temperature = self.calibration.temperature
 
     def predict(self, crop: np.ndarray) -> np.ndarray:
         """crop: (48, 48) uint8 grayscale face (``crop_face``). Returns probs (7,) float32 in

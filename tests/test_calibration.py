@@ -147,14 +147,14 @@ def test_fer_model_applies_its_shipped_calibration(tmp_path):
     shipped = Config().vision.fer_model
     fer = FerModel(shipped)
     cal = load_calibration(shipped, 7)
-    assert fer.temperature == cal.temperature != 1.0
+    assert fer.calibration.temperature == cal.temperature != 1.0
     # The shift raises the classes FER2013 is short of (disgust: 1.5 % of its training faces)
     # and lowers the common ones (happy: 25 %).
     assert cal.log_bias is not None and cal.log_bias.argmax() == 1 and cal.log_bias.argmin() == 3
     raw = tmp_path / "fer.tflite"
     raw.write_bytes(shipped.read_bytes())  # no sidecar beside the copy: uncalibrated
     plain = FerModel(raw)
-    assert plain.temperature == 1.0 and plain.calibration.log_bias is None
+    assert plain.calibration.temperature == 1.0 and plain.calibration.log_bias is None
     x, _y, _ = load_fer2013("test", limit_per_class=2)
     for crop in x:
         assert np.allclose(fer.predict(crop), cal.apply(plain.predict(crop)), atol=1e-5)

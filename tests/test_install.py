@@ -103,6 +103,16 @@ def _config(tmp_path: Path, models: Path) -> Path:
     return cfg
 
 
+def test_shipped_sha256sums_pin_the_shipped_files():
+    """models/SHA256SUMS names every model and sidecar we ship, each with its current hash: a
+    re-calibration or a new model that forgot the line fails here, not on an owner's device."""
+    sums = read_sha256sums(REPO / "models" / "SHA256SUMS")
+    assert {"fer_int8.tflite", "fer_int8.json", "ser_int8.tflite", "ser_int8.json",
+            "ser_utt_int8.tflite", "ser_utt_int8.json"} <= set(sums)
+    for name, digest in sums.items():
+        assert hashlib.sha256((REPO / "models" / name).read_bytes()).hexdigest() == digest, name
+
+
 @needs_mirror
 def test_verify_models_presence_and_hashes(tmp_path):
     models = tmp_path / "models"
@@ -120,6 +130,19 @@ def test_verify_models_presence_and_hashes(tmp_path):
         hashlib.sha256(b"other").hexdigest()
     (problem,) = verify_models(cfg)
     assert problem.startswith("speech.ser_model: ") and "SHA256SUMS" in problem
+    # The calibration sidecar is pinned with its model: edited, it is named; listed but gone too.
+    (models / "fer_int8.json").write_text('{"temperature": 0.9}')
+    with (models / "SHA256SUMS").open("a") as f:
+        f.write(f"{hashlib.sha256(b'{}').hexdigest()}  fer_int8.json\n")
+    problems = verify_models(cfg)
+    assert any(p.startswith("vision.fer_model: ") and "fer_int8.json does not match" in p
+               and "re-calibration" in p for p in problems), problems
+    (models / "fer_int8.json").unlink()
+    assert any(p.startswith("vision.fer_model: ") and "fer_int8.json missing" in p
+               for p in verify_models(cfg))
+    (models / "fer_int8.json").write_text("{}")
+    (problem,) = verify_models(cfg)
+    assert problem.startswith("speech.ser_model: ")
     (models / DETECTOR).write_bytes(b"tampered")
     problems = verify_models(cfg)
     assert any(p.startswith("vision.detector_model: ") and "does not match" in p
