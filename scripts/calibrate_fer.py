@@ -82,7 +82,8 @@ def main() -> int:
         strength, grid = choose_strength(pv, yv, t, prior)
         print("prior-shift strength on val: s, accuracy, UAR, mean")
         for s, acc, u in grid:
-            print(f"  {s:.2f}  {acc:.4f}  {u:.4f}  {(acc + u) / 2:.4f}{'  <- chosen' if s == strength else ''}")
+            mark = "  <- chosen" if s == strength else ""
+            print(f"  {s:.2f}  {acc:.4f}  {u:.4f}  {(acc + u) / 2:.4f}{mark}")
     else:
         strength = args.strength
     bias = prior_shift_bias(prior, strength)
@@ -111,8 +112,9 @@ def main() -> int:
                      "prior_shift": {"train_prior": [round(float(v), 6) for v in prior],
                                      "train_prior_of": "FER2013 Training (28,709 faces)",
                                      "strength": strength,
-                                     "strength_chosen_on": "FER2013 PublicTest (val), best mean "
-                                                           "of accuracy and UAR"},
+                                     "strength_chosen_on": "--strength, by hand" if args.strength
+                                     is not None else "FER2013 PublicTest (val), best mean of "
+                                                      "accuracy and UAR"},
                      "ece_15bins": {k: {"before": round(r[0], 4), "after": round(r[1], 4)}
                                     for k, r in rows.items()}})
         dest.write_text(json.dumps(meta, indent=1) + "\n")

@@ -129,7 +129,8 @@ def test_load_calibration(tmp_path):
     doc = {"temperature": 0.9, "prior_shift": {"train_prior": [0.6, 0.3, 0.1], "strength": 0.5}}
     sidecar_path(model).write_text(json.dumps(doc))
     cal = load_calibration(model, 3)
-    assert cal.temperature == 0.9 and np.allclose(cal.log_bias, prior_shift_bias([0.6, 0.3, 0.1], 0.5))
+    assert cal.temperature == 0.9
+    assert np.allclose(cal.log_bias, prior_shift_bias([0.6, 0.3, 0.1], 0.5))
     assert load_temperature(model) == 0.9
     for shift in ({"train_prior": [0.5, 0.5], "strength": 0.5},  # 2 classes, the model has 3
                   {"train_prior": [0.6, 0.3, 0.1]}, {"strength": 1.0},

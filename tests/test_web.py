@@ -376,7 +376,7 @@ def test_replay_serve_shows_the_pexels_clip_in_chromium(browser, tmp_path):
         threading.Thread(target=lambda: tail.extend(proc.stderr), daemon=True).start()
         browser.get(url)
         shot = tmp_path / "tuning_page.png"
-        time.sleep(8.0)  # past the first transitions (6.3 s, README) after the models load
+        time.sleep(8.0)  # past the first transitions (0.2, 5.5, 7.1 s: README) once loaded
         check_page_moves(browser, shot)
         rows = wait_for(lambda: browser.find_elements("css selector", "#event-rows tr.transition"),
                         timeout=60, what="a transition of the replay")
