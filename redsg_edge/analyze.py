@@ -111,7 +111,7 @@ class Analyzer:
         if self._det is None:
             self._det = FaceDetector(self.cfg.vision.detector_model,
                                      self.cfg.vision.min_detection_confidence)
-            self._fer = FerModel(self.cfg.vision.fer_model)
+            self._fer = FerModel.from_config(self.cfg.vision)
         rgb, scale = read_image(path)
         faces = sorted(self._det.detect(rgb), key=lambda f: -f.area)
         out = []

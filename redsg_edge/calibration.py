@@ -158,33 +158,41 @@ class Calibration:
         return temperature_scale(probs, self.temperature, self.log_bias)
 
 
-def load_calibration(model_path: str | os.PathLike, num_classes: int | None = None) -> Calibration:
+def load_calibration(model_path: str | os.PathLike, num_classes: int | None = None,
+                     strength: float | None = None) -> Calibration:
     """The calibration fitted for ``model_path`` from its sidecar JSON (``"temperature"``, and
     ``"prior_shift": {"train_prior": [num_classes numbers], "strength": s}`` if present);
     ``Calibration()`` (T 1, no shift) when there is no sidecar. ``num_classes`` None skips the
-    class-count check.
+    class-count check. ``strength`` (≥ 0) replaces the sidecar's s (0 = no shift; the owner's
+    ``vision.fer_prior_shift``); None keeps it.
 
     Raises ModelError naming the file when the sidecar exists but is not JSON, its temperature is
-    not a positive number, or its prior shift is malformed or has the wrong number of classes.
+    not a positive number, or its prior shift is malformed or has the wrong number of classes;
+    and when ``strength`` > 0 is asked of a model without a sidecar training prior.
     """
     path = sidecar_path(model_path)
-    if not path.is_file():
-        return Calibration()
+    doc = None
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        t = float(doc.get("temperature", 1.0))
+        if path.is_file():
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        t = float((doc or {}).get("temperature", 1.0))
         if not (math.isfinite(t) and t > 0):
             raise ValueError(f"temperature {t} is not a positive number")
-        shift = doc.get("prior_shift")
+        shift = (doc or {}).get("prior_shift")
         bias = None
-        if shift is not None:
-            bias = prior_shift_bias(shift["train_prior"], float(shift["strength"]))
+        if shift is not None and strength != 0:
+            s = float(shift["strength"]) if strength is None else strength
+            bias = prior_shift_bias(shift["train_prior"], s)
             if num_classes is not None and bias.shape != (num_classes,):
                 raise ValueError(f"prior_shift.train_prior has {bias.size} classes, the model "
                                  f"{num_classes}")
     except (ValueError, TypeError, AttributeError, KeyError, OSError) as exc:
         raise ModelError(f"{path}: unreadable calibration ({exc}); fix or delete the file "
                          f"(without it the model runs uncalibrated)") from None
+    if strength and shift is None:
+        raise ModelError(f"{path}: no training class prior (\"prior_shift\") for a prior shift "
+                         f"of strength {strength}; write it with scripts/calibrate_fer.py, or "
+                         "set the strength (vision.fer_prior_shift) to 0 or leave it unset")
     return Calibration(t, bias)
 
 

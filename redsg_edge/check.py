@@ -105,7 +105,7 @@ def _model_items(cfg: Config) -> list[Item]:
         except ModelError as exc:
             items.append(Item("model", "face detector loads", "fail", str(exc)))
         items.append(_classifier_item("FER", cfg.vision.fer_model,
-                                      lambda: FerModel(cfg.vision.fer_model)))
+                                      lambda: FerModel.from_config(cfg.vision)))
     else:
         items.append(Item("model", "face models", "skip", 'camera.source = "none"'))
     if voice_in:

@@ -69,9 +69,12 @@ class MicrophoneConfig(StrictModel):
 
 class VisionConfig(StrictModel):
     """``[vision]``: the face detector and FER model files, detection threshold, max frame rate."""
-    #: MediaPipe Tasks face detector (.tflite with metadata), e.g. blaze_face_short_range.
+    #: BlazeFace short-range face detector (.tflite), run on LiteRT (vision.FaceDetector).
     detector_model: LaxPath = Path("models/blaze_face_short_range.tflite")
     fer_model: LaxPath = Path("models/fer_int8.tflite")
+    #: Strength of the FER's shift from its training prior towards a uniform one (0 = off);
+    #: None = the model's calibration sidecar (models/fer_int8.json: 0.7).
+    fer_prior_shift: float | None = Field(None, ge=0.0, le=2.0)
     min_detection_confidence: float = Field(0.5, ge=0.05, le=0.99)
     #: Frames per second the vision worker classifies at most (frames in between are skipped).
     max_fps: float = Field(15.0, gt=0, le=120)

@@ -128,7 +128,7 @@ class Perception:
         if face:
             vision = VisionWorker(FaceDetector(cfg.vision.detector_model,
                                                cfg.vision.min_detection_confidence),
-                                  FerModel(cfg.vision.fer_model))
+                                  FerModel.from_config(cfg.vision))
         if voice:
             utt = cfg.speech.utterance_model
             speech = SpeechPerception(SerModel(cfg.speech.ser_model, cfg.speech.window_s),

@@ -16,12 +16,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import CLASSES, blazeface
 from .calibration import load_calibration
 from .litert import LiteRTClassifier, ModelError, load_interpreter
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import VisionConfig
 
 FER_SIZE = 48
 #: FER2013 image side / BlazeFace box side, and the image centre's offset above the box centre
@@ -184,14 +188,21 @@ class FerModel:
     path: the ``.tflite`` (48x48x1 → 7); its calibration (``calibration.load_calibration``
     from the sidecar ``NAME.json``: the temperature, then the shift from FER2013's class prior
     towards a uniform one; neither without a sidecar) is applied to every output.
+    prior_shift: the shift's strength instead of the sidecar's (0 = off; None = the sidecar's).
     Raises ModelError naming the file when it is missing, corrupt, not a 48x48x1 → 7 model, or
-    its sidecar is unreadable.
+    its sidecar is unreadable or lacks the prior a ``prior_shift`` > 0 needs.
     """
 
-    def __init__(self, path: str | os.PathLike, num_threads: int = 1) -> None:
+    def __init__(self, path: str | os.PathLike, num_threads: int = 1,
+                 prior_shift: float | None = None) -> None:
         self.clf = LiteRTClassifier(path, (FER_SIZE, FER_SIZE, 1), len(CLASSES), num_threads)
         self.path = self.clf.path
-        self.calibration = load_calibration(self.path, len(CLASSES))
+        self.calibration = load_calibration(self.path, len(CLASSES), prior_shift)
+
+    @classmethod
+    def from_config(cls, vision: VisionConfig, num_threads: int = 1) -> FerModel:
+        """The model ``[vision]`` names (``fer_model``, ``fer_prior_shift``)."""
+        return cls(vision.fer_model, num_threads, vision.fer_prior_shift)
 
     def predict(self, crop: np.ndarray) -> np.ndarray:
         """crop: (48, 48) uint8 grayscale face (``crop_face``). Returns probs (7,) float32 in

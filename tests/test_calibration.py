@@ -140,6 +140,42 @@ def test_load_calibration(tmp_path):
             load_calibration(model, 3)
 
 
+def test_strength_overrides_the_sidecar(tmp_path):
+    model = tmp_path / "m.tflite"
+    prior = [0.6, 0.3, 0.1]
+    sidecar_path(model).write_text(json.dumps(
+        {"temperature": 0.9, "prior_shift": {"train_prior": prior, "strength": 0.5}}))
+    assert np.allclose(load_calibration(model, 3, 1.2).log_bias, prior_shift_bias(prior, 1.2))
+    off = load_calibration(model, 3, 0.0)
+    assert off.temperature == 0.9 and off.log_bias is None
+    # A shift asked of a model whose sidecar holds no training prior names the file and the key.
+    sidecar_path(model).write_text(json.dumps({"temperature": 0.9}))
+    assert load_calibration(model, 3, 0.0).log_bias is None
+    with pytest.raises(ModelError, match=r"m\.json.*vision\.fer_prior_shift"):
+        load_calibration(model, 3, 0.7)
+    sidecar_path(model).unlink()
+    with pytest.raises(ModelError, match="no training class prior"):
+        load_calibration(model, 3, 0.7)
+
+
+def test_fer_model_follows_vision_fer_prior_shift():
+    from redsg_edge.config import Config
+    from redsg_edge.datasets import load_fer2013
+    from redsg_edge.vision import FerModel
+
+    vision = Config().vision
+    assert vision.fer_prior_shift is None  # the sidecar's strength by default
+    shipped = FerModel.from_config(vision)
+    off = FerModel.from_config(vision.model_copy(update={"fer_prior_shift": 0.0}))
+    assert off.calibration.log_bias is None
+    assert off.calibration.temperature == shipped.calibration.temperature
+    x, _y, _ = load_fer2013("test", limit_per_class=3)
+    p_off = np.stack([off.predict(c) for c in x])
+    p_on = np.stack([shipped.predict(c) for c in x])
+    # The shift lifts disgust, the class FER2013 is shortest of, on every face.
+    assert (p_on[:, 1] > p_off[:, 1]).all()
+
+
 def test_fer_model_applies_its_shipped_calibration(tmp_path):
     from redsg_edge.config import Config
     from redsg_edge.datasets import load_fer2013

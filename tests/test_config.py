@@ -122,7 +122,8 @@ def test_shipped_config_documents_every_key():
     ("[fusion]\nenter_threshold = 0.4\nexit_threshold = 0.5\n", "fusion.exit_threshold: ",
      "must not exceed enter_threshold"),
     ("[camera]\nwidth = 640\nheight = \n", "TOML syntax", "line 3"),
-], ids=["unknown-key", "exit-above-enter", "toml-syntax"])
+    ("[vision]\nfer_prior_shift = -0.5\n", "vision.fer_prior_shift: ", "greater than or equal"),
+], ids=["unknown-key", "exit-above-enter", "toml-syntax", "negative-prior-shift"])
 def test_single_problem_names_file_and_key(tmp_path, text, where, phrase):
     path = _write(tmp_path, text)
     lines = _problems(path)

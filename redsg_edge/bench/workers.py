@@ -67,7 +67,7 @@ def worker_stages(p: dict) -> dict:
     wins = speech_windows(cfg.speech.window_s, data / "ravdess", limit_files=p.get("speech_files"))
     det = FaceDetector(cfg.vision.detector_model, cfg.vision.min_detection_confidence,
                        num_threads=threads)
-    fer = FerModel(cfg.vision.fer_model, num_threads=threads)
+    fer = FerModel.from_config(cfg.vision, num_threads=threads)
     ser = SerModel(cfg.speech.ser_model, cfg.speech.window_s, num_threads=threads)
     res: dict[str, Any] = {"threads": threads, "cpus": affinity_cpus(), "frames": len(frames),
                            "speech_windows": len(wins), "stages": {}}
@@ -159,7 +159,7 @@ def worker_loop(p: dict) -> dict:
     def make_worker():
         return (VisionWorker(FaceDetector(cfg.vision.detector_model,
                                           cfg.vision.min_detection_confidence),
-                             FerModel(cfg.vision.fer_model)), Fusion(cfg.fusion))
+                             FerModel.from_config(cfg.vision)), Fusion(cfg.fusion))
 
     def step(vw, fusion, t, frame) -> None:
         r, _ = vw.process(frame)
@@ -293,7 +293,7 @@ def worker_peers_ours(p: dict) -> dict:
     cfg = _worker_cfg(p)
     data = np.load(p["npz"])
     faces48 = data["faces"]
-    fer = FerModel(cfg.vision.fer_model, num_threads=p.get("threads", 1))
+    fer = FerModel.from_config(cfg.vision, num_threads=p.get("threads", 1))
     det = FaceDetector(cfg.vision.detector_model, cfg.vision.min_detection_confidence)
     n = len(faces48) if p.get("limit") is None else min(len(faces48), p["limit"])
     out: dict[str, Any] = {"cpus": affinity_cpus(), "n": n}
