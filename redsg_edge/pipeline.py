@@ -38,8 +38,9 @@ NORM_SAVE_EVERY = 20
 LIVE_KEYS = ("fusion", "reply", "voice.default_style", "voice.style", "voice.mic_gate_tail_s",
              "speech.vad_threshold", "speech.vad_gain_max_db", "speech.min_utterance_s",
              "speech.hangover_s", "speech.padding_s", "speech.max_utterance_s", "speech.hop_s",
-             "speech.utterance_weight", "vision.max_fps", "service.status_interval_s",
-             "service.heartbeat_timeout_s", "service.log_level", "service.event_log")
+             "speech.utterance_weight", "vision.max_fps", "vision.fer_prior_shift",
+             "service.status_interval_s", "service.heartbeat_timeout_s", "service.log_level",
+             "service.event_log")
 
 
 def is_live_key(key: str) -> bool:
@@ -308,10 +309,12 @@ class Pipeline:
         """Apply a reloaded config; returns the keys that differ from what is running and need
         a restart (compared with the config the process started with, so they are reported at
         every reload until the restart)."""
-        with self._fusion_lock:
-            self.fusion.reconfigure(cfg.fusion)
+        # Perception first: it is the part that can refuse (a FER prior shift the model cannot
+        # take), and a refused reload must leave everything as it was.
         self.perception.reconfigure(
             cfg, [k.split(".", 1)[1] for k in LIVE_KEYS if k.startswith("speech.")])
+        with self._fusion_lock:
+            self.fusion.reconfigure(cfg.fusion)
         if self.reply is not None:
             self.reply.reload(cfg)
         self.cfg = cfg

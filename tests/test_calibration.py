@@ -195,3 +195,36 @@ def test_fer_model_applies_its_shipped_calibration(tmp_path):
     x, _y, _ = load_fer2013("test", limit_per_class=2)
     for crop in x:
         assert np.allclose(fer.predict(crop), cal.apply(plain.predict(crop)), atol=1e-5)
+
+
+def test_reload_applies_fer_prior_shift_or_refuses_whole(tmp_path):
+    """SIGHUP's path (Pipeline.reconfigure → Perception.reconfigure) swaps the FER calibration
+    live; a shift the model cannot take raises before anything changes."""
+    import shutil
+
+    from redsg_edge.config import Config
+    from redsg_edge.perception import Perception
+
+    cfg = Config()
+    perception = Perception.load(cfg, face=True, voice=False)
+    fer = perception.vision.fer
+    shipped = fer.calibration
+    off = cfg.model_copy(update={"vision": cfg.vision.model_copy(update={"fer_prior_shift": 0.0})})
+    perception.reconfigure(off)
+    assert fer.calibration is not shipped and fer.calibration.log_bias is None
+    assert perception.cfg is off
+    perception.reconfigure(cfg)
+    assert np.allclose(fer.calibration.log_bias, shipped.log_bias)
+    # A FER model without a sidecar cannot take a shift: refused, nothing changed.
+    bare = tmp_path / "fer.tflite"
+    shutil.copy(cfg.vision.fer_model, bare)
+    vision = cfg.vision.model_copy(update={"fer_model": bare, "fer_prior_shift": 0.0})
+    plain = cfg.model_copy(update={"vision": vision})
+    p2 = Perception.load(plain, face=True, voice=False)
+    before = p2.vision.fer.calibration
+    ask = plain.model_copy(update={"vision": vision.model_copy(update={"fer_prior_shift": 0.7})})
+    with pytest.raises(ModelError, match="vision.fer_prior_shift"):
+        p2.reconfigure(ask)
+    assert p2.vision.fer.calibration is before and p2.cfg is plain
+    perception.close()
+    p2.close()
