@@ -148,10 +148,11 @@ def sidecar_path(model_path: str | os.PathLike) -> Path:
 @dataclass(frozen=True, eq=False)
 class Calibration:
     """A model's output calibration: ``temperature`` (> 0) and an optional prior-shift
-    ``log_bias`` ((K,) float64, :func:`prior_shift_bias`)."""
+    ``log_bias`` ((K,) float64, :func:`prior_shift_bias`) of ``strength`` (0 = none)."""
 
     temperature: float = 1.0
     log_bias: np.ndarray | None = None
+    strength: float = 0.0
 
     def apply(self, probs: np.ndarray) -> np.ndarray:
         """probs: (..., K) softmax outputs → (..., K) float32 calibrated, summing to 1."""
@@ -179,7 +180,7 @@ def load_calibration(model_path: str | os.PathLike, num_classes: int | None = No
         if not (math.isfinite(t) and t > 0):
             raise ValueError(f"temperature {t} is not a positive number")
         shift = (doc or {}).get("prior_shift")
-        bias = None
+        bias, s = None, 0.0
         if shift is not None and strength != 0:
             s = float(shift["strength"]) if strength is None else strength
             bias = prior_shift_bias(shift["train_prior"], s)
@@ -193,7 +194,7 @@ def load_calibration(model_path: str | os.PathLike, num_classes: int | None = No
         raise ModelError(f"{path}: no training class prior (\"prior_shift\") for a prior shift "
                          f"of strength {strength}; write it with scripts/calibrate_fer.py, or "
                          "set the strength (vision.fer_prior_shift) to 0 or leave it unset")
-    return Calibration(t, bias)
+    return Calibration(t, bias, s)
 
 
 def load_temperature(model_path: str | os.PathLike) -> float:

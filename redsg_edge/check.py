@@ -75,7 +75,9 @@ def _classifier_item(what: str, path, load) -> Item:
     except ModelError as exc:
         return Item("model", f"{what} model loads", "fail", str(exc))
     q = "int8" if model.clf.quantized else "float"
-    return Item("model", f"{what} model loads", "ok", f"{path} ({q}, {s:.2f} s)")
+    cal = getattr(model, "calibration", None)  # FER: say which calibration is in effect
+    extra = f", T {cal.temperature:g}, prior shift {cal.strength:g}" if cal else ""
+    return Item("model", f"{what} model loads", "ok", f"{path} ({q}, {s:.2f} s{extra})")
 
 
 def _model_items(cfg: Config) -> list[Item]:

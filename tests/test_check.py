@@ -58,6 +58,19 @@ def test_all_well(tmp_path, models, capsys):
     assert "✘" not in out
 
 
+def test_fer_line_names_the_calibration_in_effect():
+    from redsg_edge.check import _classifier_item
+    from redsg_edge.config import Config
+    from redsg_edge.vision import FerModel
+
+    vision = Config().vision
+    item = _classifier_item("FER", vision.fer_model, lambda: FerModel.from_config(vision))
+    assert item.status == "ok" and "T 0.8858, prior shift 0.7)" in item.detail, item
+    off = vision.model_copy(update={"fer_prior_shift": 0.0})
+    item = _classifier_item("FER", off.fer_model, lambda: FerModel.from_config(off))
+    assert "prior shift 0)" in item.detail, item
+
+
 def test_bad_config_is_78_with_key_lines(tmp_path, models, capsys):
     p = tmp_path / "config.toml"
     p.write_text("[camera]\nwidth = 1\n")
