@@ -55,11 +55,9 @@ def temperature_scale(probs: np.ndarray, temperature: float,
     if temperature == 1.0 and log_bias is None:
         return (p / p.sum(axis=-1, keepdims=True)).astype(np.float32)
     z = np.log(np.maximum(p, _P_MIN))
-    if log_bias is None:
-        return softmax(z, temperature)
-    if not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a positive number, got {temperature}")
-    return softmax(z / temperature + np.asarray(log_bias, dtype=np.float64))
+    if log_bias is not None:
+        z = z + temperature * np.asarray(log_bias, dtype=np.float64)  # softmax divides by T
+    return softmax(z, temperature)
 
 
 def prior_shift_bias(train_prior, strength: float) -> np.ndarray:
@@ -172,14 +170,12 @@ def load_calibration(model_path: str | os.PathLike, num_classes: int | None = No
     and when ``strength`` > 0 is asked of a model without a sidecar training prior.
     """
     path = sidecar_path(model_path)
-    doc = None
     try:
-        if path.is_file():
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        t = float((doc or {}).get("temperature", 1.0))
+        doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        t = float(doc.get("temperature", 1.0))
         if not (math.isfinite(t) and t > 0):
             raise ValueError(f"temperature {t} is not a positive number")
-        shift = (doc or {}).get("prior_shift")
+        shift = doc.get("prior_shift")
         bias, s = None, 0.0
         if shift is not None and strength != 0:
             s = float(shift["strength"]) if strength is None else strength

@@ -18,8 +18,6 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import CLASSES
-from .calibration import load_calibration
 from .capture import FrameSchedule
 from .config import Config
 from .events import EventBus
@@ -182,12 +180,9 @@ class Perception:
         """Apply a reloaded config; ``speech_keys`` the ``[speech]`` keys the speech step takes
         live (``pipeline.LIVE_KEYS``). ``vision.fer_prior_shift`` is applied too. Raises
         ModelError (before changing anything) when the FER model cannot take that shift."""
-        fer = self.vision.fer if self.vision is not None else None
-        calibration = None
-        if fer is not None and cfg.vision.fer_prior_shift != self.cfg.vision.fer_prior_shift:
-            calibration = load_calibration(fer.path, len(CLASSES), cfg.vision.fer_prior_shift)
-        if calibration is not None:
-            fer.calibration = calibration  # one reference swap: the vision thread sees old or new
+        shift = cfg.vision.fer_prior_shift
+        if self.vision is not None and shift != self.cfg.vision.fer_prior_shift:
+            self.vision.fer.set_prior_shift(shift)
         self.cfg = cfg
         keys = list(speech_keys)
         if self.speech is not None and keys:

@@ -197,7 +197,14 @@ class FerModel:
                  prior_shift: float | None = None) -> None:
         self.clf = LiteRTClassifier(path, (FER_SIZE, FER_SIZE, 1), len(CLASSES), num_threads)
         self.path = self.clf.path
-        self.calibration = load_calibration(self.path, len(CLASSES), prior_shift)
+        self.set_prior_shift(prior_shift)
+
+    def set_prior_shift(self, strength: float | None) -> None:
+        """Reload the calibration with the prior shift at ``strength`` (None = the sidecar's,
+        0 = off). The new calibration replaces the old in one reference swap, so a thread
+        classifying meanwhile sees one or the other. Raises ModelError as the constructor does,
+        leaving the calibration unchanged."""
+        self.calibration = load_calibration(self.path, len(CLASSES), strength)
 
     @classmethod
     def from_config(cls, vision: VisionConfig, num_threads: int = 1) -> FerModel:

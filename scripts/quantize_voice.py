@@ -66,8 +66,8 @@ def quantize(src: Path, dest: Path) -> Path:
 def read_back(voice_path: Path | None) -> tuple[float, list[str]]:
     """Synthesise ``CHECK_SENTENCES`` (no sampling noise: the same audio on every run) with the
     voice at ``voice_path`` (None: the default) and transcribe them with the speech-to-text of
-    the repository's config.toml (``speech.transcript``): (word error rate, transcripts). Raises ModelError when its files
-    are missing."""
+    the repository's config.toml (``speech.transcript``): (word error rate, transcripts).
+    Raises ModelError when its files are missing."""
     import jiwer
     import numpy as np
 
