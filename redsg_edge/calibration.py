@@ -34,7 +34,7 @@ import numpy as np
 from .errors import ModelError
 
 __all__ = ["temperature_scale", "softmax", "fit_temperature", "expected_calibration_error",
-           "prior_shift_bias", "Calibration", "load_calibration", "load_temperature",
+           "prior_shift_bias", "Calibration", "load_calibration",
            "sidecar_path"]
 
 _P_MIN = 1e-7  # int8 outputs are often exactly 0; log(0) would make T meaningless
@@ -192,8 +192,3 @@ def load_calibration(model_path: str | os.PathLike, num_classes: int | None = No
                          "set the strength (vision.fer_prior_shift) to 0 or leave it unset")
     return Calibration(t, bias, s)
 
-
-def load_temperature(model_path: str | os.PathLike) -> float:
-    """The temperature fitted for ``model_path`` (from its sidecar JSON), 1.0 when there is none.
-    Raises ModelError as :func:`load_calibration` does."""
-    return load_calibration(model_path).temperature

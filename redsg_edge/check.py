@@ -75,8 +75,8 @@ def _classifier_item(what: str, path, load) -> Item:
     except ModelError as exc:
         return Item("model", f"{what} model loads", "fail", str(exc))
     q = "int8" if model.clf.quantized else "float"
-    cal = getattr(model, "calibration", None)  # FER: say which calibration is in effect
-    extra = f", T {cal.temperature:g}, prior shift {cal.strength:g}" if cal else ""
+    cal = model.calibration
+    extra = f", T {cal.temperature:g}" + (f", prior shift {cal.strength:g}" if cal.log_bias is not None else "")
     return Item("model", f"{what} model loads", "ok", f"{path} ({q}, {s:.2f} s{extra})")
 
 

@@ -129,6 +129,9 @@ class SpeechConfig(StrictModel):
     #: Seconds between successive SER windows within an utterance, between rolling windows while
     #: speech goes on, and between the speech path's fusion ticks.
     hop_s: float = Field(0.5, ge=0.1, le=5.0)
+    #: Seconds of an utterance's audio (its leading padding included) before its first rolling
+    #: label; then one every hop_s until it ends.
+    rolling_after_s: float = Field(1.25, ge=0.1, le=10.0)
     #: Silero VAD 6.2 as ONNX (``redsg-edge fetch-models`` puts it there).
     vad_model: LaxPath = Path("models/silero_vad_16k_op15.onnx")
     #: Silero VAD speech probability at which speech starts (it continues down to 0.15 less).

@@ -11,8 +11,9 @@ records come out. Inside, the trained VAD (``vad.SileroVad``) gives a speech pro
   ``p_utt^w · p_windows^(1 − w)`` (w = ``speech.utterance_weight``) with the utterance SER
   (``utterance_ser.UtteranceSer``, ``speech.utterance_model``): the utterance's functionals,
   normalised by the running statistics of the voices heard (:attr:`SpeechPerception.norm`);
-- while an utterance goes on, from half a window of speech on, the newest ``window_s`` of audio
-  (never reaching back into the previous utterance) every ``hop_s`` ("rolling").
+- while an utterance goes on, from ``speech.rolling_after_s`` of its audio on, the newest
+  ``window_s`` of audio (never reaching back into the previous utterance) every ``hop_s``
+  ("rolling").
 
 Every ``hop_s`` of audio the step also emits a tick without evidence, so fusion advances in media
 time even when nobody speaks. Callers feed every output's :meth:`SpeechOutput.fusion_input` to
@@ -31,7 +32,7 @@ from . import CLASSES
 from .config import SpeechConfig
 from .features import SAMPLE_RATE, mfcc_features, ser_windows
 from .fusion import Evidence
-from .calibration import load_temperature, temperature_scale
+from .calibration import load_calibration
 from .litert import LiteRTClassifier, ModelError
 from .utterance_ser import FeatureNorm, UtteranceSer
 from .vad import CHUNK, NEG_OFFSET, InputGain, Segmenter, SileroVad, Utterance, chunks_for
@@ -42,9 +43,10 @@ class SerModel:
     """The int8 SER classifier over featurised windows.
 
     path: ``.tflite`` whose input is (frames, features); frames must match ``window_s``
-    (``features.num_frames``) and features what ``features.ser_windows`` yields. A calibration
-    temperature T in ``<model>.json`` (``{"temperature": T}``) is applied to every window's
-    output, ``softmax(log(p) / T)``; none = 1. ``predict(pcm (window,) int16) → (7,)`` and
+    (``features.num_frames``) and features what ``features.ser_windows`` yields. Its
+    :attr:`calibration` (``calibration.load_calibration`` of ``<model>.json``, e.g.
+    ``{"temperature": T}``) is applied to every window's output, ``softmax(log(p) / T)``; no
+    sidecar = T 1. ``predict(pcm (window,) int16) → (7,)`` and
     ``predict_utterance(pcm (N,) int16, hop_samples) → (7,)`` float32 in CLASSES order.
     Raises ModelError naming the file when it is missing, corrupt or shaped for another window.
     """
@@ -63,13 +65,13 @@ class SerModel:
             raise ModelError(f"{self.path}: input shape {self.clf.input_shape} does not match "
                              f"the features of a {window_s} s window {want} (speech.window_s "
                              f"= {window_s} needs a model trained on {want[0]}-frame windows)")
-        self.temperature = load_temperature(self.path)
+        self.calibration = load_calibration(self.path, len(CLASSES))
 
     def _calibrated(self, feats: np.ndarray) -> np.ndarray:
         p = np.clip(self.clf.predict(feats), 0.0, None).astype(np.float64)
         if p.sum() <= 0:
             return np.full(len(CLASSES), 1 / len(CLASSES), np.float32)
-        return temperature_scale(p / p.sum(), self.temperature)
+        return self.calibration.apply(p / p.sum())
 
     def predict(self, pcm: np.ndarray) -> np.ndarray:
         """SER on one window: ``pcm`` (window_samples,) int16 at 16 kHz; returns (7,) float32
@@ -247,10 +249,10 @@ class SpeechPerception:
             prev = max(self._prev_end, self._buf_pos)
             first = max(s.start * CHUNK - self.pad, prev)
             w = self.model.window_samples
-            # From half a window of speech on, the newest window (with the audio before the
-            # utterance as context, as at its end) is classified every hop, so the voice
-            # reaches fusion while the person is still talking.
-            if end - first >= w // 2:
+            # From rolling_after_s of the utterance on, the newest window (with the audio
+            # before the utterance as context, as at its end) is classified every hop, so the
+            # voice reaches fusion while the person is still talking.
+            if end - first >= int(round(self.cfg.rolling_after_s * SAMPLE_RATE)):
                 self.rolling += 1
                 a = max(end - w, prev)
                 probs = self.model.predict_utterance(self._audio(a, end), self.hop)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from . import CLASSES
-from .calibration import sidecar_path, softmax
+from .calibration import Calibration, sidecar_path, softmax
 from .functionals import DIM, FEATURES_VERSION, MIN_SAMPLES, utterance_functionals
 from .litert import LiteRTClassifier, ModelError
 
@@ -124,7 +124,8 @@ class UtteranceSer:
             self.std = np.asarray(meta["std"], np.float64)
             self.prior = float(meta.get("prior_utterances", PRIOR))
             self.clip = float(meta.get("clip_z", CLIP_Z))
-            self.temperature = float(meta.get("temperature", 1.0))
+            #: Temperature only (no prior shift), applied to the logits.
+            self.calibration = Calibration(float(meta.get("temperature", 1.0)))
             feat, output = meta["features"], meta.get("output")
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ModelError(f"{side}: the utterance SER's sidecar is missing or broken ({exc}); "
@@ -152,7 +153,8 @@ class UtteranceSer:
     def predict(self, pcm: np.ndarray, norm: FeatureNorm, learn: bool = True) -> np.ndarray:
         """One utterance's probabilities (see the class docstring); ``norm`` learns from it
         unless ``learn`` is False or it is frozen."""
-        return softmax(self.raw_logits(utterance_functionals(pcm), norm, learn), self.temperature)
+        return softmax(self.raw_logits(utterance_functionals(pcm), norm, learn),
+                       self.calibration.temperature)
 
     def raw_probs(self, feats: np.ndarray, norm: FeatureNorm, learn: bool = True) -> np.ndarray:
         """The model's own probabilities for functionals ``feats`` (DIM,), before the

@@ -266,7 +266,7 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
         feats = [utterance_functionals(c) for c in clips]  # the float of the int16 it was cut as
         norm = model.batch_norm(feats)
         logits = np.stack([model.raw_logits(f, norm) for f in feats])
-        return softmax(logits), softmax(logits, model.temperature), owner
+        return softmax(logits), softmax(logits, model.calibration.temperature), owner
 
     held, urdu = _ser_dataset(data)
     y_file = np.array([h[1] for h in held])
@@ -290,7 +290,7 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
     utt = pcm16(held[0][0])
     norm = model.new_norm()
     return {"model": str(path), **file_facts(path), "test_actors": list(HELD_OUT),
-            "temperature": model.temperature, "cv_mean_acc": round(meta["cv"]["mean_accuracy"], 4),
+            "temperature": model.calibration.temperature, "cv_mean_acc": round(meta["cv"]["mean_accuracy"], 4),
             "cv_mean_uar": round(meta["cv"]["mean_uar"], 4),
             "utterances_heldout": int(len(y)), "utterances_urdu": int(len(uy)),
             "urdu_files_labelled": int(len(np.unique(uown))),

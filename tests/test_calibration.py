@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from redsg_edge.calibration import (Calibration, expected_calibration_error, fit_temperature,
-                                    load_calibration, load_temperature, prior_shift_bias,
+                                    load_calibration, prior_shift_bias,
                                     sidecar_path, temperature_scale)
 from redsg_edge.errors import ModelError
 
@@ -74,17 +74,17 @@ def test_fit_temperature_rejects_mismatched_inputs():
         fit_temperature(np.full((3, 7), 1 / 7), np.zeros(2, int))
 
 
-def test_load_temperature(tmp_path):
+def test_load_calibration_temperature(tmp_path):
     model = tmp_path / "m.tflite"
     assert sidecar_path(model) == tmp_path / "m.json"
-    assert load_temperature(model) == 1.0
+    assert load_calibration(model).temperature == 1.0
     sidecar_path(model).write_text(json.dumps({"temperature": 1.7}))
-    assert load_temperature(model) == 1.7
+    assert load_calibration(model).temperature == 1.7
     for bad in ("{not json", json.dumps({"temperature": -2}), json.dumps({"temperature": "hot"}),
                 json.dumps([1, 2])):
         sidecar_path(model).write_text(bad)
         with pytest.raises(ModelError, match="m.json"):
-            load_temperature(model)
+            load_calibration(model)
 
 
 # (train prior, strength, posterior, expected shifted posterior). Saerens et al. 2002: a
@@ -131,7 +131,6 @@ def test_load_calibration(tmp_path):
     cal = load_calibration(model, 3)
     assert cal.temperature == 0.9
     assert np.allclose(cal.log_bias, prior_shift_bias([0.6, 0.3, 0.1], 0.5))
-    assert load_temperature(model) == 0.9
     for shift in ({"train_prior": [0.5, 0.5], "strength": 0.5},  # 2 classes, the model has 3
                   {"train_prior": [0.6, 0.3, 0.1]}, {"strength": 1.0},
                   {"train_prior": [0.6, 0.3, 0.1], "strength": -1}, [0.6, 0.3, 0.1]):

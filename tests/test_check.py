@@ -68,7 +68,18 @@ def test_fer_line_names_the_calibration_in_effect():
     assert item.status == "ok" and "T 0.8858, prior shift 0.7)" in item.detail, item
     off = vision.model_copy(update={"fer_prior_shift": 0.0})
     item = _classifier_item("FER", off.fer_model, lambda: FerModel.from_config(off))
-    assert "prior shift 0)" in item.detail, item
+    assert item.detail.endswith(", T 0.8858)") and "prior shift" not in item.detail, item
+
+
+def test_ser_line_names_its_temperature():
+    from redsg_edge.check import _classifier_item
+    from redsg_edge.config import Config
+    from redsg_edge.speech import SerModel
+
+    speech = Config().speech
+    item = _classifier_item("SER", speech.ser_model,
+                            lambda: SerModel(speech.ser_model, speech.window_s))
+    assert item.status == "ok" and item.detail.endswith(", T 0.84)"), item
 
 
 def test_bad_config_is_78_with_key_lines(tmp_path, models, capsys):

@@ -157,7 +157,7 @@ def test_model_is_small_int8_with_its_sidecar(model):
     assert UTT_MODEL.stat().st_size < 64_000 and model.clf.quantized
     meta = json.loads(UTT_MODEL.with_suffix(".json").read_text())
     assert meta["features"] == FEATURES_VERSION and len(meta["mean"]) == DIM
-    assert 0.5 < model.temperature < 2.0
+    assert 0.5 < model.calibration.temperature < 2.0
     p = model.predict(pcm16(SAD), model.new_norm())
     assert p.shape == (len(CLASSES),) and p.dtype == np.float32
     assert p.sum() == pytest.approx(1.0, abs=1e-5) and (p >= 0).all()
@@ -173,7 +173,7 @@ def test_model_ends_in_logits_so_the_temperature_reaches_small_probabilities(mod
     logits = model.raw_logits(f, norm)
     assert logits.shape == (len(CLASSES),)
     p = model.predict(pcm16(SAD), norm)
-    e = np.exp((logits - logits.max()) / model.temperature)
+    e = np.exp((logits - logits.max()) / model.calibration.temperature)
     np.testing.assert_allclose(p, e / e.sum(), rtol=1e-5, atol=1e-7)
     assert p.min() > 1e-4
     np.testing.assert_allclose(model.raw_probs(f, norm), softmax(logits), rtol=1e-5, atol=1e-7)

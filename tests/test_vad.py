@@ -13,7 +13,7 @@ import soundfile as sf
 
 from redsg_edge.config import ConfigError, SpeechConfig, parse_config
 from redsg_edge.litert import ModelError
-from redsg_edge.calibration import load_temperature, temperature_scale
+from redsg_edge.calibration import load_calibration, temperature_scale
 from redsg_edge.speech import SerModel, SpeechPerception
 from redsg_edge.vad import CHUNK, InputGain, Segmenter, SileroVad, Utterance
 
@@ -245,6 +245,20 @@ def test_long_speech_gets_rolling_windows_and_is_cut_at_max_utterance(ser, vad):
     assert all(u.end_s - u.start_s <= 4.0 + 2 * pad + 1e-6 for u in utts)
 
 
+def test_rolling_labels_start_after_rolling_after_s(ser, vad):
+    parts = [pcm16(p)[14000:-14000] for p in sorted(ACTOR_24.glob("03-01-0[3-5]-02-*.flac"))[:6]]
+    pcm = np.concatenate(parts)
+    first, count = {}, {}
+    for after in (1.0, 2.5):
+        cfg = SpeechConfig(max_utterance_s=4.0, hangover_s=1.0, rolling_after_s=after)
+        outs, step = run_step(ser, vad, pcm, 1600, cfg)
+        first[after] = min(o.t for o in outs if o.kind == "rolling")
+        count[after] = step.rolling
+    # the same utterance's first rolling label, 1.5 s later to within one hop (0.5 s)
+    assert 1.0 - 1e-6 <= first[2.5] - first[1.0] <= 2.0 + 1e-6, first
+    assert count[2.5] < count[1.0]
+
+
 def test_gated_audio_is_never_classified(ser, vad):
     """While the device speaks (gated audio) nothing reaches fusion: the utterance in progress is
     cut where the gate begins, then no ticks and no evidence until the gate opens."""
@@ -300,11 +314,11 @@ def test_speech_keys_are_validated(speech, key):
 def test_temperature_from_the_model_card(tmp_path, vad):
     model = tmp_path / "ser_int8.tflite"
     shutil.copy(SER_MODEL, model)
-    assert load_temperature(model) == 1.0
+    assert load_calibration(model).temperature == 1.0
     plain = SerModel(model, 2.5)
     (tmp_path / "ser_int8.json").write_text(json.dumps({"temperature": 2.0, "other": 1}))
     hot = SerModel(model, 2.5)
-    assert hot.temperature == 2.0
+    assert hot.calibration.temperature == 2.0
     w = pcm16(ANGRY)[16000:16000 + 40000]
     p, q = plain.predict(w), hot.predict(w)
     assert np.allclose(q, temperature_scale(p, 2.0), atol=1e-5)
