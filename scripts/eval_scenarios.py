@@ -18,6 +18,12 @@ with the ground-truth strip) and reports, per scenario and over all of them:
   the number of missed changes.
 - **spurious transitions per minute**: fused transitions that matched no change, per minute of
   scored time.
+- **one modality alone**: the same fusion (smoothing, hysteresis, dwell, refractory period) run
+  over the same evidence with the other modality's evidence taken out, i.e. a device with the
+  microphone or the camera off; its accuracy and spurious transitions are scored like the fused
+  emotion's. The face-only and voice-only accuracies above are per-update argmaxes, with no
+  state machine: they change label many times a minute (``*_label_changes_per_min``), which no
+  device could speak from, so both comparisons are reported.
 
 Acceptance (issue 3): fused accuracy above each single modality, latency p50 ≤ 1.5 s, spurious
 ≤ 1 per minute. Prints a table and writes the JSON summary (``--json``, default
@@ -40,6 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from redsg_edge import CLASSES  # noqa: E402
+from redsg_edge.fusion import Fusion  # noqa: E402
 from redsg_edge.modalities import MODALITIES  # noqa: E402
 
 INITIAL = "neutral"  # Fusion's initial emotion (redsg_edge.fusion.Fusion default)
@@ -75,6 +82,19 @@ def truth_changes(segs: list[dict], initial: str = INITIAL) -> list[tuple[float,
     return out
 
 
+def alone_records(fusion_cfg, evidence: list, modality: str) -> list[dict]:
+    """The update and transition records of a device that has only ``modality``: a fresh
+    ``Fusion(fusion_cfg)`` over ``evidence`` ([(t, Evidence | None)], every input the replay's
+    fusion saw, in order) with any other modality's evidence turned into a tick (None)."""
+    fusion, out = Fusion(fusion_cfg), []
+    for t, ev in evidence:
+        u = fusion.update(t, ev if ev is not None and ev.modality == modality else None)
+        out.append(u.to_json())  # as the replay writes it (times rounded alike)
+        if u.transition is not None:
+            out.append(u.transition.to_json())
+    return out
+
+
 def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s: float = 5.0,
                    initial: str = INITIAL) -> dict:
     """Score one scenario's replay records against its ground truth.
@@ -86,7 +106,8 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
     counts as wrong), ``face_coverage``, ``voice_coverage``, ``face_accuracy_present``,
     ``voice_accuracy_present``; ``face_accuracy_held``, ``voice_accuracy_held`` (each
     modality's latest label held until its next one: what a fusion that followed that modality
-    alone could reach); ``changes``, ``matched``, ``missed``, ``latencies_s`` (one per
+    alone could reach); ``face_label_changes_per_min``, ``voice_label_changes_per_min`` (how
+    often that argmax changes); ``changes``, ``matched``, ``missed``, ``latencies_s`` (one per
     matched change), ``transitions``, ``spurious``, ``spurious_per_min``. Raises ValueError when
     there is no update record inside the ground-truth span or the truth is malformed.
     """
@@ -103,6 +124,7 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
     present = dict.fromkeys(keys, 0.0)
     held: dict[str, str | None] = dict.fromkeys(MODALITIES)
     correct_held = dict.fromkeys(MODALITIES, 0.0)
+    flips = dict.fromkeys(MODALITIES, 0)  # changes of each modality's argmax label
     total = 0.0
     for i, u in enumerate(updates):
         a = max(float(u["t"]), t_start)
@@ -111,7 +133,10 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
             continue
         labels = {"fused": u.get("emotion"),
                   **{m: _argmax_label(u.get(m)) for m in MODALITIES}}
-        held.update({m: labels[m] for m in MODALITIES if labels[m] is not None})
+        for m in MODALITIES:
+            if labels[m] is not None:
+                flips[m] += held[m] is not None and labels[m] != held[m]
+                held[m] = labels[m]
         for s in segs:  # split the interval at ground-truth boundaries
             overlap = min(b, s["end"]) - max(a, s["start"])
             if overlap <= 0:
@@ -149,6 +174,7 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
         per_modality[f"{m}_coverage"] = ratio(present[m], total)
         per_modality[f"{m}_accuracy_present"] = ratio(correct[m], present[m])
         per_modality[f"{m}_accuracy_held"] = ratio(correct_held[m], total)
+        per_modality[f"{m}_label_changes_per_min"] = ratio(flips[m], total / 60.0)
     return {
         "duration_s": total,
         "updates": len(updates),
@@ -162,7 +188,7 @@ def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s
         "spurious": spurious,
         "spurious_per_min": ratio(spurious, total / 60.0),
         # kept for summarize(): time-weighted sums
-        "_correct": correct, "_present": present, "_held": correct_held,
+        "_correct": correct, "_present": present, "_held": correct_held, "_flips": flips,
     }
 
 
@@ -176,6 +202,12 @@ def summarize(scores: list[dict]) -> dict:
     for k in MODALITIES:
         out[f"{k}_coverage"] = sum(s["_present"][k] for s in scores) / total if total else None
         out[f"{k}_accuracy_held"] = sum(s["_held"][k] for s in scores) / total if total else None
+        out[f"{k}_label_changes_per_min"] = (sum(s["_flips"][k] for s in scores) / (total / 60.0)
+                                             if total else None)
+        if total and all("_alone" in s for s in scores):
+            out[f"{k}_alone_accuracy"] = sum(s["_alone"][k]["correct"] for s in scores) / total
+            out[f"{k}_alone_spurious_per_min"] = (sum(s["_alone"][k]["spurious"] for s in scores)
+                                                  / (total / 60.0))
     lat = [x for s in scores for x in s["latencies_s"]]
     out["changes"] = sum(s["changes"] for s in scores)
     out["matched"] = len(lat)
@@ -204,18 +236,32 @@ def summarize_kinds(scores: list[dict]) -> dict:
         fa = k["fused_accuracy"]
         k["checks"]["fused_ge_each_modality"] = fa is not None and all(
             k[f"{m}_accuracy"] is None or fa >= k[f"{m}_accuracy"] for m in MODALITIES)
+        if all(f"{m}_alone_accuracy" in k for m in MODALITIES):
+            k["checks"]["fused_ge_each_modality_alone"] = fa is not None and all(
+                fa >= k[f"{m}_alone_accuracy"] for m in MODALITIES)
         out[kind] = k
     return out
 
 
 def print_kinds(by_kind: dict) -> None:
+    """Per kind: fused, per-update argmax of each modality, and (when the evidence was at hand)
+    each modality alone through the same fusion, with spurious transitions per minute."""
+    alone = all("face_alone_accuracy" in k for k in by_kind.values())
     print(f"{'kind':<12}{'scn':>5}{'fused%':>8}{'face%':>7}{'voice%':>8}{'lat p50':>8}"
-          f"{'spur/min':>9}  fused >= each")
+          f"{'spur/min':>9}  fused >= each"
+          + ("  | alone: face% spur  voice% spur  fused >= each" if alone else ""))
     for kind, k in by_kind.items():
-        print(f"{kind:<12}{k['scenarios']:>5}{_fmt(k['fused_accuracy'], True):>8}"
-              f"{_fmt(k['face_accuracy'], True):>7}{_fmt(k['voice_accuracy'], True):>8}"
-              f"{_fmt(k['latency_p50_s']):>8}{_fmt(k['spurious_per_min']):>9}  "
-              f"{'yes' if k['checks']['fused_ge_each_modality'] else 'NO'}")
+        line = (f"{kind:<12}{k['scenarios']:>5}{_fmt(k['fused_accuracy'], True):>8}"
+                f"{_fmt(k['face_accuracy'], True):>7}{_fmt(k['voice_accuracy'], True):>8}"
+                f"{_fmt(k['latency_p50_s']):>8}{_fmt(k['spurious_per_min']):>9}  "
+                f"{'yes' if k['checks']['fused_ge_each_modality'] else 'NO':<13}")
+        if alone:
+            line += (f"  | {_fmt(k['face_alone_accuracy'], True):>12}"
+                     f"{_fmt(k['face_alone_spurious_per_min']):>5}"
+                     f"{_fmt(k['voice_alone_accuracy'], True):>8}"
+                     f"{_fmt(k['voice_alone_spurious_per_min']):>5}  "
+                     f"{'yes' if k['checks']['fused_ge_each_modality_alone'] else 'NO'}")
+        print(line)
 
 
 def _public(score: dict) -> dict:
@@ -249,6 +295,12 @@ def print_table(rows: list[tuple[str, dict]], summary: dict) -> None:
           f"{_fmt(s['spurious_per_min']):>9}")
     print(f"latency p50 {_fmt(s['latency_p50_s'])} s, p95 {_fmt(s['latency_p95_s'])} s; "
           f"missed changes {s['missed']}/{s['changes']}")
+    print("per-update argmax label changes a minute: " + ", ".join(
+        f"{m} {_fmt(s[f'{m}_label_changes_per_min'], nd=1)}" for m in MODALITIES))
+    if all(f"{m}_alone_accuracy" in s for m in MODALITIES):
+        print("one modality alone through the same fusion: " + ", ".join(
+            f"{m} {_fmt(s[f'{m}_alone_accuracy'], True)} % ({_fmt(s[f'{m}_alone_spurious_per_min'])}"
+            " spurious/min)" for m in MODALITIES))
     for k, ok in s["checks"].items():
         print(f"  {'PASS' if ok else 'FAIL'}  {k}")
 
@@ -305,13 +357,23 @@ def main(argv: list[str] | None = None) -> int:
             audio = path.parent / truth.get("audio", f"{name}.wav")
             t0 = time.perf_counter()
             (args.out / name).parent.mkdir(parents=True, exist_ok=True)
+            evidence: list = []
             records = replay(cfg, video, audio=audio if audio.is_file() else None,
-                             out=args.out / f"{name}.jsonl")
+                             out=args.out / f"{name}.jsonl",
+                             on_evidence=lambda t, e: evidence.append((t, e)))
             wall = time.perf_counter() - t0
         if not args.no_plot:  # drawn here rather than by replay, to add the ground-truth strip
             from redsg_edge.timeline import plot_timeline
             plot_timeline(records, args.out / f"{name}.png", title=name, truth=truth["segments"])
         s = score_scenario(records, truth, args.match_window)
+        if args.events_dir is None:
+            s["_alone"] = {}
+            for m in MODALITIES:
+                a = score_scenario(alone_records(cfg.fusion, evidence, m), truth,
+                                   args.match_window)
+                s["_alone"][m] = {"correct": a["_correct"]["fused"], "spurious": a["spurious"]}
+                s[f"{m}_alone_accuracy"] = a["fused_accuracy"]
+                s[f"{m}_alone_spurious_per_min"] = a["spurious_per_min"]
         if wall is not None:
             s["replay_wall_s"] = wall
             s["realtime_factor"] = truth.get("duration_s", s["duration_s"]) / wall

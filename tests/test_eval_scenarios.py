@@ -71,7 +71,41 @@ def test_score_hand_made():
     assert s["latencies_s"] == pytest.approx([1.0, 3.0])
     assert (s["transitions"], s["spurious"]) == (4, 2)
     assert s["spurious_per_min"] == pytest.approx(4.0)
+    # argmax changes: face neutral→happy→angry→happy→sad, voice neutral→happy→sad (the 3 s
+    # gap and the null stretches are not changes), over 30 s
+    assert s["face_label_changes_per_min"] == pytest.approx(8.0)
+    assert s["voice_label_changes_per_min"] == pytest.approx(4.0)
     json.dumps({k: v for k, v in s.items() if not k.startswith("_")})
+
+
+def test_alone_records_run_the_same_fusion_on_one_modality():
+    import numpy as np
+
+    from redsg_edge.config import FusionConfig
+    from redsg_edge.fusion import Evidence
+
+    def probs(name):
+        return np.array([0.9 if c == name else 0.1 / 6 for c in CLASSES], np.float32)
+
+    # a happy face at 10 Hz for 6 s; a sad voice every 0.5 s from 1 s; ticks between
+    evidence = []
+    for k in range(60):
+        t = k / 10
+        evidence.append((t, Evidence("face", t, probs("happy"))))
+        if k >= 10 and k % 5 == 0:
+            evidence.append((t, Evidence("voice", t, probs("sad"))))
+        if k % 7 == 0:
+            evidence.append((t, None))
+    cfg = FusionConfig(voice_weight=5.0)
+    face = ev.alone_records(cfg, evidence, "face")
+    voice = ev.alone_records(cfg, evidence, "voice")
+    for recs in (face, voice):
+        assert sum(r["type"] == "update" for r in recs) == len(evidence)
+    assert [r["to"] for r in face if r["type"] == "transition"] == ["happy"]
+    assert [r["to"] for r in voice if r["type"] == "transition"] == ["sad"]
+    truth = [{"start": 0, "end": 6, "label": "happy"}]
+    assert ev.score_scenario(face, truth)["fused_accuracy"] > 0.9
+    assert ev.score_scenario(voice, truth)["fused_accuracy"] == 0.0
 
 
 def test_match_window():
