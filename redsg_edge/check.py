@@ -76,7 +76,9 @@ def _classifier_item(what: str, path, load) -> Item:
         return Item("model", f"{what} model loads", "fail", str(exc))
     q = "int8" if model.clf.quantized else "float"
     cal = model.calibration
-    extra = f", T {cal.temperature:g}" + (f", prior shift {cal.strength:g}" if cal.log_bias is not None else "")
+    extra = f", T {cal.temperature:g}"
+    if cal.log_bias is not None:
+        extra += f", prior shift {cal.strength:g}"
     return Item("model", f"{what} model loads", "ok", f"{path} ({q}, {s:.2f} s{extra})")
 
 

@@ -82,17 +82,33 @@ def truth_changes(segs: list[dict], initial: str = INITIAL) -> list[tuple[float,
     return out
 
 
-def alone_records(fusion_cfg, evidence: list, modality: str) -> list[dict]:
-    """The update and transition records of a device that has only ``modality``: a fresh
-    ``Fusion(fusion_cfg)`` over ``evidence`` ([(t, Evidence | None)], every input the replay's
-    fusion saw, in order) with any other modality's evidence turned into a tick (None)."""
+def fusion_records(fusion_cfg, evidence: list, only: str | None = None) -> list[dict]:
+    """The update and transition records of a fresh ``Fusion(fusion_cfg)`` over ``evidence``
+    ([(t, Evidence | None)], every input the replay's fusion saw, in order), as the replay writes
+    them. ``only`` a modality name: a device that has only that one, any other modality's
+    evidence turned into a tick (None)."""
     fusion, out = Fusion(fusion_cfg), []
     for t, ev in evidence:
-        u = fusion.update(t, ev if ev is not None and ev.modality == modality else None)
+        if only is not None and ev is not None and ev.modality != only:
+            ev = None
+        u = fusion.update(t, ev)
         out.append(u.to_json())  # as the replay writes it (times rounded alike)
         if u.transition is not None:
             out.append(u.transition.to_json())
     return out
+
+
+def score_alone(score: dict, fusion_cfg, evidence: list, truth,
+                match_window_s: float = 5.0) -> None:
+    """Add to ``score`` (of :func:`score_scenario`) each modality alone through the same fusion
+    (:func:`fusion_records` with ``only``): ``<modality>_alone_accuracy``,
+    ``<modality>_alone_spurious_per_min``, and the sums :func:`summarize` pools."""
+    score["_alone"] = {}
+    for m in MODALITIES:
+        a = score_scenario(fusion_records(fusion_cfg, evidence, m), truth, match_window_s)
+        score["_alone"][m] = {"correct": a["_correct"]["fused"], "spurious": a["spurious"]}
+        score[f"{m}_alone_accuracy"] = a["fused_accuracy"]
+        score[f"{m}_alone_spurious_per_min"] = a["spurious_per_min"]
 
 
 def score_scenario(records: list[dict], truth: dict | list[dict], match_window_s: float = 5.0,
@@ -367,13 +383,7 @@ def main(argv: list[str] | None = None) -> int:
             plot_timeline(records, args.out / f"{name}.png", title=name, truth=truth["segments"])
         s = score_scenario(records, truth, args.match_window)
         if args.events_dir is None:
-            s["_alone"] = {}
-            for m in MODALITIES:
-                a = score_scenario(alone_records(cfg.fusion, evidence, m), truth,
-                                   args.match_window)
-                s["_alone"][m] = {"correct": a["_correct"]["fused"], "spurious": a["spurious"]}
-                s[f"{m}_alone_accuracy"] = a["fused_accuracy"]
-                s[f"{m}_alone_spurious_per_min"] = a["spurious_per_min"]
+            score_alone(s, cfg.fusion, evidence, truth, args.match_window)
         if wall is not None:
             s["replay_wall_s"] = wall
             s["realtime_factor"] = truth.get("duration_s", s["duration_s"]) / wall

@@ -7,7 +7,8 @@ object then re-runs over the cached evidence for every point of a small grid, sc
 p50 ≤ 1.5 s; spurious transitions ≤ ``--max-spurious`` per minute) by fused accuracy averaged
 over the scenario kinds, then the rest, so the chosen values can go into config.toml. When no
 point meets them, the one with the fewest spurious transitions within ``--tie`` of the best
-mean accuracy is printed first.
+mean accuracy is printed first. Last, the first point's kinds beside each modality alone
+through the same fusion (as eval_scenarios.py reports them).
 
     for kind in expressive talking; do for seed in 101 202; do
         python scripts/make_scenario.py --count 10 --seed $seed --kind $kind --out runs/dev_${kind}_$seed
@@ -32,11 +33,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from eval_scenarios import score_scenario, summarize, summarize_kinds  # noqa: E402
+from eval_scenarios import (fusion_records, print_kinds, score_alone,  # noqa: E402
+                            score_scenario, summarize, summarize_kinds)
 from redsg_edge.calibration import sidecar_path  # noqa: E402
 from redsg_edge.config import load_config  # noqa: E402
 from redsg_edge import CLASSES  # noqa: E402
-from redsg_edge.fusion import Evidence, Fusion  # noqa: E402
+from redsg_edge.fusion import Evidence  # noqa: E402
 from redsg_edge.replay import replay  # noqa: E402
 
 # The neighbourhood of the shipped defaults (a random search over all FusionConfig keys, then a
@@ -115,16 +117,7 @@ def main() -> int:
                 "enter_threshold", cfg.fusion.enter_threshold):
             continue
         fcfg = cfg.fusion.model_copy(update=params)
-        scores = []
-        for truth, evs in streams:
-            fusion = Fusion(fcfg)
-            recs = []
-            for t, e in evs:
-                u = fusion.update(t, e)
-                recs.append(u.to_json())
-                if u.transition is not None:
-                    recs.append(u.transition.to_json())
-            scores.append(score_scenario(recs, truth))
+        scores = [score_scenario(fusion_records(fcfg, evs), truth) for truth, evs in streams]
         for sc, (truth, _evs) in zip(scores, streams):
             sc["kind"] = truth.get("kind", "expressive")
         s = summarize(scores)
@@ -153,6 +146,16 @@ def main() -> int:
               f"voice {s['voice_accuracy']:.3f} p50 {s.get('latency_p50_s')} "
               f"spurious/min {s['spurious_per_min']:.2f} "
               f"[kind fused/face/voice/spurious: {per_kind}]")
+    if rows:
+        fcfg = cfg.fusion.model_copy(update=rows[0][1])
+        scores = []
+        for truth, evs in streams:
+            sc = score_scenario(fusion_records(fcfg, evs), truth)
+            sc["kind"] = truth.get("kind", "expressive")
+            score_alone(sc, fcfg, evs, truth)
+            scores.append(sc)
+        print(f"\n{rows[0][1]} beside each modality alone through the same fusion:")
+        print_kinds(summarize_kinds(scores))
     return 0
 
 

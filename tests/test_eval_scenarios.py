@@ -78,7 +78,7 @@ def test_score_hand_made():
     json.dumps({k: v for k, v in s.items() if not k.startswith("_")})
 
 
-def test_alone_records_run_the_same_fusion_on_one_modality():
+def test_fusion_records_of_one_modality_alone():
     import numpy as np
 
     from redsg_edge.config import FusionConfig
@@ -97,12 +97,14 @@ def test_alone_records_run_the_same_fusion_on_one_modality():
         if k % 7 == 0:
             evidence.append((t, None))
     cfg = FusionConfig(voice_weight=5.0)
-    face = ev.alone_records(cfg, evidence, "face")
-    voice = ev.alone_records(cfg, evidence, "voice")
+    face = ev.fusion_records(cfg, evidence, "face")
+    voice = ev.fusion_records(cfg, evidence, "voice")
     for recs in (face, voice):
         assert sum(r["type"] == "update" for r in recs) == len(evidence)
     assert [r["to"] for r in face if r["type"] == "transition"] == ["happy"]
     assert [r["to"] for r in voice if r["type"] == "transition"] == ["sad"]
+    both = ev.fusion_records(cfg, evidence)  # with both, the heavier voice wins
+    assert [r["to"] for r in both if r["type"] == "transition"][-1] == "sad"
     truth = [{"start": 0, "end": 6, "label": "happy"}]
     assert ev.score_scenario(face, truth)["fused_accuracy"] > 0.9
     assert ev.score_scenario(voice, truth)["fused_accuracy"] == 0.0
