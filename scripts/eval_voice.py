@@ -11,6 +11,11 @@ The 104 non-calm files of the held-out RAVDESS speakers (Actor_23, Actor_24) go 
   power of the file's active 25 ms frames (those within 30 dB of its loudest frame), an
   approximation of the active speech level of ITU-T P.56.
 
+Two more conditions, not run unless named, put each file through a lossy codec at a voice-message
+bitrate, as a phone or a messaging app would send it (encoded by PyAV's FFmpeg, decoded by
+``analyze`` itself): ``mp3_24k`` (MPEG-1/2 Layer III, libmp3lame, 24 kbit/s mono at 16 kHz) and
+``opus_16k`` (Opus, libopus in its VoIP mode, 16 kbit/s mono at 16 kHz, in Ogg; RFC 6716).
+
 Each condition's files are written as 16-bit WAV under a temporary folder (``--tmp``, default
 /tmp), analyzed by one ``redsg-edge analyze --json`` process, and scored: labelled = the file got
 a label (a file without one counts as a miss in the accuracy), accuracy = label equals the
@@ -48,9 +53,12 @@ from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.datasets import (URDU_CLASSES, label_among, load_emospeech, load_nemo,  # noqa: E402
                                  load_ravdess_index, load_urdu)
 from redsg_edge.features import frame_dbfs  # noqa: E402
+from ser_augment import encode  # noqa: E402
 
 HELD_OUT = (23, 24)
 CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10")
+#: condition → (``ser_augment.CODECS`` name, file suffix, bit rate in bit/s)
+CODECS = {"mp3_24k": ("mp3", ".mp3", 24_000), "opus_16k": ("opus", ".ogg", 16_000)}
 
 
 def held_out_files() -> list:
@@ -103,7 +111,12 @@ def run_condition(files: list, condition: str, config: Path | None, tmp: Path) -
     for i, f in enumerate(files):
         x, rate = sf.read(str(f.path), dtype="float32")
         dest = folder / (f.path.stem + ".wav")
-        sf.write(str(dest), degrade(x, condition, seed=i), rate, subtype="PCM_16")
+        if condition in CODECS:
+            kind, suffix, bit_rate = CODECS[condition]
+            dest = dest.with_suffix(suffix)
+            encode(x.mean(axis=1) if x.ndim == 2 else x, str(dest), kind, bit_rate, rate)
+        else:
+            sf.write(str(dest), degrade(x, condition, seed=i), rate, subtype="PCM_16")
         paths.append(dest)
     recs = analyze(paths, config)
     rows = []
@@ -182,9 +195,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="random files (seed 0) of nEMO and EmoSpeech, 0 for all (default 900)")
     args = ap.parse_args(argv)
     conds = [c for c in args.conditions.split(",") if c]
-    bad = [c for c in conds if c not in CONDITIONS]
+    bad = [c for c in conds if c not in CONDITIONS and c not in CODECS]
     if bad:
-        ap.error(f"unknown condition(s) {bad}; choose from {list(CONDITIONS)}")
+        ap.error(f"unknown condition(s) {bad}; choose from {list(CONDITIONS) + list(CODECS)}")
     if args.limit < 0:
         ap.error(f"--limit {args.limit}: give a number of files, or 0 for all")
     if not args.tmp.is_dir():

@@ -17,8 +17,12 @@ trainer uses them (scripts/train_ser.py), each with its own probability:
 5. gain of −25 to +12 dB, then clipping at full scale (a loud voice into a hot input clips), and
    int16 quantisation (the runtime's sample format).
 
-numpy and scipy only at import time; librosa and pyroomacoustics (the ``[train]`` extra) are
-imported by the transforms that need them.
+Outside the chain, ``codec`` sends a recording through MP3 or Opus at a voice-message bit rate
+and back (``scripts/train_ser_utterance.py --codec``; ``scripts/eval_voice.py`` writes the same
+files for ``analyze``).
+
+numpy and scipy only at import time; librosa and pyroomacoustics (the ``[train]`` extra) and PyAV
+are imported by the transforms that need them.
 """
 
 from __future__ import annotations
@@ -96,6 +100,50 @@ def band_limit(x: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray
     else:
         raise ValueError(f"unknown band-limit kind {kind!r}")
     return sosfilt(sos, x).astype(np.float32)
+
+
+#: codec name → (container, encoder, encoder options): the voice-message codecs a phone or a
+#: messaging app sends speech through (MP3: ISO/IEC 11172-3, libmp3lame; Opus: RFC 6716, libopus
+#: in its VoIP mode).
+CODECS = {"mp3": ("mp3", "libmp3lame", {}), "opus": ("ogg", "libopus", {"application": "voip"})}
+
+
+def encode(x: np.ndarray, dest, codec: str, bit_rate: int, rate: int = SAMPLE_RATE) -> None:
+    """Write x ((N,) float32 in [-1, 1], mono, at ``rate`` Hz) through ``codec`` (``CODECS``) at
+    ``bit_rate`` bit/s to ``dest`` (a path or a binary file object), with PyAV's FFmpeg."""
+    import av
+
+    container, encoder, options = CODECS[codec]
+    pcm = (np.clip(x, -1.0, 32767 / 32768) * 32768).astype(np.int16)[None, :]
+    with av.open(dest, "w", format=container) as out:
+        stream = out.add_stream(encoder, rate=rate, layout="mono")
+        stream.bit_rate = bit_rate
+        stream.options = options
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = rate
+        for packet in [*stream.encode(frame), *stream.encode(None)]:
+            out.mux(packet)
+
+
+def codec(x: np.ndarray, kind: str, bit_rate: int) -> np.ndarray:
+    """x ((N,) float32 in [-1, 1] at 16 kHz) encoded by ``kind`` (``CODECS``) at ``bit_rate``
+    bit/s and decoded back to 16 kHz mono float32, trimmed or padded to N samples (the
+    encoder's delay is kept at the start: a device hears it too)."""
+    import io
+
+    import av
+
+    buf = io.BytesIO()
+    encode(x, buf, kind, bit_rate)
+    buf.seek(0)
+    resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+    parts = []
+    with av.open(buf, "r") as src:
+        for frame in src.decode(audio=0):
+            parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(frame)]
+        parts += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    y = np.concatenate(parts).astype(np.float32) / 32768 if parts else np.zeros(0, np.float32)
+    return np.pad(y[:len(x)], (0, max(0, len(x) - len(y))))
 
 
 def room_impulse_responses(count: int, seed: int) -> list[np.ndarray]:

@@ -104,6 +104,41 @@ def augmented_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray
     return X, src
 
 
+#: codec → the bit rates (bit/s) a copy is drawn from: voice-message rates of MP3 and Opus
+CODEC_RATES = {"mp3": (16_000, 24_000, 32_000), "opus": (12_000, 16_000, 24_000)}
+
+
+def codec_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(M, DIM) functionals of K codec copies of each whole recording (``ser_augment.codec``: MP3
+    or Opus at a voice-message bit rate of ``CODEC_RATES``, decoded back to 16 kHz), each cut by
+    the daemon's speech path as ``features`` cuts the originals, and (M,) the index in ``recs``
+    of each one's recording."""
+    from tqdm import tqdm
+    from ser_augment import codec
+    from ser_representations import runtime_utterances
+    from train_ser import read_pcm
+    f = cache / f"ravdess_codec{k}_s{seed}_{FEATURES_VERSION}_cuts.npz"
+    if f.is_file():
+        z = np.load(f)
+        return z["X"], z["src"]
+    assert_not_validation([r.path for r in recs])
+    rng = np.random.default_rng(seed)
+    clips, src = [], []
+    for i, r in enumerate(tqdm(recs, desc=f"codec x{k}", unit="file", mininterval=2)):
+        x = read_pcm(r.path)
+        for _ in range(k):
+            kind = str(rng.choice(list(CODEC_RATES)))
+            clips.append(codec(x, kind, int(rng.choice(CODEC_RATES[kind]))))
+            src.append(i)
+    cuts, owner, _ = runtime_utterances(clips, "codec copies through the speech path")
+    X = np.stack([utterance_functionals(x) for x in
+                  tqdm(cuts, desc=f"functionals codec x{k}", unit="utt", mininterval=2)])
+    src = np.asarray(src)[owner]
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(f, X=X, src=src)
+    return X, src
+
+
 def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], c: float = C):
     """(model, mean, std, z): the logistic regression on clipped z-scores z, each speaker of
     ``parts`` [(X (N, DIM), y (N,), speaker (N,))] z-scored with its own statistics: the device
@@ -173,6 +208,9 @@ def main() -> int:
                     help=f"inverse L2 regularisation of the logistic regression (default {C})")
     ap.add_argument("--aug", type=int, default=AUG, metavar="K",
                     help=f"augmented copies per training recording (default {AUG})")
+    ap.add_argument("--codec", type=int, default=0, metavar="K",
+                    help="copies of each training recording through MP3 or Opus at a "
+                         "voice-message bit rate (default 0)")
     args = ap.parse_args()
     t0 = time.time()
     recs = load_ravdess_index(args.data)
@@ -182,11 +220,11 @@ def main() -> int:
     y, actor = y_rec[owner], actor_rec[owner]  # per utterance
     dev = ~np.isin(actor, TEST_ACTORS)
     dev_rec = np.flatnonzero(~np.isin(actor_rec, TEST_ACTORS))
-    if args.aug:
-        A, src = augmented_features([recs[i] for i in dev_rec], args.aug, args.seed, args.cache)
-        src = dev_rec[src]
-    else:
-        A, src = np.zeros((0, DIM), np.float32), np.zeros(0, int)
+    A, src = np.zeros((0, DIM), np.float32), np.zeros(0, int)
+    for k, make in ((args.aug, augmented_features), (args.codec, codec_features)):
+        if k:
+            Ak, sk = make([recs[i] for i in dev_rec], k, args.seed, args.cache)
+            A, src = np.concatenate([A, Ak]), np.concatenate([src, dev_rec[sk]])
 
     def rows(mask):  # the utterances in mask, augmented copies of their recordings, their actors
         keep = np.isin(src, owner[mask])
@@ -235,7 +273,7 @@ def main() -> int:
         "temperature_fitted_on": "pooled out-of-fold int8 utterances of the 6 actor folds "
                                  "over actors 1-22 (scripts/train_ser_utterance.py)",
         "trained_on": trained_on,
-        "regularisation_C": args.c, "augmented_copies": args.aug,
+        "regularisation_C": args.c, "augmented_copies": args.aug, "codec_copies": args.codec,
         "cv": {"folds": folds,
                "mean_accuracy": float(np.mean([f["accuracy"] for f in folds])),
                "mean_uar": float(np.mean([f["uar"] for f in folds])),
