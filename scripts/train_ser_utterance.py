@@ -88,18 +88,28 @@ def augmented_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray
     band-limiting, noise at 0–20 dB SNR from white, pink, babble of the same actor group or room
     tone, gain; no pitch shift or reverberation), each copy cut again by the daemon's speech path
     as ``features`` cuts the originals, and (M,) the index in ``recs`` of each one's recording."""
+    from ser_representations import augmented, ravdess_audio
+
+    def make():
+        return augmented(recs, ravdess_audio(recs), k, seed)
+    return _copies_features(make, cache / f"ravdess_aug{k}_s{seed}_{FEATURES_VERSION}_cuts.npz",
+                            "augmented copies")
+
+
+def _copies_features(make, f: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """(M, DIM) functionals and (M,) source recording of copies ``make()`` returns as (clips,
+    source index of each), each clip cut by the daemon's speech path; cached in ``f``."""
     from tqdm import tqdm
-    from ser_representations import augmented, ravdess_audio, runtime_utterances
-    f = cache / f"ravdess_aug{k}_s{seed}_{FEATURES_VERSION}_cuts.npz"
+    from ser_representations import runtime_utterances
     if f.is_file():
         z = np.load(f)
         return z["X"], z["src"]
-    clips, src = augmented(recs, ravdess_audio(recs), k, seed)
-    cuts, owner, _ = runtime_utterances(clips, "augmented copies through the speech path")
+    clips, src = make()
+    cuts, owner, _ = runtime_utterances(clips, f"{what} through the speech path")
     X = np.stack([utterance_functionals(x) for x in
-                  tqdm(cuts, desc=f"functionals x{k}", unit="utt", mininterval=2)])
+                  tqdm(cuts, desc=f"functionals, {what}", unit="utt", mininterval=2)])
     src = np.asarray(src)[owner]
-    cache.mkdir(parents=True, exist_ok=True)
+    f.parent.mkdir(parents=True, exist_ok=True)
     np.savez(f, X=X, src=src)
     return X, src
 
@@ -115,28 +125,21 @@ def codec_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np
     of each one's recording."""
     from tqdm import tqdm
     from ser_augment import codec
-    from ser_representations import runtime_utterances
     from train_ser import read_pcm
-    f = cache / f"ravdess_codec{k}_s{seed}_{FEATURES_VERSION}_cuts.npz"
-    if f.is_file():
-        z = np.load(f)
-        return z["X"], z["src"]
-    assert_not_validation([r.path for r in recs])
-    rng = np.random.default_rng(seed)
-    clips, src = [], []
-    for i, r in enumerate(tqdm(recs, desc=f"codec x{k}", unit="file", mininterval=2)):
-        x = read_pcm(r.path)
-        for _ in range(k):
-            kind = str(rng.choice(list(CODEC_RATES)))
-            clips.append(codec(x, kind, int(rng.choice(CODEC_RATES[kind]))))
-            src.append(i)
-    cuts, owner, _ = runtime_utterances(clips, "codec copies through the speech path")
-    X = np.stack([utterance_functionals(x) for x in
-                  tqdm(cuts, desc=f"functionals codec x{k}", unit="utt", mininterval=2)])
-    src = np.asarray(src)[owner]
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(f, X=X, src=src)
-    return X, src
+
+    def make():
+        assert_not_validation([r.path for r in recs])
+        rng = np.random.default_rng(seed)
+        clips, src = [], []
+        for i, r in enumerate(tqdm(recs, desc=f"codec x{k}", unit="file", mininterval=2)):
+            x = read_pcm(r.path)
+            for _ in range(k):
+                kind = str(rng.choice(list(CODEC_RATES)))
+                clips.append(codec(x, kind, int(rng.choice(CODEC_RATES[kind]))))
+                src.append(i)
+        return clips, src
+    return _copies_features(make, cache / f"ravdess_codec{k}_s{seed}_{FEATURES_VERSION}_cuts.npz",
+                            "codec copies")
 
 
 def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], c: float = C):
