@@ -168,6 +168,7 @@ class SpeechPerception:
         self.cfg = cfg
         self.hop = max(1, int(round(cfg.hop_s * SAMPLE_RATE)))
         self.pad = chunks_for(cfg.padding_s) * CHUNK
+        self.rolling_after = int(round(cfg.rolling_after_s * SAMPLE_RATE))
         self.vad_gain.max_gain_db = cfg.vad_gain_max_db
         s = self.seg
         s.threshold, s.neg_threshold = cfg.vad_threshold, max(0.0, cfg.vad_threshold - NEG_OFFSET)
@@ -252,7 +253,7 @@ class SpeechPerception:
             # From rolling_after_s of the utterance on, the newest window (with the audio
             # before the utterance as context, as at its end) is classified every hop, so the
             # voice reaches fusion while the person is still talking.
-            if end - first >= int(round(self.cfg.rolling_after_s * SAMPLE_RATE)):
+            if end - first >= self.rolling_after:
                 self.rolling += 1
                 a = max(end - w, prev)
                 probs = self.model.predict_utterance(self._audio(a, end), self.hop)

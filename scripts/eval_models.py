@@ -290,7 +290,8 @@ def eval_ser_utterance(path: Path, calls: int, data: Path) -> dict:
     utt = pcm16(held[0][0])
     norm = model.new_norm()
     return {"model": str(path), **file_facts(path), "test_actors": list(HELD_OUT),
-            "temperature": model.calibration.temperature, "cv_mean_acc": round(meta["cv"]["mean_accuracy"], 4),
+            "temperature": model.calibration.temperature,
+            "cv_mean_acc": round(meta["cv"]["mean_accuracy"], 4),
             "cv_mean_uar": round(meta["cv"]["mean_uar"], 4),
             "utterances_heldout": int(len(y)), "utterances_urdu": int(len(uy)),
             "urdu_files_labelled": int(len(np.unique(uown))),

@@ -127,7 +127,7 @@ def main() -> int:
         # Every kind counts the same, whatever its share of the media: the device must do well
         # on a talking face and in silence, not only where face and voice agree.
         objective = float(np.mean([k["fused_accuracy"] for k in kinds.values()])) + (1.0 if ok else 0.0)
-        rows.append((objective, params, s, kinds))
+        rows.append((objective, params, s, kinds, scores))
     rows.sort(key=lambda r: -r[0])
     if rows and rows[0][0] < 1.0:
         # Nothing meets the limits: of the points within --tie of the best mean accuracy, the
@@ -138,7 +138,7 @@ def main() -> int:
         rows.insert(0, best)
         print(f"no point meets the limits; chosen: the fewest spurious transitions within "
               f"{args.tie} of the best mean accuracy")
-    for obj, params, s, kinds in rows[:args.top]:
+    for obj, params, s, kinds, _scores in rows[:args.top]:
         per_kind = " ".join(f"{k}={v['fused_accuracy']:.3f}/{v['face_accuracy']:.3f}/"
                             f"{v['voice_accuracy']:.3f}/{v['spurious_per_min']:.2f}"
                             for k, v in kinds.items())
@@ -147,14 +147,11 @@ def main() -> int:
               f"spurious/min {s['spurious_per_min']:.2f} "
               f"[kind fused/face/voice/spurious: {per_kind}]")
     if rows:
-        fcfg = cfg.fusion.model_copy(update=rows[0][1])
-        scores = []
-        for truth, evs in streams:
-            sc = score_scenario(fusion_records(fcfg, evs), truth)
-            sc["kind"] = truth.get("kind", "expressive")
+        _, params, _, _, scores = rows[0]
+        fcfg = cfg.fusion.model_copy(update=params)
+        for sc, (truth, evs) in zip(scores, streams):
             score_alone(sc, fcfg, evs, truth)
-            scores.append(sc)
-        print(f"\n{rows[0][1]} beside each modality alone through the same fusion:")
+        print(f"\n{params} beside each modality alone through the same fusion:")
         print_kinds(summarize_kinds(scores))
     return 0
 
