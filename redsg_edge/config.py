@@ -132,6 +132,10 @@ class SpeechConfig(StrictModel):
     #: Seconds of an utterance's audio (its leading padding included) before its first rolling
     #: label; then one every hop_s until it ends.
     rolling_after_s: float = Field(1.25, ge=0.1, le=10.0)
+    #: A rolling label pools the utterance SER over the utterance so far (its newest 5 s) with
+    #: the newest window as p_utt^w * p_win^(1 - w), w scaled from 0 at 15 dB SNR to this at
+    #: 25 dB (speech.snr_weight); 0 = the window SER alone.
+    rolling_utterance_weight: float = Field(0.3, ge=0.0, le=1.0)
     #: Silero VAD 6.2 as ONNX (``redsg-edge fetch-models`` puts it there).
     vad_model: LaxPath = Path("models/silero_vad_16k_op15.onnx")
     #: Silero VAD speech probability at which speech starts (it continues down to 0.15 less).

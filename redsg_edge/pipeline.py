@@ -38,7 +38,7 @@ NORM_SAVE_EVERY = 20
 LIVE_KEYS = ("fusion", "reply", "voice.default_style", "voice.style", "voice.mic_gate_tail_s",
              "speech.vad_threshold", "speech.vad_gain_max_db", "speech.min_utterance_s",
              "speech.hangover_s", "speech.padding_s", "speech.max_utterance_s", "speech.hop_s",
-             "speech.rolling_after_s",
+             "speech.rolling_after_s", "speech.rolling_utterance_weight",
              "speech.utterance_weight", "vision.max_fps", "vision.fer_prior_shift",
              "service.status_interval_s", "service.heartbeat_timeout_s", "service.log_level",
              "service.event_log")

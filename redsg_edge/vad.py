@@ -155,6 +155,39 @@ class InputGain:
         return 10.0 ** (db / 20.0)
 
 
+class NoiseFloor:
+    """Background level in dBFS, from the chunks the VAD calls non-speech (pure logic: no clock,
+    no I/O).
+
+    An exponential average of their power with a time constant of ``tau_s`` seconds; speech
+    chunks leave it as it is, so during an utterance it holds the level of the pauses before it.
+    """
+
+    def __init__(self, tau_s: float = 1.0) -> None:
+        self.alpha = 1.0 - math.exp(-CHUNK_S / tau_s)
+        self._power: float | None = None
+
+    def update(self, chunk_db: float, speech: bool) -> None:
+        """One chunk: its level (dBFS) and whether the VAD heard speech in it."""
+        if speech:
+            return
+        p = 10.0 ** (chunk_db / 10.0)
+        self._power = p if self._power is None else self._power + self.alpha * (p - self._power)
+
+    @property
+    def db(self) -> float | None:
+        """The floor in dBFS; None until a non-speech chunk has been seen."""
+        return None if self._power is None else 10.0 * math.log10(max(self._power, 1e-12))
+
+    def snr_db(self, speech_db: float) -> float | None:
+        """SNR in dB of audio whose mean power is ``speech_db`` (dBFS, speech and noise
+        together) against this floor: 10·log10((P − N) / N); None while the floor is unknown."""
+        if self._power is None:
+            return None
+        n = max(self._power, 1e-12)
+        return 10.0 * math.log10(max(10.0 ** (speech_db / 10.0) - n, 1e-12) / n)
+
+
 def chunks_for(seconds: float) -> int:
     """Whole VAD chunks covering ``seconds`` (rounded up, ≥ 0)."""
     return max(0, math.ceil(seconds / CHUNK_S - 1e-9))

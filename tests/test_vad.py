@@ -14,10 +14,11 @@ import soundfile as sf
 from redsg_edge.config import ConfigError, SpeechConfig, parse_config
 from redsg_edge.litert import ModelError
 from redsg_edge.calibration import load_calibration, temperature_scale
-from redsg_edge.speech import SerModel, SpeechPerception
-from redsg_edge.vad import CHUNK, InputGain, Segmenter, SileroVad, Utterance
+from redsg_edge.speech import SNR_FULL_DB, SNR_NONE_DB, SerModel, SpeechPerception, snr_weight
+from redsg_edge.utterance_ser import UtteranceSer
+from redsg_edge.vad import CHUNK, CHUNK_S, InputGain, NoiseFloor, Segmenter, SileroVad, Utterance
 
-from .conftest import ACTOR_24, FER_MODEL, SER_MODEL, VAD_MODEL, SINGLE_FACE, make_config
+from .conftest import ACTOR_24, FER_MODEL, SER_MODEL, UTT_MODEL, VAD_MODEL, SINGLE_FACE, make_config
 from .helpers import pcm16
 
 SAD = ACTOR_24 / "03-01-04-02-01-01-24.flac"    # sad, strong
@@ -257,6 +258,57 @@ def test_rolling_labels_start_after_rolling_after_s(ser, vad):
     # the same utterance's first rolling label, 1.5 s later to within one hop (0.5 s)
     assert 1.0 - 1e-6 <= first[2.5] - first[1.0] <= 2.0 + 1e-6, first
     assert count[2.5] < count[1.0]
+
+
+def test_noise_floor_averages_the_power_of_non_speech_chunks():
+    nf = NoiseFloor(tau_s=1.0)
+    assert nf.db is None and nf.snr_db(-30.0) is None  # nothing heard yet
+    nf.update(-20.0, speech=True)
+    assert nf.db is None                                # speech never sets the floor
+    for _ in range(10):
+        nf.update(-50.0, speech=False)
+    assert nf.db == pytest.approx(-50.0)
+    nf.update(0.0, speech=True)
+    assert nf.db == pytest.approx(-50.0)
+    # speech at -30 dBFS mean power over a -50 dBFS floor: (P - N) / N = 99
+    assert nf.snr_db(-30.0) == pytest.approx(10 * np.log10(99), abs=1e-6)
+    # a step to -30 dBFS: after tau (1 s of chunks) the power has moved 1 - 1/e of the way
+    for _ in range(round(1.0 / CHUNK_S)):
+        nf.update(-30.0, speech=False)
+    want = 10 * np.log10(1e-5 + (1 - np.exp(-round(1.0 / CHUNK_S) * CHUNK_S)) * (1e-3 - 1e-5))
+    assert nf.db == pytest.approx(want, abs=0.05)
+
+
+@pytest.mark.parametrize("snr,share", [(None, 0.0), (-5.0, 0.0), (SNR_NONE_DB, 0.0),
+                                       ((SNR_NONE_DB + SNR_FULL_DB) / 2, 0.5),
+                                       (SNR_FULL_DB, 1.0), (60.0, 1.0)])
+def test_snr_weight_of_the_rolling_utterance_ser(snr, share):
+    assert snr_weight(snr) == pytest.approx(share)
+
+
+def test_rolling_labels_pool_the_utterance_ser_only_in_quiet(ser, vad):
+    """``speech.rolling_utterance_weight`` on studio speech changes the rolling labels (the
+    utterance SER pooled in); with white noise at 10 dB SNR (against the speech's power over
+    the file) it changes nothing, and the floor the step measured between the two utterances
+    is the noise's own power to within 1 dB."""
+    utt = UtteranceSer(UTT_MODEL)
+    clean = np.concatenate([pcm16(SAD), pcm16(ANGRY)]).astype(np.float64)
+    noise = np.random.default_rng(5).standard_normal(len(clean))
+    noise *= np.sqrt(np.mean(clean ** 2) / 10.0)
+    noisy = np.clip(np.round(clean + noise), -32768, 32767).astype(np.int16)
+    rolling, floor = {}, {}
+    for name, pcm in (("clean", clean.astype(np.int16)), ("noisy", noisy)):
+        for w in (0.0, 0.3):
+            step = SpeechPerception(ser, SpeechConfig(rolling_utterance_weight=w), vad, utt)
+            outs = []
+            for i in range(0, len(pcm), 1600):
+                outs += step.push(i / 16000, pcm[i:i + 1600])
+            rolling[name, w] = [o.probs for o in outs if o.kind == "rolling"]
+            floor[name] = step.noise.db
+    assert len(rolling["clean", 0.0]) >= 4 and len(rolling["noisy", 0.0]) >= 4
+    assert all(np.abs(a - b).max() > 1e-3 for a, b in zip(rolling["clean", 0.0], rolling["clean", 0.3]))
+    assert all(np.array_equal(a, b) for a, b in zip(rolling["noisy", 0.0], rolling["noisy", 0.3]))
+    assert floor["noisy"] == pytest.approx(10 * np.log10(np.mean((noise / 32768) ** 2)), abs=1.0)
 
 
 def test_gated_audio_is_never_classified(ser, vad):

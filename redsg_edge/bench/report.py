@@ -37,6 +37,7 @@ STAGE_LABELS = {"face_detection": "face detection 640x480", "crop_preprocess": "
                 "= window: MFCC+SER", "vad_chunk": "VAD (input gain + Silero) per 32 ms",
                 "stt_utterance_3s": "speech-to-text, 3 s utterance",
                 "utterance_ser_2_5s": "utterance SER, 2.5 s utterance",
+                "utterance_ser_5s": "utterance SER, 5 s (rolling label's most)",
                 "fusion_update": "fusion update"}
 
 

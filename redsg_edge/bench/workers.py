@@ -108,6 +108,12 @@ def worker_stages(p: dict) -> dict:
         norm = utt.new_norm()
         res["stages"]["utterance_ser_2_5s"] = summarize_ns(time_calls(
             lambda i: utt.predict(wins[i % len(wins)], norm), max(3, n // 10), min(warm, 5)))
+        # a rolling label in quiet reads at most the newest 5 s of the utterance in progress
+        pairs = [np.concatenate([wins[k], wins[k + 1]]) for k in range(0, len(wins) - 1, 2)]
+        if pairs:
+            res["stages"]["utterance_ser_5s"] = summarize_ns(time_calls(
+                lambda i: utt.predict(pairs[i % len(pairs)], norm, learn=False),
+                max(3, n // 10), min(warm, 5)))
     # The VAD runs on every 32 ms chunk of audio, speech or not: consecutive chunks of the
     # utterances (the network is recurrent, so in stream order), each after its input gain.
     from ..vad import CHUNK, InputGain, SileroVad
