@@ -36,7 +36,6 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.datasets import DATA_ROOT, ck48_label, load_ck48  # noqa: E402
 from train_fer import cached_split  # noqa: E402
 
