@@ -288,15 +288,16 @@ class SpeechPerception:
                 self.rolling += 1
                 a = max(end - w, prev)
                 probs = self.model.predict_utterance(self._audio(a, end), self.hop)
-                um, rw = self.utterance_model, self.cfg.rolling_utterance_weight
-                if um is not None and rw > 0:
-                    rw *= snr_weight(self.noise.snr_db(self._speech_db(s.start, s.pos)))
-                if um is not None and rw > 0:
-                    # learn=False: the running normalisation learns from whole utterances
-                    # only, at their end, as in training.
-                    u = max(first, end - self.rolling_utt_max)
-                    probs = _log_pool(um.predict(self._audio(u, end), self.norm, learn=False),
-                                      probs, rw)
+                um = self.utterance_model
+                if um is not None and self.cfg.rolling_utterance_weight > 0:
+                    rw = self.cfg.rolling_utterance_weight * snr_weight(
+                        self.noise.snr_db(self._speech_db(s.start, s.pos)))
+                    if rw > 0:
+                        # learn=False: the running normalisation learns from whole
+                        # utterances only, at their end, as in training.
+                        u = max(first, end - self.rolling_utt_max)
+                        probs = _log_pool(um.predict(self._audio(u, end), self.norm,
+                                                     learn=False), probs, rw)
                 return SpeechOutput(self._time(end), probs, "rolling", self._time(a),
                                     self._time(end),
                                     reliability=self._speech_prob(s.start, s.last_voiced + 1))

@@ -289,8 +289,8 @@ def test_snr_weight_of_the_rolling_utterance_ser(snr, share):
 def test_rolling_labels_pool_the_utterance_ser_only_in_quiet(ser, vad):
     """``speech.rolling_utterance_weight`` on studio speech changes the rolling labels (the
     utterance SER pooled in); with white noise at 10 dB SNR (against the speech's power over
-    the file) it changes nothing, and the floor the step measured between the two utterances
-    is the noise's own power to within 1 dB."""
+    the file) it changes nothing, and the floor the step measured in the pauses is the noise's
+    own power to within 1 dB."""
     utt = UtteranceSer(UTT_MODEL)
     clean = np.concatenate([pcm16(SAD), pcm16(ANGRY)]).astype(np.float64)
     noise = np.random.default_rng(5).standard_normal(len(clean))
