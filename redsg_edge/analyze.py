@@ -137,8 +137,8 @@ class Analyzer:
             self.norm = self._utt.new_norm() if self._utt is not None else None
 
     def _listen(self, path: Path):
-        """The daemon's speech path over one recording: (outputs, t0, samples, mic warning).
-        Raises ValueError for audio FFmpeg cannot decode."""
+        """The daemon's speech path over one recording: (outputs, t0, samples, mic warning,
+        highest VAD speech probability). Raises ValueError for audio FFmpeg cannot decode."""
         from .capture import AudioFileMic, DeviceError
         from .speech import SpeechPerception
 
@@ -165,7 +165,7 @@ class Analyzer:
             why = why.split("cannot be decoded: ", 1)[-1].split(" (analyze PATH", 1)[0]
             raise ValueError(f"{path}: neither a photo nor a recording FFmpeg can decode "
                              f"({why})") from None
-        return outs + step.finish(), t0, n, mic.warning
+        return outs + step.finish(), t0, n, mic.warning, step.max_speech_prob
 
     def calibrate(self, paths: list[Path], progress: bool = False) -> int:
         """Listen to every recording among ``paths`` once, so that the utterance SER's running
@@ -195,12 +195,14 @@ class Analyzer:
         """Utterances and the whole-file result, through the daemon's own speech path
         (``speech.SpeechPerception``). Raises ValueError for unreadable audio.
 
+        ``speech_prob_max``: the VAD's highest speech probability in the file (speech starts at
+        ``speech.vad_threshold``), which says how near a file without speech came to it.
         ``utterances``: [{start_s, end_s, label, probs}] (seconds from the file's start); the
         file's ``probs`` are the utterances' probabilities averaged with their durations as
         weights; ``label`` None only when the file holds no speech. Without :meth:`calibrate`
         the voice normalisation keeps learning from file to file.
         """
-        outs, t0, n, warning = self._listen(path)
+        outs, t0, n, warning, peak = self._listen(path)
         utts = [o for o in outs if o.kind == "utterance"]
         whole = None
         if utts:
@@ -209,7 +211,7 @@ class Analyzer:
         t0 = t0 or 0.0
         extra = {"warning": warning} if warning else {}
         return {"path": str(path), "kind": "audio", "duration_s": round(n / 16000, 3),
-                **extra,
+                "speech_prob_max": round(float(peak), 3), **extra,
                 "label": CLASSES[int(whole.argmax())] if whole is not None else None,
                 "probs": probs_to_dict(whole) if whole is not None else None,
                 "utterances": [{"start_s": round(o.start_s - t0, 3),
@@ -269,8 +271,11 @@ def _human_line(r: dict) -> str:
     if r.get("error"):
         return _shown(f"{r['path']}: error: {r['error']}")
     warn = f" (warning: {r['warning']})" if r.get("warning") else ""
+    if r["label"] is None and r["kind"] == "image":
+        return f"{_shown(r['path'])}: no face{warn}"
     if r["label"] is None:
-        return f"{_shown(r['path'])}: {'no face' if r['kind'] == 'image' else 'no speech'}{warn}"
+        return (f"{_shown(r['path'])}: no speech (the VAD's highest speech probability "
+                f"{r['speech_prob_max']:.2f}; speech.vad_threshold sets where speech starts){warn}")
     if r["kind"] == "image":
         return (f"{_shown(r['path'])}: {r['label']} ({r['probs'][r['label']]:.2f}), "
                 f"{len(r['faces'])} face(s){warn}")

@@ -165,7 +165,8 @@ class SpeechPerception:
     outputs it produced, oldest first; a gated push returns at most the utterance it cut
     short, and no ticks. ``finish()`` ends the stream (the utterance in progress is
     classified). Counters: ``ticks``, ``speech_ticks`` (ticks inside speech),
-    ``utterances``, ``rolling``, ``gated_samples``.
+    ``utterances``, ``rolling``, ``gated_samples``; ``max_speech_prob``: the highest VAD speech
+    probability of any chunk so far (0..1).
     """
 
     def __init__(self, model: SerModel, cfg: SpeechConfig, vad: SileroVad | None = None,
@@ -189,6 +190,7 @@ class SpeechPerception:
         self._prev_end = 0                      # padded end of the last utterance (samples)
         self._next_tick = self.hop
         self.ticks = self.speech_ticks = self.utterances = self.rolling = self.gated_samples = 0
+        self.max_speech_prob = 0.0
 
     def reconfigure(self, cfg: SpeechConfig) -> None:
         """Apply [speech] values (live reload); the utterance in progress continues."""
@@ -229,6 +231,7 @@ class SpeechPerception:
             db = float(frame_dbfs(c, CHUNK)[0])
             self._p.append(p)
             self._db.append(db)
+            self.max_speech_prob = max(self.max_speech_prob, p)
             self.noise.update(db, p >= self.seg.neg_threshold)
             o = self._after_chunk(self.seg.step(p))
             if o is not None:

@@ -499,6 +499,26 @@ def test_analyze_damaged_and_wrong_inputs_say_what_is_wrong(tmp_path):
     assert "declares" in json.loads(r.stdout)["warning"]
 
 
+def test_analyze_says_how_near_a_recording_without_speech_came(tmp_path):
+    """A recording of a real room without speech gets no label; the line says so and gives the
+    VAD's highest speech probability, so the owner can tell noise from speech too quiet or too
+    short for ``speech.vad_threshold``. A real utterance reports its own, above the threshold."""
+    import soundfile as sf
+
+    from .test_vad import room_noise
+
+    room = tmp_path / "room.wav"
+    sf.write(room, room_noise(), 16000, subtype="PCM_16")
+    cfg = write_config(tmp_path / "c.toml")
+    r = cli("analyze", "-c", cfg, room)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"{room}: no speech (the VAD's highest speech probability 0.")
+    recs = [json.loads(ln) for ln in cli("analyze", "--json", "-c", cfg, room, UTTERANCE)
+            .stdout.splitlines()]
+    assert recs[0]["label"] is None and 0.0 <= recs[0]["speech_prob_max"] < 0.5
+    assert recs[1]["label"] is not None and recs[1]["speech_prob_max"] > 0.9
+
+
 @pytest.fixture(scope="module")
 def half_pexels(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("cut") / "half.mp4"
