@@ -32,13 +32,13 @@ import numpy as np
 
 from . import CLASSES
 from .config import SpeechConfig
-from .features import SAMPLE_RATE, frame_dbfs, mfcc_features, ser_windows
+from .features import SAMPLE_RATE, mfcc_features, ser_windows
 from .fusion import Evidence
 from .calibration import load_calibration
 from .litert import LiteRTClassifier, ModelError
 from .utterance_ser import FeatureNorm, UtteranceSer
 from .vad import (CHUNK, NEG_OFFSET, InputGain, NoiseFloor, Segmenter, SileroVad, Utterance,
-                  chunks_for)
+                  chunk_dbfs, chunks_for)
 
 
 
@@ -103,6 +103,7 @@ SNR_FULL_DB = 25.0
 #: the newest: its functionals cost about 6.6 ms of one core per second of audio (36 ms for
 #: 5 s, 66 ms for 10 s, 2026-12-05), once every hop_s while someone speaks.
 ROLLING_UTTERANCE_MAX_S = 5.0
+_ROLLING_UTTERANCE_MAX = int(round(ROLLING_UTTERANCE_MAX_S * SAMPLE_RATE))  # samples
 
 
 def snr_weight(snr_db: float | None) -> float:
@@ -198,7 +199,6 @@ class SpeechPerception:
         self.hop = max(1, int(round(cfg.hop_s * SAMPLE_RATE)))
         self.pad = chunks_for(cfg.padding_s) * CHUNK
         self.rolling_after = int(round(cfg.rolling_after_s * SAMPLE_RATE))
-        self.rolling_utt_max = int(round(ROLLING_UTTERANCE_MAX_S * SAMPLE_RATE))
         self.vad_gain.max_gain_db = cfg.vad_gain_max_db
         s = self.seg
         s.threshold, s.neg_threshold = cfg.vad_threshold, max(0.0, cfg.vad_threshold - NEG_OFFSET)
@@ -227,8 +227,8 @@ class SpeechPerception:
         out: list[SpeechOutput] = []
         for i in range(n):
             c = data[i * CHUNK:(i + 1) * CHUNK]
-            p = self.vad.chunk_prob(c, self.vad_gain.gain(c))
-            db = float(frame_dbfs(c, CHUNK)[0])
+            db = chunk_dbfs(c)
+            p = self.vad.chunk_prob(c, self.vad_gain.gain_at(db))
             self._p.append(p)
             self._db.append(db)
             self.max_speech_prob = max(self.max_speech_prob, p)
@@ -298,7 +298,7 @@ class SpeechPerception:
                     if rw > 0:
                         # learn=False: the running normalisation learns from whole
                         # utterances only, at their end, as in training.
-                        u = max(first, end - self.rolling_utt_max)
+                        u = max(first, end - _ROLLING_UTTERANCE_MAX)
                         probs = _log_pool(um.predict(self._audio(u, end), self.norm,
                                                      learn=False), probs, rw)
                 return SpeechOutput(self._time(end), probs, "rolling", self._time(a),
@@ -326,17 +326,20 @@ class SpeechPerception:
                             utt.split, self._speech_prob(utt.start, utt.end),
                             self._audio(a, b).copy())
 
+    def _held(self, values: list[float], c0: int, c1: int) -> list[float]:
+        """The per-chunk ``values`` (``_p`` or ``_db``) of chunks c0..c1-1 still held."""
+        base = self._buf_pos // CHUNK
+        return values[max(0, c0 - base):max(0, c1 - base)]
+
     def _speech_prob(self, c0: int, c1: int) -> float:
         """Mean VAD probability of chunks c0..c1-1 (those still held), 0..1."""
-        base = self._buf_pos // CHUNK
-        ps = self._p[max(0, c0 - base):max(0, c1 - base)]
+        ps = self._held(self._p, c0, c1)
         return float(min(1.0, max(0.0, np.mean(ps)))) if ps else 1.0
 
     def _speech_db(self, c0: int, c1: int) -> float:
         """Mean power of chunks c0..c1-1 (those still held) in dBFS: the speech level over an
         utterance as the scenarios and the augmentation define SNR (its pauses included)."""
-        base = self._buf_pos // CHUNK
-        dbs = np.asarray(self._db[max(0, c0 - base):max(0, c1 - base)])
+        dbs = np.asarray(self._held(self._db, c0, c1))
         return float(10 * np.log10(np.mean(10 ** (dbs / 10)))) if len(dbs) else -120.0
 
     def _audio(self, a: int, b: int) -> np.ndarray:

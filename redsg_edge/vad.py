@@ -136,7 +136,8 @@ class InputGain:
     the loudest recent audio, a quiet onset is lifted as much as the speech that follows it,
     whatever the microphone's gain. ``max_gain_db`` 0 turns it off (gain 1).
     ``gain(x)``: x (CHUNK,) int16 → linear gain (float ≥ 1) for this chunk, updating the
-    tracker. Raises ValueError for a negative ``max_gain_db``.
+    tracker; ``gain_at(chunk_db)`` the same from the chunk's level in dBFS, for a caller that
+    has measured it. Raises ValueError for a negative ``max_gain_db``.
     """
 
     def __init__(self, max_gain_db: float, target_dbfs: float = TARGET_DBFS,
@@ -149,7 +150,11 @@ class InputGain:
 
     def gain(self, x: np.ndarray) -> float:
         """Linear gain for chunk ``x`` ((n,) int16), after updating the level tracker."""
-        chunk_db = float(frame_dbfs(x, len(x))[0])  # digital silence: -120
+        return self.gain_at(chunk_dbfs(x))
+
+    def gain_at(self, chunk_db: float) -> float:
+        """Linear gain for a chunk whose level is ``chunk_db`` (dBFS), after updating the level
+        tracker."""
         self.level_db = max(chunk_db, self.level_db - self.release_db)
         db = min(max(self.target_dbfs - self.level_db, 0.0), self.max_gain_db)  # silence: max
         return 10.0 ** (db / 20.0)
@@ -186,6 +191,12 @@ class NoiseFloor:
             return None
         n = max(self._power, 1e-12)
         return 10.0 * math.log10(max(10.0 ** (speech_db / 10.0) - n, 1e-12) / n)
+
+
+def chunk_dbfs(x: np.ndarray) -> float:
+    """Level of one chunk ``x`` ((n,) int16) in dBFS (``features.frame_dbfs``; digital
+    silence: −120)."""
+    return float(frame_dbfs(x, len(x))[0])
 
 
 def chunks_for(seconds: float) -> int:

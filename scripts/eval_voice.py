@@ -53,12 +53,13 @@ from redsg_edge import CLASSES  # noqa: E402
 from redsg_edge.datasets import (URDU_CLASSES, label_among, load_emospeech, load_nemo,  # noqa: E402
                                  load_ravdess_index, load_urdu)
 from redsg_edge.features import frame_dbfs  # noqa: E402
-from ser_augment import encode  # noqa: E402
+from ser_augment import CODECS, encode  # noqa: E402
 
 HELD_OUT = (23, 24)
 CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10")
-#: condition → (``ser_augment.CODECS`` name, file suffix, bit rate in bit/s)
-CODECS = {"mp3_24k": ("mp3", ".mp3", 24_000), "opus_16k": ("opus", ".ogg", 16_000)}
+#: condition → (``ser_augment.CODECS`` name, bit rate in bit/s); the file is named for its
+#: container
+CODEC_CONDITIONS = {"mp3_24k": ("mp3", 24_000), "opus_16k": ("opus", 16_000)}
 
 
 def held_out_files() -> list:
@@ -111,9 +112,9 @@ def run_condition(files: list, condition: str, config: Path | None, tmp: Path) -
     for i, f in enumerate(files):
         x, rate = sf.read(str(f.path), dtype="float32")
         dest = folder / (f.path.stem + ".wav")
-        if condition in CODECS:
-            kind, suffix, bit_rate = CODECS[condition]
-            dest = dest.with_suffix(suffix)
+        if condition in CODEC_CONDITIONS:
+            kind, bit_rate = CODEC_CONDITIONS[condition]
+            dest = dest.with_suffix("." + CODECS[kind][0])
             encode(x.mean(axis=1) if x.ndim == 2 else x, str(dest), kind, bit_rate, rate)
         else:
             sf.write(str(dest), degrade(x, condition, seed=i), rate, subtype="PCM_16")
@@ -195,9 +196,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="random files (seed 0) of nEMO and EmoSpeech, 0 for all (default 900)")
     args = ap.parse_args(argv)
     conds = [c for c in args.conditions.split(",") if c]
-    bad = [c for c in conds if c not in CONDITIONS and c not in CODECS]
+    bad = [c for c in conds if c not in CONDITIONS and c not in CODEC_CONDITIONS]
     if bad:
-        ap.error(f"unknown condition(s) {bad}; choose from {list(CONDITIONS) + list(CODECS)}")
+        ap.error(f"unknown condition(s) {bad}; "
+                 f"choose from {list(CONDITIONS) + list(CODEC_CONDITIONS)}")
     if args.limit < 0:
         ap.error(f"--limit {args.limit}: give a number of files, or 0 for all")
     if not args.tmp.is_dir():

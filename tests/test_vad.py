@@ -205,8 +205,8 @@ def test_segmenter_rejects_bad_parameters():
 
 # ------------------------------------------------------------------------------ the step
 
-def run_step(ser, vad, pcm, block, cfg=None, t0=0.0):
-    step = SpeechPerception(ser, cfg or SpeechConfig(), vad)
+def run_step(ser, vad, pcm, block, cfg=None, t0=0.0, utterance_model=None):
+    step = SpeechPerception(ser, cfg or SpeechConfig(), vad, utterance_model)
     outs = []
     for i in range(0, len(pcm), block):
         outs += step.push(t0 + i / 16000, pcm[i:i + block])
@@ -299,10 +299,8 @@ def test_rolling_labels_pool_the_utterance_ser_only_in_quiet(ser, vad):
     rolling, floor = {}, {}
     for name, pcm in (("clean", clean.astype(np.int16)), ("noisy", noisy)):
         for w in (0.0, 0.3):
-            step = SpeechPerception(ser, SpeechConfig(rolling_utterance_weight=w), vad, utt)
-            outs = []
-            for i in range(0, len(pcm), 1600):
-                outs += step.push(i / 16000, pcm[i:i + 1600])
+            outs, step = run_step(ser, vad, pcm, 1600, SpeechConfig(rolling_utterance_weight=w),
+                                  utterance_model=utt)
             rolling[name, w] = [o.probs for o in outs if o.kind == "rolling"]
             floor[name] = step.noise.db
     assert len(rolling["clean", 0.0]) >= 4 and len(rolling["noisy", 0.0]) >= 4
