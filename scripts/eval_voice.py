@@ -2,14 +2,19 @@
 """Issue 14's voice acceptance figures, through the shipped path: ``redsg-edge analyze --json``.
 
 The 104 non-calm files of the held-out RAVDESS speakers (Actor_23, Actor_24) go through
-``analyze`` (trained VAD → utterances → SER, the daemon's own speech code) in four conditions:
+``analyze`` (trained VAD → utterances → SER, the daemon's own speech code) in five conditions:
 
 - ``original``: the files as recorded;
 - ``minus20db``: 20 dB quieter (a quieter microphone, a speaker farther away);
 - ``plus10db_clipped``: 10 dB louder, clipped to int16 (an over-driven input);
 - ``white_snr10``: white Gaussian noise added at 10 dB SNR, where the signal power is the mean
   power of the file's active 25 ms frames (those within 30 dB of its loudest frame), an
-  approximation of the active speech level of ITU-T P.56.
+  approximation of the active speech level of ITU-T P.56;
+- ``babble_snr10``: babble at 10 dB SNR (the same signal power): six talkers at once, each a
+  continuous stream of RAVDESS speech by actors 1-22 (their active frames only, so the babble
+  has no pauses), each talker at the same power. Those actors are the SER's training speakers:
+  summed six at a time they are not one intelligible voice, but the figure is not a
+  cross-speaker one for the babble itself.
 
 Two more conditions, not run unless named, put each file through a lossy codec at a voice-message
 bitrate, as a phone or a messaging app would send it (encoded by PyAV's FFmpeg, decoded by
@@ -56,7 +61,8 @@ from redsg_edge.features import frame_dbfs  # noqa: E402
 from ser_augment import CODECS, encode  # noqa: E402
 
 HELD_OUT = (23, 24)
-CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10")
+CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10", "babble_snr10")
+BABBLE_TALKERS = 6
 #: condition → (``ser_augment.CODECS`` name, bit rate in bit/s); the file is named for its
 #: container
 CODEC_CONDITIONS = {"mp3_24k": ("mp3", 24_000), "opus_16k": ("opus", 16_000)}
@@ -76,6 +82,26 @@ def active_power(x: np.ndarray) -> float:
     return float(np.mean(frames[db >= db.max() - 30.0] ** 2))
 
 
+def babble(n: int, seed: int, talkers: int = BABBLE_TALKERS) -> np.ndarray:
+    """(n,) float32 babble: ``talkers`` streams of the active frames of random RAVDESS files of
+    actors 1-22 (seeded), each scaled to unit power, summed."""
+    rng = np.random.default_rng(seed)
+    pool = sorted((f.path for f in load_ravdess_index() if f.actor not in HELD_OUT), key=str)
+    streams = []
+    for _ in range(talkers):
+        parts, have = [], 0
+        while have < n:
+            x, _rate = sf.read(str(pool[rng.integers(len(pool))]), dtype="float32")
+            x = x.mean(axis=1) if x.ndim == 2 else x
+            db = frame_dbfs(x)
+            frames = x[:len(db) * 400].reshape(-1, 400)[db >= db.max() - 30.0].reshape(-1)
+            parts.append(frames)
+            have += len(frames)
+        s = np.concatenate(parts)[:n]
+        streams.append(s / np.sqrt(np.mean(s.astype(np.float64) ** 2) + 1e-12))
+    return np.sum(streams, axis=0).astype(np.float32)
+
+
 def degrade(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
     """x float32 in [-1, 1] → the condition's signal, clipped to int16's range."""
     if condition == "original":
@@ -87,6 +113,10 @@ def degrade(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
     elif condition == "white_snr10":
         noise = np.random.default_rng(seed).standard_normal(len(x)).astype(np.float32)
         y = x + noise * np.sqrt(active_power(x) / 10 ** (10 / 10))
+    elif condition == "babble_snr10":
+        noise = babble(len(x), seed)
+        y = x + noise * np.sqrt(active_power(x) / np.mean(noise.astype(np.float64) ** 2)
+                                / 10 ** (10 / 10))
     else:
         raise ValueError(f"unknown condition {condition!r} (expected one of {CONDITIONS})")
     return np.clip(y, -1.0, 32767 / 32768)

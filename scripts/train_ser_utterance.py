@@ -20,7 +20,11 @@ before a sample is read. Protocol, speaker-independent:
 
 Each recording is cut into utterances by the daemon's own speech path (Silero VAD, input gain,
 padding and hangover of config.toml's [speech]), so the model is trained on the cuts it will be
-given. Each training actor's utterances are z-scored with that actor's statistics (``fit``).
+given. Each training recording also goes in as ``CODEC`` copies through a voice-message codec
+and ``NOISE`` copies with white, pink, babble or room noise at 0–20 dB SNR, cut the same way, so
+that a phone's codec or a noisy room does not move the label; each fold is also scored on a
+noisy copy of its test actors' recordings, drawn apart from the training copies. Each training actor's utterances are z-scored with
+that actor's statistics (``fit``).
 Test utterances are normalised as the runtime does (running statistics from the prior, in a
 fixed random order). The cross-corpus figures come from
 ``redsg-edge analyze`` (``scripts/eval_voice.py``, ``tests/test_utterance_ser.py``), never here.
@@ -56,6 +60,10 @@ AUG = 0
 #: Codec copies per training recording: chosen on the development folds (models/README.md,
 #: "Codec copies"): 66.3 -> 67.6 % as recorded, 61.9 -> 65.1 % on their own codec copies.
 CODEC = 1
+#: Noisy copies per training recording: chosen on the development folds and URDU (models/README.md,
+#: "Noisy copies"): 0 / 1 / 2 / 3 copies read the folds at 67.4 / 66.0 / 66.2 / 65.2 % as
+#: recorded, 36.9 / 53.5 / 55.6 / 55.1 % on noisy copies, URDU 52.0 / 51.8 / 54.2 / 51.5 %.
+NOISE = 2
 CV_FOLDS = [tuple(a for a in f if a not in TEST_ACTORS) for f in FOLDS]
 
 
@@ -145,6 +153,39 @@ def codec_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np
                             "codec copies")
 
 
+def noise_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(M, DIM) functionals of K noisy copies of each whole recording, and (M,) the index in
+    ``recs`` of each one's recording: ``ser_augment.Augmenter``'s noise step alone (white, pink,
+    babble of 3-6 recordings of other actors of the same fold, or the room tone of their pauses,
+    at 0-20 dB SNR, as the window SER trains), each copy cut by the daemon's speech path as
+    ``features`` cuts the originals. A fold's copies hold only that fold's voices, so a fold
+    model never hears its test actors, even as babble."""
+    from tqdm import tqdm
+    from ser_augment import Augmenter
+    from train_ser import read_pcm
+
+    def make():
+        assert_not_validation([r.path for r in recs])
+        rng = np.random.default_rng(seed)
+        audio = [read_pcm(r.path) for r in recs]
+        fold = np.array([next(i for i, f in enumerate(FOLDS) if r.actor in f) for r in recs])
+        # the quietest 0.5 s of each recording: its room tone
+        tone = [x[np.argmin([np.mean(x[i:i + 8000] ** 2) for i in range(0, max(1, len(x) - 8000), 800)])
+                  * 800:][:8000] for x in audio]
+        clips, src = [], []
+        for i, x in enumerate(tqdm(audio, desc=f"noise x{k}", unit="file", mininterval=2)):
+            mates = [j for j in np.flatnonzero(fold == fold[i]) if recs[j].actor != recs[i].actor]
+            aug = Augmenter([audio[j] for j in mates], [tone[j] for j in mates if np.any(tone[j])],
+                            [], p_speed=0.0, p_pitch=0.0, p_reverb=0.0, p_band=0.0, p_noise=1.0,
+                            gain_range_db=(0.0, 0.0))
+            for _ in range(k):
+                clips.append(aug(x, rng)[0])
+                src.append(i)
+        return clips, src
+    return _copies_features(make, cache / f"ravdess_noise{k}_s{seed}_{FEATURES_VERSION}_cuts.npz",
+                            "noisy copies")
+
+
 def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], c: float = C):
     """(model, mean, std, z): the logistic regression on clipped z-scores z, each speaker of
     ``parts`` [(X (N, DIM), y (N,), speaker (N,))] z-scored with its own statistics: the device
@@ -214,6 +255,9 @@ def main() -> int:
                     help=f"inverse L2 regularisation of the logistic regression (default {C})")
     ap.add_argument("--aug", type=int, default=AUG, metavar="K",
                     help=f"augmented copies per training recording (default {AUG})")
+    ap.add_argument("--noise", type=int, default=NOISE, metavar="K",
+                    help="noisy copies of each training recording (white, pink, babble or room "
+                         f"tone at 0-20 dB SNR; default {NOISE})")
     ap.add_argument("--codec", type=int, default=CODEC, metavar="K",
                     help="copies of each training recording through MP3 or Opus at a "
                          f"voice-message bit rate (default {CODEC})")
@@ -227,10 +271,14 @@ def main() -> int:
     dev = ~np.isin(actor, TEST_ACTORS)
     dev_rec = np.flatnonzero(~np.isin(actor_rec, TEST_ACTORS))
     A, src = np.zeros((0, DIM), np.float32), np.zeros(0, int)
-    for k, make in ((args.aug, augmented_features), (args.codec, codec_features)):
+    for k, make in ((args.aug, augmented_features), (args.codec, codec_features),
+                    (args.noise, noise_features)):
         if k:
             Ak, sk = make([recs[i] for i in dev_rec], k, args.seed, args.cache)
             A, src = np.concatenate([A, Ak]), np.concatenate([src, dev_rec[sk]])
+    # one more noisy copy of each recording, drawn apart from training's, to score the folds on
+    N, nsrc = noise_features([recs[i] for i in dev_rec], 1, args.seed + 1, args.cache)
+    nsrc = dev_rec[nsrc]
 
     def rows(mask):  # the utterances in mask, augmented copies of their recordings, their actors
         keep = np.isin(src, owner[mask])
@@ -243,6 +291,9 @@ def main() -> int:
     if args.codec:
         trained_on += (f", plus {args.codec} cop{'y' if args.codec == 1 else 'ies'} of each "
                        "recording through MP3 or Opus at a voice-message bit rate, cut the same way")
+    if args.noise:
+        trained_on += (f", plus {args.noise} cop{'y' if args.noise == 1 else 'ies'} of each "
+                       "recording with white, pink, babble or room noise at 0-20 dB SNR")
     if args.nemo is not None:
         nemo = load_nemo(args.nemo)
         Xn, on = features(nemo, args.cache, "nemo")
@@ -260,8 +311,14 @@ def main() -> int:
         Z = running_z(X[te], mean, std, args.seed)
         oof[te] = np.stack([clf.predict(z) for z in Z])
         folds.append({"actors": list(fold), **scores(oof[te], y[te])})
+        # the test actors' noisy copies, normalised as a stream of their own
+        nte = np.isin(actor_rec[nsrc], fold)
+        Zn = running_z(N[nte], mean, std, args.seed)
+        folds[-1]["noisy"] = scores(np.stack([clf.predict(z) for z in Zn]), y_rec[nsrc][nte])
         print(f"fold {k} actors {fold}: int8 accuracy {100 * folds[-1]['accuracy']:.1f} %, "
-              f"UAR {100 * folds[-1]['uar']:.1f} %  [{time.time() - t0:.0f} s]", flush=True)
+              f"UAR {100 * folds[-1]['uar']:.1f} %, noisy copies "
+              f"{100 * folds[-1]['noisy']['accuracy']:.1f} %  [{time.time() - t0:.0f} s]",
+              flush=True)
     T = fit_temperature(softmax(oof[dev]), y[dev])
     ece = (expected_calibration_error(softmax(oof[dev]), y[dev]),
            expected_calibration_error(softmax(oof[dev], T), y[dev]))
@@ -283,15 +340,18 @@ def main() -> int:
                                  "over actors 1-22 (scripts/train_ser_utterance.py)",
         "trained_on": trained_on,
         "regularisation_C": args.c, "augmented_copies": args.aug, "codec_copies": args.codec,
+        "noise_copies": args.noise,
         "cv": {"folds": folds,
                "mean_accuracy": float(np.mean([f["accuracy"] for f in folds])),
                "mean_uar": float(np.mean([f["uar"] for f in folds])),
+               "noisy_mean_accuracy": float(np.mean([f["noisy"]["accuracy"] for f in folds])),
                "ece_before": ece[0], "ece_after": ece[1]},
         "test_actors_23_24": {"float": scores(p_float, y[test]), "int8": scores(p_int8, y[test])},
         "bytes": size,
     }
     (args.out / "ser_utt_int8.json").write_text(json.dumps(card, indent=1) + "\n")
     cv = card["cv"]
+    print(f"CV mean int8 accuracy on the noisy copies {100 * cv['noisy_mean_accuracy']:.1f} %")
     print(f"CV mean int8 accuracy {100 * cv['mean_accuracy']:.1f} %, UAR {100 * cv['mean_uar']:.1f} %; "
           f"T {T:.3f}, ECE {ece[0]:.3f} -> {ece[1]:.3f}")
     print(f"actors 23+24: float {100 * card['test_actors_23_24']['float']['accuracy']:.1f} %, "

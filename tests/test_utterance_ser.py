@@ -44,18 +44,20 @@ def model() -> UtteranceSer:
 
 # --- functionals ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("gain_db,median_z", [(-20.0, 0.25), (-10.0, 0.08), (6.0, 0.01)])
+@pytest.mark.parametrize("gain_db,median_z", [(-20.0, 0.06), (-10.0, 0.015), (6.0, 0.001)])
 def test_functionals_do_not_depend_on_the_level(model, gain_db, median_z):
     """Level normalisation first: a file 20 dB quieter or 6 dB louder gives nearly the same
-    vector, measured in training standard deviations. What differs is the int16 rounding of
-    the quiet frames (larger as the file gets quieter) and the dither."""
+    vector, measured in training standard deviations (measured 2026-12-05: 0.037, 0.009 and
+    0.0003). What differs is the int16 rounding of the quiet frames (larger as the file gets
+    quieter) and the dither; at −40 dB, where the rounding eats the quiet frames, the change is
+    more than three times the bound (0.24)."""
     ref = utterance_functionals(pcm16(SAD))
     got = utterance_functionals(pcm16(SAD, gain_db))
     assert ref.shape == got.shape == (DIM,) and ref.dtype == np.float32
     assert np.isfinite(got).all()
     dz = np.abs(got - ref) / model.std
     assert np.median(dz) < median_z, (np.median(dz), dz.max())
-    assert np.median(np.abs(utterance_functionals(pcm16(SAD, -40.0)) - ref) / model.std) > median_z
+    assert np.median(np.abs(utterance_functionals(pcm16(SAD, -40.0)) - ref) / model.std) > 3 * median_z
 
 
 def test_functionals_do_not_depend_on_how_silent_the_pauses_are(model):
@@ -244,6 +246,49 @@ def test_held_out_actors_through_analyze_at_four_levels(tmp_path):
     assert acc[0.0] >= HELDOUT_FLOOR and acc[-40.0] >= HELDOUT_FLOOR, acc
     assert acc[-20.0] >= acc[0.0] - 0.03 and acc[10.0] >= acc[0.0] - 0.03, acc
     assert max(changed.values()) <= 0.15, changed
+
+
+def test_eval_voice_noise_conditions_reach_their_snr():
+    """``white_snr10`` and ``babble_snr10`` add noise at 10 dB under the speech's active level
+    (``eval_voice.active_power``), and the babble is six voices with no pauses: its 25 ms
+    frames stay within a few dB of their median level."""
+    import eval_voice
+
+    from redsg_edge.features import frame_dbfs
+    x, _ = sf.read(_heldout()[0][0], dtype="float32")
+    for cond in ("white_snr10", "babble_snr10"):
+        y = eval_voice.degrade(x, cond, seed=3)
+        noise_db = 10 * np.log10(np.mean((y - x).astype(np.float64) ** 2))
+        assert 10 * np.log10(eval_voice.active_power(x)) - noise_db == pytest.approx(10.0, abs=0.1)
+    db = frame_dbfs(eval_voice.babble(16_000 * 3, seed=3))
+    assert np.percentile(db, 5) > np.median(db) - 8.0, np.percentile(db, [5, 50])
+
+
+@pytest.mark.parametrize("condition,floor", [("white_snr10", 0.55), ("babble_snr10", 0.52)])
+def test_held_out_actors_through_analyze_in_noise(tmp_path, condition, floor):
+    """Issue 14: with white or babble noise at 10 dB SNR, the 104 held-out files through
+    ``analyze`` (calibration pass over the noisy batch, then labels) are still labelled and
+    right at least half the time. The floors sit a few points under what these noise draws
+    gave on 2026-12-05 (58.7 and 55.8 %); ``scripts/eval_voice.py`` draws its noise in
+    another file order, and there the babble read 48.1 %: at 104 files one draw of babble
+    moves the figure by several points."""
+    import eval_voice
+
+    files = _heldout()
+    paths = []
+    for i, (path, _) in enumerate(files):
+        x, rate = sf.read(path, dtype="float32")
+        paths.append(tmp_path / (path.stem + ".wav"))
+        sf.write(paths[-1], eval_voice.degrade(x, condition, seed=i), rate, subtype="PCM_16")
+    an = Analyzer(Config())
+    try:
+        an.calibrate(paths)
+        got = [an.audio(p)["label"] for p in paths]
+    finally:
+        an.close()
+    assert np.mean([lab is not None for lab in got]) >= 0.98, got
+    acc = float(np.mean([lab == CLASSES[y] for lab, (_, y) in zip(got, files)]))
+    assert acc >= floor, acc
 
 
 def test_analyze_calibration_makes_labels_independent_of_file_order(tmp_path):
