@@ -23,8 +23,8 @@ padding and hangover of config.toml's [speech]), so the model is trained on the 
 given. Each training recording also goes in as ``CODEC`` copies through a voice-message codec
 and ``NOISE`` copies with white, pink, babble or room noise at 0–20 dB SNR, cut the same way, so
 that a phone's codec or a noisy room does not move the label; each fold is also scored on a
-noisy copy of its test actors' recordings, drawn apart from the training copies. Each training actor's utterances are z-scored with
-that actor's statistics (``fit``).
+noisy copy of its test actors' recordings, drawn apart from the training copies. Each training
+actor's utterances are z-scored with that actor's statistics (``fit``).
 Test utterances are normalised as the runtime does (running statistics from the prior, in a
 fixed random order). The cross-corpus figures come from
 ``redsg-edge analyze`` (``scripts/eval_voice.py``, ``tests/test_utterance_ser.py``), never here.
@@ -153,6 +153,12 @@ def codec_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np
                             "codec copies")
 
 
+def _room_tone(x: np.ndarray, n: int = 8000, step: int = 800) -> np.ndarray:
+    """The quietest ``n`` samples of ``x`` (searched every ``step``): a recording's room tone."""
+    starts = range(0, max(1, len(x) - n), step)
+    return x[starts[int(np.argmin([np.mean(x[i:i + n] ** 2) for i in starts]))]:][:n]
+
+
 def noise_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
     """(M, DIM) functionals of K noisy copies of each whole recording, and (M,) the index in
     ``recs`` of each one's recording: ``ser_augment.Augmenter``'s noise step alone (white, pink,
@@ -169,9 +175,7 @@ def noise_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np
         rng = np.random.default_rng(seed)
         audio = [read_pcm(r.path) for r in recs]
         fold = np.array([next(i for i, f in enumerate(FOLDS) if r.actor in f) for r in recs])
-        # the quietest 0.5 s of each recording: its room tone
-        tone = [x[np.argmin([np.mean(x[i:i + 8000] ** 2) for i in range(0, max(1, len(x) - 8000), 800)])
-                  * 800:][:8000] for x in audio]
+        tone = [_room_tone(x) for x in audio]
         clips, src = [], []
         for i, x in enumerate(tqdm(audio, desc=f"noise x{k}", unit="file", mininterval=2)):
             mates = [j for j in np.flatnonzero(fold == fold[i]) if recs[j].actor != recs[i].actor]

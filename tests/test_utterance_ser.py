@@ -57,7 +57,8 @@ def test_functionals_do_not_depend_on_the_level(model, gain_db, median_z):
     assert np.isfinite(got).all()
     dz = np.abs(got - ref) / model.std
     assert np.median(dz) < median_z, (np.median(dz), dz.max())
-    assert np.median(np.abs(utterance_functionals(pcm16(SAD, -40.0)) - ref) / model.std) > 3 * median_z
+    far = utterance_functionals(pcm16(SAD, -40.0))
+    assert np.median(np.abs(far - ref) / model.std) > 3 * median_z
 
 
 def test_functionals_do_not_depend_on_how_silent_the_pauses_are(model):
@@ -311,4 +312,4 @@ def test_analyze_calibration_makes_labels_independent_of_file_order(tmp_path):
 
 
 HELDOUT_FLOOR = 0.65
-URDU_FLOOR = 0.545
+URDU_FLOOR = 0.555
