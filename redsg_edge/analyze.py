@@ -12,6 +12,7 @@ import logging
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -24,6 +25,15 @@ log = logging.getLogger(__name__)
 #: Longest side of a photo as analysed, px; larger photos are reduced first (faces in them are
 #: large too, and the detector sees 128 x 128 anyway). Boxes are reported in original pixels.
 MAX_SIDE = 4096
+
+class Heard(NamedTuple):
+    """The speech path over one recording (:meth:`Analyzer._listen`)."""
+    outputs: list          # speech.SpeechOutput, oldest first, the stream's end included
+    t0: float | None       # capture time of the first sample (s)
+    samples: int           # samples read
+    warning: str | None    # the file source's warning, if any
+    speech_prob_max: float  # the VAD's highest speech probability (0..1)
+
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac"}
@@ -136,9 +146,9 @@ class Analyzer:
             self._utt = UtteranceSer(sp.utterance_model) if sp.utterance_model else None
             self.norm = self._utt.new_norm() if self._utt is not None else None
 
-    def _listen(self, path: Path):
-        """The daemon's speech path over one recording: (outputs, t0, samples, mic warning,
-        highest VAD speech probability). Raises ValueError for audio FFmpeg cannot decode."""
+    def _listen(self, path: Path) -> Heard:
+        """The daemon's speech path over one recording. Raises ValueError for audio FFmpeg
+        cannot decode."""
         from .capture import AudioFileMic, DeviceError
         from .speech import SpeechPerception
 
@@ -165,7 +175,7 @@ class Analyzer:
             why = why.split("cannot be decoded: ", 1)[-1].split(" (analyze PATH", 1)[0]
             raise ValueError(f"{path}: neither a photo nor a recording FFmpeg can decode "
                              f"({why})") from None
-        return outs + step.finish(), t0, n, mic.warning, step.max_speech_prob
+        return Heard(outs + step.finish(), t0, n, mic.warning, step.max_speech_prob)
 
     def calibrate(self, paths: list[Path], progress: bool = False) -> int:
         """Listen to every recording among ``paths`` once, so that the utterance SER's running
@@ -185,7 +195,7 @@ class Analyzer:
         for p in tqdm(audio, desc="calibrating the voice normalisation", unit="file",
                       disable=not progress, mininterval=1, leave=False):
             try:
-                heard += sum(o.kind == "utterance" for o in self._listen(p)[0])
+                heard += sum(o.kind == "utterance" for o in self._listen(p).outputs)
             except ValueError:
                 continue
         self.norm.frozen = True
@@ -202,16 +212,16 @@ class Analyzer:
         weights; ``label`` None only when the file holds no speech. Without :meth:`calibrate`
         the voice normalisation keeps learning from file to file.
         """
-        outs, t0, n, warning, peak = self._listen(path)
-        utts = [o for o in outs if o.kind == "utterance"]
+        h = self._listen(path)
+        utts = [o for o in h.outputs if o.kind == "utterance"]
         whole = None
         if utts:
             w = np.array([o.end_s - o.start_s for o in utts])
             whole = np.average(np.stack([o.probs for o in utts]), axis=0, weights=w)
-        t0 = t0 or 0.0
-        extra = {"warning": warning} if warning else {}
-        return {"path": str(path), "kind": "audio", "duration_s": round(n / 16000, 3),
-                "speech_prob_max": round(float(peak), 3), **extra,
+        t0 = h.t0 or 0.0
+        extra = {"warning": h.warning} if h.warning else {}
+        return {"path": str(path), "kind": "audio", "duration_s": round(h.samples / 16000, 3),
+                "speech_prob_max": round(float(h.speech_prob_max), 3), **extra,
                 "label": CLASSES[int(whole.argmax())] if whole is not None else None,
                 "probs": probs_to_dict(whole) if whole is not None else None,
                 "utterances": [{"start_s": round(o.start_s - t0, 3),

@@ -42,6 +42,7 @@ choice made on URDU alone tunes to one corpus; these say whether it carries.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -74,29 +75,36 @@ def held_out_files() -> list:
                   key=lambda f: f.path.name)
 
 
-def active_power(x: np.ndarray) -> float:
-    """Mean power of the 25 ms frames within 30 dB of the loudest one (x float in [-1, 1])."""
+def active_frames(x: np.ndarray) -> np.ndarray:
+    """The 25 ms frames of ``x`` (float in [-1, 1]) within 30 dB of its loudest one, (k, 400)."""
     db = frame_dbfs(x)
-    n = len(db) * 400
-    frames = x[:n].reshape(-1, 400)
-    return float(np.mean(frames[db >= db.max() - 30.0] ** 2))
+    return x[:len(db) * 400].reshape(-1, 400)[db >= db.max() - 30.0]
+
+
+def active_power(x: np.ndarray) -> float:
+    """Mean power of ``x``'s active frames (:func:`active_frames`)."""
+    return float(np.mean(active_frames(x) ** 2))
+
+
+@functools.cache
+def _babble_pool() -> tuple[Path, ...]:
+    """The RAVDESS files babble is drawn from: every file of actors 1-22, sorted."""
+    return tuple(sorted((f.path for f in load_ravdess_index() if f.actor not in HELD_OUT),
+                        key=str))
 
 
 def babble(n: int, seed: int, talkers: int = BABBLE_TALKERS) -> np.ndarray:
     """(n,) float32 babble: ``talkers`` streams of the active frames of random RAVDESS files of
     actors 1-22 (seeded), each scaled to unit power, summed."""
     rng = np.random.default_rng(seed)
-    pool = sorted((f.path for f in load_ravdess_index() if f.actor not in HELD_OUT), key=str)
+    pool = _babble_pool()
     streams = []
     for _ in range(talkers):
         parts, have = [], 0
         while have < n:
             x, _rate = sf.read(str(pool[rng.integers(len(pool))]), dtype="float32")
-            x = x.mean(axis=1) if x.ndim == 2 else x
-            db = frame_dbfs(x)
-            frames = x[:len(db) * 400].reshape(-1, 400)[db >= db.max() - 30.0].reshape(-1)
-            parts.append(frames)
-            have += len(frames)
+            parts.append(active_frames(x.mean(axis=1) if x.ndim == 2 else x).reshape(-1))
+            have += len(parts[-1])
         s = np.concatenate(parts)[:n]
         streams.append(s / np.sqrt(np.mean(s.astype(np.float64) ** 2) + 1e-12))
     return np.sum(streams, axis=0).astype(np.float32)

@@ -219,6 +219,17 @@ def test_urdu_four_classes_with_the_batch_normalisation(model):
     assert acc >= URDU_FLOOR, acc
 
 
+def _labels_through_analyze(paths: list[Path]) -> list[str | None]:
+    """``analyze``'s labels for a batch of recordings: a calibration pass over all of them,
+    then each file's label (None: no speech)."""
+    an = Analyzer(Config())
+    try:
+        an.calibrate(paths)
+        return [an.audio(p)["label"] for p in paths]
+    finally:
+        an.close()
+
+
 def test_held_out_actors_through_analyze_at_four_levels(tmp_path):
     """RAVDESS actors 23 + 24 (never trained on), 104 non-calm files, through ``analyze``'s
     path (calibration pass, then labels) at 0 dB, −20 dB, +10 dB (clipped) and −40 dB (a far
@@ -235,12 +246,7 @@ def test_held_out_actors_through_analyze_at_four_levels(tmp_path):
         for path, _ in files:
             paths.append(d / (path.stem + ".wav"))
             sf.write(paths[-1], pcm16(path, gain), 16_000, subtype="PCM_16")
-        an = Analyzer(Config())
-        try:
-            an.calibrate(paths)
-            got[gain] = [an.audio(p)["label"] for p in paths]
-        finally:
-            an.close()
+        got[gain] = _labels_through_analyze(paths)
         assert np.mean([lab is not None for lab in got[gain]]) >= 0.98, (gain, got[gain])
         acc[gain] = float(np.mean([lab == CLASSES[y] for lab, (_, y) in zip(got[gain], files)]))
     changed = {g: float(np.mean(np.array(got[g]) != np.array(got[0.0]))) for g in (-20.0, 10.0)}
@@ -281,12 +287,7 @@ def test_held_out_actors_through_analyze_in_noise(tmp_path, condition, floor):
         x, rate = sf.read(path, dtype="float32")
         paths.append(tmp_path / (path.stem + ".wav"))
         sf.write(paths[-1], eval_voice.degrade(x, condition, seed=i), rate, subtype="PCM_16")
-    an = Analyzer(Config())
-    try:
-        an.calibrate(paths)
-        got = [an.audio(p)["label"] for p in paths]
-    finally:
-        an.close()
+    got = _labels_through_analyze(paths)
     assert np.mean([lab is not None for lab in got]) >= 0.98, got
     acc = float(np.mean([lab == CLASSES[y] for lab, (_, y) in zip(got, files)]))
     assert acc >= floor, acc
