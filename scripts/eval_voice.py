@@ -2,7 +2,7 @@
 """Issue 14's voice acceptance figures, through the shipped path: ``redsg-edge analyze --json``.
 
 The 104 non-calm files of the held-out RAVDESS speakers (Actor_23, Actor_24) go through
-``analyze`` (trained VAD → utterances → SER, the daemon's own speech code) in five conditions:
+``analyze`` (trained VAD → utterances → SER, the daemon's own speech code) in six conditions:
 
 - ``original``: the files as recorded;
 - ``minus20db``: 20 dB quieter (a quieter microphone, a speaker farther away);
@@ -14,7 +14,14 @@ The 104 non-calm files of the held-out RAVDESS speakers (Actor_23, Actor_24) go 
   continuous stream of RAVDESS speech by actors 1-22 (their active frames only, so the babble
   has no pauses), each talker at the same power. Those actors are the SER's training speakers:
   summed six at a time they are not one intelligible voice, but the figure is not a
-  cross-speaker one for the babble itself.
+  cross-speaker one for the babble itself;
+- ``reverb_rt60_0.6``: a living room, the talker about at the critical distance: the file
+  convolved with a room impulse response of Polack's statistical model (a direct path, then
+  exponentially decaying Gaussian noise from 2.5 ms on; J.-D. Polack, "Playing billiards in the
+  concert hall: the mathematical foundations of geometrical room acoustics", Applied Acoustics
+  38, 1993), reverberation time RT60 0.6 s, direct-to-reverberant ratio 0 dB, then scaled back
+  to the file's active level. Its rooms are not the image-source shoeboxes the SERs train on
+  (``ser_augment.room_impulse_responses``).
 
 Two more conditions, not run unless named, put each file through a lossy codec at a voice-message
 bitrate, as a phone or a messaging app would send it (encoded by PyAV's FFmpeg, decoded by
@@ -52,6 +59,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+from scipy.signal import fftconvolve
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -62,8 +70,10 @@ from redsg_edge.features import frame_dbfs  # noqa: E402
 from ser_augment import CODECS, encode  # noqa: E402
 
 HELD_OUT = (23, 24)
-CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10", "babble_snr10")
+CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10", "babble_snr10",
+              "reverb_rt60_0.6")
 BABBLE_TALKERS = 6
+RT60_S, DRR_DB = 0.6, 0.0  # reverb_rt60_0.6
 #: condition → (``ser_augment.CODECS`` name, bit rate in bit/s); the file is named for its
 #: container
 CODEC_CONDITIONS = {"mp3_24k": ("mp3", 24_000), "opus_16k": ("opus", 16_000)}
@@ -110,6 +120,20 @@ def babble(n: int, seed: int, talkers: int = BABBLE_TALKERS) -> np.ndarray:
     return np.sum(streams, axis=0).astype(np.float32)
 
 
+def statistical_rir(rt60_s: float, drr_db: float, seed: int, rate: int = 16_000) -> np.ndarray:
+    """(n,) float32 room impulse response of Polack's statistical model: 1 at sample 0 (the
+    direct path), then Gaussian noise under an envelope falling 60 dB in ``rt60_s`` seconds,
+    from 2.5 ms to 1.2 ``rt60_s``, scaled so that the direct energy over the tail's is
+    ``drr_db`` (the direct-to-reverberant ratio)."""
+    n = int(1.2 * rt60_s * rate)
+    t = np.arange(n) / rate
+    tail = np.random.default_rng(seed).standard_normal(n) * 10 ** (-3 * t / rt60_s)
+    tail[:int(0.0025 * rate)] = 0.0
+    h = tail * np.sqrt(10 ** (-drr_db / 10) / np.sum(tail ** 2))
+    h[0] = 1.0
+    return h.astype(np.float32)
+
+
 def degrade(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
     """x float32 in [-1, 1] → the condition's signal, clipped to int16's range."""
     if condition == "original":
@@ -125,6 +149,9 @@ def degrade(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
         noise = babble(len(x), seed)
         y = x + noise * np.sqrt(active_power(x) / np.mean(noise.astype(np.float64) ** 2)
                                 / 10 ** (10 / 10))
+    elif condition == "reverb_rt60_0.6":
+        y = fftconvolve(x, statistical_rir(RT60_S, DRR_DB, seed))[:len(x)].astype(np.float32)
+        y *= np.float32(np.sqrt(active_power(x) / active_power(y)))
     else:
         raise ValueError(f"unknown condition {condition!r} (expected one of {CONDITIONS})")
     return np.clip(y, -1.0, 32767 / 32768)

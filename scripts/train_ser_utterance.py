@@ -67,6 +67,9 @@ CODEC = 1
 #: reported on, never trained on: this script never reads it (``assert_not_validation``
 #: refuses its files). models/README.md, "Noisy copies".
 NOISE = 2
+#: Reverberant copies per training recording (``reverb_features``), and the rooms they draw from.
+REVERB = 0
+ROOMS = 200
 CV_FOLDS = [tuple(a for a in f if a not in TEST_ACTORS) for f in FOLDS]
 
 
@@ -193,6 +196,32 @@ def noise_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np
                             "noisy copies")
 
 
+def reverb_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(M, DIM) functionals of K reverberant copies of each whole recording, and (M,) the index
+    in ``recs`` of each one's recording: ``ser_augment.Augmenter``'s reverberation step alone,
+    each copy convolved with one of ``ROOMS`` shoebox rooms (``room_impulse_responses``: image
+    source method, RT60 0.15-0.9 s; the rooms depend on ``seed``), cut by the daemon's speech
+    path as ``features`` cuts the originals."""
+    from tqdm import tqdm
+    from ser_augment import Augmenter, room_impulse_responses
+    from train_ser import read_pcm
+
+    def make():
+        assert_not_validation([r.path for r in recs])
+        rng = np.random.default_rng(seed)
+        aug = Augmenter([], [], room_impulse_responses(ROOMS, seed), p_speed=0.0, p_pitch=0.0,
+                        p_reverb=1.0, p_band=0.0, p_noise=0.0, gain_range_db=(0.0, 0.0))
+        clips, src = [], []
+        for i, r in enumerate(tqdm(recs, desc=f"reverb x{k}", unit="file", mininterval=2)):
+            x = read_pcm(r.path)
+            for _ in range(k):
+                clips.append(aug(x, rng)[0])
+                src.append(i)
+        return clips, src
+    return _copies_features(make, cache / f"ravdess_reverb{k}_s{seed}_{FEATURES_VERSION}_cuts.npz",
+                            "reverberant copies")
+
+
 def fit(parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]], c: float = C):
     """(model, mean, std, z): the logistic regression on clipped z-scores z, each speaker of
     ``parts`` [(X (N, DIM), y (N,), speaker (N,))] z-scored with its own statistics: the device
@@ -268,6 +297,9 @@ def main() -> int:
     ap.add_argument("--codec", type=int, default=CODEC, metavar="K",
                     help="copies of each training recording through MP3 or Opus at a "
                          f"voice-message bit rate (default {CODEC})")
+    ap.add_argument("--reverb", type=int, default=REVERB, metavar="K",
+                    help="reverberant copies of each training recording (simulated rooms, RT60 "
+                         f"0.15-0.9 s; default {REVERB})")
     args = ap.parse_args()
     t0 = time.time()
     recs = load_ravdess_index(args.data)
@@ -279,13 +311,16 @@ def main() -> int:
     dev_rec = np.flatnonzero(~np.isin(actor_rec, TEST_ACTORS))
     A, src = np.zeros((0, DIM), np.float32), np.zeros(0, int)
     for k, make in ((args.aug, augmented_features), (args.codec, codec_features),
-                    (args.noise, noise_features)):
+                    (args.noise, noise_features), (args.reverb, reverb_features)):
         if k:
             Ak, sk = make([recs[i] for i in dev_rec], k, args.seed, args.cache)
             A, src = np.concatenate([A, Ak]), np.concatenate([src, dev_rec[sk]])
     # one more noisy copy of each recording, drawn apart from training's, to score the folds on
     N, nsrc = noise_features([recs[i] for i in dev_rec], 1, args.seed + 1, args.cache)
     nsrc = dev_rec[nsrc]
+    # and one reverberant copy, in rooms apart from training's
+    R, rsrc = reverb_features([recs[i] for i in dev_rec], 1, args.seed + 1, args.cache)
+    rsrc = dev_rec[rsrc]
 
     def rows(mask):  # the utterances in mask, augmented copies of their recordings, their actors
         keep = np.isin(src, owner[mask])
@@ -301,6 +336,9 @@ def main() -> int:
     if args.noise:
         trained_on += (f", plus {args.noise} cop{'y' if args.noise == 1 else 'ies'} of each "
                        "recording with white, pink, babble or room noise at 0-20 dB SNR")
+    if args.reverb:
+        trained_on += (f", plus {args.reverb} cop{'y' if args.reverb == 1 else 'ies'} of each "
+                       "recording in a simulated room (RT60 0.15-0.9 s)")
     if args.nemo is not None:
         nemo = load_nemo(args.nemo)
         Xn, on = features(nemo, args.cache, "nemo")
@@ -322,9 +360,13 @@ def main() -> int:
         nte = np.isin(actor_rec[nsrc], fold)
         Zn = running_z(N[nte], mean, std, args.seed)
         folds[-1]["noisy"] = scores(np.stack([clf.predict(z) for z in Zn]), y_rec[nsrc][nte])
+        rte = np.isin(actor_rec[rsrc], fold)
+        Zr = running_z(R[rte], mean, std, args.seed)
+        folds[-1]["reverberant"] = scores(np.stack([clf.predict(z) for z in Zr]), y_rec[rsrc][rte])
         print(f"fold {k} actors {fold}: int8 accuracy {100 * folds[-1]['accuracy']:.1f} %, "
               f"UAR {100 * folds[-1]['uar']:.1f} %, noisy copies "
-              f"{100 * folds[-1]['noisy']['accuracy']:.1f} %  [{time.time() - t0:.0f} s]",
+              f"{100 * folds[-1]['noisy']['accuracy']:.1f} %, reverberant copies "
+              f"{100 * folds[-1]['reverberant']['accuracy']:.1f} %  [{time.time() - t0:.0f} s]",
               flush=True)
     T = fit_temperature(softmax(oof[dev]), y[dev])
     ece = (expected_calibration_error(softmax(oof[dev]), y[dev]),
@@ -347,18 +389,21 @@ def main() -> int:
                                  "over actors 1-22 (scripts/train_ser_utterance.py)",
         "trained_on": trained_on,
         "regularisation_C": args.c, "augmented_copies": args.aug, "codec_copies": args.codec,
-        "noise_copies": args.noise,
+        "noise_copies": args.noise, "reverb_copies": args.reverb,
         "cv": {"folds": folds,
                "mean_accuracy": float(np.mean([f["accuracy"] for f in folds])),
                "mean_uar": float(np.mean([f["uar"] for f in folds])),
                "noisy_mean_accuracy": float(np.mean([f["noisy"]["accuracy"] for f in folds])),
+               "reverberant_mean_accuracy": float(np.mean([f["reverberant"]["accuracy"]
+                                                           for f in folds])),
                "ece_before": ece[0], "ece_after": ece[1]},
         "test_actors_23_24": {"float": scores(p_float, y[test]), "int8": scores(p_int8, y[test])},
         "bytes": size,
     }
     (args.out / "ser_utt_int8.json").write_text(json.dumps(card, indent=1) + "\n")
     cv = card["cv"]
-    print(f"CV mean int8 accuracy on the noisy copies {100 * cv['noisy_mean_accuracy']:.1f} %")
+    print(f"CV mean int8 accuracy on the noisy copies {100 * cv['noisy_mean_accuracy']:.1f} %, "
+          f"on the reverberant copies {100 * cv['reverberant_mean_accuracy']:.1f} %")
     print(f"CV mean int8 accuracy {100 * cv['mean_accuracy']:.1f} %, UAR {100 * cv['mean_uar']:.1f} %; "
           f"T {T:.3f}, ECE {ece[0]:.3f} -> {ece[1]:.3f}")
     print(f"actors 23+24: float {100 * card['test_actors_23_24']['float']['accuracy']:.1f} %, "

@@ -271,14 +271,39 @@ def test_eval_voice_noise_conditions_reach_their_snr():
     assert np.percentile(db, 5) > np.median(db) - 8.0, np.percentile(db, [5, 50])
 
 
-@pytest.mark.parametrize("condition,floor", [("white_snr10", 0.55), ("babble_snr10", 0.52)])
-def test_held_out_actors_through_analyze_in_noise(tmp_path, condition, floor):
+def test_eval_voice_reverb_condition_has_its_rt60_and_drr():
+    """``reverb_rt60_0.6``'s impulse response decays 60 dB in 0.6 s (RT60 by Schroeder's
+    backward integration, ISO 3382-1's T20: the slope from -5 to -25 dB, extrapolated) with a
+    direct-to-reverberant ratio of 0 dB, and the reverberant file keeps the original's active
+    level."""
+    import eval_voice
+
+    h = eval_voice.statistical_rir(eval_voice.RT60_S, eval_voice.DRR_DB, seed=3).astype(np.float64)
+    assert 10 * np.log10(h[0] ** 2 / np.sum(h[1:] ** 2)) == pytest.approx(0.0, abs=0.01)
+    edc = 10 * np.log10(np.cumsum(h[1:][::-1] ** 2)[::-1] / np.sum(h[1:] ** 2))
+    t = np.arange(len(edc)) / 16_000
+    fit = (edc <= -5) & (edc >= -25)
+    slope = np.polyfit(t[fit], edc[fit], 1)[0]  # dB per second
+    assert -60 / slope == pytest.approx(0.6, abs=0.03)
+    x, _ = sf.read(_heldout()[0][0], dtype="float32")
+    y = eval_voice.degrade(x, "reverb_rt60_0.6", seed=3)
+    assert 10 * np.log10(eval_voice.active_power(y) / eval_voice.active_power(x)) == \
+        pytest.approx(0.0, abs=0.2)
+    assert np.corrcoef(x, y)[0, 1] < 0.9  # it did reverberate
+
+
+@pytest.mark.parametrize("condition,floor,labelled", [("white_snr10", 0.55, 0.98),
+                                                      ("babble_snr10", 0.52, 0.98),
+                                                      ("reverb_rt60_0.6", 0.57, 0.94)])
+def test_held_out_actors_through_analyze_in_noise_and_a_room(tmp_path, condition, floor, labelled):
     """Issue 14: with white or babble noise at 10 dB SNR, the 104 held-out files through
     ``analyze`` (calibration pass over the noisy batch, then labels) are still labelled and
     right at least half the time. The floors sit a few points under what these noise draws
     gave on 2026-12-05 (58.7 and 55.8 %); ``scripts/eval_voice.py`` draws its noise in
     another file order, and there the babble read 48.1 %: at 104 files one draw of babble
-    moves the figure by several points."""
+    moves the figure by several points. In a reverberant room (RT60 0.6 s, the talker at the
+    critical distance) these draws read 59.6 % with 95.2 % labelled (eval_voice's 64.4 % and
+    96.2 %): Silero misses actor 24's screamed fearful sentences once reverberated."""
     import eval_voice
 
     files = _heldout()
@@ -288,9 +313,9 @@ def test_held_out_actors_through_analyze_in_noise(tmp_path, condition, floor):
         paths.append(tmp_path / (path.stem + ".wav"))
         sf.write(paths[-1], eval_voice.degrade(x, condition, seed=i), rate, subtype="PCM_16")
     got = _labels_through_analyze(paths)
-    assert np.mean([lab is not None for lab in got]) >= 0.98, got
+    assert np.mean([lab is not None for lab in got]) >= labelled, got
     acc = float(np.mean([lab == CLASSES[y] for lab, (_, y) in zip(got, files)]))
-    assert acc >= floor, acc
+    assert acc >= floor, (acc, np.mean([lab is not None for lab in got]))
 
 
 def test_analyze_calibration_makes_labels_independent_of_file_order(tmp_path):
