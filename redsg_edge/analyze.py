@@ -1,9 +1,12 @@
-"""``redsg-edge analyze``: FER on photos and SER on recordings, without the daemon.
+"""``redsg-edge analyze``: FER on photos, SER on recordings, both and their fusion on videos,
+without the daemon.
 
 Images: every face MediaPipe finds, each classified; the image's label is the main (largest)
 face's top class. Audio: the daemon's speech path (trained VAD → utterances → SER), one label
 per utterance with its start and end, and a whole-file result, the utterances' probabilities
-averaged with their durations as weights.
+averaged with their durations as weights. Videos: the clip replayed through the live loop's
+perception step and fusion (:func:`replay.replay`), summarised by :func:`summarize_replay`,
+plus its sound track as a recording.
 """
 
 from __future__ import annotations
@@ -37,14 +40,66 @@ class Heard(NamedTuple):
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 AUDIO_EXT = {".wav", ".flac", ".mp3", ".ogg", ".opus", ".m4a", ".aac"}
+VIDEO_EXT = {".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".mpg", ".mpeg", ".3gp"}
+
+MEDIA_EXT = IMAGE_EXT | AUDIO_EXT | VIDEO_EXT
+
+
+def _vector(probs: dict) -> np.ndarray:
+    return np.array([probs[c] for c in CLASSES], np.float64)
+
+
+def summarize_replay(records: list[dict], t_end: float) -> dict:
+    """What a replay's records say about a whole clip (pure: no I/O).
+
+    ``records``: :func:`replay.replay`'s output (``update`` and ``transition`` records, media
+    time in seconds); ``t_end``: the clip's end (s). Each update holds until the next, the
+    last until ``t_end``. Returns ``{"label", "probs"}``: the argmax and the time-weighted mean
+    of the smoothed fused probabilities from the first update on (None without updates);
+    ``"face"``: ``{"label", "probs", "coverage"}`` from the face's model outputs where it had
+    fresh evidence, ``coverage`` the share of ``[first update, t_end]`` it had (None when it
+    never had); ``"emotions"``: the fused state machine's ``[{"start_s", "end_s", "emotion"}]``
+    from the first update (its initial emotion) through each transition.
+    """
+    ups = sorted((r for r in records if r.get("type") == "update"), key=lambda r: r["t"])
+    if not ups:
+        return {"label": None, "probs": None, "face": None, "emotions": []}
+    t0 = float(ups[0]["t"])
+    end = max(float(t_end), float(ups[-1]["t"]))
+    fused, face = np.zeros(len(CLASSES)), np.zeros(len(CLASSES))
+    total = face_time = 0.0
+    for u, nxt in zip(ups, ups[1:] + [None]):
+        dt = (end if nxt is None else float(nxt["t"])) - float(u["t"])
+        total += dt
+        fused += dt * _vector(u["fused"])
+        if u.get("face"):
+            face_time += dt
+            face += dt * _vector(u["face"])
+    if total <= 0:  # one update at the very end: it is the whole summary
+        total, fused = 1.0, _vector(ups[-1]["fused"])
+    fused /= fused.sum()
+    emotions = [{"start_s": t0, "emotion": ups[0]["emotion"]}]
+    for tr in sorted((r for r in records if r.get("type") == "transition"), key=lambda r: r["t"]):
+        emotions[-1]["end_s"] = float(tr["t"])
+        emotions.append({"start_s": float(tr["t"]), "emotion": tr["to"]})
+    emotions[-1]["end_s"] = end
+    face_out = None
+    if face_time > 0:
+        face /= face.sum()
+        face_out = {"label": CLASSES[int(face.argmax())], "probs": probs_to_dict(face),
+                    "coverage": round(face_time / max(end - t0, 1e-9), 3)}
+    return {"label": CLASSES[int(fused.argmax())], "probs": probs_to_dict(fused),
+            "face": face_out,
+            "emotions": [{"start_s": round(e["start_s"], 3), "end_s": round(e["end_s"], 3),
+                          "emotion": e["emotion"]} for e in emotions]}
 
 
 def expand(paths: list[Path]) -> Iterator[Path]:
-    """Files named, and the images/recordings inside named folders (sorted, recursive); a
-    folder without any is yielded itself, for :meth:`Analyzer.file` to report."""
+    """Files named, and the photos, recordings and videos inside named folders (sorted,
+    recursive); a folder without any is yielded itself, for :meth:`Analyzer.file` to report."""
     for p in paths:
         if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXT | AUDIO_EXT
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in MEDIA_EXT
                            and q.is_file())
             yield from found or [p]  # an empty folder is reported (Analyzer.file raises)
         else:
@@ -229,18 +284,64 @@ class Analyzer:
                                 "label": CLASSES[int(o.probs.argmax())],
                                 "probs": probs_to_dict(o.probs)} for o in utts]}
 
+    def video(self, path: Path) -> dict:
+        """A video clip as the device would see and hear it, and its sound track as a recording.
+
+        The fused result (``label``, ``probs``, ``face``, ``emotions``: :func:`summarize_replay`)
+        is :func:`replay.replay` of the clip: the live loop's perception step and fusion, with
+        the voice normalisation a device starts from. ``voice`` (``{"label", "probs"}``),
+        ``utterances`` and ``speech_prob_max`` are :meth:`audio` of its sound track (with this
+        run's calibrated normalisation); ``voice`` is None and ``utterances`` empty when the clip
+        has no speech or no sound track. A file with sound but no picture is analysed as a
+        recording (:meth:`audio`). Raises ValueError for a file FFmpeg cannot decode.
+        """
+        from .capture import DeviceError
+        from .replay import replay
+
+        warned: list[str] = []
+        try:
+            records = replay(self.cfg, path, warnings=warned)
+        except DeviceError as exc:
+            why = str(exc).split(" (replay VIDEO", 1)[0]
+            if why.endswith("has no video track"):  # an .mp4 voice memo, say
+                return self.audio(path)
+            why = why.split("cannot be decoded: ", 1)[-1]
+            raise ValueError(f"{path}: neither a video nor a recording FFmpeg can decode "
+                             f"({why})") from None
+        try:
+            sound = self.audio(path)
+        except ValueError as exc:
+            if "no audio track" not in str(exc):
+                raise
+            sound = None
+        duration = sound["duration_s"] if sound else 0.0
+        out = {"path": str(path), "kind": "video", **summarize_replay(records, duration)}
+        out["duration_s"] = max(duration, out["emotions"][-1]["end_s"] if out["emotions"] else 0.0)
+        out["voice"] = ({"label": sound["label"], "probs": sound["probs"]}
+                        if sound and sound["label"] else None)
+        out["speech_prob_max"] = sound["speech_prob_max"] if sound else None
+        out["utterances"] = sound["utterances"] if sound else []
+        warned += [sound["warning"]] if sound and sound.get("warning") else []
+        if warned:
+            out["warning"] = "; ".join(dict.fromkeys(warned))
+        return out
+
     def file(self, path: Path, annotate: Path | None = None) -> dict:
-        """Analyse one image or recording. Returns the JSON-able result (``path``, ``kind``, ``label``,
-        ``probs`` {class: p}, and for recordings ``duration_s`` and ``utterances``); ``annotate``: write
-        the image with its face boxes there. Raises ValueError for a missing, unreadable or
-        unsupported file (the caller reports it and goes on with the next)."""
+        """Analyse one image, recording or video. Returns the JSON-able result (``path``,
+        ``kind``, ``label``, ``probs`` {class: p}, for recordings ``duration_s`` and
+        ``utterances``, for videos also ``face``, ``voice`` and ``emotions``: :meth:`video`);
+        ``annotate``: write the image with its face boxes there. Raises ValueError for a
+        missing, unreadable or unsupported file (the caller reports it and goes on with the
+        next)."""
         if not path.exists():
             raise ValueError(f"{path}: no such file")
         if path.is_dir():
-            raise ValueError(f"{path}: folder holds no photos or recordings (looked for "
-                             f"{', '.join(sorted(IMAGE_EXT | AUDIO_EXT))})")
+            raise ValueError(f"{path}: folder holds no photos, recordings or videos (looked for "
+                             f"{', '.join(sorted(MEDIA_EXT))})")
         if path.suffix.lower() in IMAGE_EXT:
             return self.image(path, annotate)
+        if path.suffix.lower() in VIDEO_EXT:
+            return self.video(path)
         return self.audio(path)
 
     @staticmethod
@@ -283,6 +384,8 @@ def _human_line(r: dict) -> str:
     warn = f" (warning: {r['warning']})" if r.get("warning") else ""
     if r["label"] is None and r["kind"] == "image":
         return f"{_shown(r['path'])}: no face{warn}"
+    if r["kind"] == "video":
+        return _video_line(r, warn)
     if r["label"] is None:
         return (f"{_shown(r['path'])}: no speech (the VAD's highest speech probability "
                 f"{r['speech_prob_max']:.2f}; speech.vad_threshold sets where speech starts){warn}")
@@ -296,3 +399,16 @@ def _human_line(r: dict) -> str:
               f"({u['probs'][u['label']]:.2f})" for u in utts]
     return "\n".join(lines)
 
+
+
+def _video_line(r: dict, warn: str) -> str:
+    if r["label"] is None:
+        return f"{_shown(r['path'])}: no face and no speech in {r['duration_s']} s{warn}"
+    face, voice = r["face"], r["voice"]
+    parts = [f"face {face['label']} ({100 * face['coverage']:.0f} % of the time)" if face
+             else "no face", f"voice {voice['label']}" if voice else "no speech"]
+    lines = [f"{_shown(r['path'])}: {r['label']} ({r['probs'][r['label']]:.2f}) fused; "
+             f"{', '.join(parts)}; {len(r['emotions']) - 1} transition(s) in "
+             f"{r['duration_s']} s{warn}"]
+    lines += [f"  {e['start_s']:7.2f}-{e['end_s']:7.2f} s  {e['emotion']}" for e in r["emotions"]]
+    return "\n".join(lines)

@@ -199,8 +199,8 @@ def _serve_replay(cfg, port: int):
 
 @_guarded
 def cmd_analyze(args) -> int:
-    """``redsg-edge analyze``: FER/SER on stills and recordings; one bad file never stops the others
-    (exit 1 when any failed)."""
+    """``redsg-edge analyze``: FER/SER on stills, recordings and videos; one bad file never stops
+    the others (exit 1 when any failed)."""
     from .analyze import Analyzer, expand, human_line
     cfg = _load(args.config)
     an = Analyzer(cfg)
@@ -246,7 +246,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_fetch(args) -> int:
-    """``redsg-edge fetch-models``: download (or copy from ``--mirror``) and verify third-party models."""
+    """``redsg-edge fetch-models``: download (or copy from ``--mirror``) and verify third-party
+    models."""
     from .assets import fetch_main
     return fetch_main(args.dest, args.mirror, download_missing=args.download_missing)
 
@@ -348,7 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="add an utterance record (start, end, SER label, transcript) per "
                         "utterance to the output (needs the speech-to-text models)")
 
-    p = add("analyze", cmd_analyze, "FER on photos / SER on recordings (files or folders)")
+    p = add("analyze", cmd_analyze, "FER on photos, SER on recordings, both and their fusion on "
+                                     "videos (files or folders)")
     p.add_argument("paths", type=Path, nargs="+", metavar="PATH")
     p.add_argument("--json", action="store_true", help="one JSON object per file per line")
     p.add_argument("--annotate", type=Path, metavar="DIR", help="write images with boxes+labels")

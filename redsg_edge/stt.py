@@ -3,10 +3,10 @@
 Model (see ``models/README.md``, "Speech-to-text"): Moonshine tiny-en (Useful Sensors /
 Moonshine AI, MIT), an encoder-decoder transformer on raw 16 kHz audio, as the two ONNX Runtime
 files that the ``moonshine-voice`` wheel carries (``encoder_model.ort``,
-``decoder_model_merged.ort``) and the SentencePiece-BPE ``tokenizer.json`` of ``useful-moonshine-onnx``. ``redsg-edge
-fetch-models`` extracts and verifies them, and derives from the decoder a copy that stores the
-weights its two branches share once (``redsg_edge.derive``; 36-39 MB less resident memory);
-the config points at that copy. Nothing is downloaded at run time.
+``decoder_model_merged.ort``) and the SentencePiece-BPE ``tokenizer.json`` of
+``useful-moonshine-onnx``. ``redsg-edge fetch-models`` extracts and verifies them, and derives
+from the decoder a copy that stores the weights its two branches share once
+(``redsg_edge.derive``; 36-39 MB less resident memory); the config points at that copy. Nothing is downloaded at run time.
 
 :class:`Transcriber` runs one utterance: the encoder once, then a greedy decoder with the
 merged decoder's key/value cache (step 0 computes the cross-attention cache from the encoder
@@ -374,9 +374,10 @@ def transcribe_file(transcriber: Transcriber, path: Path) -> str:
 
 
 class WithTranscripts:
-    """An ``analyze.Analyzer`` whose audio results gain a ``"transcript"`` field: the whole
-    file's words, and each utterance's own (``"transcript"`` in every ``utterances`` item, the
-    samples from its ``start_s`` to ``end_s``); "" for none. ``redsg-edge analyze --transcribe``.
+    """An ``analyze.Analyzer`` whose results for recordings and for videos with speech gain a
+    ``"transcript"`` field: the whole file's words, and each utterance's own (``"transcript"``
+    in every ``utterances`` item, the samples from its ``start_s`` to ``end_s``); "" for none.
+    ``redsg-edge analyze --transcribe``.
     """
 
     def __init__(self, analyzer, transcriber: Transcriber) -> None:
@@ -386,7 +387,7 @@ class WithTranscripts:
         """The wrapped analyzer's result for ``path``, with each utterance's ``transcript``
         added for recordings (what ``analyze --transcribe`` prints)."""
         r = self._an.file(path, annotate)
-        if r.get("kind") == "audio":
+        if r.get("kind") == "audio" or (r.get("kind") == "video" and r.get("utterances")):
             pcm = _read_pcm(path)
             r["transcript"] = _transcribe_long(self._stt, pcm)
             for u in r.get("utterances", []):

@@ -466,9 +466,9 @@ def test_16_bit_grey_photo_reads_like_its_8_bit_version(tmp_path, face_photo):
 
 
 def test_analyze_damaged_and_wrong_inputs_say_what_is_wrong(tmp_path):
-    """Weaknesses: a FLAC with damaged frames read to 1.3 of its 4.4 s without a word; an mp4
-    without audio and a text file told to set microphone.source; a newline in a file name
-    split the output; an empty folder printed nothing and exited 0."""
+    """Weaknesses: a FLAC with damaged frames read to 1.3 of its 4.4 s without a word; a text
+    file told to set microphone.source; a newline in a file name split the output; an empty
+    folder printed nothing and exited 0. A video without sound is read for its face."""
     raw = bytearray(UTTERANCE.read_bytes())
     start = int(len(raw) * 0.15)
     raw[start:] = np.random.default_rng(0).integers(0, 256, len(raw) - start, np.uint8).tobytes()
@@ -489,12 +489,11 @@ def test_analyze_damaged_and_wrong_inputs_say_what_is_wrong(tmp_path):
     assert len(lines) == 5, r.stdout
     assert all(ln.startswith(str(tmp_path)) for ln in lines), lines
     assert "decoded 1." in lines[0] and "of the 4.4 s the file declares" in lines[0]
-    for line in lines[1:3]:
-        assert "error" in line and "microphone" not in line, line
-    assert "no audio track" in lines[1]
+    assert "error" not in lines[1] and "fused; face" in lines[1] and "no speech" in lines[1]
+    assert "error" in lines[2] and "microphone" not in lines[2], lines[2]
     assert "neither a photo nor a recording" in lines[2]
     assert lines[3].startswith(str(tmp_path / "two\\nlines.flac") + ": ")
-    assert "folder holds no photos or recordings" in lines[4]
+    assert "folder holds no photos, recordings or videos" in lines[4]
     r = cli("analyze", "--json", "-c", cfg, damaged)
     assert "declares" in json.loads(r.stdout)["warning"]
 

@@ -44,3 +44,25 @@ def pcm16(path, gain_db: float = 0.0):
     x, rate = sf.read(str(path), dtype="float64")
     assert rate == 16_000, f"{path}: {rate} Hz, expected 16 kHz"
     return np.clip(np.round(x * 10 ** (gain_db / 20) * 32768), -32768, 32767).astype(np.int16)
+
+
+def video_with_sound(video, audio, dest):
+    """Write ``dest`` (.mp4): the video track of ``video`` remuxed without re-encoding, and the
+    recording ``audio`` as its sound track (AAC, mono, at the recording's rate), as a phone
+    films someone speaking. Returns ``dest``."""
+    import av
+
+    with av.open(str(video)) as vin, av.open(str(audio)) as ain, av.open(str(dest), "w") as out:
+        vs = out.add_stream_from_template(vin.streams.video[0])
+        rate = ain.streams.audio[0].rate
+        aus = out.add_stream("aac", rate=rate, layout="mono")
+        resample = av.AudioResampler(format="fltp", layout="mono", rate=rate)
+        for pkt in vin.demux(vin.streams.video[0]):
+            if pkt.dts is not None:
+                pkt.stream = vs
+                out.mux(pkt)
+        for frame in ain.decode(audio=0):
+            for f in resample.resample(frame):
+                out.mux(aus.encode(f))
+        out.mux(aus.encode(None))
+    return dest
