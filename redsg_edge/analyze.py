@@ -76,7 +76,7 @@ def summarize_replay(records: list[dict], t_end: float) -> dict:
             face_time += dt
             face += dt * _vector(u["face"])
     if total <= 0:  # one update at the very end: it is the whole summary
-        total, fused = 1.0, _vector(ups[-1]["fused"])
+        fused = _vector(ups[-1]["fused"])
     fused /= fused.sum()
     emotions = [{"start_s": t0, "emotion": ups[0]["emotion"]}]
     for tr in sorted((r for r in records if r.get("type") == "transition"), key=lambda r: r["t"]):
@@ -398,7 +398,6 @@ def _human_line(r: dict) -> str:
     lines += [f"  {u['start_s']:7.2f}-{u['end_s']:7.2f} s  {u['label']} "
               f"({u['probs'][u['label']]:.2f})" for u in utts]
     return "\n".join(lines)
-
 
 
 def _video_line(r: dict, warn: str) -> str:

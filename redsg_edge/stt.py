@@ -6,7 +6,8 @@ files that the ``moonshine-voice`` wheel carries (``encoder_model.ort``,
 ``decoder_model_merged.ort``) and the SentencePiece-BPE ``tokenizer.json`` of
 ``useful-moonshine-onnx``. ``redsg-edge fetch-models`` extracts and verifies them, and derives
 from the decoder a copy that stores the weights its two branches share once
-(``redsg_edge.derive``; 36-39 MB less resident memory); the config points at that copy. Nothing is downloaded at run time.
+(``redsg_edge.derive``; 36-39 MB less resident memory); the config points at that copy.
+Nothing is downloaded at run time.
 
 :class:`Transcriber` runs one utterance: the encoder once, then a greedy decoder with the
 merged decoder's key/value cache (step 0 computes the cross-attention cache from the encoder
