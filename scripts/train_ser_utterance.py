@@ -36,6 +36,7 @@ fixed random order). The cross-corpus figures come from
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -131,6 +132,17 @@ def _copies_features(make, f: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
     return X, src
 
 
+def _k_copies(audio, k: int, copy) -> tuple[list[np.ndarray], list[int]]:
+    """``k`` copies ``copy(i, x)`` of each recording ``x`` (the i-th of ``audio``), in order:
+    (the copies, the index of each one's recording)."""
+    clips, src = [], []
+    for i, x in enumerate(audio):
+        for _ in range(k):
+            clips.append(copy(i, x))
+            src.append(i)
+    return clips, src
+
+
 #: codec → the bit rates (bit/s) a copy is drawn from: voice-message rates of MP3 and Opus
 CODEC_RATES = {"mp3": (16_000, 24_000, 32_000), "opus": (12_000, 16_000, 24_000)}
 
@@ -147,14 +159,13 @@ def codec_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np
     def make():
         assert_not_validation([r.path for r in recs])
         rng = np.random.default_rng(seed)
-        clips, src = [], []
-        for i, r in enumerate(tqdm(recs, desc=f"codec x{k}", unit="file", mininterval=2)):
-            x = read_pcm(r.path)
-            for _ in range(k):
-                kind = str(rng.choice(list(CODEC_RATES)))
-                clips.append(codec(x, kind, int(rng.choice(CODEC_RATES[kind]))))
-                src.append(i)
-        return clips, src
+
+        def copy(i, x):
+            kind = str(rng.choice(list(CODEC_RATES)))
+            return codec(x, kind, int(rng.choice(CODEC_RATES[kind])))
+        audio = (read_pcm(r.path) for r in tqdm(recs, desc=f"codec x{k}", unit="file",
+                                                 mininterval=2))
+        return _k_copies(audio, k, copy)
     return _copies_features(make, cache / f"ravdess_codec{k}_s{seed}_{FEATURES_VERSION}_cuts.npz",
                             "codec copies")
 
@@ -182,16 +193,15 @@ def noise_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, np
         audio = [read_pcm(r.path) for r in recs]
         fold = np.array([next(i for i, f in enumerate(FOLDS) if r.actor in f) for r in recs])
         tone = [_room_tone(x) for x in audio]
-        clips, src = [], []
-        for i, x in enumerate(tqdm(audio, desc=f"noise x{k}", unit="file", mininterval=2)):
+
+        @functools.cache
+        def augmenter(i):  # the voices of recording i's fold, other actors only
             mates = [j for j in np.flatnonzero(fold == fold[i]) if recs[j].actor != recs[i].actor]
-            aug = Augmenter([audio[j] for j in mates], [tone[j] for j in mates if np.any(tone[j])],
-                            [], p_speed=0.0, p_pitch=0.0, p_reverb=0.0, p_band=0.0, p_noise=1.0,
-                            gain_range_db=(0.0, 0.0))
-            for _ in range(k):
-                clips.append(aug(x, rng)[0])
-                src.append(i)
-        return clips, src
+            return Augmenter([audio[j] for j in mates], [tone[j] for j in mates if np.any(tone[j])],
+                             [], p_speed=0.0, p_pitch=0.0, p_reverb=0.0, p_band=0.0, p_noise=1.0,
+                             gain_range_db=(0.0, 0.0))
+        return _k_copies(tqdm(audio, desc=f"noise x{k}", unit="file", mininterval=2), k,
+                         lambda i, x: augmenter(i)(x, rng)[0])
     return _copies_features(make, cache / f"ravdess_noise{k}_s{seed}_{FEATURES_VERSION}_cuts.npz",
                             "noisy copies")
 
@@ -211,13 +221,9 @@ def reverb_features(recs, k: int, seed: int, cache: Path) -> tuple[np.ndarray, n
         rng = np.random.default_rng(seed)
         aug = Augmenter([], [], room_impulse_responses(ROOMS, seed), p_speed=0.0, p_pitch=0.0,
                         p_reverb=1.0, p_band=0.0, p_noise=0.0, gain_range_db=(0.0, 0.0))
-        clips, src = [], []
-        for i, r in enumerate(tqdm(recs, desc=f"reverb x{k}", unit="file", mininterval=2)):
-            x = read_pcm(r.path)
-            for _ in range(k):
-                clips.append(aug(x, rng)[0])
-                src.append(i)
-        return clips, src
+        audio = (read_pcm(r.path) for r in tqdm(recs, desc=f"reverb x{k}", unit="file",
+                                                 mininterval=2))
+        return _k_copies(audio, k, lambda i, x: aug(x, rng)[0])
     return _copies_features(make, cache / f"ravdess_reverb{k}_s{seed}_{FEATURES_VERSION}_cuts.npz",
                             "reverberant copies")
 
