@@ -20,8 +20,8 @@ from typing import NamedTuple
 import numpy as np
 
 from . import CLASSES
-from .config import Config
-from .fusion import probs_to_dict
+from .config import Config, FusionConfig
+from .fusion import Evidence, Fusion, probs_to_dict
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +54,16 @@ def summarize_replay(records: list[dict], t_end: float) -> dict:
 
     ``records``: :func:`replay.replay`'s output (``update`` and ``transition`` records, media
     time in seconds); ``t_end``: the clip's end (s). Each update holds until the next, the
-    last until ``t_end``. Returns ``{"label", "probs"}``: the argmax and the time-weighted mean
-    of the smoothed fused probabilities from the first update on (None without updates);
-    ``"face"``: ``{"label", "probs", "coverage"}`` from the face's model outputs where it had
+    last until ``t_end``. Returns ``"fused_over_time"``: ``{"label", "probs"}``, the argmax and
+    the time-weighted mean of the smoothed fused probabilities from the first update on (None
+    without updates); ``"face"``: ``{"label", "probs", "coverage"}`` from the face's model outputs where it had
     fresh evidence, ``coverage`` the share of ``[first update, t_end]`` it had (None when it
     never had); ``"emotions"``: the fused state machine's ``[{"start_s", "end_s", "emotion"}]``
     from the first update (its initial emotion) through each transition.
     """
     ups = sorted((r for r in records if r.get("type") == "update"), key=lambda r: r["t"])
     if not ups:
-        return {"label": None, "probs": None, "face": None, "emotions": []}
+        return {"fused_over_time": None, "face": None, "emotions": []}
     t0 = float(ups[0]["t"])
     end = max(float(t_end), float(ups[-1]["t"]))
     fused, face = np.zeros(len(CLASSES)), np.zeros(len(CLASSES))
@@ -88,10 +88,27 @@ def summarize_replay(records: list[dict], t_end: float) -> dict:
         face /= face.sum()
         face_out = {"label": CLASSES[int(face.argmax())], "probs": probs_to_dict(face),
                     "coverage": round(face_time / max(end - t0, 1e-9), 3)}
-    return {"label": CLASSES[int(fused.argmax())], "probs": probs_to_dict(fused),
+    return {"fused_over_time": {"label": CLASSES[int(fused.argmax())],
+                                "probs": probs_to_dict(fused)},
             "face": face_out,
             "emotions": [{"start_s": round(e["start_s"], 3), "end_s": round(e["end_s"], 3),
                           "emotion": e["emotion"]} for e in emotions]}
+
+
+def clip_fusion(cfg: FusionConfig, face: dict | None, voice: dict | None) -> dict | None:
+    """Late fusion of a whole clip's evidence: the face's mean output and the voice's whole-file
+    result (each ``{class: p}`` or None), combined once by :class:`fusion.Fusion`'s own weights
+    and combiner (prior weight, confidence, the talking face's neutral share) with both fresh,
+    as clip-level late fusion is done (Luna-Jiménez et al. 2021, module docstring of
+    ``fusion``). Unlike the state machine, it does not wait: a short clip whose voice arrives
+    late still counts it fully. Returns ``{class: p}``, or None when neither is given or
+    neither carries weight."""
+    fusion = Fusion(cfg)
+    raw = None
+    for modality, probs in (("face", face), ("voice", voice)):
+        if probs is not None:
+            raw = fusion.update(0.0, Evidence(modality, 0.0, _vector(probs))).raw
+    return None if raw is None else probs_to_dict(raw)
 
 
 def expand(paths: list[Path]) -> Iterator[Path]:
@@ -287,12 +304,13 @@ class Analyzer:
     def video(self, path: Path) -> dict:
         """A video clip as the device would see and hear it, and its sound track as a recording.
 
-        The fused result (``label``, ``probs``, ``face``, ``emotions``: :func:`summarize_replay`)
-        is :func:`replay.replay` of the clip: the live loop's perception step and fusion, with
-        the voice normalisation a device starts from. ``voice`` (``{"label", "probs"}``),
+        ``face``, ``fused_over_time`` and ``emotions`` (:func:`summarize_replay`) come from
+        :func:`replay.replay` of the clip: the live loop's perception step and fusion, with the
+        voice normalisation a device starts from. ``voice`` (``{"label", "probs"}``),
         ``utterances`` and ``speech_prob_max`` are :meth:`audio` of its sound track (with this
         run's calibrated normalisation); ``voice`` is None and ``utterances`` empty when the clip
-        has no speech or no sound track. A file with sound but no picture is analysed as a
+        has no speech or no sound track. ``label`` and ``probs``, the clip's own: the face and
+        the voice combined once (:func:`clip_fusion`). A file with sound but no picture is analysed as a
         recording (:meth:`audio`). Raises ValueError for a file FFmpeg cannot decode.
         """
         from .capture import DeviceError
@@ -315,10 +333,15 @@ class Analyzer:
                 raise
             sound = None
         duration = sound["duration_s"] if sound else 0.0
-        out = {"path": str(path), "kind": "video", **summarize_replay(records, duration)}
+        out = {"path": str(path), "kind": "video", "label": None, "probs": None,
+               **summarize_replay(records, duration)}
         out["duration_s"] = max(duration, out["emotions"][-1]["end_s"] if out["emotions"] else 0.0)
         out["voice"] = ({"label": sound["label"], "probs": sound["probs"]}
                         if sound and sound["label"] else None)
+        probs = clip_fusion(self.cfg.fusion, out["face"] and out["face"]["probs"],
+                            out["voice"] and out["voice"]["probs"])
+        out["label"] = None if probs is None else max(probs, key=probs.get)
+        out["probs"] = probs
         out["speech_prob_max"] = sound["speech_prob_max"] if sound else None
         out["utterances"] = sound["utterances"] if sound else []
         warned += [sound["warning"]] if sound and sound.get("warning") else []
@@ -406,8 +429,8 @@ def _video_line(r: dict, warn: str) -> str:
     face, voice = r["face"], r["voice"]
     parts = [f"face {face['label']} ({100 * face['coverage']:.0f} % of the time)" if face
              else "no face", f"voice {voice['label']}" if voice else "no speech"]
-    lines = [f"{_shown(r['path'])}: {r['label']} ({r['probs'][r['label']]:.2f}) fused; "
-             f"{', '.join(parts)}; {len(r['emotions']) - 1} transition(s) in "
+    lines = [f"{_shown(r['path'])}: {r['label']} ({r['probs'][r['label']]:.2f}) face and voice; "
+             f"{', '.join(parts)}; as it happened, {len(r['emotions']) - 1} transition(s) in "
              f"{r['duration_s']} s{warn}"]
     lines += [f"  {e['start_s']:7.2f}-{e['end_s']:7.2f} s  {e['emotion']}" for e in r["emotions"]]
     return "\n".join(lines)

@@ -27,6 +27,7 @@ CLIPS = DATA_ROOT / "av_clips"
 PEXELS = CLIPS / "pyfeat_WolfgangLanger_Pexels.mp4"
 SINGLE_FACE = CLIPS / "pyfeat_single_face.mp4"
 #: Utterances of the held-out SER test speakers (never seen by the shipped SER model).
+ACTOR_23 = DATA_ROOT / "ravdess" / "Actor_23"
 ACTOR_24 = DATA_ROOT / "ravdess" / "Actor_24"
 
 

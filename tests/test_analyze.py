@@ -8,11 +8,11 @@ import json
 import pytest
 
 from redsg_edge import CLASSES
-from redsg_edge.analyze import summarize_replay
+from redsg_edge.analyze import clip_fusion, summarize_replay
 from redsg_edge.replay import replay
 
-from .conftest import ACTOR_24, SINGLE_FACE, make_config, write_config
-from .helpers import video_only_copy, video_with_sound
+from .conftest import ACTOR_23, ACTOR_24, SINGLE_FACE, make_config, write_config
+from .helpers import looped, video_only_copy, video_with_sound
 from .test_pipeline import cli
 
 UTTERANCE = ACTOR_24 / "03-01-04-02-01-01-24.flac"  # sad, strong
@@ -41,17 +41,50 @@ def update(t, fused, face=None, emotion="neutral"):
 ])
 def test_summarize_replay(records, t_end, label, fused_sad, face, emotions):
     s = summarize_replay(records, t_end)
-    assert s["label"] == label
     assert [(e["start_s"], e["end_s"], e["emotion"]) for e in s["emotions"]] == emotions
     if label is None:
-        assert s["probs"] is None and s["face"] is None
+        assert s["fused_over_time"] is None and s["face"] is None
         return
-    assert s["probs"]["sad"] == pytest.approx(fused_sad)
-    assert sum(s["probs"].values()) == pytest.approx(1.0)
+    fused = s["fused_over_time"]
+    assert fused["label"] == label
+    assert fused["probs"]["sad"] == pytest.approx(fused_sad)
+    assert sum(fused["probs"].values()) == pytest.approx(1.0)
     if face is None:
         assert s["face"] is None
     else:
         assert (s["face"]["label"], s["face"]["coverage"]) == face
+
+
+def test_clip_fusion_lets_a_clear_voice_speak_over_a_neutral_face():
+    """The clip-level combination uses the fusion's own rules: a face reading neutral while
+    someone speaks weighs only its non-neutral share, so a clear voice decides; an expressive
+    face keeps its weight; one modality alone is passed through; none gives None."""
+    cfg = make_config().fusion
+    neutral = {c: (0.85 if c == "neutral" else 0.025) for c in CLASSES}
+    angry_voice = {c: (0.7 if c == "angry" else 0.05) for c in CLASSES}
+    happy_face = {c: (0.85 if c == "happy" else 0.025) for c in CLASSES}
+    mixed = clip_fusion(cfg, neutral, angry_voice)
+    assert max(mixed, key=mixed.get) == "angry"
+    mixed = clip_fusion(cfg, happy_face, angry_voice)
+    assert max(mixed, key=mixed.get) == "happy"
+    assert clip_fusion(cfg, None, angry_voice) == pytest.approx(angry_voice, abs=1e-6)
+    assert clip_fusion(cfg, None, None) is None
+
+
+def test_analyze_video_hears_the_voice_of_a_neutral_face(tmp_path):
+    """Issue 14's real clips: a neutral face (the first 0.6 s of a real video, looped) while an
+    angry voice speaks (a held-out speaker). The fused state cannot move within the 3.5 s clip
+    (the voice's first label comes after 1.25 s of speech and its probability stays under
+    ``fusion.enter_threshold``), but the clip's own label, face and voice combined, is angry."""
+    voice = ACTOR_23 / "03-01-05-02-01-01-23.flac"  # angry, strong
+    face = looped(SINGLE_FACE, 0.6, 3.6, tmp_path / "neutral.mp4")
+    clip = video_with_sound(face, voice, tmp_path / "clip.mp4")
+    r = cli("analyze", "--json", "-c", write_config(tmp_path / "c.toml"), clip)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["face"]["label"] == "neutral" and got["voice"]["label"] == "angry"
+    assert got["label"] == "angry" and got["fused_over_time"]["label"] == "neutral"
+    assert [e["emotion"] for e in got["emotions"]] == ["neutral"]
 
 
 def test_analyze_video_reports_face_voice_and_their_fusion(tmp_path):
@@ -66,6 +99,8 @@ def test_analyze_video_reports_face_voice_and_their_fusion(tmp_path):
     talking, quiet, recording = map(json.loads, r.stdout.splitlines())
 
     assert talking["kind"] == "video" and talking["label"] in CLASSES
+    assert talking["probs"] == clip_fusion(make_config().fusion, talking["face"]["probs"],
+                                           talking["voice"]["probs"])
     assert talking["label"] == max(talking["probs"], key=talking["probs"].get)
     # the face is neutral, then smiles from about 1 s (held after the picture ends at 2.4 s)
     face = talking["face"]
@@ -87,7 +122,7 @@ def test_analyze_video_reports_face_voice_and_their_fusion(tmp_path):
 
     assert quiet["kind"] == "video" and quiet["face"]["coverage"] >= 0.95
     assert quiet["voice"] is None and quiet["utterances"] == []
-    assert quiet["speech_prob_max"] is None
+    assert quiet["speech_prob_max"] is None and quiet["label"] == quiet["face"]["label"]
     assert [e["emotion"] for e in quiet["emotions"]] == ["neutral", "happy"]
 
     memo = tmp_path / "memo.mp4"
