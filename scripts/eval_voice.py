@@ -23,6 +23,15 @@ The 104 non-calm files of the held-out RAVDESS speakers (Actor_23, Actor_24) go 
   to the file's active level. Its rooms are not the image-source shoeboxes the SERs train on
   (``ser_augment.room_impulse_responses``).
 
+One condition, not run unless named, puts a face to the voice: ``neutral_face_video`` writes
+each file as a video (Matroska: MPEG-4 picture, the sound as 16-bit PCM) whose picture is a real
+person's neutral face, the first 0.6 s of ``av_clips/pyfeat_single_face.mp4`` played over and
+over (before she smiles). ``analyze`` then reads each clip as a video: the clip's label is the
+face and the voice combined (``analyze.clip_fusion``); the table adds what the fused state
+machine showed over the clip (``fused_over_time``) and where it ended. This is issue 14's
+finding on real clips (a neutral face, an emotional voice, a fused state that stays neutral)
+as a measurement.
+
 Two more conditions, not run unless named, put each file through a lossy codec at a voice-message
 bitrate, as a phone or a messaging app would send it (encoded by PyAV's FFmpeg, decoded by
 ``analyze`` itself): ``mp3_24k`` (MPEG-1/2 Layer III, libmp3lame, 24 kbit/s mono at 16 kHz) and
@@ -64,8 +73,8 @@ from scipy.signal import fftconvolve
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from redsg_edge import CLASSES  # noqa: E402
-from redsg_edge.datasets import (URDU_CLASSES, label_among, load_emospeech, load_nemo,  # noqa: E402
-                                 load_ravdess_index, load_urdu)
+from redsg_edge.datasets import (DATA_ROOT, URDU_CLASSES, label_among,  # noqa: E402
+                                 load_emospeech, load_nemo, load_ravdess_index, load_urdu)
 from redsg_edge.features import frame_dbfs  # noqa: E402
 from ser_augment import CODECS, encode  # noqa: E402
 
@@ -77,6 +86,9 @@ RT60_S, DRR_DB = 0.6, 0.0  # reverb_rt60_0.6
 #: condition → (``ser_augment.CODECS`` name, bit rate in bit/s); the file is named for its
 #: container
 CODEC_CONDITIONS = {"mp3_24k": ("mp3", 24_000), "opus_16k": ("opus", 16_000)}
+#: neutral_face_video: the clip whose first NEUTRAL_S seconds show a neutral face
+FACE_CLIP, NEUTRAL_S = DATA_ROOT / "av_clips" / "pyfeat_single_face.mp4", 0.6
+VIDEO_CONDITIONS = ("neutral_face_video",)
 
 
 def held_out_files() -> list:
@@ -157,6 +169,38 @@ def degrade(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
     return np.clip(y, -1.0, 32767 / 32768)
 
 
+@functools.cache
+def _neutral_frames() -> tuple[tuple[np.ndarray, ...], float]:
+    """The RGB frames of ``FACE_CLIP``'s first ``NEUTRAL_S`` seconds, and its frame rate."""
+    import av
+    with av.open(str(FACE_CLIP)) as inp:
+        stream = inp.streams.video[0]
+        frames = tuple(f.to_ndarray(format="rgb24") for f in inp.decode(stream)
+                       if f.time is not None and f.time < NEUTRAL_S)
+        return frames, float(stream.average_rate)
+
+
+def face_video(x: np.ndarray, rate: int, dest: Path) -> None:
+    """Write ``dest`` (.mkv): ``x`` (float32 in [-1, 1], mono) as 16-bit PCM sound under the
+    neutral face of :func:`_neutral_frames`, looped for as long as the sound lasts."""
+    import av
+    from fractions import Fraction
+
+    frames, fps = _neutral_frames()
+    pcm = (np.clip(x, -1.0, 32767 / 32768) * 32768).astype(np.int16)[None, :]
+    with av.open(str(dest), "w", format="matroska") as out:
+        vs = out.add_stream("mpeg4", rate=Fraction(fps).limit_denominator(1001))
+        vs.height, vs.width = frames[0].shape[:2]
+        vs.pix_fmt = "yuv420p"
+        aus = out.add_stream("pcm_s16le", rate=rate, layout="mono")
+        for i in range(int(np.ceil(len(x) / rate * fps))):
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")))
+        out.mux(vs.encode(None))
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = rate
+        out.mux([*aus.encode(frame), *aus.encode(None)])
+
+
 def analyze(paths: list[Path], config: Path | None) -> dict[str, dict]:
     """``redsg-edge analyze --json`` on ``paths`` in one process → {path: record}."""
     cmd = [sys.executable, "-m", "redsg_edge", "analyze", "--json", *map(str, paths)]
@@ -177,10 +221,14 @@ def run_condition(files: list, condition: str, config: Path | None, tmp: Path) -
     for i, f in enumerate(files):
         x, rate = sf.read(str(f.path), dtype="float32")
         dest = folder / (f.path.stem + ".wav")
+        mono = x.mean(axis=1) if x.ndim == 2 else x
         if condition in CODEC_CONDITIONS:
             kind, bit_rate = CODEC_CONDITIONS[condition]
             dest = dest.with_suffix("." + CODECS[kind][0])
-            encode(x.mean(axis=1) if x.ndim == 2 else x, str(dest), kind, bit_rate, rate)
+            encode(mono, str(dest), kind, bit_rate, rate)
+        elif condition in VIDEO_CONDITIONS:
+            dest = dest.with_suffix(".mkv")
+            face_video(mono, rate, dest)
         else:
             sf.write(str(dest), degrade(x, condition, seed=i), rate, subtype="PCM_16")
         paths.append(dest)
@@ -190,14 +238,24 @@ def run_condition(files: list, condition: str, config: Path | None, tmp: Path) -
         r = recs[str(p)]
         rows.append({"file": f.path.name, "truth": CLASSES[f.label], "label": r.get("label"),
                      "utterances": len(r.get("utterances") or []), "error": r.get("error")})
+        if r.get("kind") == "video":  # what the fused state showed over the clip, and at its end
+            rows[-1]["over_time"] = (r.get("fused_over_time") or {}).get("label")
+            rows[-1]["final"] = r["emotions"][-1]["emotion"] if r.get("emotions") else None
     n = len(rows)
     labelled = sum(r["label"] is not None for r in rows)
     correct = sum(r["label"] == r["truth"] for r in rows)
-    return {"condition": condition, "files": n, "labelled": labelled,
-            "labelled_pct": round(100 * labelled / n, 2), "correct": correct,
-            "accuracy_pct": round(100 * correct / n, 2),
-            "utterances_per_file": round(sum(r["utterances"] for r in rows) / n, 3),
-            "rows": rows}
+    out = {"condition": condition, "files": n, "labelled": labelled,
+           "labelled_pct": round(100 * labelled / n, 2), "correct": correct,
+           "accuracy_pct": round(100 * correct / n, 2),
+           "utterances_per_file": round(sum(r["utterances"] for r in rows) / n, 3),
+           "rows": rows}
+    if condition in VIDEO_CONDITIONS:
+        for key in ("over_time", "final"):
+            got = [r[key] for r in rows]
+            out[f"{key}_accuracy_pct"] = round(100 * np.mean([g == r["truth"]
+                                                              for g, r in zip(got, rows)]), 2)
+            out[f"{key}_neutral_pct"] = round(100 * np.mean([g == "neutral" for g in got]), 2)
+    return out
 
 
 def run_corpus(paths: list[Path], labels, classes, config: Path | None) -> dict:
@@ -261,10 +319,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="random files (seed 0) of nEMO and EmoSpeech, 0 for all (default 900)")
     args = ap.parse_args(argv)
     conds = [c for c in args.conditions.split(",") if c]
-    bad = [c for c in conds if c not in CONDITIONS and c not in CODEC_CONDITIONS]
+    known = [*CONDITIONS, *CODEC_CONDITIONS, *VIDEO_CONDITIONS]
+    bad = [c for c in conds if c not in known]
     if bad:
-        ap.error(f"unknown condition(s) {bad}; "
-                 f"choose from {list(CONDITIONS) + list(CODEC_CONDITIONS)}")
+        ap.error(f"unknown condition(s) {bad}; choose from {known}")
     if args.limit < 0:
         ap.error(f"--limit {args.limit}: give a number of files, or 0 for all")
     if not args.tmp.is_dir():
@@ -286,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         res["changed_vs_first"] = changed
         print(f"{res['condition']:<18} {res['files']:>5} {res['labelled_pct']:>8.1f}% "
               f"{res['accuracy_pct']:>8.1f}% {res['utterances_per_file']:>8.2f} {changed:>20}")
+        if res["condition"] in VIDEO_CONDITIONS:
+            print(f"{'':<18} the fused state over the clip: {res['over_time_accuracy_pct']:.1f} % "
+                  f"right, {res['over_time_neutral_pct']:.1f} % neutral; at its end: "
+                  f"{res['final_accuracy_pct']:.1f} % right, {res['final_neutral_pct']:.1f} % "
+                  "neutral")
     out = {"held_out_actors": list(HELD_OUT), "results": results}
     for name, (paths, labels, classes) in sets.items():
         out[name.lower()] = u = run_corpus(paths, labels, classes, args.config)
