@@ -292,6 +292,28 @@ def test_eval_voice_reverb_condition_has_its_rt60_and_drr():
     assert np.corrcoef(x, y)[0, 1] < 0.9  # it did reverberate
 
 
+def test_eval_voice_neutral_face_video_keeps_the_sound_under_a_neutral_face(tmp_path):
+    """``neutral_face_video`` writes the recording's samples unchanged (16-bit PCM) under a face
+    that ``analyze`` finds in the whole clip and reads as neutral."""
+    import av
+    import eval_voice
+
+    path = _heldout()[0][0]
+    x, rate = sf.read(path, dtype="float32")
+    dest = tmp_path / "clip.mkv"
+    eval_voice.face_video(x, rate, dest)
+    with av.open(str(dest)) as c:
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    np.testing.assert_array_equal(pcm, np.clip(x * 32768, -32768, 32767).astype(np.int16))
+    out = subprocess.run([sys.executable, "-m", "redsg_edge", "analyze", "--json", str(dest)],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    r = json.loads(out.stdout)
+    assert r["kind"] == "video" and r["face"]["label"] == "neutral"
+    assert r["face"]["coverage"] >= 0.95
+    assert r["duration_s"] == pytest.approx(len(x) / rate, abs=0.1)
+
+
 @pytest.mark.parametrize("condition,floor,labelled", [("white_snr10", 0.55, 0.98),
                                                       ("babble_snr10", 0.52, 0.98),
                                                       ("reverb_rt60_0.6", 0.57, 0.94)])
