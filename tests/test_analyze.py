@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from redsg_edge import CLASSES
@@ -136,3 +137,37 @@ def test_analyze_video_reports_face_voice_and_their_fusion(tmp_path):
     r = cli("analyze", "-c", cfg, memo)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"{memo}: sad (") and "utterance(s)" in r.stdout
+
+
+def test_analyze_finds_a_face_that_fills_the_photo(tmp_path):
+    """Face sets ship cropped faces. BlazeFace misses these three FER2013 PublicTest crops as
+    they are; ``analyze`` finds each on a padded copy, with its box inside the photo. A plain
+    grey photo still has no face."""
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from redsg_edge.datasets import DATA_ROOT
+    from redsg_edge.vision import FaceDetector
+
+    members = ["val/angry/PublicTest_12700974.jpg", "val/angry/PublicTest_12919755.jpg",
+               "val/angry/PublicTest_17487264.jpg"]
+    cfg = make_config()
+    det = FaceDetector(cfg.vision.detector_model, cfg.vision.min_detection_confidence)
+    with zipfile.ZipFile(DATA_ROOT / "fer2013.zip") as z:
+        for i, m in enumerate(members):
+            im = Image.open(io.BytesIO(z.read(m))).convert("RGB")
+            assert det.detect(np.asarray(im)) == []  # why the fallback exists
+            im.save(tmp_path / f"crop{i}.png")
+    det.close()
+    Image.new("RGB", (256, 256), (90, 90, 90)).save(tmp_path / "grey.png")
+    r = cli("analyze", "--json", "-c", write_config(tmp_path / "c.toml"), tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = {json.loads(x)["path"].rsplit("/", 1)[-1]: json.loads(x) for x in r.stdout.splitlines()}
+    for i in range(3):
+        got = rows[f"crop{i}.png"]
+        assert got["label"] in CLASSES and len(got["faces"]) == 1, got
+        x, y, w, h = got["faces"][0]["box"]
+        assert 0 <= x and 0 <= y and w > 20 and h > 20 and x + w <= 48.01 and y + h <= 48.01
+    assert rows["grey.png"]["label"] is None and rows["grey.png"]["faces"] == []
