@@ -134,9 +134,13 @@ def test_analyze_video_reports_face_voice_and_their_fusion(tmp_path):
             if pkt.dts is not None:
                 pkt.stream = s
                 out.mux(pkt)
-    r = cli("analyze", "-c", cfg, memo)
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith(f"{memo}: sad (") and "utterance(s)" in r.stdout
+    cut = tmp_path / "cut.mp4"  # the first 30 kB: FFmpeg cannot open it
+    cut.write_bytes(clip.read_bytes()[:30_000])
+    r = cli("analyze", "-c", cfg, memo, cut)
+    assert r.returncode == 1, r.stderr
+    memo_line, cut_line = [ln for ln in r.stdout.splitlines() if not ln.startswith(" ")]
+    assert memo_line.startswith(f"{memo}: sad (") and "utterance(s)" in memo_line
+    assert cut_line.startswith(f"{cut}: error: ") and "neither a video nor a recording" in cut_line
 
 
 def test_analyze_finds_a_face_that_fills_the_photo(tmp_path):
