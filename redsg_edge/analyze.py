@@ -33,6 +33,14 @@ MAX_SIDE = 4096
 #: is more than the short-range detector was trained to frame. On FER2013 PublicTest's 3,589
 #: photos (48x48 crops) 190 had no face, 180 of them found padded, 110 of those read right.
 PAD_FACTORS = (1.5, 2.0)
+#: A recording in which the VAD finds no utterance but whose highest speech probability reaches
+#: this is listened to again with ``speech.vad_threshold`` at this value (speech continuing down
+#: to 0.15), and what that finds is labelled, marked ``"vad_threshold"`` in the result. Silero
+#: reads shouted and screamed speech as less speech-like (models/README.md, Silero VAD, "known
+#: limit"), and a file handed to ``analyze`` is known to hold something worth labelling; the
+#: live loop keeps the configured threshold. The noises of ``scripts/compare_vad.py`` stay
+#: under it, and so does URDU's one file without speech (a hum, 0.20).
+RELISTEN_VAD_THRESHOLD = 0.3
 
 class Heard(NamedTuple):
     """The speech path over one recording (:meth:`Analyzer._listen`)."""
@@ -63,8 +71,9 @@ def summarize_replay(records: list[dict], t_end: float) -> dict:
     the time-weighted mean of the smoothed fused probabilities from the first update on (None
     without updates); ``"face"``: ``{"label", "probs", "coverage"}`` from the face's model
     outputs where it had fresh evidence, ``coverage`` the share of ``[first update, t_end]`` it
-    had (None when it never had); ``"emotions"``: the fused state machine's ``[{"start_s", "end_s", "emotion"}]``
-    from the first update (its initial emotion) through each transition.
+    had (None when it never had); ``"emotions"``: the fused state machine's
+    ``[{"start_s", "end_s", "emotion"}]`` from the first update (its initial emotion) through
+    each transition.
     """
     ups = sorted((r for r in records if r.get("type") == "update"), key=lambda r: r["t"])
     if not ups:
@@ -244,14 +253,18 @@ class Analyzer:
             self._utt = UtteranceSer(sp.utterance_model) if sp.utterance_model else None
             self.norm = self._utt.new_norm() if self._utt is not None else None
 
-    def _listen(self, path: Path) -> Heard:
-        """The daemon's speech path over one recording. Raises ValueError for audio FFmpeg
+    def _listen(self, path: Path, vad_threshold: float | None = None) -> Heard:
+        """The daemon's speech path over one recording (``vad_threshold``: another
+        ``speech.vad_threshold`` than the configured one). Raises ValueError for audio FFmpeg
         cannot decode."""
         from .capture import AudioFileMic, DeviceError
         from .speech import SpeechPerception
 
         self._speech()
-        step = SpeechPerception(self._ser, self.cfg.speech, self._vad,  # resets the VAD
+        sp = self.cfg.speech
+        if vad_threshold is not None:
+            sp = sp.model_copy(update={"vad_threshold": vad_threshold})
+        step = SpeechPerception(self._ser, sp, self._vad,  # resets the VAD
                                 utterance_model=self._utt, norm=self.norm)
         outs, t0, n = [], None, 0
         try:
@@ -307,17 +320,28 @@ class Analyzer:
         ``speech.vad_threshold``), which says how near a file without speech came to it.
         ``utterances``: [{start_s, end_s, label, probs}] (seconds from the file's start); the
         file's ``probs`` are the utterances' probabilities averaged with their durations as
-        weights; ``label`` None only when the file holds no speech. Without :meth:`calibrate`
-        the voice normalisation keeps learning from file to file.
+        weights; ``label`` None only when the file holds no speech. A file in which the VAD
+        finds no utterance at ``speech.vad_threshold`` but whose ``speech_prob_max`` reaches
+        ``RELISTEN_VAD_THRESHOLD`` is listened to again at that threshold; when that finds
+        speech, the result says ``"vad_threshold": 0.3``. Without :meth:`calibrate` the voice
+        normalisation keeps learning from file to file.
         """
         h = self._listen(path)
         utts = [o for o in h.outputs if o.kind == "utterance"]
+        relistened = (not utts and RELISTEN_VAD_THRESHOLD <= h.speech_prob_max
+                      and RELISTEN_VAD_THRESHOLD < self.cfg.speech.vad_threshold)
+        if relistened:
+            h2 = self._listen(path, RELISTEN_VAD_THRESHOLD)
+            utts = [o for o in h2.outputs if o.kind == "utterance"]
+            relistened = bool(utts)
         whole = None
         if utts:
             w = np.array([o.end_s - o.start_s for o in utts])
             whole = np.average(np.stack([o.probs for o in utts]), axis=0, weights=w)
         t0 = h.t0 or 0.0
         extra = {"warning": h.warning} if h.warning else {}
+        if relistened:
+            extra["vad_threshold"] = RELISTEN_VAD_THRESHOLD
         return {"path": str(path), "kind": "audio", "duration_s": round(h.samples / 16000, 3),
                 "speech_prob_max": round(float(h.speech_prob_max), 3), **extra,
                 "label": CLASSES[int(whole.argmax())] if whole is not None else None,
@@ -442,8 +466,10 @@ def _human_line(r: dict) -> str:
         return (f"{_shown(r['path'])}: {r['label']} ({r['probs'][r['label']]:.2f}), "
                 f"{len(r['faces'])} face(s){warn}")
     utts = r["utterances"]
+    quiet = (f" (speech found at VAD threshold {r['vad_threshold']:g})"
+             if r.get("vad_threshold") else "")
     lines = [f"{_shown(r['path'])}: {r['label']} ({r['probs'][r['label']]:.2f}), {len(utts)} "
-             f"utterance(s) in {r['duration_s']} s{warn}"]
+             f"utterance(s) in {r['duration_s']} s{quiet}{warn}"]
     lines += [f"  {u['start_s']:7.2f}-{u['end_s']:7.2f} s  {u['label']} "
               f"({u['probs'][u['label']]:.2f})" for u in utts]
     return "\n".join(lines)

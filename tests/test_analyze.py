@@ -175,3 +175,32 @@ def test_analyze_finds_a_face_that_fills_the_photo(tmp_path):
         x, y, w, h = got["faces"][0]["box"]
         assert 0 <= x and 0 <= y and w > 20 and h > 20 and x + w <= 48.01 and y + h <= 48.01
     assert rows["grey.png"]["label"] is None and rows["grey.png"]["faces"] == []
+
+
+def test_analyze_listens_again_for_a_scream(tmp_path):
+    """Actor 24's second strong fearful sentence, as recorded, never reaches the VAD's 0.5 for
+    long enough to make an utterance (Silero reads screaming as less speech-like). ``analyze``
+    listens to it again at ``RELISTEN_VAD_THRESHOLD`` and labels it, saying so; the real room
+    noise of the face clip, 20 dB louder, stays below that and gets no label."""
+    import av
+    import soundfile as sf
+
+    from redsg_edge.analyze import RELISTEN_VAD_THRESHOLD
+
+    scream = ACTOR_24 / "03-01-06-02-02-02-24.flac"
+    with av.open(str(SINGLE_FACE)) as c:
+        r = av.AudioResampler(format="s16", layout="mono", rate=16000)
+        room = np.concatenate([o.to_ndarray().reshape(-1) for f in c.decode(c.streams.audio[0])
+                               for o in r.resample(f)])
+    noise = tmp_path / "room.wav"
+    sf.write(noise, np.clip(room.astype(np.int32) * 10, -32768, 32767).astype(np.int16), 16000)
+    cfg = write_config(tmp_path / "c.toml")
+    r = cli("analyze", "--json", "-c", cfg, "--no-calibrate", scream, noise)
+    assert r.returncode == 0, r.stderr
+    got, quiet = map(json.loads, r.stdout.splitlines())
+    assert got["vad_threshold"] == RELISTEN_VAD_THRESHOLD < got["speech_prob_max"] < 0.5
+    assert got["label"] in CLASSES and got["utterances"]
+    assert quiet["label"] is None and "vad_threshold" not in quiet
+    assert quiet["speech_prob_max"] < RELISTEN_VAD_THRESHOLD
+    line = cli("analyze", "-c", cfg, "--no-calibrate", scream).stdout.splitlines()[0]
+    assert f"(speech found at VAD threshold {RELISTEN_VAD_THRESHOLD:g})" in line
