@@ -63,10 +63,8 @@ AUG = 0
 CODEC = 1
 #: Noisy copies per training recording: chosen on the development folds (0 / 1 / 2 / 3 copies
 #: read them at 67.4 / 66.0 / 66.2 / 65.2 % as recorded, 36.9 / 53.5 / 55.6 / 55.1 % on noisy
-#: copies) and on the cross-corpus validation set ../shared/data/urdu through ``analyze``
-#: (scripts/eval_voice.py --urdu: 52.0 / 51.8 / 54.2 / 51.5 %). That set is validated and
-#: reported on, never trained on: this script never reads it (``assert_not_validation``
-#: refuses its files). models/README.md, "Noisy copies".
+#: copies) and on the cross-corpus figures of ``scripts/eval_voice.py``, which this script never
+#: computes or reads (models/README.md, "Noisy copies").
 NOISE = 2
 #: Reverberant copies per training recording (``reverb_features``), and the rooms they draw from.
 REVERB = 0
