@@ -42,6 +42,7 @@ PAD_FACTORS = (1.5, 2.0)
 #: under it, and so does URDU's one file without speech (a hum, 0.20).
 RELISTEN_VAD_THRESHOLD = 0.3
 
+
 class Heard(NamedTuple):
     """The speech path over one recording (:meth:`Analyzer._listen`)."""
     outputs: list          # speech.SpeechOutput, oldest first, the stream's end included
@@ -81,15 +82,14 @@ def summarize_replay(records: list[dict], t_end: float) -> dict:
     t0 = float(ups[0]["t"])
     end = max(float(t_end), float(ups[-1]["t"]))
     fused, face = np.zeros(len(CLASSES)), np.zeros(len(CLASSES))
-    total = face_time = 0.0
+    face_time = 0.0
     for u, nxt in zip(ups, ups[1:] + [None]):
         dt = (end if nxt is None else float(nxt["t"])) - float(u["t"])
-        total += dt
         fused += dt * _vector(u["fused"])
         if u.get("face"):
             face_time += dt
             face += dt * _vector(u["face"])
-    if total <= 0:  # one update at the very end: it is the whole summary
+    if end <= t0:  # one update at the very end: it is the whole summary
         fused = _vector(ups[-1]["fused"])
     fused /= fused.sum()
     emotions = [{"start_s": t0, "emotion": ups[0]["emotion"]}]
@@ -203,16 +203,16 @@ class Analyzer:
         """(faces largest first, the image they were found in, its (x, y) offset in that
         image): ``rgb`` itself, or when it shows no face, ``rgb`` centred on a grey canvas
         (``PAD_FACTORS``)."""
-        faces = self._det.detect(rgb)
         h, w = rgb.shape[:2]
-        for f in PAD_FACTORS if not faces else ():
-            canvas = np.full((int(h * f), int(w * f), 3), 128, np.uint8)
-            oy, ox = (canvas.shape[0] - h) // 2, (canvas.shape[1] - w) // 2
-            canvas[oy:oy + h, ox:ox + w] = rgb
-            faces = self._det.detect(canvas)
+        faces, seen, offset = self._det.detect(rgb), rgb, (0, 0)
+        for f in PAD_FACTORS:
             if faces:
-                return sorted(faces, key=lambda f: -f.area), canvas, (ox, oy)
-        return sorted(faces, key=lambda f: -f.area), rgb, (0, 0)
+                break
+            seen = np.full((int(h * f), int(w * f), 3), 128, np.uint8)
+            offset = ((seen.shape[1] - w) // 2, (seen.shape[0] - h) // 2)
+            seen[offset[1]:offset[1] + h, offset[0]:offset[0] + w] = rgb
+            faces = self._det.detect(seen)
+        return sorted(faces, key=lambda f: -f.area), seen, offset
 
     def image(self, path: Path, annotate: Path | None = None) -> dict:
         """FER for every face in one photo (see :func:`read_image`; a face that fills the

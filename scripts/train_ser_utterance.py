@@ -319,12 +319,11 @@ def main() -> int:
         if k:
             Ak, sk = make([recs[i] for i in dev_rec], k, args.seed, args.cache)
             A, src = np.concatenate([A, Ak]), np.concatenate([src, dev_rec[sk]])
-    # one more noisy copy of each recording, drawn apart from training's, to score the folds on
-    N, nsrc = noise_features([recs[i] for i in dev_rec], 1, args.seed + 1, args.cache)
-    nsrc = dev_rec[nsrc]
-    # and one reverberant copy, in rooms apart from training's
-    R, rsrc = reverb_features([recs[i] for i in dev_rec], 1, args.seed + 1, args.cache)
-    rsrc = dev_rec[rsrc]
+    # one more noisy and one reverberant copy of each recording, drawn apart from training's
+    # (other noise, other rooms), to score the folds on: {name: (X, source recording)}
+    scored = {name: make([recs[i] for i in dev_rec], 1, args.seed + 1, args.cache)
+              for name, make in (("noisy", noise_features), ("reverberant", reverb_features))}
+    scored = {name: (Xc, dev_rec[sc]) for name, (Xc, sc) in scored.items()}
 
     def rows(mask):  # the utterances in mask, augmented copies of their recordings, their actors
         keep = np.isin(src, owner[mask])
@@ -334,15 +333,12 @@ def main() -> int:
     extra = []
     trained_on = (f"RAVDESS speech, actors 1-22 ({int(dev.sum()):,} utterances cut by the "
                   f"speech path from {len(np.unique(owner[dev])):,} recordings)")
-    if args.codec:
-        trained_on += (f", plus {args.codec} cop{'y' if args.codec == 1 else 'ies'} of each "
-                       "recording through MP3 or Opus at a voice-message bit rate, cut the same way")
-    if args.noise:
-        trained_on += (f", plus {args.noise} cop{'y' if args.noise == 1 else 'ies'} of each "
-                       "recording with white, pink, babble or room noise at 0-20 dB SNR")
-    if args.reverb:
-        trained_on += (f", plus {args.reverb} cop{'y' if args.reverb == 1 else 'ies'} of each "
-                       "recording in a simulated room (RT60 0.15-0.9 s)")
+    for k, how in ((args.codec, "through MP3 or Opus at a voice-message bit rate, cut the same "
+                                "way"),
+                   (args.noise, "with white, pink, babble or room noise at 0-20 dB SNR"),
+                   (args.reverb, "in a simulated room (RT60 0.15-0.9 s)")):
+        if k:
+            trained_on += f", plus {k} cop{'y' if k == 1 else 'ies'} of each recording {how}"
     if args.nemo is not None:
         nemo = load_nemo(args.nemo)
         Xn, on = features(nemo, args.cache, "nemo")
@@ -360,13 +356,11 @@ def main() -> int:
         Z = running_z(X[te], mean, std, args.seed)
         oof[te] = np.stack([clf.predict(z) for z in Z])
         folds.append({"actors": list(fold), **scores(oof[te], y[te])})
-        # the test actors' noisy copies, normalised as a stream of their own
-        nte = np.isin(actor_rec[nsrc], fold)
-        Zn = running_z(N[nte], mean, std, args.seed)
-        folds[-1]["noisy"] = scores(np.stack([clf.predict(z) for z in Zn]), y_rec[nsrc][nte])
-        rte = np.isin(actor_rec[rsrc], fold)
-        Zr = running_z(R[rte], mean, std, args.seed)
-        folds[-1]["reverberant"] = scores(np.stack([clf.predict(z) for z in Zr]), y_rec[rsrc][rte])
+        # the test actors' noisy and reverberant copies, each normalised as a stream of its own
+        for name, (Xc, sc) in scored.items():
+            te_c = np.isin(actor_rec[sc], fold)
+            Zc = running_z(Xc[te_c], mean, std, args.seed)
+            folds[-1][name] = scores(np.stack([clf.predict(z) for z in Zc]), y_rec[sc][te_c])
         print(f"fold {k} actors {fold}: int8 accuracy {100 * folds[-1]['accuracy']:.1f} %, "
               f"UAR {100 * folds[-1]['uar']:.1f} %, noisy copies "
               f"{100 * folds[-1]['noisy']['accuracy']:.1f} %, reverberant copies "
@@ -397,9 +391,8 @@ def main() -> int:
         "cv": {"folds": folds,
                "mean_accuracy": float(np.mean([f["accuracy"] for f in folds])),
                "mean_uar": float(np.mean([f["uar"] for f in folds])),
-               "noisy_mean_accuracy": float(np.mean([f["noisy"]["accuracy"] for f in folds])),
-               "reverberant_mean_accuracy": float(np.mean([f["reverberant"]["accuracy"]
-                                                           for f in folds])),
+               **{f"{name}_mean_accuracy": float(np.mean([f[name]["accuracy"] for f in folds]))
+                  for name in scored},
                "ece_before": ece[0], "ece_after": ece[1]},
         "test_actors_23_24": {"float": scores(p_float, y[test]), "int8": scores(p_int8, y[test])},
         "bytes": size,

@@ -4,6 +4,7 @@ real detector and models."""
 from __future__ import annotations
 
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -12,8 +13,8 @@ from redsg_edge import CLASSES
 from redsg_edge.analyze import clip_fusion, summarize_replay
 from redsg_edge.replay import replay
 
-from .conftest import ACTOR_23, ACTOR_24, SINGLE_FACE, make_config, write_config
-from .helpers import looped, video_only_copy, video_with_sound
+from .conftest import ACTOR_23, ACTOR_24, REPO, SINGLE_FACE, make_config, write_config
+from .helpers import video_only_copy, video_with_sound
 from .test_pipeline import cli
 
 UTTERANCE = ACTOR_24 / "03-01-04-02-01-01-24.flac"  # sad, strong
@@ -77,9 +78,13 @@ def test_analyze_video_hears_the_voice_of_a_neutral_face(tmp_path):
     angry voice speaks (a held-out speaker). The fused state cannot move within the 3.5 s clip
     (the voice's first label comes after 1.25 s of speech and its probability stays under
     ``fusion.enter_threshold``), but the clip's own label, face and voice combined, is angry."""
-    voice = ACTOR_23 / "03-01-05-02-01-01-23.flac"  # angry, strong
-    face = looped(SINGLE_FACE, 0.6, 3.6, tmp_path / "neutral.mp4")
-    clip = video_with_sound(face, voice, tmp_path / "clip.mp4")
+    import soundfile as sf
+    sys.path.insert(0, str(REPO / "scripts"))
+    import eval_voice
+
+    x, rate = sf.read(ACTOR_23 / "03-01-05-02-01-01-23.flac", dtype="float32")  # angry, strong
+    clip = tmp_path / "clip.mkv"
+    eval_voice.face_video(x, rate, clip)  # the face clip's first 0.6 s (neutral), looped
     r = cli("analyze", "--json", "-c", write_config(tmp_path / "c.toml"), clip)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)

@@ -66,25 +66,3 @@ def video_with_sound(video, audio, dest):
                 out.mux(aus.encode(f))
         out.mux(aus.encode(None))
     return dest
-
-
-def looped(video, first_s: float, total_s: float, dest):
-    """Write ``dest`` (.mp4, MPEG-4 part 2): the first ``first_s`` seconds of ``video``'s
-    picture, played over and over for ``total_s`` seconds at its frame rate. Returns ``dest``."""
-    from fractions import Fraction
-
-    import av
-
-    with av.open(str(video)) as inp:
-        stream = inp.streams.video[0]
-        rate = stream.average_rate or Fraction(15)
-        frames = [f.to_ndarray(format="rgb24") for f in inp.decode(stream)
-                  if f.time is not None and f.time < first_s]
-    with av.open(str(dest), "w") as out:
-        vs = out.add_stream("mpeg4", rate=rate)
-        vs.height, vs.width = frames[0].shape[:2]
-        vs.pix_fmt = "yuv420p"
-        for i in range(int(total_s * rate)):
-            out.mux(vs.encode(av.VideoFrame.from_ndarray(frames[i % len(frames)], format="rgb24")))
-        out.mux(vs.encode(None))
-    return dest
