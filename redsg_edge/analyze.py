@@ -33,6 +33,11 @@ MAX_SIDE = 4096
 #: is more than the short-range detector was trained to frame. On FER2013 PublicTest's 3,589
 #: photos (48x48 crops) 190 had no face, 180 of them found padded, 110 of those read right.
 PAD_FACTORS = (1.5, 2.0)
+#: A photo in which no face is found whole or padded is searched in overlapping squares of
+#: 1/2, then 1/4 of its longer side (``vision.far_tiles``), each magnified to the detector's
+#: input: a face under about a tenth of the photo's side is too small for BlazeFace short range
+#: at 128 x 128 (docs/architecture.md, "Far faces").
+FAR_ZOOMS = (2, 4)
 #: A recording in which the VAD finds no utterance but whose highest speech probability reaches
 #: this is listened to again with ``speech.vad_threshold`` at this value (speech continuing down
 #: to 0.15), and what that finds is labelled, marked ``"vad_threshold"`` in the result. Silero
@@ -201,8 +206,11 @@ class Analyzer:
 
     def _find_faces(self, rgb: np.ndarray) -> tuple[list, np.ndarray, tuple[int, int]]:
         """(faces largest first, the image they were found in, its (x, y) offset in that
-        image): ``rgb`` itself, or when it shows no face, ``rgb`` centred on a grey canvas
-        (``PAD_FACTORS``)."""
+        image): ``rgb`` itself; when it shows no face, ``rgb`` centred on a grey canvas
+        (``PAD_FACTORS``); when that shows none either, ``rgb`` searched in parts
+        (``FAR_ZOOMS``)."""
+        from .vision import detect_in, far_tiles
+
         h, w = rgb.shape[:2]
         faces, seen, offset = self._det.detect(rgb), rgb, (0, 0)
         for f in PAD_FACTORS:
@@ -212,6 +220,12 @@ class Analyzer:
             offset = ((seen.shape[1] - w) // 2, (seen.shape[0] - h) // 2)
             seen[offset[1]:offset[1] + h, offset[0]:offset[0] + w] = rgb
             faces = self._det.detect(seen)
+        if not faces:
+            seen, offset = rgb, (0, 0)
+        for zoom in FAR_ZOOMS:
+            if faces:
+                break
+            faces = detect_in(self._det, rgb, far_tiles(w, h, zoom))
         return sorted(faces, key=lambda f: -f.area), seen, offset
 
     def image(self, path: Path, annotate: Path | None = None) -> dict:

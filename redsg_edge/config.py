@@ -78,6 +78,9 @@ class VisionConfig(StrictModel):
     min_detection_confidence: float = Field(0.5, ge=0.05, le=0.99)
     #: Frames per second the vision worker classifies at most (frames in between are skipped).
     max_fps: float = Field(15.0, gt=0, le=120)
+    #: Tiles of half the frame searched per frame for a face too far for the whole frame
+    #: (vision.FarFaceSearch); 0 = off.
+    far_face_tiles: int = Field(1, ge=0, le=16)
 
 
 class TranscriptConfig(StrictModel):

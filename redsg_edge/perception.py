@@ -128,7 +128,7 @@ class Perception:
         if face:
             vision = VisionWorker(FaceDetector(cfg.vision.detector_model,
                                                cfg.vision.min_detection_confidence),
-                                  FerModel.from_config(cfg.vision))
+                                  FerModel.from_config(cfg.vision), cfg.vision.far_face_tiles)
         if voice:
             utt = cfg.speech.utterance_model
             speech = SpeechPerception(SerModel(cfg.speech.ser_model, cfg.speech.window_s),
@@ -178,11 +178,14 @@ class Perception:
 
     def reconfigure(self, cfg: Config, speech_keys: Iterable[str] = ()) -> None:
         """Apply a reloaded config; ``speech_keys`` the ``[speech]`` keys the speech step takes
-        live (``pipeline.LIVE_KEYS``). ``vision.fer_prior_shift`` is applied too. Raises
-        ModelError (before changing anything) when the FER model cannot take that shift."""
+        live (``pipeline.LIVE_KEYS``). ``vision.fer_prior_shift`` and ``vision.far_face_tiles``
+        are applied too. Raises ModelError (before changing anything) when the FER model cannot
+        take that shift."""
         shift = cfg.vision.fer_prior_shift
         if self.vision is not None and shift != self.cfg.vision.fer_prior_shift:
             self.vision.fer.set_prior_shift(shift)
+        if self.vision is not None:
+            self.vision.far.per_frame = cfg.vision.far_face_tiles
         self.cfg = cfg
         keys = list(speech_keys)
         if self.speech is not None and keys:

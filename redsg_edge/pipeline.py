@@ -40,6 +40,7 @@ LIVE_KEYS = ("fusion", "reply", "voice.default_style", "voice.style", "voice.mic
              "speech.hangover_s", "speech.padding_s", "speech.max_utterance_s", "speech.hop_s",
              "speech.rolling_after_s", "speech.rolling_utterance_weight",
              "speech.utterance_weight", "vision.max_fps", "vision.fer_prior_shift",
+             "vision.far_face_tiles",
              "service.status_interval_s", "service.heartbeat_timeout_s", "service.log_level",
              "service.event_log")
 

@@ -94,6 +94,109 @@ def crop_face(frame: np.ndarray, face: Face, size: int = FER_SIZE) -> np.ndarray
                           borderMode=cv2.BORDER_REPLICATE)
 
 
+def merge_faces(faces: list[Face], max_iou: float = blazeface.IOU_THRESHOLD) -> list[Face]:
+    """Faces found in overlapping parts of one frame, each kept once: the best-scoring face of
+    every group overlapping more than ``max_iou`` (IoU), best first (greedy non-maximum
+    suppression; a face on a tile's border is also whole inside its neighbour)."""
+    kept: list[Face] = []
+    for f in sorted(faces, key=lambda f: -f.score):
+        if all(iou(f.box, k.box) <= max_iou for k in kept):
+            kept.append(f)
+    return kept
+
+
+def far_tiles(width: int, height: int, zoom: int = 2) -> list[tuple[int, int, int, int]]:
+    """The parts of a ``width`` x ``height`` frame searched for far faces: squares of side
+    ``ceil(max(width, height) / zoom)`` (clipped to the frame), overlapping by at least half a
+    side, so that every face up to half a side across lies whole inside one of them; (x, y, w,
+    h) in pixels, row by row. The detector letterboxes each into its 128 x 128 input, so a face
+    in a tile is ``zoom`` times larger to it than in the whole frame. A 640 x 480 frame gives 6
+    tiles of 320 px at zoom 2. None when a tile would be smaller than that input: magnified
+    beyond its own pixels it holds no face the whole frame hides, only more chances to see one
+    in noise. Raises ValueError for a side of 0 or a zoom below 2."""
+    if width <= 0 or height <= 0 or zoom < 2:
+        raise ValueError(f"far_tiles: frame {width}x{height}, zoom {zoom}")
+    side = -(-max(width, height) // zoom)
+    if side < blazeface.INPUT_SIZE:
+        return []
+
+    def starts(length: int) -> list[int]:
+        if length <= side:
+            return [0]
+        n = -(-(length - side) * 2 // side) + 1  # stride at most half a side
+        return [round(i * (length - side) / (n - 1)) for i in range(n)]
+
+    return [(x, y, min(side, width), min(side, height))
+            for y in starts(height) for x in starts(width)]
+
+
+#: Lowest detector score of a face found in a tile. Each tile is one more chance for the
+#: detector to see a face in texture: in 356 photos without a face (flat, noise, gradients, real
+#: room walls; scripts/eval_face_range.py, seed 0) the tiles of zooms 2 and 4 made 26 false
+#: detections at the whole frame's threshold 0.5, scoring 0.61 at most, while the real faces
+#: of the two av_clips videos moved up to 4x farther scored 0.8 or more in every frame. 0.1
+#: above the highest false score (docs/architecture.md, "Far faces").
+FAR_MIN_SCORE = 0.75
+
+
+def detect_in(detector: FaceDetector, rgb: np.ndarray, tiles: list[tuple[int, int, int, int]],
+              min_score: float = FAR_MIN_SCORE) -> list[Face]:
+    """The faces ``detector`` finds in each tile (x, y, w, h) of ``rgb`` ((H, W, 3) uint8)
+    scoring at least ``min_score``, in the frame's pixels, merged (:func:`merge_faces`)."""
+    found = []
+    for x, y, w, h in tiles:
+        for f in detector.detect(rgb[y:y + h, x:x + w]):
+            if f.score < min_score:
+                continue
+            found.append(Face((f.box[0] + x, f.box[1] + y, f.box[2], f.box[3]), f.score,
+                              f.keypoints + np.array((x, y), np.float32)))
+    return merge_faces(found)
+
+
+class FarFaceSearch:
+    """The live loop's search for a face too far for the whole frame (state only; no clock).
+
+    BlazeFace short range sees the whole frame at 128 x 128 px and misses faces under about a
+    tenth of the frame's longer side (docs/architecture.md, "Far faces"): with a 640 x 480
+    camera behind a 60° lens, a person more than about 1.2 m away. On a frame without a face,
+    :meth:`search` runs the detector on ``per_frame`` of :func:`far_tiles` (zoom 2), the tile
+    that last held a face first and the others in turn, so a far face is followed at the cost of
+    one more detector call a frame and found within ``len(tiles) / per_frame`` frames (6 tiles:
+    0.4 s at 15 fps). Tiling a detector's input is slicing-aided inference (Akyon et al.,
+    "Slicing Aided Hyper Inference and Fine-tuning for Small Object Detection", ICIP 2022).
+    ``per_frame`` 0 turns it off."""
+
+    def __init__(self, per_frame: int) -> None:
+        if per_frame < 0:
+            raise ValueError(f"far-face tiles per frame must be >= 0, got {per_frame}")
+        self.per_frame = per_frame
+        self._size: tuple[int, int] | None = None
+        self._tiles: list[tuple[int, int, int, int]] = []
+        self._next = 0           # the tile the round goes on with
+        self._held: int | None = None  # the tile that last held a face
+
+    def search(self, detector: FaceDetector, rgb: np.ndarray) -> list[Face]:
+        """Faces in this frame's next tiles ((H, W, 3) uint8 RGB), in frame pixels, best
+        first; [] when off or none is found."""
+        if self.per_frame == 0:
+            return []
+        h, w = rgb.shape[:2]
+        if self._size != (w, h):
+            self._size, self._tiles, self._next, self._held = (w, h), far_tiles(w, h), 0, None
+        order = ([] if self._held is None else [self._held])
+        while len(order) < min(self.per_frame, len(self._tiles)):
+            if self._next not in order:
+                order.append(self._next)
+            self._next = (self._next + 1) % len(self._tiles)
+        for i in order:
+            faces = detect_in(detector, rgb, [self._tiles[i]])
+            if faces:
+                self._held = i
+                return faces
+        self._held = None
+        return []
+
+
 #: OpenCV's geometric functions take coordinates as 16-bit integers (SHRT_MAX = 32767): a larger
 #: side aborts the whole process (SIGABRT, no exception), so such images are refused first.
 MAX_DETECT_SIDE = 32767
@@ -232,16 +335,19 @@ class VisionWorker:
     """Per-frame step: detect, choose one face, crop, classify. No threads, no clock: the
     pipeline calls ``process`` from its vision thread (live) or in media order (replay)."""
 
-    def __init__(self, detector: FaceDetector, fer: FerModel) -> None:
+    def __init__(self, detector: FaceDetector, fer: FerModel,
+                 far_tiles_per_frame: int = 0) -> None:
         self.detector, self.fer = detector, fer
+        #: The search for a face too far for the whole frame (``vision.far_face_tiles``).
+        self.far = FarFaceSearch(far_tiles_per_frame)
         self._current: Face | None = None
         self.frames = 0
         self.faces_found = 0
 
     def process(self, rgb: np.ndarray) -> tuple[FaceResult | None, list[Face]]:
         """rgb: (H, W, 3) uint8 RGB. Returns (result for the followed face or None when no face,
-        all faces)."""
-        faces = self.detector.detect(rgb)
+        all faces). A frame whose whole shows no face is searched in parts (:attr:`far`)."""
+        faces = self.detector.detect(rgb) or self.far.search(self.detector, rgb)
         self.frames += 1
         face = select_face(faces, self._current)
         self._current = face

@@ -209,3 +209,42 @@ def test_analyze_listens_again_for_a_scream(tmp_path):
     assert quiet["speech_prob_max"] < RELISTEN_VAD_THRESHOLD
     line = cli("analyze", "-c", cfg, "--no-calibrate", scream).stdout.splitlines()[0]
     assert f"(speech found at VAD threshold {RELISTEN_VAD_THRESHOLD:g})" in line
+
+
+def test_analyze_finds_a_face_far_away_in_a_photo(tmp_path):
+    """A photo of the single-face clip's man 4 times farther away (a 42 px face in 640 x 360)
+    shows BlazeFace no face whole; ``analyze`` finds him in its zoom-2 tiles, with his box where
+    the near photo has it (scaled by 1/4 around the centre). Uniform noise, where the tiles see
+    faces under ``vision.FAR_MIN_SCORE``, still has none."""
+    import av
+    import cv2
+    from PIL import Image
+
+    from redsg_edge.vision import FaceDetector, detect_in, far_tiles, iou
+
+    with av.open(str(SINGLE_FACE)) as c:
+        rgb = next(c.decode(video=0)).to_ndarray(format="rgb24")
+    h, w = rgb.shape[:2]
+    small = cv2.resize(rgb, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
+    top, left = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
+    far = cv2.copyMakeBorder(small, top, h - small.shape[0] - top, left,
+                             w - small.shape[1] - left, cv2.BORDER_REPLICATE)
+    noise = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    cfg = make_config()
+    det = FaceDetector(cfg.vision.detector_model, cfg.vision.min_detection_confidence)
+    x, y, bw, bh = det.detect(rgb)[0].box
+    assert det.detect(far) == []  # why the tiles exist
+    # why their threshold exists: at the whole frame's 0.5 the zoom-4 tiles see faces in noise
+    assert det.detect(noise) == [] and detect_in(det, noise, far_tiles(640, 480, 4), 0.5)
+    det.close()
+    Image.fromarray(far).save(tmp_path / "far.png")
+    Image.fromarray(noise).save(tmp_path / "noise.png")
+    r = cli("analyze", "--json", "-c", write_config(tmp_path / "c.toml"), tmp_path)
+    assert r.returncode == 0, r.stderr
+    rows = {json.loads(x)["path"].rsplit("/", 1)[-1]: json.loads(x) for x in r.stdout.splitlines()}
+    got = rows["far.png"]
+    assert got["label"] in CLASSES and len(got["faces"]) == 1, got
+    expect = ((x - w / 2) / 4 + w / 2, (y - h / 2) / 4 + h / 2, bw / 4, bh / 4)
+    assert iou(tuple(got["faces"][0]["box"]), expect) > 0.6, (got["faces"][0]["box"], expect)
+    assert got["faces"][0]["score"] >= 0.75
+    assert rows["noise.png"]["faces"] == []

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from redsg_edge.litert import ModelError
-from redsg_edge.vision import (Face, FaceDetector, FerModel, VisionWorker, crop_face, iou,
-                               select_face)
+from redsg_edge.vision import (Face, FaceDetector, FarFaceSearch, FerModel, VisionWorker,
+                               crop_face, far_tiles, iou, merge_faces, select_face)
 
-from .conftest import DETECTOR, FER_MODEL, PEXELS
+from .conftest import DETECTOR, FER_MODEL, PEXELS, SINGLE_FACE
 
 
 def frames(path, n):
@@ -171,3 +171,104 @@ def test_vision_worker_counts_frames_and_faces():
         assert worker.frames == 6 and worker.faces_found == 5 and results[-1] is None
     finally:
         worker.close()
+
+
+@pytest.mark.parametrize("w, h, zoom, expected", [
+    (640, 480, 2, [(0, 0), (160, 0), (320, 0), (0, 160), (160, 160), (320, 160)]),
+    (480, 640, 2, [(0, 0), (160, 0), (0, 160), (160, 160), (0, 320), (160, 320)]),
+    (640, 640, 2, [(x, y) for y in (0, 160, 320) for x in (0, 160, 320)]),
+    (1280, 720, 2, [(0, 0), (320, 0), (640, 0), (0, 80), (320, 80), (640, 80)]),
+    (300, 100, 2, [(0, 0), (75, 0), (150, 0)]),  # a side shorter than the tile: whole
+    (254, 254, 2, []),   # tiles under the detector's 128 px input: none
+    (640, 480, 6, []),
+])
+def test_far_tiles_table(w, h, zoom, expected):
+    tiles = far_tiles(w, h, zoom)
+    assert [(x, y) for x, y, _, _ in tiles] == expected
+    side = -(-max(w, h) // zoom)
+    assert all((tw, th) == (min(side, w), min(side, h)) for _, _, tw, th in tiles)
+
+
+@pytest.mark.parametrize("w, h, zoom", [(640, 480, 2), (640, 480, 4), (1920, 1080, 4),
+                                        (333, 777, 3), (300, 100, 2)])
+def test_far_tiles_hold_every_face_up_to_half_a_tile_whole(w, h, zoom):
+    tiles = far_tiles(w, h, zoom)
+    side = -(-max(w, h) // zoom)
+    face = min(side // 2, w, h)
+    for x in range(0, w - face + 1, max(1, face // 3)):
+        for y in range(0, h - face + 1, max(1, face // 3)):
+            assert any(tx <= x and ty <= y and x + face <= tx + tw and y + face <= ty + th
+                       for tx, ty, tw, th in tiles), (x, y)
+
+
+def test_far_tiles_refuse_nonsense():
+    for args in ((0, 480, 2), (640, 0, 2), (640, 480, 1)):
+        with pytest.raises(ValueError):
+            far_tiles(*args)
+    with pytest.raises(ValueError):
+        FarFaceSearch(-1)
+
+
+def _f(x, score):
+    return Face((x, 0.0, 10.0, 10.0), score, np.zeros((6, 2), np.float32))
+
+
+@pytest.mark.parametrize("faces, kept", [
+    ([], []),
+    ([_f(0, 0.9)], [0.9]),
+    ([_f(0, 0.8), _f(1, 0.9)], [0.9]),                # the same face from two tiles: the best
+    ([_f(0, 0.8), _f(20, 0.9)], [0.9, 0.8]),          # two faces
+    ([_f(0, 0.9), _f(5, 0.8), _f(10, 0.7)], [0.9, 0.7]),  # IoU 1/3 > 0.3 goes, 0 stays
+])
+def test_merge_faces_table(faces, kept):
+    assert [f.score for f in merge_faces(faces)] == kept
+
+
+def _far(rgb, k=3):
+    """``rgb`` shrunk k times around its centre, the border repeating its edge pixels: the
+    person k times farther away (scripts/eval_face_range.py measures the same)."""
+    import cv2
+    h, w = rgb.shape[:2]
+    small = cv2.resize(rgb, (w // k, h // k), interpolation=cv2.INTER_AREA)
+    top, left = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
+    return cv2.copyMakeBorder(small, top, h - small.shape[0] - top, left,
+                              w - small.shape[1] - left, cv2.BORDER_REPLICATE)
+
+
+def test_a_far_face_is_found_in_tiles_and_followed_frame_after_frame():
+    """The single-face clip's man, 4 times farther away (a 42 px face in a 640 x 360 frame):
+    the whole frame shows the detector nothing; the worker searching one tile a frame finds
+    him within the six tiles' round and then on every frame, in the tile that held him, where
+    the whole, unshrunk frame has him (box scaled by 1/4 around the centre)."""
+    det, fer = FaceDetector(DETECTOR), FerModel(FER_MODEL)
+    clip = [rgb for _, rgb in frames(SINGLE_FACE, 30)]
+    near = det.detect(clip[0])[0]
+    far = [_far(rgb, 4) for rgb in clip]
+    assert all(det.detect(rgb) == [] for rgb in far)
+    assert all(r is None for r in (VisionWorker(det, fer, 0).process(rgb)[0] for rgb in far))
+    worker = VisionWorker(det, fer, 1)
+    got = [worker.process(rgb)[0] for rgb in far]
+    first = next(i for i, r in enumerate(got) if r is not None)
+    assert first < len(far_tiles(640, 360))
+    assert all(r is not None for r in got[first:])
+    h, w = clip[0].shape[:2]
+    x, y, bw, bh = near.box
+    expect = ((x - w / 2) / 4 + w / 2, (y - h / 2) / 4 + h / 2, bw / 4, bh / 4)
+    assert iou(got[-1].face.box, expect) > 0.6, (got[-1].face.box, expect)
+    assert got[-1].face.score >= 0.75 and got[-1].probs.shape == (7,)
+    det.close()
+
+
+def test_far_face_tiles_come_from_the_config_and_a_reload_applies_them():
+    from redsg_edge.config import Config
+    from redsg_edge.perception import Perception
+    from redsg_edge.pipeline import is_live_key
+
+    cfg = Config()
+    assert cfg.vision.far_face_tiles == 1
+    perception = Perception.load(cfg, face=True, voice=False)
+    assert perception.vision.far.per_frame == 1
+    off = cfg.model_copy(update={"vision": cfg.vision.model_copy(update={"far_face_tiles": 0})})
+    perception.reconfigure(off)
+    assert perception.vision.far.per_frame == 0 and is_live_key("vision.far_face_tiles")
+    perception.close()

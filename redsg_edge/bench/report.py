@@ -33,6 +33,7 @@ def _target_lines(res: dict) -> list[str]:  # "target NAME: value vs limit -> ME
 
 STAGE_LABELS = {"face_detection": "face detection 640x480", "crop_preprocess": "crop + preprocess",
                 "fer": "FER int8 (48x48)", "vision_frame": "= frame: detect+crop+FER",
+                "vision_frame_no_face": "no face: detect+far tile",
                 "mfcc": "MFCC 2.5 s window", "ser": "SER int8", "speech_window":
                 "= window: MFCC+SER", "vad_chunk": "VAD (input gain + Silero) per 32 ms",
                 "stt_utterance_3s": "speech-to-text, 3 s utterance",

@@ -93,6 +93,12 @@ def worker_stages(p: dict) -> dict:
     vw = VisionWorker(det, fer)
     res["stages"]["vision_frame"] = summarize_ns(time_calls(
         lambda i: vw.process(frames[i % len(frames)]), n, warm))
+    # A frame without a face: the whole frame, then vision.far_face_tiles tiles of it
+    # (FarFaceSearch, in turn), as the live loop searches an empty room.
+    empty = np.full_like(frames[0], 128)
+    vw_far = VisionWorker(det, fer, max(1, cfg.vision.far_face_tiles))
+    res["stages"]["vision_frame_no_face"] = summarize_ns(time_calls(
+        lambda i: vw_far.process(empty), n, warm))
     feats = []
     res["stages"]["mfcc"] = summarize_ns(time_calls(
         lambda i: feats.append(mfcc_features(wins[i % len(wins)])), n, warm))
