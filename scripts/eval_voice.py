@@ -22,6 +22,10 @@ The 104 non-calm files of the held-out RAVDESS speakers (Actor_23, Actor_24) go 
   38, 1993), reverberation time RT60 0.6 s, direct-to-reverberant ratio 0 dB, then scaled back
   to the file's active level. Its rooms are not the image-source shoeboxes the SERs train on
   (``ser_augment.room_impulse_responses``).
+- ``far_talker``: the same room with the talker about four times the critical distance away
+  (some 3 m in a living room): direct-to-reverberant ratio −12 dB (the direct sound falls 6 dB
+  per doubling of distance, the reverberant field stays), and the whole 15 dB quieter than the
+  recording (inverse square law from about 0.5 m to 3 m). Not run unless named.
 
 One condition, not run unless named, puts a face to the voice: ``neutral_face_video`` writes
 each file as a video (Matroska: MPEG-4 picture, the sound as 16-bit PCM) whose picture is a real
@@ -83,6 +87,9 @@ CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10", "babbl
               "reverb_rt60_0.6")
 BABBLE_TALKERS = 6
 RT60_S, DRR_DB = 0.6, 0.0  # reverb_rt60_0.6
+FAR_DRR_DB, FAR_GAIN_DB = -12.0, -15.0  # far_talker, in the same room
+#: Conditions of degrade() not in the default list.
+EXTRA_CONDITIONS = ("far_talker",)
 #: condition → (``ser_augment.CODECS`` name, bit rate in bit/s); the file is named for its
 #: container
 CODEC_CONDITIONS = {"mp3_24k": ("mp3", 24_000), "opus_16k": ("opus", 16_000)}
@@ -164,8 +171,12 @@ def degrade(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
     elif condition == "reverb_rt60_0.6":
         y = fftconvolve(x, statistical_rir(RT60_S, DRR_DB, seed))[:len(x)].astype(np.float32)
         y *= np.float32(np.sqrt(active_power(x) / active_power(y)))
+    elif condition == "far_talker":
+        y = fftconvolve(x, statistical_rir(RT60_S, FAR_DRR_DB, seed))[:len(x)].astype(np.float32)
+        y *= np.float32(np.sqrt(active_power(x) / active_power(y)) * 10 ** (FAR_GAIN_DB / 20))
     else:
-        raise ValueError(f"unknown condition {condition!r} (expected one of {CONDITIONS})")
+        raise ValueError(f"unknown condition {condition!r} (expected one of "
+                         f"{CONDITIONS + EXTRA_CONDITIONS})")
     return np.clip(y, -1.0, 32767 / 32768)
 
 
@@ -319,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="random files (seed 0) of nEMO and EmoSpeech, 0 for all (default 900)")
     args = ap.parse_args(argv)
     conds = [c for c in args.conditions.split(",") if c]
-    known = [*CONDITIONS, *CODEC_CONDITIONS, *VIDEO_CONDITIONS]
+    known = [*CONDITIONS, *EXTRA_CONDITIONS, *CODEC_CONDITIONS, *VIDEO_CONDITIONS]
     bad = [c for c in conds if c not in known]
     if bad:
         ap.error(f"unknown condition(s) {bad}; choose from {known}")

@@ -465,6 +465,19 @@ def test_16_bit_grey_photo_reads_like_its_8_bit_version(tmp_path, face_photo):
     assert a["faces"][0]["box"] == pytest.approx(b["faces"][0]["box"], abs=2)
 
 
+def test_a_gif_photo_is_read_as_a_photo(tmp_path, face_photo):
+    """A GIF (face sets such as Yale's ship them) was taken for a video and refused: "no audio
+    track". Its first frame is the photo; 256 grey levels read as the PNG does."""
+    from PIL import Image
+    gif = tmp_path / "grey8.gif"
+    Image.open(face_photo).save(gif)
+    r = cli("analyze", "--json", "-c", write_config(tmp_path / "c.toml"), face_photo, gif)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = [json.loads(x) for x in r.stdout.splitlines()]
+    assert b["kind"] == "image" and a["label"] == b["label"] == "sad"
+    assert max(abs(a["probs"][k] - b["probs"][k]) for k in a["probs"]) < 0.02
+
+
 def test_analyze_damaged_and_wrong_inputs_say_what_is_wrong(tmp_path):
     """Weaknesses: a FLAC with damaged frames read to 1.3 of its 4.4 s without a word; a text
     file told to set microphone.source; a newline in a file name split the output; an empty
