@@ -217,18 +217,17 @@ def test_analyze_finds_a_face_far_away_in_a_photo(tmp_path):
     the near photo has it (scaled by 1/4 around the centre). Uniform noise, where the tiles see
     faces under ``vision.FAR_MIN_SCORE``, still has none."""
     import av
-    import cv2
     from PIL import Image
 
     from redsg_edge.vision import FaceDetector, detect_in, far_tiles, iou
 
+    sys.path.insert(0, str(REPO / "scripts"))
+    from eval_face_range import moved_away
+
     with av.open(str(SINGLE_FACE)) as c:
         rgb = next(c.decode(video=0)).to_ndarray(format="rgb24")
     h, w = rgb.shape[:2]
-    small = cv2.resize(rgb, (w // 4, h // 4), interpolation=cv2.INTER_AREA)
-    top, left = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
-    far = cv2.copyMakeBorder(small, top, h - small.shape[0] - top, left,
-                             w - small.shape[1] - left, cv2.BORDER_REPLICATE)
+    far = moved_away(rgb, 4)
     noise = np.random.default_rng(1).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     cfg = make_config()
     det = FaceDetector(cfg.vision.detector_model, cfg.vision.min_detection_confidence)

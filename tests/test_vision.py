@@ -10,7 +10,7 @@ from redsg_edge.litert import ModelError
 from redsg_edge.vision import (Face, FaceDetector, FarFaceSearch, FerModel, VisionWorker,
                                crop_face, far_tiles, iou, merge_faces, select_face)
 
-from .conftest import DETECTOR, FER_MODEL, PEXELS, SINGLE_FACE
+from .conftest import DETECTOR, FER_MODEL, PEXELS, REPO, SINGLE_FACE
 
 
 def frames(path, n):
@@ -224,15 +224,12 @@ def test_merge_faces_table(faces, kept):
     assert [f.score for f in merge_faces(faces)] == kept
 
 
-def _far(rgb, k=3):
-    """``rgb`` shrunk k times around its centre, the border repeating its edge pixels: the
-    person k times farther away (scripts/eval_face_range.py measures the same)."""
-    import cv2
-    h, w = rgb.shape[:2]
-    small = cv2.resize(rgb, (w // k, h // k), interpolation=cv2.INTER_AREA)
-    top, left = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
-    return cv2.copyMakeBorder(small, top, h - small.shape[0] - top, left,
-                              w - small.shape[1] - left, cv2.BORDER_REPLICATE)
+def _far(rgb, k):
+    """``rgb`` with its person k times farther (``scripts/eval_face_range.moved_away``)."""
+    import sys
+    sys.path.insert(0, str(REPO / "scripts"))
+    from eval_face_range import moved_away
+    return moved_away(rgb, k)
 
 
 def test_a_far_face_is_found_in_tiles_and_followed_frame_after_frame():
