@@ -297,6 +297,23 @@ def test_eval_voice_reverb_condition_has_its_rt60_and_drr():
     assert np.corrcoef(x, y)[0, 1] < 0.9  # it did reverberate
 
 
+def test_eval_voice_far_talker_is_farther_in_the_same_room_and_quieter():
+    """``far_talker``: the same RT60, a direct-to-reverberant ratio of −12 dB, and the active
+    level 15 dB under the original's."""
+    import eval_voice
+
+    h = eval_voice.statistical_rir(eval_voice.RT60_S, eval_voice.FAR_DRR_DB, seed=3)
+    h = h.astype(np.float64)
+    assert 10 * np.log10(h[0] ** 2 / np.sum(h[1:] ** 2)) == pytest.approx(-12.0, abs=0.01)
+    x, _ = sf.read(_heldout()[0][0], dtype="float32")
+    near = eval_voice.degrade(x, "reverb_rt60_0.6", seed=3)
+    far = eval_voice.degrade(x, "far_talker", seed=3)
+    assert 10 * np.log10(eval_voice.active_power(far) / eval_voice.active_power(x)) == \
+        pytest.approx(-15.0, abs=0.3)
+    # more of it is room than at the critical distance
+    assert np.corrcoef(x, far)[0, 1] < np.corrcoef(x, near)[0, 1]
+
+
 def test_eval_voice_neutral_face_video_keeps_the_sound_under_a_neutral_face(tmp_path):
     """``neutral_face_video`` writes the recording's samples unchanged (16-bit PCM) under a face
     that ``analyze`` finds in the whole clip and reads as neutral."""
