@@ -22,10 +22,10 @@ The 104 non-calm files of the held-out RAVDESS speakers (Actor_23, Actor_24) go 
   38, 1993), reverberation time RT60 0.6 s, direct-to-reverberant ratio 0 dB, then scaled back
   to the file's active level. Its rooms are not the image-source shoeboxes the SERs train on
   (``ser_augment.room_impulse_responses``).
-- ``far_talker``: the same room with the talker about four times the critical distance away
-  (some 3 m in a living room): direct-to-reverberant ratio −12 dB (the direct sound falls 6 dB
-  per doubling of distance, the reverberant field stays), and the whole 15 dB quieter than the
-  recording (inverse square law from about 0.5 m to 3 m). Not run unless named.
+- ``far_talker``: the same room with the talker four times the critical distance away (about
+  2 m in a living room, whose critical distance is about half a metre): direct-to-reverberant
+  ratio −12 dB (the direct sound falls 6 dB per doubling of distance, the reverberant field
+  stays), and the whole 15 dB quieter than the recording. Not run unless named.
 
 One condition, not run unless named, puts a face to the voice: ``neutral_face_video`` writes
 each file as a video (Matroska: MPEG-4 picture, the sound as 16-bit PCM) whose picture is a real

@@ -95,8 +95,8 @@ def test_bench_stages_quick(config, tmp_path):
     assert len(res["modes"]["one_core"]["cpus"]) == 1
     for mode in res["modes"].values():
         assert set(mode["stages"]) == {"face_detection", "crop_preprocess", "fer", "vision_frame",
-                                       "vision_frame_no_face", "mfcc", "ser", "speech_window", "vad_chunk",
-                                       "stt_utterance_3s", "utterance_ser_2_5s",
+                                       "vision_frame_no_face", "mfcc", "ser", "speech_window",
+                                       "vad_chunk", "stt_utterance_3s", "utterance_ser_2_5s",
                                        "utterance_ser_5s", "fusion_update"}
         # per utterance: fewer calls
         for name in ("stt_utterance_3s", "utterance_ser_2_5s", "utterance_ser_5s"):
