@@ -230,8 +230,9 @@ class Analyzer:
 
     def image(self, path: Path, annotate: Path | None = None) -> dict:
         """FER for every face in one photo (see :func:`read_image`; a face that fills the
-        photo is found on a padded copy, ``PAD_FACTORS``); boxes in the file's own pixels,
-        clipped to the photo. Raises ValueError naming the file for an unreadable image."""
+        photo is found on a padded copy, ``PAD_FACTORS``, and a face too small for the whole
+        photo in its parts, ``FAR_ZOOMS``); boxes in the file's own pixels, clipped to the
+        photo. Raises ValueError naming the file for an unreadable image."""
         from .vision import FaceDetector, FerModel, crop_face
 
         if self._det is None:
