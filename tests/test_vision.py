@@ -269,3 +269,33 @@ def test_far_face_tiles_come_from_the_config_and_a_reload_applies_them():
     perception.reconfigure(off)
     assert perception.vision.far.per_frame == 0 and is_live_key("vision.far_face_tiles")
     perception.close()
+
+
+def test_replay_follows_a_far_person_through_the_perception_step(tmp_path):
+    """End to end, as ``run`` and ``replay`` build it from the config: a 2 s clip of the
+    single-face clip's man 4 times farther away gives face evidence on nearly every update
+    with ``vision.far_face_tiles`` 1 (the first round of tiles may pass before he is found)
+    and on none with 0."""
+    from fractions import Fraction
+
+    from redsg_edge.replay import replay
+
+    from .conftest import make_config
+
+    clip = tmp_path / "far.mp4"
+    with av.open(str(clip), "w") as out:
+        vs = out.add_stream("mpeg4", rate=Fraction(15))
+        vs.width, vs.height, vs.pix_fmt = 640, 360, "yuv420p"
+        for _, rgb in frames(SINGLE_FACE, 30):
+            out.mux(vs.encode(av.VideoFrame.from_ndarray(_far(rgb, 4), format="rgb24")))
+        out.mux(vs.encode(None))
+    cfg = make_config()
+    counts = {}
+    for tiles in (1, 0):
+        vision = cfg.vision.model_copy(update={"far_face_tiles": tiles})
+        ups = [r for r in replay(cfg.model_copy(update={"vision": vision}), clip)
+               if r["type"] == "update"]
+        counts[tiles] = (sum(r["face"] is not None for r in ups), len(ups))
+    seen, n = counts[1]
+    assert n >= 25 and seen >= n - len(far_tiles(640, 360)), counts
+    assert counts[0][0] == 0, counts
