@@ -51,9 +51,18 @@ def test_the_daemon_publishes_to_mqtt_serves_the_page_and_speaks_a_say_command(t
             assert new, "the say command was not spoken:\n" + d.log_tail()
             page = urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=5).read()
             assert b"<canvas" in page or b"<html" in page.lower()
+            # The status file is rewritten every service.status_interval_s (0.5 s): the
+            # transition, its reply and the say command can all come between two writes.
+            deadline = time.monotonic() + 5
             st = d.status()
+            while time.monotonic() < deadline and (
+                    st["publishers"]["mqtt"]["events_published"] < 1
+                    or st["publishers"]["mqtt"]["commands"] < 1):
+                time.sleep(0.1)
+                st = d.status()
             assert st["publishers"]["mqtt"]["connected"] is True
-            assert st["publishers"]["mqtt"]["events_published"] >= 1
+            assert st["publishers"]["mqtt"]["events_published"] >= 1, st["publishers"]
+            assert st["publishers"]["mqtt"]["commands"] >= 1, st["publishers"]
             assert st["publishers"]["web"] is not None
             d.proc.send_signal(signal.SIGKILL)  # no goodbye: only the last will can tell
             d.proc.wait(10)
