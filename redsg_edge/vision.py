@@ -159,12 +159,14 @@ class FarFaceSearch:
     BlazeFace short range sees the whole frame at 128 x 128 px and misses faces under about a
     tenth of the frame's longer side (docs/architecture.md, "Far faces"): with a 640 x 480
     camera behind a 60° lens, a person more than about 1.2 m away. On a frame without a face,
-    :meth:`search` runs the detector on ``per_frame`` of :func:`far_tiles` (zoom 2), the tile
-    that last held a face first and the others in turn, so a far face is followed at the cost of
-    one more detector call a frame and found within ``len(tiles) / per_frame`` frames (6 tiles:
-    0.4 s at 15 fps). Tiling a detector's input is slicing-aided inference (Akyon et al.,
-    "Slicing Aided Hyper Inference and Fine-tuning for Small Object Detection", ICIP 2022).
-    ``per_frame`` 0 turns it off."""
+    :meth:`search` runs the detector on ``per_frame`` of :func:`far_tiles` (zoom 2). After a far
+    face, the tiles go nearest first to where it was (the tile that holds it most centrally,
+    then outwards, one step a frame while it is missed), so a person is followed as they walk
+    across tiles; with no face to follow, all tiles in turn. It costs one more detector call a
+    frame and finds a face within ``len(tiles) / per_frame`` frames (6 tiles: 0.4 s at 15 fps).
+    Tiling a detector's input is slicing-aided inference (Akyon et al., "Slicing Aided Hyper
+    Inference and Fine-tuning for Small Object Detection", ICIP 2022). ``per_frame`` 0 turns
+    it off."""
 
     def __init__(self, per_frame: int) -> None:
         if per_frame < 0:
@@ -172,8 +174,9 @@ class FarFaceSearch:
         self.per_frame = per_frame
         self._size: tuple[int, int] | None = None
         self._tiles: list[tuple[int, int, int, int]] = []
-        self._next = 0           # the tile the round goes on with
-        self._held: int | None = None  # the tile that last held a face
+        self._next = 0  # the round over all tiles goes on with this one
+        self._anchor: tuple[float, float] | None = None  # centre of the last far face, px
+        self._missed = 0  # frames searched since, without a face
 
     def search(self, detector: FaceDetector, rgb: np.ndarray) -> list[Face]:
         """Faces in this frame's next tiles ((H, W, 3) uint8 RGB), in frame pixels, best
@@ -182,18 +185,27 @@ class FarFaceSearch:
             return []
         h, w = rgb.shape[:2]
         if self._size != (w, h):
-            self._size, self._tiles, self._next, self._held = (w, h), far_tiles(w, h), 0, None
-        order = ([] if self._held is None else [self._held])
-        while len(order) < min(self.per_frame, len(self._tiles)):
-            if self._next not in order:
-                order.append(self._next)
-            self._next = (self._next + 1) % len(self._tiles)
+            self._size, self._tiles, self._next, self._anchor = (w, h), far_tiles(w, h), 0, None
+        n = min(self.per_frame, len(self._tiles))
+        if self._anchor is not None:
+            ax, ay = self._anchor
+            near = sorted(range(len(self._tiles)), key=lambda i: (
+                (self._tiles[i][0] + self._tiles[i][2] / 2 - ax) ** 2
+                + (self._tiles[i][1] + self._tiles[i][3] / 2 - ay) ** 2))
+            order = near[self._missed * n:(self._missed + 1) * n]
+        else:
+            order = [(self._next + k) % len(self._tiles) for k in range(n)]
+            self._next = (self._next + n) % max(1, len(self._tiles))
         for i in order:
             faces = detect_in(detector, rgb, [self._tiles[i]])
             if faces:
-                self._held = i
+                x, y, fw, fh = faces[0].box
+                self._anchor, self._missed = (x + fw / 2, y + fh / 2), 0
                 return faces
-        self._held = None
+        if self._anchor is not None:
+            self._missed += 1
+            if self._missed * n >= len(self._tiles):  # a whole round around it: gone
+                self._anchor, self._missed = None, 0
         return []
 
 

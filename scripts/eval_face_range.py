@@ -9,7 +9,8 @@ Three measurements, all with the shipped detector and FER:
    farther) into a frame of its own size whose border repeats the shrunk frame's edge pixels.
    Face coverage (frames with a face) on the whole frame, with every zoom-2 tile (``far_tiles``),
    and as the live loop runs it: ``VisionWorker`` with ``far_face_tiles`` tiles a frame, in
-   order, so a face is followed from frame to frame.
+   order, so a face is followed from frame to frame; also with the shrunk picture walking
+   across the frame and back (``--pan`` px a frame).
 2. **Many faces, small.** FER2013 faces (``--split``: ``val`` = PublicTest, the default,
    ``test`` = PrivateTest) scaled to S px (``--sizes``) at a random place (``--seed``) in a
    640 x 480 frame of mid-grey with sensor noise (σ 4 grey levels): faces found, and FER
@@ -52,20 +53,32 @@ def clip_frames(path: Path) -> list[np.ndarray]:
         return [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
 
 
-def moved_away(rgb: np.ndarray, k: float) -> np.ndarray:
-    """``rgb`` shrunk by ``k`` around its centre inside a frame of its own size, the border
-    repeating the shrunk frame's edge pixels (no second copy of the face)."""
+def moved_away(rgb: np.ndarray, k: float, left: int | None = None) -> np.ndarray:
+    """``rgb`` shrunk by ``k`` inside a frame of its own size, the border repeating the shrunk
+    frame's edge pixels (no second copy of the face): centred, or ``left`` px from the left
+    edge (clamped to the frame)."""
     import cv2
     if k == 1:
         return rgb
     h, w = rgb.shape[:2]
     small = cv2.resize(rgb, (round(w / k), round(h / k)), interpolation=cv2.INTER_AREA)
-    top, left = (h - small.shape[0]) // 2, (w - small.shape[1]) // 2
-    return cv2.copyMakeBorder(small, top, h - small.shape[0] - top, left,
-                              w - small.shape[1] - left, cv2.BORDER_REPLICATE)
+    top = (h - small.shape[0]) // 2
+    room = w - small.shape[1]
+    left = room // 2 if left is None else min(max(int(left), 0), room)
+    return cv2.copyMakeBorder(small, top, h - small.shape[0] - top, left, room - left,
+                              cv2.BORDER_REPLICATE)
 
 
-def video_range(det: FaceDetector, fer: FerModel, clips_dir: Path, factors, per_frame: int):
+def walking(i: int, width: int, k: float, px_per_frame: float) -> int:
+    """Left edge of frame ``i``'s shrunk picture for a person walking across the frame and back
+    at ``px_per_frame``: a ping-pong over the ``width - width / k`` px there is room for."""
+    room = width - round(width / k)
+    x = (px_per_frame * i) % (2 * room) if room else 0
+    return int(x if x <= room else 2 * room - x)
+
+
+def video_range(det: FaceDetector, fer: FerModel, clips_dir: Path, factors, per_frame: int,
+                pan: float):
     clips = [clip_frames(clips_dir / c) for c in CLIPS]
     near = []  # the FER label of each frame as recorded, the face found whole
     for frames in clips:
@@ -87,11 +100,18 @@ def video_range(det: FaceDetector, fer: FerModel, clips_dir: Path, factors, per_
                 live += r is not None
                 same += r is not None and int(r.probs.argmax()) == near[n]
                 n += 1
+        walked = 0
+        for frames in clips:
+            worker = VisionWorker(det, fer, per_frame)
+            for i, rgb in enumerate(frames):
+                img = moved_away(rgb, k, walking(i, rgb.shape[1], k, pan))
+                walked += worker.process(img)[0] is not None
         out[str(k)] = {"frames": n, "whole": whole / n, "tiles": tiled / n, "live": live / n,
-                       "live_same_label": same / max(live, 1)}
+                       "live_same_label": same / max(live, 1), "live_walking": walked / n}
         print(f"  moved {k}x away: faces in {whole / n:6.1%} of {n} frames whole, "
               f"{tiled / n:6.1%} with every tile, {live / n:6.1%} live ({per_frame} tile a "
-              f"frame); FER label as near in {same / max(live, 1):6.1%} of those")
+              f"frame); FER label as near in {same / max(live, 1):6.1%} of those; walking "
+              f"across at {pan:g} px a frame, live {walked / n:6.1%}")
     return out
 
 
@@ -172,6 +192,8 @@ def main() -> int:
                     help="FER2013 split of the small faces (val = PublicTest)")
     ap.add_argument("--sizes", default="40,56,72,96,128", help="face sizes, px in 640 x 480")
     ap.add_argument("--factors", default="1,2,3,4", help="how many times farther (video)")
+    ap.add_argument("--pan", type=float, default=15.0,
+                    help="px a frame the far person walks across the frame (video)")
     ap.add_argument("--limit", type=int, default=None, help="first N FER2013 faces only")
     ap.add_argument("--seed", type=int, default=0,
                     help="places of the small faces; the photos without a face (an odd seed "
@@ -186,7 +208,7 @@ def main() -> int:
     print("real video:")
     res["video"] = video_range(det, fer, DATA_ROOT / "av_clips",
                                [float(k) for k in args.factors.split(",")],
-                               max(1, cfg.vision.far_face_tiles))
+                               max(1, cfg.vision.far_face_tiles), args.pan)
     print(f"FER2013 {args.split} faces in a 640x480 frame:")
     res["small_faces"] = small_faces(det, fer, args.split,
                                      [int(s) for s in args.sizes.split(",")], args.limit, args.seed)
