@@ -465,6 +465,32 @@ def test_16_bit_grey_photo_reads_like_its_8_bit_version(tmp_path, face_photo):
     assert a["faces"][0]["box"] == pytest.approx(b["faces"][0]["box"], abs=2)
 
 
+def test_a_wav_cut_short_says_so(tmp_path):
+    """FFmpeg takes a WAV's duration from the file's size, so a recording cut short (an
+    interrupted copy) was read to its end without a word. The header's data size is what the
+    file declares: the cut file gets a warning naming it, in the line and in the JSON; the
+    whole file and a WAV whose header leaves the size open get none."""
+    import soundfile as sf
+
+    x, rate = sf.read(UTTERANCE, dtype="int16")
+    whole = tmp_path / "whole.wav"
+    sf.write(whole, x, rate, subtype="PCM_16")
+    cut = tmp_path / "cut.wav"
+    cut.write_bytes(whole.read_bytes()[:44 + 2 * rate])  # the header and the first second
+    open_size = tmp_path / "streamed.wav"
+    raw = bytearray(whole.read_bytes())
+    raw[4:8] = raw[40:44] = b"\xff\xff\xff\xff"  # a streamed WAV: sizes unknown when written
+    open_size.write_bytes(bytes(raw))
+    r = cli("analyze", "--json", "-c", write_config(tmp_path / "c.toml"), whole, cut, open_size)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = {Path(json.loads(x)["path"]).name: json.loads(x) for x in r.stdout.splitlines()}
+    assert "warning" not in rows["whole.wav"] and "warning" not in rows["streamed.wav"]
+    assert rows["streamed.wav"]["label"] == rows["whole.wav"]["label"] is not None
+    w = rows["cut.wav"]["warning"]
+    declared = len(x) / rate
+    assert str(cut) in w and f"decoded 1.0 s of audio of the {declared:.1f} s the file declares" in w
+
+
 def test_a_gif_photo_is_read_as_a_photo(tmp_path, face_photo):
     """A GIF (face sets such as Yale's ship them) was taken for a video and refused: "no audio
     track". Its first frame is the photo; 256 grey levels read as the PNG does."""

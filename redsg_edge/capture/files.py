@@ -25,6 +25,26 @@ from .sources import PullSource, _fmt
 log = logging.getLogger(__name__)
 
 
+def wav_declared_s(path: str | os.PathLike | None) -> float:
+    """Seconds of audio a WAV file's header declares (its data chunk's size, read by Python's
+    ``wave``): FFmpeg derives a WAV's duration from the file's size, so only the header tells a
+    recording cut short (an interrupted copy or recorder). nan for another file, a format
+    ``wave`` does not read (float, extensible) or a size left open (streamed WAVs write 0 or
+    the largest size)."""
+    if path is None or Path(path).suffix.lower() != ".wav":
+        return float("nan")
+    import wave
+    try:
+        with wave.open(str(path), "rb") as w:
+            frames, rate = w.getnframes(), w.getframerate()
+            size = frames * w.getsampwidth() * w.getnchannels()
+    except (wave.Error, EOFError, OSError, ValueError):
+        return float("nan")
+    if frames <= 0 or rate <= 0 or size >= 0xFFFFFF00:
+        return float("nan")
+    return frames / rate
+
+
 def _until_damaged(frames: Iterator[Any], on_damage: Callable[[Exception], None]) -> Iterator[Any]:
     """PyAV's decoded frames until the end, or until the first decoding error: a truncated or
     corrupt file is kept up to the damage, and ``on_damage(exc)`` says where it stopped."""
@@ -101,11 +121,15 @@ class _FileReplay(PullSource):
         self.warning = msg
 
     def _declared_s(self, stream: Any = None) -> float:
-        """Seconds the file declares: ``stream``'s own duration, else the container's."""
+        """Seconds the file declares: a WAV header's data size where it says more
+        (:func:`wav_declared_s`), else ``stream``'s own duration, else the container's."""
+        header = wav_declared_s(self.path)
         if stream is not None and stream.duration and stream.time_base:
-            return float(stream.duration * stream.time_base)
-        c = self._container
-        return c.duration / 1e6 if c is not None and c.duration else float("nan")
+            own = float(stream.duration * stream.time_base)
+        else:
+            c = self._container
+            own = c.duration / 1e6 if c is not None and c.duration else float("nan")
+        return header if header > own or own != own else own
 
     def _open_container(self):
         raise NotImplementedError

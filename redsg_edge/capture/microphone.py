@@ -310,7 +310,8 @@ class AudioFileMic(_FileReplay, MicSource):
             if self.warning is None and declared - got > max(0.25, 0.1 * declared):
                 # FFmpeg skips frames it cannot decode (a FLAC with damaged frames) silently
                 self.warning = (f"{self.path}: decoded {got:.1f} s of audio of the "
-                                f"{declared:.1f} s the file declares; the rest is damaged")
+                                f"{declared:.1f} s the file declares; the rest is damaged or "
+                                "missing")
                 log.warning("%s", self.warning)
             if not self.realtime or n == 0:
                 return
