@@ -212,20 +212,20 @@ class Analyzer:
         from .vision import detect_in, far_tiles
 
         h, w = rgb.shape[:2]
-        faces, seen, offset = self._det.detect(rgb), rgb, (0, 0)
-        for f in PAD_FACTORS:
+
+        def attempts():  # (image, its offset, its faces), each made only when reached
+            yield rgb, (0, 0), self._det.detect(rgb)
+            for f in PAD_FACTORS:
+                canvas = np.full((int(h * f), int(w * f), 3), 128, np.uint8)
+                ox, oy = (canvas.shape[1] - w) // 2, (canvas.shape[0] - h) // 2
+                canvas[oy:oy + h, ox:ox + w] = rgb
+                yield canvas, (ox, oy), self._det.detect(canvas)
+            for zoom in FAR_ZOOMS:
+                yield rgb, (0, 0), detect_in(self._det, rgb, far_tiles(w, h, zoom))
+
+        for seen, offset, faces in attempts():
             if faces:
                 break
-            seen = np.full((int(h * f), int(w * f), 3), 128, np.uint8)
-            offset = ((seen.shape[1] - w) // 2, (seen.shape[0] - h) // 2)
-            seen[offset[1]:offset[1] + h, offset[0]:offset[0] + w] = rgb
-            faces = self._det.detect(seen)
-        if not faces:
-            seen, offset = rgb, (0, 0)
-        for zoom in FAR_ZOOMS:
-            if faces:
-                break
-            faces = detect_in(self._det, rgb, far_tiles(w, h, zoom))
         return sorted(faces, key=lambda f: -f.area), seen, offset
 
     def image(self, path: Path, annotate: Path | None = None) -> dict:

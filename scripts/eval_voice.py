@@ -88,6 +88,8 @@ CONDITIONS = ("original", "minus20db", "plus10db_clipped", "white_snr10", "babbl
 BABBLE_TALKERS = 6
 RT60_S, DRR_DB = 0.6, 0.0  # reverb_rt60_0.6
 FAR_DRR_DB, FAR_GAIN_DB = -12.0, -15.0  # far_talker, in the same room
+#: the room conditions → (direct-to-reverberant ratio, gain of the result), both dB
+ROOMS = {"reverb_rt60_0.6": (DRR_DB, 0.0), "far_talker": (FAR_DRR_DB, FAR_GAIN_DB)}
 #: Conditions of degrade() not in the default list.
 EXTRA_CONDITIONS = ("far_talker",)
 #: condition → (``ser_augment.CODECS`` name, bit rate in bit/s); the file is named for its
@@ -168,12 +170,10 @@ def degrade(x: np.ndarray, condition: str, seed: int) -> np.ndarray:
         noise = babble(len(x), seed)
         y = x + noise * np.sqrt(active_power(x) / np.mean(noise.astype(np.float64) ** 2)
                                 / 10 ** (10 / 10))
-    elif condition == "reverb_rt60_0.6":
-        y = fftconvolve(x, statistical_rir(RT60_S, DRR_DB, seed))[:len(x)].astype(np.float32)
-        y *= np.float32(np.sqrt(active_power(x) / active_power(y)))
-    elif condition == "far_talker":
-        y = fftconvolve(x, statistical_rir(RT60_S, FAR_DRR_DB, seed))[:len(x)].astype(np.float32)
-        y *= np.float32(np.sqrt(active_power(x) / active_power(y)) * 10 ** (FAR_GAIN_DB / 20))
+    elif condition in ROOMS:
+        drr_db, gain_db = ROOMS[condition]
+        y = fftconvolve(x, statistical_rir(RT60_S, drr_db, seed))[:len(x)].astype(np.float32)
+        y *= np.float32(np.sqrt(active_power(x) / active_power(y)) * 10 ** (gain_db / 20))
     else:
         raise ValueError(f"unknown condition {condition!r} (expected one of "
                          f"{CONDITIONS + EXTRA_CONDITIONS})")

@@ -224,12 +224,17 @@ def test_merge_faces_table(faces, kept):
     assert [f.score for f in merge_faces(faces)] == kept
 
 
-def _far(rgb, k, left=None):
-    """``rgb`` with its person k times farther (``scripts/eval_face_range.moved_away``)."""
+def _face_range():
+    """``scripts/eval_face_range``, which moves a person away in a picture."""
     import sys
     sys.path.insert(0, str(REPO / "scripts"))
-    from eval_face_range import moved_away
-    return moved_away(rgb, k, left)
+    import eval_face_range
+    return eval_face_range
+
+
+def _far(rgb, k, left=None):
+    """``rgb`` with its person k times farther (``eval_face_range.moved_away``)."""
+    return _face_range().moved_away(rgb, k, left)
 
 
 def test_a_far_face_is_found_in_tiles_and_followed_frame_after_frame():
@@ -264,10 +269,10 @@ def test_a_far_face_walking_across_tiles_is_followed():
     boxes move with him."""
     det, fer = FaceDetector(DETECTOR), FerModel(FER_MODEL)
     clip = [rgb for _, rgb in frames(SINGLE_FACE, 72)]
-    room = 640 - 160
-    lefts = [min(15 * i, 2 * room - 15 * i) if 15 * i <= 2 * room else 0 for i in range(72)]
+    walking = _face_range().walking
     worker = VisionWorker(det, fer, 1)
-    got = [worker.process(_far(rgb, 4, x))[0] for rgb, x in zip(clip, lefts)]
+    got = [worker.process(_far(rgb, 4, walking(i, 640, 4, 15)))[0]
+           for i, rgb in enumerate(clip)]
     first = next(i for i, r in enumerate(got) if r is not None)
     seen = [r for r in got[first:] if r is not None]
     assert len(seen) >= 0.95 * len(got[first:]), (len(seen), len(got[first:]))

@@ -302,7 +302,7 @@ class VideoFileCamera(_FileReplay, CameraSource):
                 last = mt
                 self.decoded += 1
                 yield offset + mt, frame
-            declared = self._declared_s(stream)
+            declared = self._declared  # read from the header at open()
             if (self.warning is None and last is not None
                     and declared - last > max(1.0, 0.1 * declared)):
                 self.warning = (f"{self.path}: video ends at {last:.1f} s of the {declared:.1f} s "

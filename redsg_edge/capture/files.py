@@ -13,6 +13,7 @@ behaves like a camera or a microphone.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -129,7 +130,7 @@ class _FileReplay(PullSource):
         else:
             c = self._container
             own = c.duration / 1e6 if c is not None and c.duration else float("nan")
-        return header if header > own or own != own else own
+        return header if header > own or math.isnan(own) else own
 
     def _open_container(self):
         raise NotImplementedError

@@ -305,7 +305,7 @@ class AudioFileMic(_FileReplay, MicSource):
                 x = out.to_ndarray().reshape(-1)
                 yield offset + (t_first or 0.0) + n / SAMPLE_RATE, x
                 n += x.shape[0]
-            declared = self._declared_s(stream)
+            declared = self._declared  # read from the header at open()
             got = n / SAMPLE_RATE
             if self.warning is None and declared - got > max(0.25, 0.1 * declared):
                 # FFmpeg skips frames it cannot decode (a FLAC with damaged frames) silently
