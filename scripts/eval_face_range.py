@@ -131,14 +131,16 @@ def small_faces(det: FaceDetector, fer: FerModel, split: str, sizes, limit: int 
             fx, fy = int(rng.integers(0, 640 - s)), int(rng.integers(0, 480 - s))
             frame[fy:fy + s, fx:fx + s] = cv2.resize(img, (s, s), interpolation=cv2.INTER_LINEAR)
             rgb = np.repeat(frame[..., None], 3, axis=2)
-            faces = det.detect(rgb)
-            for how in ("whole", "tiles"):
-                if how == "tiles" and not faces:
-                    faces = detect_in(det, rgb, far_tiles(640, 480))
+            whole = det.detect(rgb)
+            tiled = whole or detect_in(det, rgb, far_tiles(640, 480))
+            hit = None  # the FER of the face found, if any (the same face for both when whole)
+            if tiled:
+                face = max(tiled, key=lambda f: f.area)
+                hit = int(fer.predict(crop_face(rgb, face)).argmax()) == int(label)
+            for how, faces in (("whole", whole), ("tiles", tiled)):
                 if faces:
-                    face = max(faces, key=lambda f: f.area)
                     found[how] += 1
-                    right[how] += int(fer.predict(crop_face(rgb, face)).argmax()) == int(label)
+                    right[how] += hit
         n = len(x)
         out[str(s)] = {"faces": n, **{f"found_{h}": found[h] / n for h in found},
                        **{f"accuracy_{h}": right[h] / n for h in right}}
