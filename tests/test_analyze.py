@@ -17,6 +17,8 @@ from .conftest import ACTOR_23, ACTOR_24, REPO, SINGLE_FACE, make_config, write_
 from .helpers import video_only_copy, video_with_sound
 from .test_pipeline import cli
 
+sys.path.insert(0, str(REPO / "scripts"))
+
 UTTERANCE = ACTOR_24 / "03-01-04-02-01-01-24.flac"  # sad, strong
 
 
@@ -78,9 +80,8 @@ def test_analyze_video_hears_the_voice_of_a_neutral_face(tmp_path):
     angry voice speaks (a held-out speaker). The fused state cannot move within the 3.5 s clip
     (the voice's first label comes after 1.25 s of speech and its probability stays under
     ``fusion.enter_threshold``), but the clip's own label, face and voice combined, is angry."""
-    import soundfile as sf
-    sys.path.insert(0, str(REPO / "scripts"))
     import eval_voice
+    import soundfile as sf
 
     x, rate = sf.read(ACTOR_23 / "03-01-05-02-01-01-23.flac", dtype="float32")  # angry, strong
     clip = tmp_path / "clip.mkv"
@@ -221,7 +222,6 @@ def test_analyze_finds_a_face_far_away_in_a_photo(tmp_path):
 
     from redsg_edge.vision import FaceDetector, detect_in, far_tiles, iou
 
-    sys.path.insert(0, str(REPO / "scripts"))
     from eval_face_range import moved_away
 
     with av.open(str(SINGLE_FACE)) as c:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import av
 import numpy as np
 import pytest
@@ -11,6 +13,9 @@ from redsg_edge.vision import (Face, FaceDetector, FarFaceSearch, FerModel, Visi
                                crop_face, far_tiles, iou, merge_faces, select_face)
 
 from .conftest import DETECTOR, FER_MODEL, PEXELS, REPO, SINGLE_FACE
+
+sys.path.insert(0, str(REPO / "scripts"))
+from eval_face_range import moved_away as _far, walking  # noqa: E402  (a person moved away)
 
 
 def frames(path, n):
@@ -224,19 +229,6 @@ def test_merge_faces_table(faces, kept):
     assert [f.score for f in merge_faces(faces)] == kept
 
 
-def _face_range():
-    """``scripts/eval_face_range``, which moves a person away in a picture."""
-    import sys
-    sys.path.insert(0, str(REPO / "scripts"))
-    import eval_face_range
-    return eval_face_range
-
-
-def _far(rgb, k, left=None):
-    """``rgb`` with its person k times farther (``eval_face_range.moved_away``)."""
-    return _face_range().moved_away(rgb, k, left)
-
-
 def test_a_far_face_is_found_in_tiles_and_followed_frame_after_frame():
     """The single-face clip's man, 4 times farther away (a 42 px face in a 640 x 360 frame):
     the whole frame shows the detector nothing; the worker searching one tile a frame finds
@@ -269,7 +261,6 @@ def test_a_far_face_walking_across_tiles_is_followed():
     boxes move with him."""
     det, fer = FaceDetector(DETECTOR), FerModel(FER_MODEL)
     clip = [rgb for _, rgb in frames(SINGLE_FACE, 72)]
-    walking = _face_range().walking
     worker = VisionWorker(det, fer, 1)
     got = [worker.process(_far(rgb, 4, walking(i, 640, 4, 15)))[0]
            for i, rgb in enumerate(clip)]
