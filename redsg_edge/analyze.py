@@ -201,8 +201,9 @@ class Analyzer:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._det = self._fer = self._ser = self._vad = self._utt = None
-        #: The utterance SER's voice normalisation, shared by every file of this run.
-        self.norm = None
+        #: The utterance SER's voice normalisation and the room's reverberation
+        #: (``reverb.RoomReverb``), shared by every file of this run.
+        self.norm = self.room = None
 
     def _find_faces(self, rgb: np.ndarray) -> tuple[list, np.ndarray, tuple[int, int]]:
         """(faces largest first, the image they were found in, its (x, y) offset in that
@@ -258,6 +259,7 @@ class Analyzer:
                 "probs": main["probs"] if main else None, "faces": out}
 
     def _speech(self):
+        from .reverb import RoomReverb
         from .speech import SerModel
         from .utterance_ser import UtteranceSer
         from .vad import SileroVad
@@ -267,6 +269,7 @@ class Analyzer:
             self._vad = SileroVad(sp.vad_model)
             self._utt = UtteranceSer(sp.utterance_model) if sp.utterance_model else None
             self.norm = self._utt.new_norm() if self._utt is not None else None
+            self.room = RoomReverb()
 
     def _listen(self, path: Path, vad_threshold: float | None = None) -> Heard:
         """The daemon's speech path over one recording (``vad_threshold``: another
@@ -280,7 +283,7 @@ class Analyzer:
         if vad_threshold is not None:
             sp = sp.model_copy(update={"vad_threshold": vad_threshold})
         step = SpeechPerception(self._ser, sp, self._vad,  # resets the VAD
-                                utterance_model=self._utt, norm=self.norm)
+                                utterance_model=self._utt, norm=self.norm, room=self.room)
         outs, t0, n = [], None, 0
         try:
             mic = AudioFileMic(path, 1000, realtime=False, key="analyze PATH")
@@ -305,10 +308,11 @@ class Analyzer:
 
     def calibrate(self, paths: list[Path], progress: bool = False) -> int:
         """Listen to every recording among ``paths`` once, so that the utterance SER's running
-        voice normalisation (``utterance_ser.FeatureNorm``) holds the statistics of them all,
-        then freeze it: each file is then labelled with the same statistics, whatever the order
-        of the files (unsupervised adaptation to the batch's microphone, room and speakers; no
-        labels are read). Unreadable files are skipped here and reported by :meth:`file`.
+        voice normalisation (``utterance_ser.FeatureNorm``) holds the statistics of them all
+        and the room's reverberation (``reverb.RoomReverb``) their median, then freeze both:
+        each file is then labelled with the same statistics, whatever the order of the files
+        (unsupervised adaptation to the batch's microphone, room and speakers; no labels are
+        read). Unreadable files are skipped here and reported by :meth:`file`.
         Returns the utterances heard; 0 without an utterance SER."""
         audio = [p for p in paths if p.is_file() and p.suffix.lower() not in IMAGE_EXT]
         if not audio:
@@ -324,7 +328,7 @@ class Analyzer:
                 heard += sum(o.kind == "utterance" for o in self._listen(p).outputs)
             except ValueError:
                 continue
-        self.norm.frozen = True
+        self.norm.frozen = self.room.frozen = True
         return heard
 
     def audio(self, path: Path) -> dict:
@@ -333,12 +337,14 @@ class Analyzer:
 
         ``speech_prob_max``: the VAD's highest speech probability in the file (speech starts at
         ``speech.vad_threshold``), which says how near a file without speech came to it.
-        ``utterances``: [{start_s, end_s, label, probs}] (seconds from the file's start); the
-        file's ``probs`` are the utterances' probabilities averaged with their durations as
-        weights; ``label`` None only when the file holds no speech. A file in which the VAD
-        finds no utterance at ``speech.vad_threshold`` but whose ``speech_prob_max`` reaches
-        ``RELISTEN_VAD_THRESHOLD`` is listened to again at that threshold; when that finds
-        speech, the result says ``"vad_threshold": 0.3``. Without :meth:`calibrate` the voice
+        ``utterances``: [{start_s, end_s, label, probs[, srmr]}] (seconds from the file's start;
+        ``srmr`` how reverberant it sounded, ``reverb.srmr``, where measured); the file's
+        ``probs`` are the utterances' probabilities averaged with their durations as weights;
+        ``label`` None only when the file holds no speech. ``room_srmr``: the room's median
+        SRMR that scaled the utterance SER's weight (``speech.reverb_weight``), once known. A
+        file in which the VAD finds no utterance at ``speech.vad_threshold`` but whose
+        ``speech_prob_max`` reaches ``RELISTEN_VAD_THRESHOLD`` is listened to again at that
+        threshold; when that finds speech, the result says ``"vad_threshold": 0.3``. Without :meth:`calibrate` the voice
         normalisation keeps learning from file to file.
         """
         h = self._listen(path)
@@ -357,6 +363,8 @@ class Analyzer:
         extra = {"warning": h.warning} if h.warning else {}
         if relistened:
             extra["vad_threshold"] = RELISTEN_VAD_THRESHOLD
+        if utts and self.cfg.speech.reverb_gate and self.room.srmr() is not None:
+            extra["room_srmr"] = round(self.room.srmr(), 2)
         return {"path": str(path), "kind": "audio", "duration_s": round(h.samples / 16000, 3),
                 "speech_prob_max": round(float(h.speech_prob_max), 3), **extra,
                 "label": CLASSES[int(whole.argmax())] if whole is not None else None,
@@ -364,7 +372,9 @@ class Analyzer:
                 "utterances": [{"start_s": round(o.start_s - t0, 3),
                                 "end_s": round(o.end_s - t0, 3),
                                 "label": CLASSES[int(o.probs.argmax())],
-                                "probs": probs_to_dict(o.probs)} for o in utts]}
+                                "probs": probs_to_dict(o.probs),
+                                **({"srmr": round(o.srmr, 2)} if o.srmr is not None else {})}
+                               for o in utts]}
 
     def video(self, path: Path) -> dict:
         """A video clip as the device would see and hear it, and its sound track as a recording.

@@ -124,6 +124,10 @@ class SpeechConfig(StrictModel):
     #: An utterance's probabilities: the utterance SER's and the window SER's pooled as
     #: p_utt^w * p_win^(1 - w); 1 = the utterance SER alone.
     utterance_weight: float = Field(0.7, ge=0.0, le=1.0)
+    #: Scale utterance_weight and rolling_utterance_weight by how dry the room sounds
+    #: (speech.reverb_weight of the median SRMR of the utterances heard): in a reverberant
+    #: room, or from across one, the window SER leads.
+    reverb_gate: bool = True
     #: Where the daemon keeps the utterance SER's running voice normalisation across restarts
     #: (.npz); "" keeps it in memory only.
     norm_state: LaxPath | None = None

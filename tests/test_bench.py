@@ -97,9 +97,9 @@ def test_bench_stages_quick(config, tmp_path):
         assert set(mode["stages"]) == {"face_detection", "crop_preprocess", "fer", "vision_frame",
                                        "vision_frame_no_face", "mfcc", "ser", "speech_window",
                                        "vad_chunk", "stt_utterance_3s", "utterance_ser_2_5s",
-                                       "utterance_ser_5s", "fusion_update"}
+                                       "utterance_ser_5s", "srmr_2_5s", "fusion_update"}
         # per utterance: fewer calls
-        for name in ("stt_utterance_3s", "utterance_ser_2_5s", "utterance_ser_5s"):
+        for name in ("stt_utterance_3s", "utterance_ser_2_5s", "utterance_ser_5s", "srmr_2_5s"):
             st = mode["stages"].pop(name)
             assert positive(st["p50_ms"]) and st["p95_ms"] >= st["p50_ms"], (name, st)
         for s in mode["stages"].values():

@@ -39,6 +39,7 @@ STAGE_LABELS = {"face_detection": "face detection 640x480", "crop_preprocess": "
                 "stt_utterance_3s": "speech-to-text, 3 s utterance",
                 "utterance_ser_2_5s": "utterance SER, 2.5 s utterance",
                 "utterance_ser_5s": "utterance SER, 5 s (rolling label's most)",
+                "srmr_2_5s": "reverberation (SRMR), 2.5 s utterance",
                 "fusion_update": "fusion update"}
 
 

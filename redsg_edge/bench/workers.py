@@ -120,6 +120,10 @@ def worker_stages(p: dict) -> dict:
             res["stages"]["utterance_ser_5s"] = summarize_ns(time_calls(
                 lambda i: utt.predict(pairs[i % len(pairs)], norm, learn=False),
                 max(3, n // 10), min(warm, 5)))
+    if cfg.speech.reverb_gate:  # each utterance's end: how reverberant it sounds (reverb.srmr)
+        from ..reverb import srmr
+        res["stages"]["srmr_2_5s"] = summarize_ns(time_calls(
+            lambda i: srmr(wins[i % len(wins)]), max(3, n // 10), min(warm, 5)))
     # The VAD runs on every 32 ms chunk of audio, speech or not: consecutive chunks of the
     # utterances (the network is recurrent, so in stream order), each after its input gain.
     from ..vad import CHUNK, InputGain, SileroVad
