@@ -127,7 +127,7 @@ def snr_weight(snr_db: float | None) -> float:
 #: trains without rooms and the window SER with simulated ones: through ``analyze``, RAVDESS
 #: actors 1-22 four critical distances away in a living room read 61.5 % by the utterance SER
 #: alone and 76.0 % by the window SER alone (91 % each as recorded). Room medians: as recorded
-#: 7.5, URDU's talk shows 7.2, white noise at 10 dB SNR 5.0, RT60 0.6 s at the critical
+#: 7.6, URDU's talk shows 7.7, white noise at 10 dB SNR 5.0, RT60 0.6 s at the critical
 #: distance 3.0, four times that distance 2.4. Chosen on those development files and URDU
 #: (models/README.md, "A reverberation gate"): the window SER alone overtakes the pooled label
 #: at about 2.8.
@@ -352,20 +352,23 @@ class SpeechPerception:
         um = self.utterance_model
         ctx = max(min(a, b - self.model.window_samples), prev)
         w = self.cfg.utterance_weight if um is not None and b - a >= um.min_samples else 0.0
-        room = None
+        heard_srmr, share = None, 1.0
         if w > 0 and self.cfg.reverb_gate:
-            room = srmr(self._audio(a, b))
-            self.room.add(room)
-            w *= reverb_weight(self.room.srmr())
-        probs = self.model.predict_utterance(self._audio(ctx, b), self.hop) if w < 1 else None
+            heard_srmr = srmr(self._audio(a, b))
+            self.room.add(heard_srmr)
+            share = reverb_weight(self.room.srmr())
+        probs = (self.model.predict_utterance(self._audio(ctx, b), self.hop)
+                 if w * share < 1 else None)
         if w > 0:
+            # read even at share 0: the running normalisation learns from every utterance,
+            # whatever the room
             pu = um.predict(self._audio(a, b), self.norm)
-            probs = pu if probs is None else _log_pool(pu, probs, w)
+            probs = pu if probs is None else _log_pool(pu, probs, w * share)
         self._prev_end = b
         self.utterances += 1
         return SpeechOutput(self._time(end), probs, "utterance", self._time(a), self._time(b),
                             utt.split, self._speech_prob(utt.start, utt.end),
-                            self._audio(a, b).copy(), room)
+                            self._audio(a, b).copy(), heard_srmr)
 
     def _held(self, values: list[float], c0: int, c1: int) -> list[float]:
         """The per-chunk ``values`` (``_p`` or ``_db``) of chunks c0..c1-1 still held."""

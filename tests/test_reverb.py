@@ -100,10 +100,13 @@ def test_room_reverb_forgets_beyond_its_window_and_learns_nothing_frozen():
 def _outputs(cfg: Config, x: np.ndarray, room: RoomReverb | None = None):
     step = SpeechPerception(SerModel(SER_MODEL, cfg.speech.window_s), cfg.speech,
                             utterance_model=UtteranceSer(UTT_MODEL), room=room)
+    count = step.norm.count
     pcm = np.clip(np.round(x * 32768), -32768, 32767).astype(np.int16)
     outs = step.push(0.0, pcm) + step.finish()
     utts = [o for o in outs if o.kind == "utterance"]
     assert len(utts) == 1, [(o.kind, o.start_s, o.end_s) for o in utts]
+    # the voice normalisation learns from the utterance whatever the room makes of its weight
+    assert step.norm.count == count + (cfg.speech.utterance_weight > 0)
     return utts[0], [o for o in outs if o.kind == "rolling"]
 
 
