@@ -344,8 +344,8 @@ class Analyzer:
         SRMR that scaled the utterance SER's weight (``speech.reverb_weight``), once known. A
         file in which the VAD finds no utterance at ``speech.vad_threshold`` but whose
         ``speech_prob_max`` reaches ``RELISTEN_VAD_THRESHOLD`` is listened to again at that
-        threshold; when that finds speech, the result says ``"vad_threshold": 0.3``. Without :meth:`calibrate` the voice
-        normalisation keeps learning from file to file.
+        threshold; when that finds speech, the result says ``"vad_threshold": 0.3``. Without
+        :meth:`calibrate` the voice normalisation keeps learning from file to file.
         """
         h = self._listen(path)
         utts = [o for o in h.outputs if o.kind == "utterance"]
@@ -363,8 +363,9 @@ class Analyzer:
         extra = {"warning": h.warning} if h.warning else {}
         if relistened:
             extra["vad_threshold"] = RELISTEN_VAD_THRESHOLD
-        if utts and self.cfg.speech.reverb_gate and self.room.srmr() is not None:
-            extra["room_srmr"] = round(self.room.srmr(), 2)
+        room = self.room.srmr() if utts and self.cfg.speech.reverb_gate else None
+        if room is not None:
+            extra["room_srmr"] = round(room, 2)
         return {"path": str(path), "kind": "audio", "duration_s": round(h.samples / 16000, 3),
                 "speech_prob_max": round(float(h.speech_prob_max), 3), **extra,
                 "label": CLASSES[int(whole.argmax())] if whole is not None else None,

@@ -30,6 +30,8 @@ from collections import deque
 
 import numpy as np
 
+from .features import frame_dbfs
+
 RATE = 16_000  # Hz, the speech path's sample rate
 ENV_RATE = 400  # Hz, the envelopes' rate: above twice the top modulation band's upper edge
 N_BANDS = 23
@@ -63,16 +65,15 @@ def _modulation_power_response(f: np.ndarray) -> np.ndarray:
 
 
 def active_part(x: np.ndarray, rate: int = RATE) -> np.ndarray:
-    """x: (n,) audio, any dtype; returns the span from its first to its last 10 ms frame within
-    ACTIVE_DB of the loudest, as float64 (empty for fewer than one frame)."""
+    """x: (n,) audio, int16 or float; returns the span from its first to its last 10 ms frame
+    within ACTIVE_DB of the loudest (``features.frame_dbfs``), as float64 (empty for fewer
+    than one frame)."""
     hop = rate // 100
-    n = len(x) // hop
-    if n == 0:
+    db = frame_dbfs(x, hop)
+    if len(db) == 0:
         return np.zeros(0)
-    x = np.asarray(x[:n * hop], dtype=np.float64)
-    db = 10 * np.log10(np.mean(x.reshape(n, hop) ** 2, axis=1) + 1e-20)
     on = np.flatnonzero(db > db.max() - ACTIVE_DB)
-    return x[on[0] * hop:(on[-1] + 1) * hop]
+    return np.asarray(x[on[0] * hop:(on[-1] + 1) * hop], dtype=np.float64)
 
 
 def srmr(x: np.ndarray, rate: int = RATE) -> float | None:

@@ -113,12 +113,15 @@ ROLLING_UTTERANCE_MAX_S = 5.0
 _ROLLING_UTTERANCE_MAX = int(round(ROLLING_UTTERANCE_MAX_S * SAMPLE_RATE))  # samples
 
 
+def _ramp(value: float, none: float, full: float) -> float:
+    """0 up to ``none``, 1 from ``full``, linear between."""
+    return min(1.0, max(0.0, (value - none) / (full - none)))
+
+
 def snr_weight(snr_db: float | None) -> float:
     """Share (0..1) of ``speech.rolling_utterance_weight`` a rolling label uses at ``snr_db``
     (dB; None, an unknown floor, gives 0): 0 up to SNR_NONE_DB, 1 from SNR_FULL_DB."""
-    if snr_db is None:
-        return 0.0
-    return min(1.0, max(0.0, (snr_db - SNR_NONE_DB) / (SNR_FULL_DB - SNR_NONE_DB)))
+    return 0.0 if snr_db is None else _ramp(snr_db, SNR_NONE_DB, SNR_FULL_DB)
 
 
 #: The room's SRMR (``reverb.RoomReverb``: the median over the utterances heard) at and below
@@ -139,9 +142,7 @@ def reverb_weight(srmr_value: float | None) -> float:
     """Share (0..1) of ``speech.utterance_weight`` and ``speech.rolling_utterance_weight`` used
     in a room whose SRMR is ``srmr_value`` (``reverb.RoomReverb.srmr``; None, not yet known,
     gives 1): 0 up to SRMR_NONE, 1 from SRMR_FULL."""
-    if srmr_value is None:
-        return 1.0
-    return min(1.0, max(0.0, (srmr_value - SRMR_NONE) / (SRMR_FULL - SRMR_NONE)))
+    return 1.0 if srmr_value is None else _ramp(srmr_value, SRMR_NONE, SRMR_FULL)
 
 
 def _log_pool(p: np.ndarray, q: np.ndarray, w: float) -> np.ndarray:
